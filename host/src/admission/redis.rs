@@ -1,0 +1,251 @@
+//! The Redis admission queue. A campaign's keys share the hash tag `{campaign_id}`, so a
+//! campaign lives in one Redis Cluster slot and campaigns are independent:
+//! `fc:{id}:meta` (hash: capacity, window, admitted, seq), `fc:{id}:users` (hash: user ->
+//! position, the per-user guard) and `fc:{id}:queue` (a stream read by the consumer group
+//! [`ISSUER_GROUP`]; XACK + XDEL after commit, XAUTOCLAIM for items a dead host left pending).
+//!
+//! Admission is one Lua script called with EVALSHA; `redis::Script` loads it on first use and
+//! again when Redis answers NOSCRIPT (after a restart).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use super::{Admission, AdmissionError, Admit, ISSUER_GROUP, QueueCounts, QueueItem, Result};
+use crate::campaign::Campaign;
+
+/// Admission on a Redis server.
+#[derive(Clone)]
+pub struct RedisAdmission {
+    conn: ConnectionManager,
+    admit: Script,
+    sync: Script,
+}
+
+impl std::fmt::Debug for RedisAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAdmission").finish_non_exhaustive()
+    }
+}
+
+struct Keys {
+    meta: String,
+    users: String,
+    queue: String,
+}
+
+fn keys(campaign_id: &str) -> Keys {
+    Keys {
+        meta: format!("fc:{{{campaign_id}}}:meta"),
+        users: format!("fc:{{{campaign_id}}}:users"),
+        queue: format!("fc:{{{campaign_id}}}:queue"),
+    }
+}
+
+fn opt_ms(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl RedisAdmission {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            admit: Script::new(include_str!("admit.lua")),
+            sync: Script::new(include_str!("sync.lua")),
+        })
+    }
+
+    /// The connection, for tests that need to break things (FLUSHDB, DEL).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// One stream entry `[id, [field, value, ...]]` as a queue item.
+fn item_from_entry(id: String, fields: HashMap<String, String>) -> Result<QueueItem> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AdmissionError::Protocol(format!("queue entry {id} lacks {name}")))
+    };
+    let number = |name: &str| {
+        field(name)?
+            .parse::<i64>()
+            .map_err(|_| AdmissionError::Protocol(format!("queue entry {id}: bad {name}")))
+    };
+    Ok(QueueItem {
+        user_id: field("u")?,
+        position: number("p")?,
+        request_id: field("r")?,
+        admitted_at: number("t")?,
+        id,
+    })
+}
+
+type Entries = Vec<(String, HashMap<String, String>)>;
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+#[async_trait]
+impl Admission for RedisAdmission {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn sync_campaign(
+        &self,
+        campaign: &Campaign,
+        issued: &[(String, i64)],
+        force: bool,
+    ) -> Result<bool> {
+        let k = keys(&campaign.id);
+        let mut inv = self.sync.prepare_invoke();
+        inv.key(&k.meta).key(&k.users).key(&k.queue);
+        inv.arg(if force { "1" } else { "0" })
+            .arg(campaign.capacity)
+            .arg(opt_ms(campaign.opens_at))
+            .arg(opt_ms(campaign.closes_at))
+            .arg(ISSUER_GROUP)
+            .arg(issued.len());
+        for (user, position) in issued {
+            inv.arg(user).arg(*position);
+        }
+        let rebuilt: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(rebuilt == 1)
+    }
+
+    async fn admit(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+        request_id: &str,
+        now_ms: i64,
+    ) -> Result<Admit> {
+        let k = keys(campaign_id);
+        let (outcome, position): (String, i64) = self
+            .admit
+            .key(&k.meta)
+            .key(&k.users)
+            .key(&k.queue)
+            .arg(user_id)
+            .arg(now_ms)
+            .arg(request_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match outcome.as_str() {
+            "admitted" => Admit::Admitted { position },
+            "duplicate" => Admit::Duplicate { position },
+            "sold_out" => Admit::SoldOut,
+            "closed" => Admit::Closed,
+            "not_open" => Admit::NotOpen,
+            "unknown" => Admit::Unknown,
+            other => return Err(AdmissionError::Protocol(format!("admit returned {other:?}"))),
+        })
+    }
+
+    async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
+        Ok(self.conn.clone().hget(keys(campaign_id).users, user_id).await?)
+    }
+
+    async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
+        let k = keys(campaign_id);
+        let (admitted, queued): (Option<i64>, i64) = redis::pipe()
+            .hget(&k.meta, "admitted")
+            .xlen(&k.queue)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(QueueCounts { admitted: admitted.unwrap_or(0), queued })
+    }
+
+    async fn claim(
+        &self,
+        campaign_id: &str,
+        consumer: &str,
+        max: usize,
+        reclaim_idle: Option<Duration>,
+    ) -> Result<Vec<QueueItem>> {
+        let k = keys(campaign_id);
+        let mut conn = self.conn.clone();
+        let mut entries: Entries = Vec::new();
+        if let Some(idle) = reclaim_idle {
+            let reply: redis::RedisResult<(String, Entries, Value)> = redis::cmd("XAUTOCLAIM")
+                .arg(&k.queue)
+                .arg(ISSUER_GROUP)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok((_, claimed, _)) => entries = claimed,
+                // The queue was lost with Redis's data: nothing to claim until it is rebuilt.
+                Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if entries.is_empty() {
+            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(ISSUER_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("STREAMS")
+                .arg(&k.queue)
+                .arg(">")
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(streams) => {
+                    entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
+                }
+                Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut items = entries
+            .into_iter()
+            .map(|(id, fields)| item_from_entry(id, fields))
+            .collect::<Result<Vec<_>>>()?;
+        items.sort_by_key(|i| i.position);
+        Ok(items)
+    }
+
+    async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let k = keys(campaign_id);
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let _: (i64, i64) = redis::pipe()
+            .atomic()
+            .xack(&k.queue, ISSUER_GROUP, &ids)
+            .xdel(&k.queue, &ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()> {
+        if user_ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self.conn.clone().hdel(keys(campaign_id).users, user_ids).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}

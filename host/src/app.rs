@@ -1,0 +1,164 @@
+//! Start-up and shutdown. [`App::build`] connects the backends, migrates, applies the campaign
+//! folder, starts the issuers, the outbox publisher and relay, the consumers and the folder
+//! watcher, and binds the listener (port 0 in tests; [`App::port`] says which).
+//! [`App::run_until_stopped`] serves until the shutdown token fires, then stops every task and
+//! waits for them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::admission::Admission;
+use crate::admission::embedded::EmbeddedAdmission;
+use crate::admission::redis::RedisAdmission;
+use crate::bus::embedded::LogBus;
+use crate::bus::{ConsumerSpec, EventBus};
+use crate::campaign::watcher::Watcher;
+use crate::config::Config;
+use crate::history::{self, HistoryRecorder};
+use crate::issuer::{IssuerContext, Issuers};
+use crate::outbox::{Relay, spawn_publisher};
+use crate::platform::Platform;
+use crate::store::Store;
+
+/// A built host, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    platform: Arc<Platform>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Opens the backends named by the configuration (embedded ones when unset).
+pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Admission>)> {
+    let url = config.database_url();
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    }
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("opening database {}", crate::config::redact_url(&url)))?;
+    let admission: Arc<dyn Admission> = match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisAdmission::connect(url)
+                .await
+                .with_context(|| format!("connecting to Redis {}", crate::config::redact_url(url)))?,
+        ),
+        None => Arc::new(EmbeddedAdmission::new()),
+    };
+    Ok((store, admission))
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let (store, admission) = open_backends(&config).await?;
+        Self::build_with(config, store, admission).await
+    }
+
+    /// Builds on backends the caller opened (tests share or break them).
+    pub async fn build_with(
+        config: Config,
+        store: Store,
+        admission: Arc<dyn Admission>,
+    ) -> anyhow::Result<Self> {
+        if config.kafka_brokers.is_some() {
+            anyhow::bail!("FIRSTCOME_KAFKA_BROKERS is set, but this build has only the embedded event log");
+        }
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bus: Arc<dyn EventBus> = Arc::new(LogBus::new(store.clone()));
+        let publisher = spawn_publisher(store.clone(), bus.clone(), shutdown.clone(), &tracker);
+        let host_id = format!("{}-{}", hostname(), &Uuid::new_v4().simple().to_string()[..8]);
+        let issuers = Issuers::new(
+            IssuerContext {
+                store: store.clone(),
+                admission: admission.clone(),
+                publisher,
+                config: config.issuer.clone(),
+                topic: config.outbox.topic.clone(),
+                host_id,
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        let platform = Arc::new(Platform::new(config.clone(), store.clone(), admission, bus.clone(), issuers));
+
+        let relay = Relay { store: store.clone(), bus: bus.clone(), config: config.outbox.clone() };
+        tracker.spawn(relay.run(shutdown.clone()));
+        if config.consumers.history {
+            let spec = ConsumerSpec {
+                group: history::GROUP.into(),
+                topic: config.outbox.topic.clone(),
+                retry: config.consumers.retry(),
+                poll_interval: Duration::from_millis(config.consumers.poll_ms),
+            };
+            let handler = Arc::new(HistoryRecorder { store: store.clone() });
+            let (bus, token) = (bus.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                if let Err(e) = bus.run_consumer(spec, handler, token).await {
+                    tracing::error!(error = %e, "history consumer stopped");
+                }
+            });
+        }
+
+        let dir = config.campaigns_dir();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating campaign folder {}", dir.display()))?;
+        let mut watcher = Watcher::new(dir, platform.clone());
+        watcher.scan().await;
+        tracker.spawn(watcher.run(Duration::from_millis(config.campaigns_poll_ms), shutdown.clone()));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, platform, shutdown, tracker })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn platform(&self) -> Arc<Platform> {
+        self.platform.clone()
+    }
+
+    /// The token that stops this host; cancel it to shut down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let router = crate::api::router(self.platform.clone());
+        let token = self.shutdown.clone();
+        tracing::info!(addr = %self.local_addr(), "serving");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .context("serving HTTP")?;
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.platform.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}

@@ -1,0 +1,148 @@
+//! Retry and dead-letter policy, shared by every bus: a handler is tried `1 + max_retries`
+//! times with a fixed back-off between tries; a permanent error skips the retries. What is
+//! left is dead-lettered with headers naming its origin and the last error.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivered, Handler, HandlerError, Message};
+use crate::clock::now_ms;
+
+/// Fixed back-off between tries of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub backoff: Duration,
+    pub max_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s, 3 retries: the replaced system's policy.
+    fn default() -> Self {
+        Self { backoff: Duration::from_secs(1), max_retries: 3 }
+    }
+}
+
+/// How delivering one event ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Handled,
+    /// Every try failed (or one failed permanently): send this message to the DLT.
+    DeadLetter(Message),
+    /// Shutdown came during the back-off: the event is neither handled nor dead-lettered,
+    /// and its offset must not be stored.
+    Interrupted,
+}
+
+/// Tries the handler under the policy.
+pub async fn deliver(
+    handler: &dyn Handler,
+    event: &Delivered,
+    group: &str,
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match handler.handle(event).await {
+            Ok(()) => return Outcome::Handled,
+            Err(e) => e,
+        };
+        let permanent = matches!(error, HandlerError::Permanent(_));
+        if permanent || attempts > policy.max_retries {
+            tracing::warn!(group, event_id = %event.message.event_id, attempts, %error,
+                "event goes to the dead-letter topic");
+            return Outcome::DeadLetter(dead_letter(event, group, &error, attempts));
+        }
+        tracing::debug!(group, event_id = %event.message.event_id, attempts, %error, "retrying");
+        tokio::select! {
+            () = tokio::time::sleep(policy.backoff) => {}
+            () = shutdown.cancelled() => return Outcome::Interrupted,
+        }
+    }
+}
+
+/// The dead-letter copy of an event: the same id, key and payload, plus headers that say where
+/// it came from and why it failed.
+pub fn dead_letter(event: &Delivered, group: &str, error: &HandlerError, attempts: u32) -> Message {
+    let mut message = event.message.clone();
+    let h = &mut message.headers;
+    h.insert("dlt.original_topic".into(), event.topic.clone());
+    h.insert("dlt.original_partition".into(), event.partition.to_string());
+    h.insert("dlt.original_offset".into(), event.offset.to_string());
+    h.insert("dlt.original_timestamp".into(), event.timestamp_ms.to_string());
+    h.insert("dlt.consumer_group".into(), group.to_owned());
+    h.insert("dlt.error".into(), error.to_string());
+    h.insert("dlt.attempts".into(), attempts.to_string());
+    h.insert("dlt.failed_at".into(), now_ms().to_string());
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct FailTimes(u32, AtomicU32, bool);
+
+    #[async_trait]
+    impl Handler for FailTimes {
+        async fn handle(&self, _: &Delivered) -> Result<(), HandlerError> {
+            let n = self.1.fetch_add(1, Ordering::SeqCst);
+            if n < self.0 {
+                if self.2 {
+                    return Err(HandlerError::Permanent("bad".into()));
+                }
+                return Err(HandlerError::Retryable("down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn event() -> Delivered {
+        Delivered {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: 1,
+            message: Message { event_id: "e".into(), ..Message::default() },
+        }
+    }
+
+    const FAST: RetryPolicy = RetryPolicy { backoff: Duration::from_millis(1), max_retries: 3 };
+
+    #[tokio::test]
+    async fn three_failures_then_success_is_handled() {
+        let h = FailTimes(3, AtomicU32::new(0), false);
+        let out = deliver(&h, &event(), "g", FAST, &CancellationToken::new()).await;
+        assert_eq!(out, Outcome::Handled);
+        assert_eq!(h.1.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn four_failures_dead_letter_with_headers() {
+        let h = FailTimes(4, AtomicU32::new(0), false);
+        let Outcome::DeadLetter(m) = deliver(&h, &event(), "g", FAST, &CancellationToken::new()).await
+        else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!(h.1.load(Ordering::SeqCst), 4);
+        assert_eq!(m.headers["dlt.original_offset"], "7");
+        assert_eq!(m.headers["dlt.consumer_group"], "g");
+        assert_eq!(m.headers["dlt.attempts"], "4");
+        assert!(m.headers["dlt.error"].contains("down"));
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_skip_retries() {
+        let h = FailTimes(1, AtomicU32::new(0), true);
+        let out = deliver(&h, &event(), "g", FAST, &CancellationToken::new()).await;
+        assert!(matches!(out, Outcome::DeadLetter(_)));
+        assert_eq!(h.1.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,110 @@
+//! The event bus between the outbox and the consumers.
+//!
+//! [`EventBus`] is what the outbox publishes to and what consumer groups read from; the
+//! embedded implementation ([`embedded::LogBus`]) keeps a durable log in the database, and the
+//! Kafka issue adds a second one. Consumer groups receive every event, at least once: a group
+//! stores its position only after an event was handled (or dead-lettered), and drops events
+//! whose id it has handled before. A failing handler is retried with a fixed back-off, then
+//! the event goes to `{topic}.DLT` with headers saying where it came from and why it failed
+//! ([`delivery`]).
+//!
+//! Layout: `mod.rs` (the types and traits), `delivery` (retry and dead-letter policy shared by
+//! every bus), `embedded` (the database log).
+
+pub mod delivery;
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use delivery::RetryPolicy;
+
+/// Suffix of a topic's dead-letter twin.
+pub const DLT_SUFFIX: &str = ".DLT";
+
+/// The dead-letter topic of `topic`.
+pub fn dlt_topic(topic: &str) -> String {
+    format!("{topic}{DLT_SUFFIX}")
+}
+
+/// One message on the bus.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub event_id: String,
+    pub key: String,
+    pub payload: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A message as a consumer receives it, with where it sits on the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub message: Message,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("consume failed: {0}")]
+    Consume(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How a handler failed. A retryable failure is tried again after the back-off; a permanent
+/// one goes straight to the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    #[error("retryable: {0}")]
+    Retryable(String),
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// What a consumer group does with each event.
+#[async_trait]
+pub trait Handler: Send + Sync + Debug {
+    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError>;
+}
+
+/// Settings of one consumer group.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub group: String,
+    pub topic: String,
+    pub retry: RetryPolicy,
+    /// How often to look for new events when not woken.
+    pub poll_interval: Duration,
+}
+
+/// A bus: publishes batches, runs consumer groups.
+#[async_trait]
+pub trait EventBus: Send + Sync + Debug {
+    /// "embedded" or "kafka".
+    fn kind(&self) -> &'static str;
+
+    /// Publishes messages to a topic; `Ok` means the bus acknowledged all of them durably.
+    async fn publish(&self, topic: &str, messages: &[Message]) -> Result<(), BusError>;
+
+    /// Runs one member of a consumer group until `shutdown`.
+    async fn run_consumer(
+        &self,
+        spec: ConsumerSpec,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError>;
+
+    /// Answers when the bus does; used by readiness.
+    async fn ping(&self) -> Result<(), BusError>;
+}

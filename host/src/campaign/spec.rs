@@ -1,0 +1,205 @@
+//! The campaign document: a TOML file `{campaign_id}.toml` or the JSON body of the admin `PUT`.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+/// Chunk size when a campaign does not set one.
+pub const DEFAULT_CHUNK_SIZE: u32 = 10;
+const MAX_CAPACITY: i64 = 100_000_000;
+const MAX_CHUNK_SIZE: u32 = 1_000;
+const MAX_NAME_LEN: usize = 200;
+
+/// Why a campaign document or id was refused. The message says what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error(
+        "invalid campaign id {0:?}: use 1 to 64 characters of lowercase a-z, 0-9, '-' and '_'"
+    )]
+    InvalidId(String),
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
+    SpecError::Invalid { field, problem: problem.into() }
+}
+
+/// Checks a campaign id: 1-64 characters of `a-z 0-9 - _`.
+pub fn validate_id(id: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(SpecError::InvalidId(id.to_owned())) }
+}
+
+/// What an operator writes for a campaign.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub name: String,
+    /// How many coupons the campaign issues in all.
+    pub capacity: i64,
+    /// The coupon's worth, an integer in the smallest currency unit.
+    pub value: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<DateTime<FixedOffset>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<DateTime<FixedOffset>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_expires_at: Option<DateTime<FixedOffset>>,
+    /// Requests issued per database transaction (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
+}
+
+impl CampaignSpec {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a campaign spec always serialises")
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name = self.name.trim();
+        if name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(invalid("name", format!("must be 1 to {MAX_NAME_LEN} bytes")));
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(invalid("name", "must not contain control characters"));
+        }
+        if !(1..=MAX_CAPACITY).contains(&self.capacity) {
+            return Err(invalid("capacity", format!("must be between 1 and {MAX_CAPACITY}")));
+        }
+        if self.value < 0 {
+            return Err(invalid("value", "must not be negative"));
+        }
+        if let Some(size) = self.chunk_size
+            && !(1..=MAX_CHUNK_SIZE).contains(&size)
+        {
+            return Err(invalid("chunk_size", format!("must be between 1 and {MAX_CHUNK_SIZE}")));
+        }
+        if let (Some(opens), Some(closes)) = (self.opens_at, self.closes_at)
+            && closes <= opens
+        {
+            return Err(invalid("closes_at", "must be after opens_at"));
+        }
+        if let (Some(opens), Some(expires)) = (self.opens_at, self.coupon_expires_at)
+            && expires <= opens
+        {
+            return Err(invalid("coupon_expires_at", "must be after opens_at"));
+        }
+        Ok(())
+    }
+}
+
+/// A validated campaign with its id, times as epoch milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Campaign {
+    pub id: String,
+    pub name: String,
+    pub capacity: i64,
+    pub value: i64,
+    pub opens_at: Option<i64>,
+    pub closes_at: Option<i64>,
+    pub coupon_expires_at: Option<i64>,
+    pub chunk_size: u32,
+    pub spec: CampaignSpec,
+}
+
+impl Campaign {
+    pub fn new(id: &str, spec: CampaignSpec) -> Result<Self, SpecError> {
+        validate_id(id)?;
+        spec.validate()?;
+        Ok(Self {
+            id: id.to_owned(),
+            name: spec.name.clone(),
+            capacity: spec.capacity,
+            value: spec.value,
+            opens_at: spec.opens_at.map(|t| t.timestamp_millis()),
+            closes_at: spec.closes_at.map(|t| t.timestamp_millis()),
+            coupon_expires_at: spec.coupon_expires_at.map(|t| t.timestamp_millis()),
+            chunk_size: spec.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+            spec,
+        })
+    }
+
+    /// Where the campaign stands at `now` as far as its window goes.
+    pub fn window_state(&self, now: i64) -> WindowState {
+        match (self.opens_at, self.closes_at) {
+            (Some(opens), _) if now < opens => WindowState::NotOpen,
+            (_, Some(closes)) if now >= closes => WindowState::Closed,
+            _ => WindowState::Open,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowState {
+    NotOpen,
+    Open,
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["a", "spring-sale_2026", &"x".repeat(64)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Upper", "with space", "dot.toml", "../etc", &"x".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_full_document_parses() {
+        let spec = CampaignSpec::from_toml(
+            "name = \"Spring\"\ncapacity = 100\nvalue = 5000\nchunk_size = 20\n\
+             opens_at = \"2026-03-01T10:00:00+09:00\"\ncloses_at = \"2026-03-02T10:00:00Z\"\n",
+        )
+        .unwrap();
+        assert_eq!(spec.chunk_size, Some(20));
+        let c = Campaign::new("spring", spec).unwrap();
+        assert_eq!(c.opens_at, Some(1_772_326_800_000));
+        assert_eq!(c.window_state(0), WindowState::NotOpen);
+        assert_eq!(c.window_state(i64::MAX), WindowState::Closed);
+    }
+
+    #[test]
+    fn bad_documents_say_what_is_wrong() {
+        let cases = [
+            ("name = \"x\"\ncapacity = 1\nvalue = 1\ncolour = 3\n", "unknown field"),
+            ("name = \"x\"\ncapacity = 0\nvalue = 1\n", "capacity"),
+            ("name = \"\"\ncapacity = 1\nvalue = 1\n", "name"),
+            ("name = \"x\"\ncapacity = 1\nvalue = -1\n", "value"),
+            ("name = \"x\"\ncapacity = 1\nvalue = 1\nchunk_size = 0\n", "chunk_size"),
+            ("name = \"x\"\ncapacity = 1\n", "missing field `value`"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"2026-01-02T00:00:00Z\"\n\
+                 closes_at = \"2026-01-01T00:00:00Z\"\n",
+                "closes_at",
+            ),
+            ("name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"tomorrow\"\n", "opens_at"),
+        ];
+        for (doc, needle) in cases {
+            let err = CampaignSpec::from_toml(doc).unwrap_err().to_string();
+            assert!(err.contains(needle), "{doc:?} gave {err:?}, wanted {needle:?}");
+        }
+    }
+
+    #[test]
+    fn documents_round_trip() {
+        let spec = CampaignSpec::from_toml("name = \"x\"\ncapacity = 3\nvalue = 7\n").unwrap();
+        assert_eq!(CampaignSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+}

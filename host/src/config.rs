@@ -1,0 +1,231 @@
+//! Typed configuration: defaults, then a TOML file (`--config` / `FIRSTCOME_CONFIG`), then
+//! `FIRSTCOME_*` environment variables (`__` separates nested keys, e.g.
+//! `FIRSTCOME_OUTBOX__REPUBLISH_AFTER_MS`), then command-line flags. Secrets (the admin token,
+//! passwords in URLs) never appear in `Debug` output or logs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::RetryPolicy;
+
+/// Everything a host needs to run.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Embedded state (the SQLite database, default campaign folder).
+    pub data_dir: PathBuf,
+    /// Watched folder of campaign files; `{data_dir}/campaigns` when unset.
+    pub campaigns_dir: Option<PathBuf>,
+    /// Bearer token of the admin API; unset refuses every admin call.
+    pub admin_token: Option<String>,
+    /// `sqlite:...`, `mysql://...` or `postgres://...`; unset: `{data_dir}/firstcome.db`.
+    pub database_url: Option<String>,
+    /// Unset: the in-process admission queue.
+    pub redis_url: Option<String>,
+    /// Unset: the embedded event log. (Kafka arrives with its own issue.)
+    pub kafka_brokers: Option<String>,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    pub issuer: IssuerConfig,
+    pub outbox: OutboxConfig,
+    pub consumers: ConsumerConfig,
+    /// How often the campaign folder is scanned for changes.
+    pub campaigns_poll_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// How often an idle issuer looks at its queue for requests admitted by other hosts
+    /// (requests admitted by this host wake it at once).
+    pub poll_ms: u64,
+    /// Pause before retrying a chunk whose transaction failed.
+    pub retry_backoff_ms: u64,
+    /// Claimed items unacknowledged for this long belong to a dead host and are reclaimed.
+    pub reclaim_idle_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    pub topic: String,
+    /// The relay republishes rows still unpublished after this age.
+    pub republish_after_ms: u64,
+    pub relay_interval_ms: u64,
+    /// Published rows are deleted after this long.
+    pub retention_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    pub retry_backoff_ms: u64,
+    pub max_retries: u32,
+    pub poll_ms: u64,
+    /// Run the built-in history consumer (group `history`).
+    pub history: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            campaigns_dir: None,
+            admin_token: None,
+            database_url: None,
+            redis_url: None,
+            kafka_brokers: None,
+            log_format: LogFormat::Text,
+            issuer: IssuerConfig::default(),
+            outbox: OutboxConfig::default(),
+            consumers: ConsumerConfig::default(),
+            campaigns_poll_ms: 500,
+        }
+    }
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self { poll_ms: 50, retry_backoff_ms: 500, reclaim_idle_ms: 30_000 }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            topic: "coupon-issued".into(),
+            republish_after_ms: 60_000,
+            relay_interval_ms: 5_000,
+            retention_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        let retry = RetryPolicy::default();
+        Self {
+            retry_backoff_ms: retry.backoff.as_millis() as u64,
+            max_retries: retry.max_retries,
+            poll_ms: 200,
+            history: true,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then `FIRSTCOME_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(figment::Error::from(format!(
+                    "configuration file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("FIRSTCOME_").ignore(&["config"]).split("__"))
+            .extract()
+    }
+
+    pub fn campaigns_dir(&self) -> PathBuf {
+        self.campaigns_dir.clone().unwrap_or_else(|| self.data_dir.join("campaigns"))
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite:{}", self.data_dir.join("firstcome.db").display())
+        })
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("campaigns_dir", &self.campaigns_dir())
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("database_url", &redact_url(&self.database_url()))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("log_format", &self.log_format)
+            .field("issuer", &self.issuer)
+            .field("outbox", &self.outbox)
+            .field("consumers", &self.consumers)
+            .finish()
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("mysql://root:s3cret@db/x"), "mysql://root:***@db/x");
+        assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
+        let config = Config {
+            admin_token: Some("tok-123".into()),
+            database_url: Some("postgres://u:pw@h/d".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("tok-123") && !shown.contains(":pw@"), "{shown}");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "listen = \"0.0.0.0:9000\"\n[issuer]\npoll_ms = 7\n")?;
+            jail.set_env("FIRSTCOME_ISSUER__POLL_MS", "9");
+            jail.set_env("FIRSTCOME_REDIS_URL", "redis://r/");
+            let c = Config::load(Some(Path::new("c.toml")))?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.issuer.poll_ms, 9);
+            assert_eq!(c.redis_url.as_deref(), Some("redis://r/"));
+            Ok(())
+        });
+    }
+}

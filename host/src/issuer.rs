@@ -1,0 +1,169 @@
+//! The chunk issuer: one task per campaign per host that drains the campaign's queue in FIFO
+//! order, a chunk (default 10) per database transaction. An item is acknowledged only after its
+//! chunk committed; a failed chunk is retried with the same items, and a chunk that committed
+//! but was never acknowledged (the host died) is reclaimed by another host and found to be
+//! already issued. Several hosts may drain one campaign: the campaign row lock serialises
+//! their commits.
+//!
+//! Requests admitted by this host wake its issuer at once; requests admitted elsewhere are
+//! picked up within `issuer.poll_ms`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::{Admission, QueueItem};
+use crate::campaign::Campaign;
+use crate::config::IssuerConfig;
+use crate::outbox::Publisher;
+use crate::store::Store;
+
+/// What every issuer task shares.
+#[derive(Clone, Debug)]
+pub struct IssuerContext {
+    pub store: Store,
+    pub admission: Arc<dyn Admission>,
+    pub publisher: Publisher,
+    pub config: IssuerConfig,
+    pub topic: String,
+    /// This host's name in the queue's consumer group and in `coupons.issued_by`.
+    pub host_id: String,
+}
+
+#[derive(Debug)]
+struct Running {
+    campaign: watch::Sender<Arc<Campaign>>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+/// The issuer tasks of this host, one per active campaign.
+#[derive(Debug)]
+pub struct Issuers {
+    ctx: IssuerContext,
+    running: Mutex<HashMap<String, Running>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Issuers {
+    pub fn new(ctx: IssuerContext, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self { ctx, running: Mutex::new(HashMap::new()), shutdown, tracker }
+    }
+
+    /// Starts the campaign's issuer, or hands it the campaign's new settings.
+    pub fn run(&self, campaign: Arc<Campaign>) {
+        let mut running = self.running.lock().unwrap();
+        if let Some(r) = running.get(&campaign.id) {
+            r.campaign.send_replace(campaign);
+            return;
+        }
+        let (tx, rx) = watch::channel(campaign.clone());
+        let wake = Arc::new(Notify::new());
+        let stop = self.shutdown.child_token();
+        self.tracker
+            .spawn(drain(self.ctx.clone(), rx, wake.clone(), stop.clone()));
+        running.insert(campaign.id.clone(), Running { campaign: tx, wake, stop });
+    }
+
+    /// Stops the campaign's issuer; items it has not committed stay in the queue.
+    pub fn stop(&self, campaign_id: &str) {
+        if let Some(r) = self.running.lock().unwrap().remove(campaign_id) {
+            r.stop.cancel();
+        }
+    }
+
+    /// Tells the campaign's issuer that a request was admitted.
+    pub fn wake(&self, campaign_id: &str) {
+        if let Some(r) = self.running.lock().unwrap().get(campaign_id) {
+            r.wake.notify_one();
+        }
+    }
+}
+
+async fn drain(
+    ctx: IssuerContext,
+    campaign: watch::Receiver<Arc<Campaign>>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let id = campaign.borrow().id.clone();
+    let poll = Duration::from_millis(ctx.config.poll_ms);
+    let reclaim_idle = Duration::from_millis(ctx.config.reclaim_idle_ms);
+    // Looking for abandoned items costs a scan of the pending list: do it a few times per
+    // reclaim period, not on every poll.
+    let reclaim_every = (reclaim_idle / 4).max(Duration::from_millis(100));
+    let mut last_reclaim = Instant::now() - reclaim_every;
+    tracing::debug!(campaign = %id, "issuer started");
+    while !stop.is_cancelled() {
+        let chunk = campaign.borrow().chunk_size as usize;
+        let reclaim = (last_reclaim.elapsed() >= reclaim_every).then_some(reclaim_idle);
+        if reclaim.is_some() {
+            last_reclaim = Instant::now();
+        }
+        let items = match ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(campaign = %id, error = %e, "cannot read the admission queue");
+                pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+                () = stop.cancelled() => {}
+            }
+            continue;
+        }
+        if !issue(&ctx, &id, &items, &stop).await {
+            break;
+        }
+    }
+    tracing::debug!(campaign = %id, "issuer stopped");
+}
+
+/// Commits one chunk, retrying until it commits or the issuer stops (then the items stay
+/// pending in the queue for whoever runs next). Returns false when stopped.
+async fn issue(ctx: &IssuerContext, id: &str, items: &[QueueItem], stop: &CancellationToken) -> bool {
+    let backoff = Duration::from_millis(ctx.config.retry_backoff_ms);
+    let outcome = loop {
+        match ctx.store.issue_chunk(id, items, &ctx.host_id, &ctx.topic).await {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                tracing::warn!(campaign = %id, items = items.len(), error = %e,
+                    "chunk failed; retrying");
+                if !pause(stop, backoff).await {
+                    return false;
+                }
+            }
+        }
+    };
+    if !outcome.refused.is_empty() {
+        tracing::warn!(campaign = %id, refused = outcome.refused.len(),
+            "the database refused admitted requests: the campaign is full (the admission \
+             queue had lost its data)");
+    }
+    ctx.publisher.publish(outcome.events);
+    // If these fail the items are reclaimed later and found already issued: no duplicate.
+    if let Err(e) = ctx.admission.ack(id, items).await {
+        tracing::warn!(campaign = %id, error = %e, "cannot acknowledge a committed chunk");
+    }
+    if let Err(e) = ctx.admission.forget(id, &outcome.refused).await {
+        tracing::warn!(campaign = %id, error = %e, "cannot clear refused users");
+    }
+    true
+}
+
+/// Sleeps unless stopped first; returns false when stopped.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = stop.cancelled() => false,
+    }
+}

@@ -1,0 +1,160 @@
+//! The `firstcome` command: `serve`, `migrate`, `campaign validate | rebuild`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use firstcome::app::{App, open_backends};
+use firstcome::campaign::watcher::load_file;
+use firstcome::config::Config;
+
+/// First-come-first-served coupon issuance.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `FIRSTCOME_*` variables override it, flags override both.
+    #[arg(long, global = true, env = "FIRSTCOME_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host: HTTP API, issuers, outbox relay, consumers, campaign watcher.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080; env FIRSTCOME_LISTEN].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Embedded state directory [default: ./data; env FIRSTCOME_DATA_DIR].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Watched folder of campaign files [default: DATA_DIR/campaigns; env FIRSTCOME_CAMPAIGNS_DIR].
+        #[arg(long)]
+        campaigns: Option<PathBuf>,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Campaign files and state.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Check campaign files without applying them; exits non-zero if any is invalid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Rebuild a campaign's admission state (Redis) from the coupons in the database.
+    Rebuild {
+        /// The campaign file, `{campaign_id}.toml`.
+        file: PathBuf,
+        /// Rebuild even when Redis still holds the campaign: requests queued but not yet
+        /// issued are dropped, and their users may ask again.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref()).context("reading configuration")?;
+    if let Command::Campaign(CampaignCommand::Validate { files }) = &cli.command {
+        return Ok(validate(files));
+    }
+    if let Command::Serve { listen, data_dir, campaigns } = &cli.command {
+        if let Some(l) = listen {
+            config.listen = *l;
+        }
+        if let Some(d) = data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(c) = campaigns {
+            config.campaigns_dir = Some(c.clone());
+        }
+    }
+    firstcome::telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => serve(config).await,
+            Command::Migrate => {
+                let (store, _) = open_backends(&config).await?;
+                store.close().await;
+                println!("migrations applied");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Campaign(CampaignCommand::Rebuild { file, force }) => {
+                let campaign = load_file(&file).map_err(anyhow::Error::msg)?;
+                let (store, admission) = open_backends(&config).await?;
+                let issued = store.issued_users(&campaign.id).await?;
+                let rebuilt = admission.sync_campaign(&campaign, &issued, force).await?;
+                if admission.kind() == "embedded" {
+                    println!("the embedded admission queue is rebuilt by every start; nothing to do");
+                } else if rebuilt {
+                    println!("{}: rebuilt from {} issued coupons", campaign.id, issued.len());
+                } else {
+                    println!("{}: Redis holds the campaign; capacity and window updated (use --force to rebuild)", campaign.id);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Campaign(CampaignCommand::Validate { .. }) => unreachable!("handled above"),
+        }
+    })
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match load_file(file) {
+            Ok(c) => println!("{}: ok (campaign {:?}, capacity {})", file.display(), c.id, c.capacity),
+            Err(reason) => {
+                ok = false;
+                eprintln!("{reason}");
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    tracing::info!(?config, "starting");
+    let app = App::build(config).await?;
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

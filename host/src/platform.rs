@@ -1,0 +1,136 @@
+//! The running platform: the active campaigns and the services that act on them. Handlers,
+//! the campaign watcher and the CLI all go through it, so that a campaign is applied (database
+//! row, admission queue, issuer) in exactly one way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use uuid::Uuid;
+
+use crate::admission::{Admission, AdmissionError, Admit};
+use crate::bus::EventBus;
+use crate::campaign::Campaign;
+use crate::config::Config;
+use crate::issuer::Issuers;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+}
+
+/// The result of an admission request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub outcome: Admit,
+    pub request_id: String,
+}
+
+/// Shared state of one host.
+#[derive(Debug)]
+pub struct Platform {
+    pub config: Config,
+    pub store: Store,
+    pub admission: Arc<dyn Admission>,
+    pub bus: Arc<dyn EventBus>,
+    pub issuers: Issuers,
+    campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
+    /// Campaign files refused at their last change, with the reason.
+    rejected: RwLock<BTreeMap<String, String>>,
+}
+
+impl Platform {
+    pub fn new(
+        config: Config,
+        store: Store,
+        admission: Arc<dyn Admission>,
+        bus: Arc<dyn EventBus>,
+        issuers: Issuers,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            admission,
+            bus,
+            issuers,
+            campaigns: RwLock::default(),
+            rejected: RwLock::default(),
+        }
+    }
+
+    pub fn campaign(&self, id: &str) -> Option<Arc<Campaign>> {
+        self.campaigns.read().unwrap().get(id).cloned()
+    }
+
+    /// Active campaigns, by id.
+    pub fn campaigns(&self) -> Vec<Arc<Campaign>> {
+        let mut all: Vec<_> = self.campaigns.read().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Makes a validated campaign active (or updates it): its database row first (which
+    /// refuses a capacity below the coupons already issued), then its admission state, then
+    /// its issuer. On error nothing changes in memory and the previous version stays.
+    pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
+        self.store.upsert_campaign(&campaign).await?;
+        self.sync_admission(&campaign, false).await?;
+        let campaign = Arc::new(campaign);
+        self.campaigns.write().unwrap().insert(campaign.id.clone(), campaign.clone());
+        self.issuers.run(campaign);
+        Ok(())
+    }
+
+    /// Stops a campaign: no more admissions; its coupons, history and queue stay.
+    pub async fn remove_campaign(&self, id: &str) -> Result<bool, PlatformError> {
+        let removed = self.campaigns.write().unwrap().remove(id).is_some();
+        if removed {
+            self.issuers.stop(id);
+            self.store.deactivate_campaign(id).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Writes the campaign into the admission queue, rebuilding it from the database's
+    /// coupons when the queue has nothing for it (or `force`). Returns whether it rebuilt.
+    pub async fn sync_admission(&self, c: &Campaign, force: bool) -> Result<bool, PlatformError> {
+        let issued = self.store.issued_users(&c.id).await?;
+        let rebuilt = self.admission.sync_campaign(c, &issued, force).await?;
+        if rebuilt {
+            tracing::info!(campaign = %c.id, issued = issued.len(), force,
+                "admission state rebuilt from the database");
+        }
+        Ok(rebuilt)
+    }
+
+    /// Admits a user's request. When the queue has lost the campaign (Redis restarted or was
+    /// flushed) it is rebuilt from the database and the request tried once more.
+    pub async fn admit(&self, c: &Campaign, user_id: &str, now: i64) -> Result<Admitted, PlatformError> {
+        let request_id = Uuid::now_v7().to_string();
+        let mut outcome = self.admission.admit(&c.id, user_id, &request_id, now).await?;
+        if outcome == Admit::Unknown {
+            self.sync_admission(c, false).await?;
+            outcome = self.admission.admit(&c.id, user_id, &request_id, now).await?;
+        }
+        if matches!(outcome, Admit::Admitted { .. }) {
+            self.issuers.wake(&c.id);
+        }
+        Ok(Admitted { outcome, request_id })
+    }
+
+    pub fn reject(&self, id: &str, reason: String) {
+        self.rejected.write().unwrap().insert(id.to_owned(), reason);
+    }
+
+    pub fn clear_rejection(&self, id: &str) {
+        self.rejected.write().unwrap().remove(id);
+    }
+
+    /// Campaign files refused at their last change, with why.
+    pub fn rejections(&self) -> BTreeMap<String, String> {
+        self.rejected.read().unwrap().clone()
+    }
+}

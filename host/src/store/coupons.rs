@@ -1,0 +1,309 @@
+//! Coupons: the chunk transaction that issues them, and the look-ups the API serves.
+
+use rand::Rng;
+use serde::Serialize;
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Dialect, Result, Store, StoreError, placeholders};
+use crate::admission::QueueItem;
+use crate::clock::{now_ms, to_rfc3339};
+use crate::event::{CouponIssued, Envelope};
+use crate::store::OutboxEvent;
+
+/// What one chunk transaction did with each item it was given.
+#[derive(Debug, Default)]
+pub struct ChunkOutcome {
+    /// Events written to the outbox, one per new coupon, in queue order.
+    pub events: Vec<OutboxEvent>,
+    /// Users who already held a coupon (a redelivered item): nothing written.
+    pub duplicates: Vec<String>,
+    /// Users refused because the campaign is full in the database even though the admission
+    /// queue let them in, which happens only after the queue lost its data.
+    pub refused: Vec<String>,
+}
+
+/// A coupon as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CouponView {
+    pub coupon_id: String,
+    pub campaign_id: String,
+    pub campaign_name: String,
+    pub value: i64,
+    pub code: String,
+    pub position: i64,
+    pub issued_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// Crockford's base32 alphabet: no I, L, O or U to misread.
+const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// 12 characters, 60 random bits: the unique index catches the rare collision.
+fn coupon_code() -> String {
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+        .collect()
+}
+
+struct CampaignLock {
+    issued: i64,
+    capacity: i64,
+    name: String,
+    value: i64,
+    coupon_expires_at: Option<i64>,
+}
+
+impl Store {
+    /// Issues one chunk in one transaction: a coupon per item (unique per campaign and user),
+    /// the campaign's issued count advanced, one outbox row per coupon. Items are handled in
+    /// queue order; the campaign row is locked so that concurrent chunks from several hosts
+    /// serialise on it and `issued` never passes `capacity`.
+    pub async fn issue_chunk(
+        &self,
+        campaign_id: &str,
+        items: &[QueueItem],
+        issued_by: &str,
+        topic: &str,
+    ) -> Result<ChunkOutcome> {
+        let mut items: Vec<&QueueItem> = items.iter().collect();
+        items.sort_by_key(|i| i.position);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let campaign = self.lock_campaign(&mut tx, campaign_id).await?;
+        let mut remaining = campaign.capacity - campaign.issued;
+        let profiles = self.profiles_in(&mut tx, &items).await?;
+        let mut outcome = ChunkOutcome::default();
+        let mut new_coupons = Vec::new();
+        for item in items {
+            if remaining <= 0 {
+                if self.holds_coupon(&mut tx, campaign_id, &item.user_id).await? {
+                    outcome.duplicates.push(item.user_id.clone());
+                } else {
+                    outcome.refused.push(item.user_id.clone());
+                }
+                continue;
+            }
+            match self.insert_coupon(&mut tx, campaign_id, item, &campaign, issued_by, now).await? {
+                Some(coupon) => {
+                    remaining -= 1;
+                    new_coupons.push((item, coupon));
+                }
+                None => outcome.duplicates.push(item.user_id.clone()),
+            }
+        }
+        if !new_coupons.is_empty() {
+            for (item, (coupon_id, code)) in &new_coupons {
+                let profile = profiles.iter().find(|p| p.user_id == item.user_id);
+                let payload = CouponIssued {
+                    user_id: item.user_id.clone(),
+                    email: profile.and_then(|p| p.email.clone()),
+                    fcm_token: profile.and_then(|p| p.fcm_token.clone()),
+                    gender: profile.and_then(|p| p.gender.clone()),
+                    age_group: profile.and_then(|p| p.age_group.clone()),
+                    campaign_name: campaign.name.clone(),
+                    campaign_value: campaign.value,
+                    coupon_id: coupon_id.clone(),
+                    coupon_code: code.clone(),
+                    position: item.position,
+                    request_id: item.request_id.clone(),
+                    issued_at: to_rfc3339(now),
+                    expires_at: campaign.coupon_expires_at.map(to_rfc3339),
+                };
+                let envelope = Envelope::coupon_issued(campaign_id, now, payload);
+                outcome.events.push(OutboxEvent {
+                    event_id: envelope.event_id.clone(),
+                    topic: topic.to_owned(),
+                    key: item.user_id.clone(),
+                    payload: serde_json::to_string(&envelope)
+                        .expect("an event envelope always serialises"),
+                    created_at: now,
+                });
+            }
+            self.insert_outbox(&mut tx, &outcome.events).await?;
+            sqlx::query(&self.sql(
+                "UPDATE campaigns SET issued = issued + ?, updated_at = ? WHERE id = ?",
+            ))
+            .bind(new_coupons.len() as i64)
+            .bind(now)
+            .bind(campaign_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn lock_campaign(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        campaign_id: &str,
+    ) -> Result<CampaignLock> {
+        let select = "SELECT issued, capacity, name, value, coupon_expires_at \
+                      FROM campaigns WHERE id = ?";
+        let row = match self.dialect {
+            Dialect::Sqlite => {
+                // SQLite has no row locks: a first write takes the database's write lock,
+                // so the read below cannot go stale before commit.
+                sqlx::query("UPDATE campaigns SET issued = issued WHERE id = ?")
+                    .bind(campaign_id)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(select).bind(campaign_id).fetch_optional(&mut **tx).await?
+            }
+            Dialect::MySql | Dialect::Postgres => {
+                sqlx::query(&self.sql(&format!("{select} FOR UPDATE")))
+                    .bind(campaign_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        };
+        let row = row.ok_or_else(|| StoreError::UnknownCampaign(campaign_id.to_owned()))?;
+        Ok(CampaignLock {
+            issued: row.try_get(0)?,
+            capacity: row.try_get(1)?,
+            name: row.try_get(2)?,
+            value: row.try_get(3)?,
+            coupon_expires_at: row.try_get(4)?,
+        })
+    }
+
+    /// Inserts the coupon unless the user holds one; `None` means they do.
+    async fn insert_coupon(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        campaign_id: &str,
+        item: &QueueItem,
+        campaign: &CampaignLock,
+        issued_by: &str,
+        now: i64,
+    ) -> Result<Option<(String, String)>> {
+        let insert = self.dialect.insert_ignore(
+            "coupons (id, campaign_id, user_id, code, request_id, position, issued_at, \
+             expires_at, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        let insert = self.sql(&insert);
+        // A skipped insert is either this user's existing coupon or, once in ~10^18, a
+        // code that collides with another coupon's: only the first is a duplicate.
+        for _ in 0..4 {
+            let id = Uuid::now_v7().to_string();
+            let code = coupon_code();
+            let done = sqlx::query(&insert)
+                .bind(&id)
+                .bind(campaign_id)
+                .bind(&item.user_id)
+                .bind(&code)
+                .bind(&item.request_id)
+                .bind(item.position)
+                .bind(now)
+                .bind(campaign.coupon_expires_at)
+                .bind(issued_by)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                return Ok(Some((id, code)));
+            }
+            if self.holds_coupon(tx, campaign_id, &item.user_id).await? {
+                return Ok(None);
+            }
+        }
+        Err(StoreError::Sqlx(sqlx::Error::Protocol(
+            "could not find a unique coupon code in 4 tries".into(),
+        )))
+    }
+
+    async fn holds_coupon(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        campaign_id: &str,
+        user_id: &str,
+    ) -> Result<bool> {
+        let row = sqlx::query(&self.sql(
+            "SELECT 1 FROM coupons WHERE campaign_id = ? AND user_id = ?",
+        ))
+        .bind(campaign_id)
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The coupon a user holds in a campaign, if any.
+    pub async fn coupon_of(&self, campaign_id: &str, user_id: &str) -> Result<Option<CouponView>> {
+        let q = format!("{COUPON_VIEW} WHERE c.campaign_id = ? AND c.user_id = ?");
+        let row = sqlx::query(&self.sql(&q))
+            .bind(campaign_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| coupon_view(&r)).transpose()
+    }
+
+    /// Every coupon of a user, newest first.
+    pub async fn coupons_of_user(&self, user_id: &str) -> Result<Vec<CouponView>> {
+        let q = format!("{COUPON_VIEW} WHERE c.user_id = ? ORDER BY c.issued_at DESC, c.id DESC");
+        let rows = sqlx::query(&self.sql(&q))
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(coupon_view).collect()
+    }
+
+    /// Total coupons of a campaign, counted row by row (the tests' ground truth).
+    pub async fn count_coupons(&self, campaign_id: &str) -> Result<i64> {
+        let row = sqlx::query(&self.sql("SELECT COUNT(*) FROM coupons WHERE campaign_id = ?"))
+            .bind(campaign_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn profiles_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        items: &[&QueueItem],
+    ) -> Result<Vec<super::users::UserProfile>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = format!(
+            "SELECT id, email, fcm_token, gender, age_group FROM users WHERE id IN {}",
+            placeholders(items.len())
+        );
+        let sql = self.sql(&q);
+        let mut query = sqlx::query(&sql);
+        for item in items {
+            query = query.bind(&item.user_id);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter().map(super::users::profile_from_row).collect()
+    }
+}
+
+const COUPON_VIEW: &str = "SELECT c.id, c.campaign_id, k.name, k.value, c.code, c.position, \
+                           c.issued_at, c.expires_at FROM coupons c \
+                           JOIN campaigns k ON k.id = c.campaign_id";
+
+fn coupon_view(r: &sqlx::any::AnyRow) -> Result<CouponView> {
+    Ok(CouponView {
+        coupon_id: r.try_get(0)?,
+        campaign_id: r.try_get(1)?,
+        campaign_name: r.try_get(2)?,
+        value: r.try_get(3)?,
+        code: r.try_get(4)?,
+        position: r.try_get(5)?,
+        issued_at: to_rfc3339(r.try_get(6)?),
+        expires_at: r.try_get::<Option<i64>, _>(7)?.map(to_rfc3339),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn codes_use_the_unambiguous_alphabet() {
+        let code = super::coupon_code();
+        assert_eq!(code.len(), 12);
+        assert!(code.bytes().all(|b| super::CODE_ALPHABET.contains(&b)));
+    }
+}

@@ -1,0 +1,268 @@
+//! Tables of the embedded event bus: a gapless log per topic, consumer-group offsets held
+//! under a lease, processed event ids for dedupe, and the history the built-in consumer keeps.
+
+use sqlx::Row;
+
+use super::{Result, Store};
+use crate::bus::Message;
+
+/// One message of the embedded log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub topic: String,
+    pub offset: i64,
+    pub message: Message,
+    pub created_at: i64,
+}
+
+/// One issuance as the history consumer recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub event_id: String,
+    pub campaign_id: String,
+    pub user_id: String,
+    pub coupon_id: String,
+    pub coupon_code: String,
+    pub issued_at: i64,
+    pub handled_by: String,
+}
+
+impl Store {
+    /// Appends messages to a topic. The topic row is locked (an UPDATE) for the length of the
+    /// transaction, so offsets are gapless and become visible in order: a reader that has seen
+    /// offset n never later finds a smaller one appear.
+    pub async fn append_log(&self, topic: &str, messages: &[Message], now: i64) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let ensure = self.dialect.insert_ignore("bus_topics (topic, head) VALUES (?, 0)");
+        sqlx::query(&self.sql(&ensure)).bind(topic).execute(&mut *tx).await?;
+        sqlx::query(&self.sql("UPDATE bus_topics SET head = head + ? WHERE topic = ?"))
+            .bind(messages.len() as i64)
+            .bind(topic)
+            .execute(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query(&self.sql("SELECT head FROM bus_topics WHERE topic = ?"))
+            .bind(topic)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let first = head - messages.len() as i64 + 1;
+        let insert = self.sql(
+            "INSERT INTO event_log (topic, log_offset, event_id, event_key, payload, headers, \
+             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        for (i, m) in messages.iter().enumerate() {
+            sqlx::query(&insert)
+                .bind(topic)
+                .bind(first + i as i64)
+                .bind(&m.event_id)
+                .bind(&m.key)
+                .bind(&m.payload)
+                .bind(serde_json::to_string(&m.headers).expect("headers serialise"))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(head)
+    }
+
+    /// Messages of a topic from `from` on, in offset order.
+    pub async fn read_log(&self, topic: &str, from: i64, limit: i64) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT log_offset, event_id, event_key, payload, headers, created_at FROM event_log \
+             WHERE topic = ? AND log_offset >= ? ORDER BY log_offset LIMIT ?",
+        ))
+        .bind(topic)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let headers: String = r.try_get(4)?;
+                Ok(LogRecord {
+                    topic: topic.to_owned(),
+                    offset: r.try_get(0)?,
+                    message: Message {
+                        event_id: r.try_get(1)?,
+                        key: r.try_get(2)?,
+                        payload: r.try_get(3)?,
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    },
+                    created_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The offset of the last message of a topic (0 when empty).
+    pub async fn log_head(&self, topic: &str) -> Result<i64> {
+        let row = sqlx::query(&self.sql("SELECT head FROM bus_topics WHERE topic = ?"))
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// Takes or renews the lease on a group's position in a topic; returns the next offset to
+    /// read when this owner holds the lease, `None` when another live owner does.
+    pub async fn lease_group(
+        &self,
+        group: &str,
+        topic: &str,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<i64>> {
+        let ensure = self
+            .dialect
+            .insert_ignore("consumer_offsets (group_id, topic, next_offset) VALUES (?, ?, 1)");
+        sqlx::query(&self.sql(&ensure))
+            .bind(group)
+            .bind(topic)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(&self.sql(
+            "UPDATE consumer_offsets SET owner = ?, lease_until = ? WHERE group_id = ? \
+             AND topic = ? AND (owner = ? OR owner IS NULL OR lease_until < ?)",
+        ))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(group)
+        .bind(topic)
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        // Read back rather than trust rows_affected: MySQL reports 0 for an unchanged row.
+        let row = sqlx::query(&self.sql(
+            "SELECT owner, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?",
+        ))
+        .bind(group)
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await?;
+        let holder: Option<String> = row.try_get(0)?;
+        Ok((holder.as_deref() == Some(owner)).then(|| row.try_get(1)).transpose()?)
+    }
+
+    /// Records that `offset` was handled (its event id too), if this owner still holds the
+    /// lease. Returns false when the lease was lost: the caller stops and re-leases.
+    pub async fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        owner: &str,
+        offset: i64,
+        event_id: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(&self.sql(
+            "UPDATE consumer_offsets SET next_offset = ? WHERE group_id = ? AND topic = ? \
+             AND owner = ?",
+        ))
+        .bind(offset + 1)
+        .bind(group)
+        .bind(topic)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let mark = self
+            .dialect
+            .insert_ignore("processed_events (group_id, event_id, processed_at) VALUES (?, ?, ?)");
+        sqlx::query(&self.sql(&mark))
+            .bind(group)
+            .bind(event_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Gives a group's lease up (clean shutdown) so another host takes over at once.
+    pub async fn release_group(&self, group: &str, topic: &str, owner: &str) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE consumer_offsets SET owner = NULL, lease_until = NULL WHERE group_id = ? \
+             AND topic = ? AND owner = ?",
+        ))
+        .bind(group)
+        .bind(topic)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The next offset a group will read (1 when it has read nothing).
+    pub async fn group_position(&self, group: &str, topic: &str) -> Result<i64> {
+        let row = sqlx::query(&self.sql(
+            "SELECT next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?",
+        ))
+        .bind(group)
+        .bind(topic)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(1))
+    }
+
+    pub async fn is_processed(&self, group: &str, event_id: &str) -> Result<bool> {
+        let row = sqlx::query(&self.sql(
+            "SELECT 1 FROM processed_events WHERE group_id = ? AND event_id = ?",
+        ))
+        .bind(group)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records an issuance in the history, once per event id.
+    pub async fn record_history(&self, entry: &HistoryEntry, now: i64) -> Result<bool> {
+        let insert = self.dialect.insert_ignore(
+            "history (event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, \
+             recorded_at, handled_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        let done = sqlx::query(&self.sql(&insert))
+            .bind(&entry.event_id)
+            .bind(&entry.campaign_id)
+            .bind(&entry.user_id)
+            .bind(&entry.coupon_id)
+            .bind(&entry.coupon_code)
+            .bind(entry.issued_at)
+            .bind(now)
+            .bind(&entry.handled_by)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn history_of_campaign(&self, campaign_id: &str) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, handled_by \
+             FROM history WHERE campaign_id = ? ORDER BY id",
+        ))
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    event_id: r.try_get(0)?,
+                    campaign_id: r.try_get(1)?,
+                    user_id: r.try_get(2)?,
+                    coupon_id: r.try_get(3)?,
+                    coupon_code: r.try_get(4)?,
+                    issued_at: r.try_get(5)?,
+                    handled_by: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+

@@ -1,0 +1,224 @@
+//! The database: one sqlx `AnyPool` over SQLite, MySQL/MariaDB or PostgreSQL.
+//!
+//! Every query is written once with `?` placeholders; [`Dialect::sql`] rewrites them for
+//! PostgreSQL, and the few statements that differ between engines (insert-or-ignore, row locks)
+//! come from [`Dialect`]. Times are stored as UTC epoch milliseconds so that the same `i64`
+//! binds everywhere.
+//!
+//! Layout: `campaigns` (campaign rows and their issued count), `coupons` (the chunk transaction
+//! and coupon look-ups), `users`, `outbox` (claiming unpublished events), `eventlog` (the tables
+//! of the embedded event bus and its consumers).
+
+mod campaigns;
+mod coupons;
+mod eventlog;
+mod outbox;
+mod users;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use campaigns::CampaignRow;
+pub use coupons::{ChunkOutcome, CouponView};
+pub use eventlog::{HistoryEntry, LogRecord};
+pub use outbox::{OutboxClaim, OutboxEvent};
+pub use users::UserProfile;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// What can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL scheme in {0:?}: use sqlite:, mysql:// or postgres://")]
+    UnsupportedUrl(String),
+    #[error("capacity {capacity} is below the {issued} coupons already issued")]
+    CapacityBelowIssued { capacity: i64, issued: i64 },
+    #[error("campaign {0} is not in the database")]
+    UnknownCampaign(String),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The SQL engine behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(Self::MySql)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(crate::config::redact_url(url)))
+        }
+    }
+
+    /// Rewrites `?` placeholders as `$1, $2, ...` for PostgreSQL; other engines take `?`.
+    pub fn sql(self, query: &str) -> Cow<'_, str> {
+        if self != Self::Postgres || !query.contains('?') {
+            return Cow::Borrowed(query);
+        }
+        let mut out = String::with_capacity(query.len() + 16);
+        let mut n = 0;
+        for ch in query.chars() {
+            if ch == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// `INSERT` that skips rows violating a unique key; `rows_affected` says whether it inserted.
+    fn insert_ignore(self, table_and_values: &str) -> String {
+        match self {
+            // INSERT IGNORE reports 0 affected rows for a skipped duplicate, which is what
+            // the callers test; inputs are validated before, so no other warning is hidden.
+            Self::MySql => format!("INSERT IGNORE INTO {table_and_values}"),
+            Self::Sqlite | Self::Postgres => {
+                format!("INSERT INTO {table_and_values} ON CONFLICT DO NOTHING")
+            }
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    /// Connects (creating an SQLite file when missing) without migrating.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10));
+        if dialect == Dialect::Sqlite {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the one writer; NORMAL is durable in WAL
+                    // mode except for the last transactions on power loss (not process loss).
+                    conn.execute(sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    ))
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Connects and applies the migrations of the engine behind `url`.
+    pub async fn open(url: &str) -> Result<Self> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::MySql => &MYSQL_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Answers when the database does; used by readiness.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn sql<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        self.dialect.sql(query)
+    }
+}
+
+/// `(?, ?, ...)` with `n` placeholders, for `IN` lists and multi-row inserts.
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(2 + n * 3);
+    s.push('(');
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s.push(')');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let q = Dialect::Postgres.sql("SELECT a FROM t WHERE b = ? AND c IN (?, ?)");
+        assert_eq!(q, "SELECT a FROM t WHERE b = $1 AND c IN ($2, $3)");
+        assert_eq!(Dialect::MySql.sql("x = ?"), "x = ?");
+    }
+
+    #[test]
+    fn urls_pick_their_dialect() {
+        assert_eq!(Dialect::from_url("sqlite:data/x.db").unwrap(), Dialect::Sqlite);
+        assert_eq!(Dialect::from_url("mysql://root@h/db").unwrap(), Dialect::MySql);
+        assert_eq!(Dialect::from_url("postgres://h/db").unwrap(), Dialect::Postgres);
+        assert!(Dialect::from_url("oracle://x").is_err());
+    }
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(placeholders(3), "(?, ?, ?)");
+    }
+}
