@@ -1,1 +1,10 @@
-fn main(){}
+//! Integration tests of the firstcome host against real services: Redis, MariaDB and
+//! PostgreSQL (see `helpers` for where they are looked for), and the embedded default.
+
+mod admission_suite;
+
+
+mod concurrency;
+
+
+mod helpers;

@@ -1,0 +1,269 @@
+//! `spawn_app` and friends: a host on port 0 over fresh backends, one per test.
+//!
+//! Services come from `FIRSTCOME_TEST_REDIS_URL`, `FIRSTCOME_TEST_MYSQL_URL` and
+//! `FIRSTCOME_TEST_POSTGRES_URL` (defaults: the local servers). Each test gets its own MariaDB
+//! or PostgreSQL database (`fct_...`) or SQLite file, and campaign ids unique to it, so Redis
+//! keys never collide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use firstcome::admission::Admission;
+use firstcome::admission::embedded::EmbeddedAdmission;
+use firstcome::admission::redis::RedisAdmission;
+use firstcome::app::App;
+use firstcome::campaign::{Campaign, CampaignSpec};
+use firstcome::config::Config;
+use firstcome::platform::Platform;
+use firstcome::store::Store;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Which backends a test host runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite + in-process admission: the default with no configuration.
+    Embedded,
+    RedisMariaDb,
+    RedisPostgres,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FIRSTCOME_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn mysql_url() -> String {
+    std::env::var("FIRSTCOME_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("FIRSTCOME_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A fresh database of the backend's engine; returns its URL.
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
+    let name = format!("fct_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let (admin_url, url) = match backend {
+        Backend::Embedded => return format!("sqlite:{}", dir.join("firstcome.db").display()),
+        Backend::RedisMariaDb => (format!("{}/test", mysql_url()), format!("{}/{name}", mysql_url())),
+        Backend::RedisPostgres => {
+            (format!("{}/postgres", postgres_url()), format!("{}/{name}", postgres_url()))
+        }
+    };
+    let admin = Store::connect(&admin_url).await.expect("the test database server answers");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+    admin.close().await;
+    url
+}
+
+/// Backends opened for a test, shareable between several hosts.
+#[derive(Clone, Debug)]
+pub struct Backends {
+    pub backend: Backend,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub store: Store,
+    pub admission: Arc<dyn Admission>,
+    /// Set for the embedded backend, to simulate a restart.
+    pub embedded: Option<Arc<EmbeddedAdmission>>,
+}
+
+impl Backends {
+    pub async fn open(backend: Backend, dir: &std::path::Path) -> Self {
+        Self::open_with_redis(backend, dir, &redis_url()).await
+    }
+
+    pub async fn open_with_redis(backend: Backend, dir: &std::path::Path, redis: &str) -> Self {
+        let database_url = fresh_database(backend, dir).await;
+        let store = Store::open(&database_url).await.expect("migrations apply");
+        let (admission, embedded, redis_url): (Arc<dyn Admission>, _, _) = match backend {
+            Backend::Embedded => {
+                let e = Arc::new(EmbeddedAdmission::new());
+                (e.clone(), Some(e), None)
+            }
+            _ => (
+                Arc::new(RedisAdmission::connect(redis).await.expect("Redis answers")),
+                None,
+                Some(redis.to_owned()),
+            ),
+        };
+        Self { backend, database_url, redis_url, store, admission, embedded }
+    }
+}
+
+/// A running host and an HTTP client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub platform: Arc<Platform>,
+    pub backends: Backends,
+    pub shutdown: CancellationToken,
+    pub dir: Arc<tempfile::TempDir>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        campaigns_poll_ms: 100,
+        ..Config::default()
+    };
+    config.issuer.poll_ms = 20;
+    config.issuer.retry_backoff_ms = 100;
+    config.consumers.retry_backoff_ms = 20;
+    config.consumers.poll_ms = 50;
+    config
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(backend, dir.path()).await;
+    spawn_app_on(backends, dir, |_| {}).await
+}
+
+/// Starts a host over `backends`; `tune` adjusts the configuration first.
+pub async fn spawn_app_on(
+    backends: Backends,
+    dir: Arc<tempfile::TempDir>,
+    tune: impl FnOnce(&mut Config),
+) -> TestApp {
+    init_logs();
+    let mut config = test_config(dir.path());
+    config.database_url = Some(backends.database_url.clone());
+    config.redis_url = backends.redis_url.clone();
+    tune(&mut config);
+    let app = App::build_with(config, backends.store.clone(), backends.admission.clone())
+        .await
+        .expect("the host starts");
+    let address = format!("http://{}", app.local_addr());
+    let platform = app.platform();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap(),
+        platform,
+        backends,
+        shutdown,
+        dir,
+        task,
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        firstcome::telemetry::init(firstcome::config::LogFormat::Text);
+    }
+}
+
+pub fn spec(capacity: i64) -> CampaignSpec {
+    CampaignSpec {
+        name: "Test campaign".into(),
+        capacity,
+        value: 1000,
+        opens_at: None,
+        closes_at: None,
+        coupon_expires_at: None,
+        chunk_size: None,
+    }
+}
+
+impl TestApp {
+    /// Applies a campaign with a fresh id; returns the id.
+    pub async fn campaign(&self, spec: CampaignSpec) -> String {
+        let id = unique("c");
+        self.platform
+            .apply_campaign(Campaign::new(&id, spec).unwrap())
+            .await
+            .expect("campaign applies");
+        id
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// `POST .../requests`; returns (status, body).
+    pub async fn request(&self, campaign: &str, user: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(&format!("/api/v1/campaigns/{campaign}/requests")))
+            .json(&serde_json::json!({ "user_id": user }))
+            .send()
+            .await
+            .expect("the host answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("the host answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the campaign has `n` coupons in the database (or panics after `secs`).
+    pub async fn wait_issued(&self, campaign: &str, n: i64, secs: u64) {
+        wait_for(secs, || async { self.backends.store.count_coupons(campaign).await.unwrap() >= n })
+            .await
+            .unwrap_or_else(|| panic!("{n} coupons of {campaign} not issued within {secs}s"));
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `secs`; `None` on timeout.
+pub async fn wait_for<F, Fut>(secs: u64, mut cond: F) -> Option<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return Some(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Every coupon of a campaign as (user, position), straight from the database.
+pub async fn coupons(store: &Store, campaign: &str) -> Vec<(String, i64)> {
+    store.issued_users(campaign).await.unwrap()
+}
+
+/// Runs a test body once per backend.
+#[macro_export]
+macro_rules! on_all_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                $body($crate::helpers::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redis_mariadb() {
+                $body($crate::helpers::Backend::RedisMariaDb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redis_postgres() {
+                $body($crate::helpers::Backend::RedisPostgres).await
+            }
+        }
+    };
+}
