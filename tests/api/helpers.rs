@@ -80,6 +80,16 @@ impl Backends {
         Self::open_with_redis(backend, dir, &redis_url()).await
     }
 
+    /// New connections to the same database and Redis: what a second host would have.
+    pub async fn reopen(&self) -> Self {
+        let store = Store::open(&self.database_url).await.expect("database answers");
+        let admission: Arc<dyn Admission> = match &self.redis_url {
+            Some(url) => Arc::new(RedisAdmission::connect(url).await.expect("Redis answers")),
+            None => self.admission.clone(),
+        };
+        Self { store, admission, ..self.clone() }
+    }
+
     pub async fn open_with_redis(backend: Backend, dir: &std::path::Path, redis: &str) -> Self {
         let database_url = fresh_database(backend, dir).await;
         let store = Store::open(&database_url).await.expect("migrations apply");

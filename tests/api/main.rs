@@ -7,4 +7,5 @@ mod admission_suite;
 mod concurrency;
 
 
+mod faults;
 mod helpers;

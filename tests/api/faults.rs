@@ -1,0 +1,276 @@
+//! Faults: several hosts, failing transactions, dead hosts, Redis losing its data. In every
+//! case: no request lost, no coupon twice, never more than capacity.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use firstcome::admission::Admission;
+use firstcome::store::Dialect;
+use futures::StreamExt;
+
+use crate::helpers::{Backend, Backends, coupons, spawn_app_on, spec, unique, wait_for};
+use crate::on_all_backends;
+
+/// Sends each (user, host index) request; returns the users accepted with their positions.
+async fn storm(apps: &[&crate::helpers::TestApp], campaign: &str, users: Vec<String>) -> HashMap<String, i64> {
+    let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(users.into_iter().enumerate())
+        .map(|(i, user)| {
+            let app = apps[i % apps.len()];
+            async move {
+                let (status, body) = app.request(campaign, &user).await;
+                (user, status, body)
+            }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let mut accepted = HashMap::new();
+    for (user, status, body) in answers {
+        match status {
+            202 => {
+                assert!(accepted.insert(user, body["position"].as_i64().unwrap()).is_none());
+            }
+            409 | 410 => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    accepted
+}
+
+fn assert_no_duplicates(issued: &[(String, i64)]) {
+    let users: HashSet<&String> = issued.iter().map(|(u, _)| u).collect();
+    assert_eq!(users.len(), issued.len(), "a user holds two coupons");
+}
+
+async fn two_hosts_drain_one_campaign(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(backend, dir.path()).await;
+    let one = spawn_app_on(backends.clone(), dir.clone(), |_| {}).await;
+    let two = spawn_app_on(backends.reopen().await, dir.clone(), |_| {}).await;
+    let id = one.campaign(spec(300)).await;
+    let mut spec = spec(300);
+    spec.chunk_size = Some(7);
+    one.platform.apply_campaign(firstcome::campaign::Campaign::new(&id, spec.clone()).unwrap()).await.unwrap();
+    two.platform.apply_campaign(firstcome::campaign::Campaign::new(&id, spec).unwrap()).await.unwrap();
+
+    let users: Vec<String> = (0..1000).flat_map(|u| vec![format!("u{u}"); 2]).collect();
+    let accepted = storm(&[&one, &two], &id, users).await;
+    // The embedded queue lives in one process: there, both hosts share one instance.
+    assert_eq!(accepted.len(), 300);
+    one.wait_issued(&id, 300, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let issued = coupons(&backends.store, &id).await;
+    assert_eq!(issued.len(), 300);
+    assert_no_duplicates(&issued);
+    for (user, position) in &issued {
+        assert_eq!(accepted.get(user), Some(position));
+    }
+    two.stop().await;
+    one.stop().await;
+}
+
+on_all_backends!(two_hosts, two_hosts_drain_one_campaign);
+
+/// Creates a campaign and admits `users` straight into its queue, before any issuer runs.
+async fn queue_before_issuing(backends: &Backends, capacity: i64, users: &[String]) -> String {
+    let id = unique("c");
+    let campaign = firstcome::campaign::Campaign::new(&id, spec(capacity)).unwrap();
+    backends.store.upsert_campaign(&campaign).await.unwrap();
+    backends.admission.sync_campaign(&campaign, &[], false).await.unwrap();
+    for u in users {
+        let admitted = backends.admission.admit(&id, u, "r", 0).await.unwrap();
+        assert!(matches!(admitted, firstcome::admission::Admit::Admitted { .. }));
+    }
+    id
+}
+
+/// Makes every outbox insert for `user` fail, inside the chunk transaction.
+async fn poison(store: &firstcome::store::Store, user: &str) {
+    let sql = match store.dialect() {
+        Dialect::Sqlite => format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON outbox WHEN NEW.event_key = '{user}' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ),
+        Dialect::MySql | Dialect::Postgres => {
+            format!("ALTER TABLE outbox ADD CONSTRAINT poison CHECK (event_key <> '{user}')")
+        }
+    };
+    sqlx::raw_sql(&sql).execute(store.pool()).await.unwrap();
+}
+
+async fn cure(store: &firstcome::store::Store) {
+    let sql = match store.dialect() {
+        Dialect::Sqlite => "DROP TRIGGER poison",
+        Dialect::MySql => "ALTER TABLE outbox DROP CONSTRAINT poison",
+        Dialect::Postgres => "ALTER TABLE outbox DROP CONSTRAINT poison",
+    };
+    sqlx::raw_sql(sql).execute(store.pool()).await.unwrap();
+}
+
+async fn failing_chunk_is_retried_whole(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(backend, dir.path()).await;
+    poison(&backends.store, "poisoned-user").await;
+    let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
+    // The poisoned user is 5th in the first chunk of 10: the queue is filled before the
+    // issuer starts, so that chunk is whole.
+    let mut users: Vec<String> = (1..=30).map(|i| format!("u{i}")).collect();
+    users[4] = "poisoned-user".into();
+    let id = queue_before_issuing(&backends, 30, &users).await;
+    app.platform
+        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(30)).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The chunk failed as a whole: not one of its coupons, outbox rows or count survived.
+    assert_eq!(backends.store.count_coupons(&id).await.unwrap(), 0);
+    assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 0);
+    assert_eq!(backends.store.issued_count(&id).await.unwrap(), 0);
+    let (_, status) = app.get(&format!("/api/v1/campaigns/{id}/requests/u1")).await;
+    assert_eq!(status["status"], "queued", "still waiting, not lost");
+
+    cure(&backends.store).await;
+    app.wait_issued(&id, 30, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let issued = coupons(&backends.store, &id).await;
+    assert_eq!(issued.len(), 30);
+    assert_no_duplicates(&issued);
+    let positions: Vec<i64> = issued.iter().map(|(_, p)| *p).collect();
+    assert_eq!(positions, (1..=30).collect::<Vec<_>>());
+    app.stop().await;
+}
+
+on_all_backends!(failing_chunk, failing_chunk_is_retried_whole);
+
+async fn dead_hosts_claims_are_reclaimed(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(backend, dir.path()).await;
+    let app = spawn_app_on(backends.clone(), dir, |c| c.issuer.reclaim_idle_ms = 400).await;
+    // A second "host" claims half the queue before this one's issuer starts, and dies.
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let id = queue_before_issuing(&backends, 20, &users).await;
+    let campaign = firstcome::campaign::Campaign::new(&id, spec(20)).unwrap();
+    let dead: &Arc<dyn Admission> = &backends.admission;
+    let claimed = dead.claim(&id, "dead-host", 10, None).await.unwrap();
+    assert_eq!(claimed.len(), 10);
+
+    app.platform.apply_campaign(campaign).await.unwrap();
+    app.wait_issued(&id, 20, 20).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let issued = coupons(&backends.store, &id).await;
+    assert_eq!(issued.len(), 20);
+    assert_no_duplicates(&issued);
+    assert_eq!(backends.admission.counts(&id).await.unwrap().queued, 0, "all acknowledged");
+    app.stop().await;
+}
+
+on_all_backends!(dead_host, dead_hosts_claims_are_reclaimed);
+
+/// Redis loses everything (FLUSHDB) three times during a storm. The database stays the
+/// arbiter: never more than capacity, never a user twice; afterwards the campaign fills.
+async fn queue_data_loss_never_over_issues(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    // A Redis database of its own: this test flushes it.
+    let db = match backend {
+        Backend::RedisMariaDb => 9,
+        _ => 10,
+    };
+    let redis = format!("{}{db}", crate::helpers::redis_url());
+    let backends = Backends::open_with_redis(backend, dir.path(), &redis).await;
+    let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
+    let id = app.campaign(spec(50)).await;
+
+    let lose_data = || async {
+        match &backends.embedded {
+            Some(embedded) => embedded.clear(),
+            None => {
+                let mut conn = redis::Client::open(redis.as_str()).unwrap()
+                    .get_multiplexed_async_connection().await.unwrap();
+                let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+            }
+        }
+    };
+    // First wave: 30 users, all issued; then the queue forgets everything.
+    let first: Vec<String> = (0..30).map(|i| format!("early{i}")).collect();
+    let accepted = storm(&[&app], &id, first.clone()).await;
+    assert_eq!(accepted.len(), 30);
+    app.wait_issued(&id, 30, 20).await;
+    lose_data().await;
+    // The early users are still known: rebuilt from the database.
+    for u in &first[..5] {
+        let (status, body) = app.request(&id, u).await;
+        assert_eq!((status, body["code"].as_str()), (409, Some("duplicate_request")), "{u}");
+    }
+    // Second wave with losses in the middle of it.
+    let second: Vec<String> = (0..300).map(|i| format!("late{i}")).collect();
+    let hosts = [&app];
+    let storm_task = storm(&hosts, &id, second.clone());
+    let chaos = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            lose_data().await;
+        }
+    };
+    let (_, ()) = tokio::join!(storm_task, chaos);
+    // Everyone asks again once; the campaign ends exactly full.
+    let _ = storm(&[&app], &id, second.iter().chain(&first).cloned().collect()).await;
+    wait_for(20, || async {
+        backends.store.count_coupons(&id).await.unwrap() == 50
+            && backends.admission.counts(&id).await.unwrap().queued == 0
+    })
+    .await
+    .expect("the campaign fills");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let issued = coupons(&backends.store, &id).await;
+    assert_eq!(issued.len(), 50, "never past capacity");
+    assert_no_duplicates(&issued);
+    assert_eq!(backends.store.issued_count(&id).await.unwrap(), 50);
+    app.stop().await;
+}
+
+on_all_backends!(queue_data_loss, queue_data_loss_never_over_issues);
+
+/// The race behind over-issue: a host claims a chunk, Redis loses its data, the rebuilt queue
+/// admits a full campaign of new users, then the slow host commits. The database refuses the
+/// late chunk; the campaign holds exactly capacity.
+async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = match backend {
+        Backend::RedisMariaDb => 11,
+        _ => 12,
+    };
+    let redis = format!("{}{db}", crate::helpers::redis_url());
+    let backends = Backends::open_with_redis(backend, dir.path(), &redis).await;
+    let early: Vec<String> = (0..10).map(|i| format!("early{i}")).collect();
+    let id = queue_before_issuing(&backends, 10, &early).await;
+    let in_flight = backends.admission.claim(&id, "slow-host", 10, None).await.unwrap();
+    assert_eq!(in_flight.len(), 10);
+    match &backends.embedded {
+        Some(embedded) => embedded.clear(),
+        None => {
+            let mut conn = redis::Client::open(redis.as_str()).unwrap()
+                .get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+        }
+    }
+    let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
+    app.platform
+        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(10)).unwrap())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        assert_eq!(app.request(&id, &format!("late{i}")).await.0, 202);
+    }
+    app.wait_issued(&id, 10, 20).await;
+
+    let outcome = backends.store.issue_chunk(&id, &in_flight, "slow-host", "coupon-issued").await.unwrap();
+    assert_eq!(outcome.refused.len(), 10, "the late chunk is refused, not issued");
+    assert!(outcome.events.is_empty());
+    let issued = coupons(&backends.store, &id).await;
+    assert_eq!(issued.len(), 10);
+    assert!(issued.iter().all(|(u, _)| u.starts_with("late")));
+    app.stop().await;
+}
+
+on_all_backends!(late_chunk, late_chunk_after_data_loss_is_refused);
