@@ -66,6 +66,8 @@ pub struct OutboxConfig {
     /// The relay republishes rows still unpublished after this age.
     pub republish_after_ms: u64,
     pub relay_interval_ms: u64,
+    /// Rows claimed per relay pass.
+    pub relay_batch: u32,
     /// Published rows are deleted after this long.
     pub retention_ms: u64,
 }
@@ -111,6 +113,7 @@ impl Default for OutboxConfig {
             topic: "coupon-issued".into(),
             republish_after_ms: 60_000,
             relay_interval_ms: 5_000,
+            relay_batch: 500,
             retention_ms: 7 * 24 * 3_600_000,
         }
     }

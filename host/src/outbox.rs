@@ -20,7 +20,6 @@ use crate::store::{OutboxEvent, Store};
 /// Queue of committed chunks waiting to be published. Bounded: when it is full the events
 /// are left to the relay, never waited for on the issuing path.
 const PUBLISH_QUEUE: usize = 1024;
-const RELAY_BATCH: i64 = 500;
 
 /// Hands committed events to the publishing task.
 #[derive(Clone, Debug)]
@@ -108,7 +107,8 @@ impl Relay {
         // A claim's lease outlives any publish attempt; on SQLite it is what keeps two relays
         // apart, elsewhere row locks do.
         let lease = 60_000;
-        let claim = self.store.claim_unpublished(cutoff, RELAY_BATCH, now, lease).await?;
+        let batch = i64::from(self.config.relay_batch.max(1));
+        let claim = self.store.claim_unpublished(cutoff, batch, now, lease).await?;
         if claim.events.is_empty() {
             claim.abandon().await?;
             return Ok(0);
@@ -133,7 +133,7 @@ impl Relay {
         while !shutdown.is_cancelled() {
             match self.run_once().await {
                 // A full batch: there is more; go on at once.
-                Ok(n) if n as i64 == RELAY_BATCH => continue,
+                Ok(n) if n == self.config.relay_batch.max(1) as usize => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "relay pass failed"),
             }

@@ -1,4 +1,5 @@
 -- firstcome schema, MySQL / MariaDB dialect. Times are UTC epoch milliseconds.
+-- Tables use utf8mb4_bin so that user ids compare case-sensitively.
 CREATE TABLE campaigns (
     id                VARCHAR(128)    NOT NULL PRIMARY KEY,
     name              VARCHAR(200)    NOT NULL,

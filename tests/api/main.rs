@@ -7,5 +7,6 @@ mod admission_suite;
 mod concurrency;
 
 
+mod events;
 mod faults;
 mod helpers;

@@ -79,14 +79,14 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let headers: String = r.try_get(4)?;
+                let headers = super::text(r, 4)?;
                 Ok(LogRecord {
                     topic: topic.to_owned(),
                     offset: r.try_get(0)?,
                     message: Message {
                         event_id: r.try_get(1)?,
                         key: r.try_get(2)?,
-                        payload: r.try_get(3)?,
+                        payload: super::text(r, 3)?,
                         headers: serde_json::from_str(&headers).unwrap_or_default(),
                     },
                     created_at: r.try_get(5)?,

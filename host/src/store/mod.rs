@@ -184,6 +184,22 @@ impl Store {
     }
 }
 
+/// Reads a long-text column. MySQL's TEXT reaches the `Any` driver as a BLOB, whatever its
+/// collation, so bytes are accepted too (and must be UTF-8).
+fn text(row: &sqlx::any::AnyRow, index: usize) -> Result<String> {
+    use sqlx::Row;
+    match row.try_get::<String, _>(index) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => {
+            let bytes: Vec<u8> = row.try_get(index)?;
+            String::from_utf8(bytes).map_err(|e| {
+                StoreError::Sqlx(sqlx::Error::Decode(format!("column {index}: {e}").into()))
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `(?, ?, ...)` with `n` placeholders, for `IN` lists and multi-row inserts.
 fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(2 + n * 3);

@@ -55,7 +55,7 @@ fn event_from_row(r: &sqlx::any::AnyRow) -> Result<OutboxEvent> {
         event_id: r.try_get(0)?,
         topic: r.try_get(1)?,
         key: r.try_get(2)?,
-        payload: r.try_get(3)?,
+        payload: super::text(r, 3)?,
         created_at: r.try_get(4)?,
     })
 }

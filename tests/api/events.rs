@@ -1,0 +1,305 @@
+//! The outbox and the embedded event bus: relays that never share a row, publishes that only
+//! count when acknowledged, consumer groups that see everything once, and dead letters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use firstcome::admission::QueueItem;
+use firstcome::bus::embedded::LogBus;
+use firstcome::bus::{
+    BusError, ConsumerSpec, Delivered, EventBus, Handler, HandlerError, Message, RetryPolicy,
+};
+use firstcome::config::OutboxConfig;
+use firstcome::outbox::Relay;
+use firstcome::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Backend, Backends, spawn_app, spec, unique, wait_for};
+use crate::on_all_backends;
+
+/// A bus that records what it was given, slowly, and can be told to fail.
+#[derive(Debug, Default)]
+struct RecordingBus {
+    published: Mutex<Vec<String>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl EventBus for RecordingBus {
+    fn kind(&self) -> &'static str {
+        "recording"
+    }
+    async fn publish(&self, _topic: &str, messages: &[Message]) -> Result<(), BusError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(BusError::Publish("broker unreachable".into()));
+        }
+        self.published.lock().unwrap().extend(messages.iter().map(|m| m.event_id.clone()));
+        Ok(())
+    }
+    async fn run_consumer(
+        &self,
+        _: ConsumerSpec,
+        _: Arc<dyn Handler>,
+        _: CancellationToken,
+    ) -> Result<(), BusError> {
+        unreachable!("not consumed")
+    }
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// Issues `n` coupons straight through the store: `n` unpublished outbox rows.
+async fn unpublished_rows(store: &Store, n: usize) -> Vec<String> {
+    let id = unique("c");
+    let campaign = firstcome::campaign::Campaign::new(&id, spec(n as i64)).unwrap();
+    store.upsert_campaign(&campaign).await.unwrap();
+    let items: Vec<QueueItem> = (0..n)
+        .map(|i| QueueItem {
+            id: i.to_string(),
+            user_id: format!("u{i}"),
+            position: i as i64 + 1,
+            request_id: format!("r{i}"),
+            admitted_at: 0,
+        })
+        .collect();
+    let outcome = store.issue_chunk(&id, &items, "test", "coupon-issued").await.unwrap();
+    outcome.events.into_iter().map(|e| e.event_id).collect()
+}
+
+fn relay(store: &Store, bus: Arc<dyn EventBus>) -> Relay {
+    let config = OutboxConfig { republish_after_ms: 0, relay_batch: 10, ..OutboxConfig::default() };
+    Relay { store: store.clone(), bus, config }
+}
+
+async fn two_relays_never_publish_a_row_twice(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let ids = unpublished_rows(&backends.store, 200).await;
+    let bus = Arc::new(RecordingBus::default());
+    let run = |relay: Relay| async move {
+        let mut passes = 0;
+        while relay.run_once().await.unwrap() > 0 {
+            passes += 1;
+        }
+        passes
+    };
+    let one = relay(&backends.store, bus.clone());
+    let two = relay(&backends.reopen().await.store, bus.clone());
+    let (a, b) = tokio::join!(run(one), run(two));
+    assert!(a > 0 && b > 0, "both relays worked ({a} and {b} passes)");
+    let published = bus.published.lock().unwrap().clone();
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for id in &published {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert!(counts.values().all(|&n| n == 1), "a row was published twice");
+    assert_eq!(counts.len(), 200);
+    for id in &ids {
+        assert_eq!(backends.store.is_published(id).await.unwrap(), Some(true));
+    }
+    assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 0);
+}
+
+on_all_backends!(two_relays, two_relays_never_publish_a_row_twice);
+
+async fn unacknowledged_publish_stays_unpublished(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let ids = unpublished_rows(&backends.store, 15).await;
+    let bus = Arc::new(RecordingBus::default());
+    bus.fail.store(true, Ordering::SeqCst);
+    let r = relay(&backends.store, bus.clone());
+    assert!(r.run_once().await.is_err(), "the failure is reported");
+    for id in &ids {
+        assert_eq!(backends.store.is_published(id).await.unwrap(), Some(false), "{id}");
+    }
+    assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 15);
+    // The broker comes back; on SQLite the failed claim's lease must lapse first.
+    bus.fail.store(false, Ordering::SeqCst);
+    if backends.store.dialect() == firstcome::store::Dialect::Sqlite {
+        sqlx::query("UPDATE outbox SET claimed_until = NULL").execute(backends.store.pool()).await.unwrap();
+    }
+    while r.run_once().await.unwrap() > 0 {}
+    let mut published = bus.published.lock().unwrap().clone();
+    published.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(published, expected, "every event re-sent with its original id");
+    assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 0);
+}
+
+on_all_backends!(unacked_publish, unacknowledged_publish_stays_unpublished);
+
+/// Counts what it handles; fails the first `fail` tries of every event.
+#[derive(Debug, Default)]
+struct Counting {
+    seen: Mutex<Vec<String>>,
+    tries: AtomicUsize,
+    fail: usize,
+}
+
+#[async_trait]
+impl Handler for Counting {
+    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
+        if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
+            return Err(HandlerError::Retryable("smtp down".into()));
+        }
+        self.seen.lock().unwrap().push(event.message.event_id.clone());
+        Ok(())
+    }
+}
+
+fn consumer(group: &str, topic: &str) -> ConsumerSpec {
+    ConsumerSpec {
+        group: group.into(),
+        topic: topic.into(),
+        retry: RetryPolicy { backoff: Duration::from_millis(5), max_retries: 3 },
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+fn message(i: usize) -> Message {
+    Message {
+        event_id: format!("e{i}"),
+        key: format!("u{i}"),
+        payload: format!("{{\"n\":{i}}}"),
+        ..Message::default()
+    }
+}
+
+async fn consumer_groups_see_every_event_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let bus = Arc::new(LogBus::new(backends.store.clone()));
+    let topic = unique("t");
+    let stop = CancellationToken::new();
+    let mut handlers = Vec::new();
+    for group in ["notification", "history", "stats"] {
+        let h = Arc::new(Counting::default());
+        handlers.push(h.clone());
+        let (bus, spec, stop) = (bus.clone(), consumer(group, &topic), stop.clone());
+        tokio::spawn(async move { bus.run_consumer(spec, h, stop).await.unwrap() });
+    }
+    let messages: Vec<Message> = (0..50).map(message).collect();
+    bus.publish(&topic, &messages[..25]).await.unwrap();
+    bus.publish(&topic, &messages[25..]).await.unwrap();
+    // The same events again, as a relay re-send would.
+    bus.publish(&topic, &messages[..10]).await.unwrap();
+    wait_for(10, || async {
+        handlers.iter().all(|h| h.seen.lock().unwrap().len() >= 50)
+            && backends.store.group_position("stats", &topic).await.unwrap() == 61
+    })
+    .await
+    .expect("every group reads to the end");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for h in &handlers {
+        let seen = h.seen.lock().unwrap().clone();
+        let expected: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+        assert_eq!(seen, expected, "all events, in order, duplicates dropped");
+    }
+    stop.cancel();
+}
+
+on_all_backends!(groups, consumer_groups_see_every_event_once);
+
+async fn failing_handler_dead_letters(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let bus = Arc::new(LogBus::new(backends.store.clone()));
+    let topic = unique("t");
+    // Four failures: the first event is tried 1 + 3 times and dead-lettered.
+    let h = Arc::new(Counting { fail: 4, ..Counting::default() });
+    let stop = CancellationToken::new();
+    let (b, s, st, hh) = (bus.clone(), consumer("notification", &topic), stop.clone(), h.clone());
+    tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() });
+    bus.publish(&topic, &[message(1), message(2)]).await.unwrap();
+    let dlt = format!("{topic}.DLT");
+    wait_for(10, || async { backends.store.log_head(&dlt).await.unwrap() == 1 && h.seen.lock().unwrap().len() == 1 })
+        .await
+        .expect("one dead letter, the next event handled");
+    let dead = backends.store.read_log(&dlt, 1, 10).await.unwrap();
+    let m = &dead[0].message;
+    assert_eq!(m.event_id, "e1");
+    assert_eq!(m.payload, message(1).payload);
+    assert_eq!(m.headers["dlt.original_topic"], topic);
+    assert_eq!(m.headers["dlt.original_offset"], "1");
+    assert_eq!(m.headers["dlt.consumer_group"], "notification");
+    assert_eq!(m.headers["dlt.attempts"], "4");
+    assert!(m.headers["dlt.error"].contains("smtp down"));
+    assert!(m.headers.contains_key("dlt.original_timestamp"));
+    assert_eq!(*h.seen.lock().unwrap(), vec!["e2".to_owned()]);
+    assert_eq!(h.tries.load(Ordering::SeqCst), 5);
+    stop.cancel();
+}
+
+on_all_backends!(dead_letters, failing_handler_dead_letters);
+
+async fn a_group_member_takes_over(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let bus = Arc::new(LogBus::new(backends.store.clone()));
+    let topic = unique("t");
+    let h = Arc::new(Counting::default());
+    let first = CancellationToken::new();
+    let second = CancellationToken::new();
+    let a = {
+        let (b, s, st, hh) = (bus.clone(), consumer("history", &topic), first.clone(), h.clone());
+        tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() })
+    };
+    let (b, s, st, hh) = (bus.clone(), consumer("history", &topic), second.clone(), h.clone());
+    tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() });
+    let messages: Vec<Message> = (0..40).map(message).collect();
+    bus.publish(&topic, &messages[..20]).await.unwrap();
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 20 }).await.expect("first half");
+    // One member leaves; the other carries on with the rest.
+    first.cancel();
+    a.await.unwrap();
+    bus.publish(&topic, &messages[20..]).await.unwrap();
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 40 }).await.expect("second half");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = h.seen.lock().unwrap().clone();
+    assert_eq!(seen, (0..40).map(|i| format!("e{i}")).collect::<Vec<_>>(), "no loss, no repeat");
+    second.cancel();
+}
+
+on_all_backends!(takeover, a_group_member_takes_over);
+
+/// Through the whole host: every issued coupon's event is published, marked, and recorded
+/// once by the built-in history consumer.
+async fn every_coupon_reaches_history_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.campaign(spec(40)).await;
+    for i in 0..60 {
+        app.request(&id, &format!("u{i}")).await;
+    }
+    app.wait_issued(&id, 40, 20).await;
+    let store = &app.backends.store;
+    wait_for(20, || async { store.history_of_campaign(&id).await.unwrap().len() == 40 })
+        .await
+        .expect("history complete");
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 0, "all marked published");
+    let history = store.history_of_campaign(&id).await.unwrap();
+    let mut events: Vec<&String> = history.iter().map(|h| &h.event_id).collect();
+    events.sort();
+    events.dedup();
+    assert_eq!(events.len(), 40);
+    let payload: serde_json::Value = serde_json::from_str(
+        &store.read_log("coupon-issued", 1, 1).await.unwrap()[0].message.payload,
+    )
+    .unwrap();
+    for field in ["event_id", "event_type", "schema_version", "campaign_id", "occurred_at"] {
+        assert!(payload.get(field).is_some(), "envelope has {field}: {payload}");
+    }
+    for field in ["user_id", "email", "fcm_token", "gender", "age_group", "campaign_name",
+        "campaign_value", "coupon_id", "coupon_code", "issued_at"] {
+        assert!(payload["payload"].get(field).is_some(), "payload has {field}: {payload}");
+    }
+    app.stop().await;
+}
+
+on_all_backends!(history, every_coupon_reaches_history_once);
