@@ -274,3 +274,88 @@ async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
 }
 
 on_all_backends!(late_chunk, late_chunk_after_data_loss_is_refused);
+
+/// A real `firstcome serve` process on Redis + MariaDB, killed with SIGKILL while it drains;
+/// a second process finishes the job. Every accepted request is issued, and so is every
+/// request Redis admitted whose answer was lost in the crash; no user gets two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_process_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::RedisMariaDb, dir.path()).await;
+    let campaigns = dir.path().join("campaigns");
+    std::fs::create_dir_all(&campaigns).unwrap();
+    let id = unique("crash");
+    std::fs::write(
+        campaigns.join(format!("{id}.toml")),
+        "name = \"Crash\"\ncapacity = 1500\nvalue = 1\nchunk_size = 1\n",
+    )
+    .unwrap();
+    let start = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+            .arg("serve")
+            .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FIRSTCOME_DATA_DIR", dir.path())
+            .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+            .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
+            .env("FIRSTCOME_REDIS_URL", backends.redis_url.as_ref().unwrap())
+            .env("FIRSTCOME_ISSUER__RECLAIM_IDLE_MS", "500")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    let client = reqwest::Client::new();
+    let ready = |base: String| {
+        let client = client.clone();
+        async move {
+            wait_for(30, || async {
+                client.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status() == 200)
+            })
+            .await
+            .expect("the process becomes ready");
+        }
+    };
+
+    let (mut first, base) = start();
+    ready(base.clone()).await;
+    let store = backends.store.clone();
+    let storm = futures::stream::iter(0..1500)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("{base}/api/v1/campaigns/{id}/requests"));
+            async move {
+                let user = format!("user{i}");
+                let r = client.post(url).json(&serde_json::json!({"user_id": user})).send().await;
+                (user, r.map(|r| r.status().as_u16()).ok())
+            }
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<_>>();
+    let killer = async {
+        wait_for(60, || async { store.count_coupons(&id).await.unwrap() >= 100 }).await.expect("issuing starts");
+        first.kill().await.unwrap();
+        store.count_coupons(&id).await.unwrap()
+    };
+    let (answers, at_kill) = tokio::join!(storm, killer);
+    let accepted: Vec<&String> =
+        answers.iter().filter(|(_, s)| *s == Some(202)).map(|(u, _)| u).collect();
+    assert!((at_kill as usize) < accepted.len(), "killed mid-drain: {at_kill} of {}", accepted.len());
+
+    let (_second, base) = start();
+    ready(base).await;
+    let admitted = backends.admission.counts(&id).await.unwrap().admitted;
+    wait_for(60, || async {
+        store.count_coupons(&id).await.unwrap() == admitted
+            && backends.admission.counts(&id).await.unwrap().queued == 0
+    })
+    .await
+    .expect("the second process drains everything the first admitted");
+    let issued = coupons(&store, &id).await;
+    assert_no_duplicates(&issued);
+    let holders: HashSet<&String> = issued.iter().map(|(u, _)| u).collect();
+    for user in accepted {
+        assert!(holders.contains(user), "{user} was accepted and never issued");
+    }
+    assert_eq!(store.issued_count(&id).await.unwrap(), issued.len() as i64);
+}

@@ -2,11 +2,9 @@
 //! PostgreSQL (see `helpers` for where they are looked for), and the embedded default.
 
 mod admission_suite;
-
-
+mod bad_input;
+mod campaigns;
 mod concurrency;
-
-
 mod events;
 mod faults;
 mod helpers;
