@@ -46,14 +46,13 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
     let store = Store::open(&url)
         .await
         .with_context(|| format!("opening database {}", crate::config::redact_url(&url)))?;
-    let admission: Arc<dyn Admission> = match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisAdmission::connect(url)
-                .await
-                .with_context(|| format!("connecting to Redis {}", crate::config::redact_url(url)))?,
-        ),
-        None => Arc::new(EmbeddedAdmission::new()),
-    };
+    let admission: Arc<dyn Admission> =
+        match &config.redis_url {
+            Some(url) => Arc::new(RedisAdmission::connect(url).await.with_context(|| {
+                format!("connecting to Redis {}", crate::config::redact_url(url))
+            })?),
+            None => Arc::new(EmbeddedAdmission::new()),
+        };
     Ok((store, admission))
 }
 
@@ -70,13 +69,19 @@ impl App {
         admission: Arc<dyn Admission>,
     ) -> anyhow::Result<Self> {
         if config.kafka_brokers.is_some() {
-            anyhow::bail!("FIRSTCOME_KAFKA_BROKERS is set, but this build has only the embedded event log");
+            anyhow::bail!(
+                "FIRSTCOME_KAFKA_BROKERS is set, but this build has only the embedded event log"
+            );
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus: Arc<dyn EventBus> = Arc::new(LogBus::new(store.clone()));
         let publisher = spawn_publisher(store.clone(), bus.clone(), shutdown.clone(), &tracker);
-        let host_id = format!("{}-{}", hostname(), &Uuid::new_v4().simple().to_string()[..8]);
+        let host_id = format!(
+            "{}-{}",
+            hostname(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
         let issuers = Issuers::new(
             IssuerContext {
                 store: store.clone(),
@@ -89,9 +94,19 @@ impl App {
             shutdown.clone(),
             tracker.clone(),
         );
-        let platform = Arc::new(Platform::new(config.clone(), store.clone(), admission, bus.clone(), issuers));
+        let platform = Arc::new(Platform::new(
+            config.clone(),
+            store.clone(),
+            admission,
+            bus.clone(),
+            issuers,
+        ));
 
-        let relay = Relay { store: store.clone(), bus: bus.clone(), config: config.outbox.clone() };
+        let relay = Relay {
+            store: store.clone(),
+            bus: bus.clone(),
+            config: config.outbox.clone(),
+        };
         tracker.spawn(relay.run(shutdown.clone()));
         if config.consumers.history {
             let spec = ConsumerSpec {
@@ -100,7 +115,9 @@ impl App {
                 retry: config.consumers.retry(),
                 poll_interval: Duration::from_millis(config.consumers.poll_ms),
             };
-            let handler = Arc::new(HistoryRecorder { store: store.clone() });
+            let handler = Arc::new(HistoryRecorder {
+                store: store.clone(),
+            });
             let (bus, token) = (bus.clone(), shutdown.clone());
             tracker.spawn(async move {
                 if let Err(e) = bus.run_consumer(spec, handler, token).await {
@@ -114,12 +131,20 @@ impl App {
             .with_context(|| format!("creating campaign folder {}", dir.display()))?;
         let mut watcher = Watcher::new(dir, platform.clone());
         watcher.scan().await;
-        tracker.spawn(watcher.run(Duration::from_millis(config.campaigns_poll_ms), shutdown.clone()));
+        tracker.spawn(watcher.run(
+            Duration::from_millis(config.campaigns_poll_ms),
+            shutdown.clone(),
+        ));
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { listener, platform, shutdown, tracker })
+        Ok(Self {
+            listener,
+            platform,
+            shutdown,
+            tracker,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -127,7 +152,9 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn platform(&self) -> Arc<Platform> {

@@ -103,7 +103,11 @@ impl Default for Config {
 
 impl Default for IssuerConfig {
     fn default() -> Self {
-        Self { poll_ms: 50, retry_backoff_ms: 500, reclaim_idle_ms: 30_000 }
+        Self {
+            poll_ms: 50,
+            retry_backoff_ms: 500,
+            reclaim_idle_ms: 30_000,
+        }
     }
 }
 
@@ -142,30 +146,33 @@ impl ConsumerConfig {
 
 impl Config {
     /// Defaults, then `file` (when given), then `FIRSTCOME_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "configuration file {} does not exist",
                     file.display()
-                )));
+                ))));
             }
             figment = figment.merge(Toml::file(file));
         }
         figment
             .merge(Env::prefixed("FIRSTCOME_").ignore(&["config"]).split("__"))
             .extract()
+            .map_err(Box::new)
     }
 
     pub fn campaigns_dir(&self) -> PathBuf {
-        self.campaigns_dir.clone().unwrap_or_else(|| self.data_dir.join("campaigns"))
+        self.campaigns_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("campaigns"))
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite:{}", self.data_dir.join("firstcome.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("firstcome.db").display()))
     }
 }
 
@@ -175,7 +182,10 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("campaigns_dir", &self.campaigns_dir())
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("database_url", &redact_url(&self.database_url()))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("kafka_brokers", &self.kafka_brokers)
@@ -207,7 +217,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("mysql://root:s3cret@db/x"), "mysql://root:***@db/x");
+        assert_eq!(
+            redact_url("mysql://root:s3cret@db/x"),
+            "mysql://root:***@db/x"
+        );
         assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
         let config = Config {
             admin_token: Some("tok-123".into()),
@@ -215,16 +228,23 @@ mod tests {
             ..Config::default()
         };
         let shown = format!("{config:?}");
-        assert!(!shown.contains("tok-123") && !shown.contains(":pw@"), "{shown}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains(":pw@"),
+            "{shown}"
+        );
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "listen = \"0.0.0.0:9000\"\n[issuer]\npoll_ms = 7\n")?;
+            jail.create_file(
+                "c.toml",
+                "listen = \"0.0.0.0:9000\"\n[issuer]\npoll_ms = 7\n",
+            )?;
             jail.set_env("FIRSTCOME_ISSUER__POLL_MS", "9");
             jail.set_env("FIRSTCOME_REDIS_URL", "redis://r/");
-            let c = Config::load(Some(Path::new("c.toml")))?;
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| *e)?;
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.issuer.poll_ms, 9);
             assert_eq!(c.redis_url.as_deref(), Some("redis://r/"));

@@ -52,7 +52,12 @@ pub struct Issuers {
 
 impl Issuers {
     pub fn new(ctx: IssuerContext, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
-        Self { ctx, running: Mutex::new(HashMap::new()), shutdown, tracker }
+        Self {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+            shutdown,
+            tracker,
+        }
     }
 
     /// Starts the campaign's issuer, or hands it the campaign's new settings.
@@ -67,7 +72,14 @@ impl Issuers {
         let stop = self.shutdown.child_token();
         self.tracker
             .spawn(drain(self.ctx.clone(), rx, wake.clone(), stop.clone()));
-        running.insert(campaign.id.clone(), Running { campaign: tx, wake, stop });
+        running.insert(
+            campaign.id.clone(),
+            Running {
+                campaign: tx,
+                wake,
+                stop,
+            },
+        );
     }
 
     /// Stops the campaign's issuer; items it has not committed stay in the queue.
@@ -130,10 +142,19 @@ async fn drain(
 
 /// Commits one chunk, retrying until it commits or the issuer stops (then the items stay
 /// pending in the queue for whoever runs next). Returns false when stopped.
-async fn issue(ctx: &IssuerContext, id: &str, items: &[QueueItem], stop: &CancellationToken) -> bool {
+async fn issue(
+    ctx: &IssuerContext,
+    id: &str,
+    items: &[QueueItem],
+    stop: &CancellationToken,
+) -> bool {
     let backoff = Duration::from_millis(ctx.config.retry_backoff_ms);
     let outcome = loop {
-        match ctx.store.issue_chunk(id, items, &ctx.host_id, &ctx.topic).await {
+        match ctx
+            .store
+            .issue_chunk(id, items, &ctx.host_id, &ctx.topic)
+            .await
+        {
             Ok(outcome) => break outcome,
             Err(e) => {
                 tracing::warn!(campaign = %id, items = items.len(), error = %e,

@@ -76,7 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Campaign(CampaignCommand::Validate { files }) = &cli.command {
         return Ok(validate(files));
     }
-    if let Command::Serve { listen, data_dir, campaigns } = &cli.command {
+    if let Command::Serve {
+        listen,
+        data_dir,
+        campaigns,
+    } = &cli.command
+    {
         if let Some(l) = listen {
             config.listen = *l;
         }
@@ -121,14 +126,23 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match load_file(file) {
-            Ok(c) => println!("{}: ok (campaign {:?}, capacity {})", file.display(), c.id, c.capacity),
+            Ok(c) => println!(
+                "{}: ok (campaign {:?}, capacity {})",
+                file.display(),
+                c.id,
+                c.capacity
+            ),
             Err(reason) => {
                 ok = false;
                 eprintln!("{reason}");
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {

@@ -41,15 +41,29 @@ impl Publisher {
 fn message(e: &OutboxEvent) -> Message {
     let mut headers = BTreeMap::new();
     headers.insert("event_id".to_owned(), e.event_id.clone());
-    headers.insert("event_type".to_owned(), crate::event::COUPON_ISSUED.to_owned());
-    Message { event_id: e.event_id.clone(), key: e.key.clone(), payload: e.payload.clone(), headers }
+    headers.insert(
+        "event_type".to_owned(),
+        crate::event::COUPON_ISSUED.to_owned(),
+    );
+    Message {
+        event_id: e.event_id.clone(),
+        key: e.key.clone(),
+        payload: e.payload.clone(),
+        headers,
+    }
 }
 
 /// Publishes events grouped by topic; `Ok` only when the bus acknowledged every one.
-async fn publish_all(bus: &dyn EventBus, events: &[OutboxEvent]) -> Result<(), crate::bus::BusError> {
+async fn publish_all(
+    bus: &dyn EventBus,
+    events: &[OutboxEvent],
+) -> Result<(), crate::bus::BusError> {
     let mut by_topic: BTreeMap<&str, Vec<Message>> = BTreeMap::new();
     for e in events {
-        by_topic.entry(e.topic.as_str()).or_default().push(message(e));
+        by_topic
+            .entry(e.topic.as_str())
+            .or_default()
+            .push(message(e));
     }
     for (topic, messages) in by_topic {
         bus.publish(topic, &messages).await?;
@@ -108,7 +122,10 @@ impl Relay {
         // apart, elsewhere row locks do.
         let lease = 60_000;
         let batch = i64::from(self.config.relay_batch.max(1));
-        let claim = self.store.claim_unpublished(cutoff, batch, now, lease).await?;
+        let claim = self
+            .store
+            .claim_unpublished(cutoff, batch, now, lease)
+            .await?;
         if claim.events.is_empty() {
             claim.abandon().await?;
             return Ok(0);

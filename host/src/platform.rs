@@ -79,7 +79,10 @@ impl Platform {
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
         let campaign = Arc::new(campaign);
-        self.campaigns.write().unwrap().insert(campaign.id.clone(), campaign.clone());
+        self.campaigns
+            .write()
+            .unwrap()
+            .insert(campaign.id.clone(), campaign.clone());
         self.issuers.run(campaign);
         Ok(())
     }
@@ -108,17 +111,31 @@ impl Platform {
 
     /// Admits a user's request. When the queue has lost the campaign (Redis restarted or was
     /// flushed) it is rebuilt from the database and the request tried once more.
-    pub async fn admit(&self, c: &Campaign, user_id: &str, now: i64) -> Result<Admitted, PlatformError> {
+    pub async fn admit(
+        &self,
+        c: &Campaign,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Admitted, PlatformError> {
         let request_id = Uuid::now_v7().to_string();
-        let mut outcome = self.admission.admit(&c.id, user_id, &request_id, now).await?;
+        let mut outcome = self
+            .admission
+            .admit(&c.id, user_id, &request_id, now)
+            .await?;
         if outcome == Admit::Unknown {
             self.sync_admission(c, false).await?;
-            outcome = self.admission.admit(&c.id, user_id, &request_id, now).await?;
+            outcome = self
+                .admission
+                .admit(&c.id, user_id, &request_id, now)
+                .await?;
         }
         if matches!(outcome, Admit::Admitted { .. }) {
             self.issuers.wake(&c.id);
         }
-        Ok(Admitted { outcome, request_id })
+        Ok(Admitted {
+            outcome,
+            request_id,
+        })
     }
 
     pub fn reject(&self, id: &str, reason: String) {

@@ -11,7 +11,11 @@ use firstcome::campaign::{Campaign, CampaignSpec};
 use crate::helpers::{redis_url, spec, unique};
 
 async fn redis() -> Arc<dyn Admission> {
-    Arc::new(RedisAdmission::connect(&redis_url()).await.expect("Redis answers"))
+    Arc::new(
+        RedisAdmission::connect(&redis_url())
+            .await
+            .expect("Redis answers"),
+    )
 }
 
 async fn embedded() -> Arc<dyn Admission> {
@@ -48,10 +52,18 @@ suite!(
 
 async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
     let c = campaign(spec(3));
-    assert!(q.sync_campaign(&c, &[], false).await.unwrap(), "first sync builds");
+    assert!(
+        q.sync_campaign(&c, &[], false).await.unwrap(),
+        "first sync builds"
+    );
     for (i, user) in ["u1", "u2", "u3"].iter().enumerate() {
         let got = q.admit(&c.id, user, "r", 0).await.unwrap();
-        assert_eq!(got, Admit::Admitted { position: i as i64 + 1 });
+        assert_eq!(
+            got,
+            Admit::Admitted {
+                position: i as i64 + 1
+            }
+        );
     }
     assert_eq!(q.admit(&c.id, "u4", "r", 0).await.unwrap(), Admit::SoldOut);
     let counts = q.counts(&c.id).await.unwrap();
@@ -63,8 +75,14 @@ async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
 async fn dedupes_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(10));
     q.sync_campaign(&c, &[], false).await.unwrap();
-    assert_eq!(q.admit(&c.id, "u", "r1", 0).await.unwrap(), Admit::Admitted { position: 1 });
-    assert_eq!(q.admit(&c.id, "u", "r2", 0).await.unwrap(), Admit::Duplicate { position: 1 });
+    assert_eq!(
+        q.admit(&c.id, "u", "r1", 0).await.unwrap(),
+        Admit::Admitted { position: 1 }
+    );
+    assert_eq!(
+        q.admit(&c.id, "u", "r2", 0).await.unwrap(),
+        Admit::Duplicate { position: 1 }
+    );
     assert_eq!(q.counts(&c.id).await.unwrap().admitted, 1);
 }
 
@@ -76,10 +94,23 @@ async fn respects_the_window(q: Arc<dyn Admission>) {
     q.sync_campaign(&c, &[], false).await.unwrap();
     let opens = c.opens_at.unwrap();
     let closes = c.closes_at.unwrap();
-    assert_eq!(q.admit(&c.id, "u", "r", opens - 1).await.unwrap(), Admit::NotOpen);
-    assert_eq!(q.admit(&c.id, "u", "r", closes).await.unwrap(), Admit::Closed);
-    assert_eq!(q.admit(&c.id, "u", "r", opens).await.unwrap(), Admit::Admitted { position: 1 });
-    assert_eq!(q.counts(&c.id).await.unwrap().admitted, 1, "refusals change nothing");
+    assert_eq!(
+        q.admit(&c.id, "u", "r", opens - 1).await.unwrap(),
+        Admit::NotOpen
+    );
+    assert_eq!(
+        q.admit(&c.id, "u", "r", closes).await.unwrap(),
+        Admit::Closed
+    );
+    assert_eq!(
+        q.admit(&c.id, "u", "r", opens).await.unwrap(),
+        Admit::Admitted { position: 1 }
+    );
+    assert_eq!(
+        q.counts(&c.id).await.unwrap().admitted,
+        1,
+        "refusals change nothing"
+    );
 }
 
 async fn unknown_until_synced(q: Arc<dyn Admission>) {
@@ -92,19 +123,32 @@ async fn claims_fifo_and_acks(q: Arc<dyn Admission>) {
     let c = campaign(spec(100));
     q.sync_campaign(&c, &[], false).await.unwrap();
     for i in 0..25 {
-        q.admit(&c.id, &format!("u{i:02}"), &format!("r{i}"), 7).await.unwrap();
+        q.admit(&c.id, &format!("u{i:02}"), &format!("r{i}"), 7)
+            .await
+            .unwrap();
     }
     let first = q.claim(&c.id, "h1", 10, None).await.unwrap();
     let second = q.claim(&c.id, "h2", 10, None).await.unwrap();
     let positions: Vec<i64> = first.iter().chain(&second).map(|i| i.position).collect();
-    assert_eq!(positions, (1..=20).collect::<Vec<_>>(), "FIFO, no item twice");
+    assert_eq!(
+        positions,
+        (1..=20).collect::<Vec<_>>(),
+        "FIFO, no item twice"
+    );
     assert_eq!(first[0].user_id, "u00");
     assert_eq!(first[0].request_id, "r0");
     assert_eq!(first[0].admitted_at, 7);
     q.ack(&c.id, &first).await.unwrap();
-    assert_eq!(q.counts(&c.id).await.unwrap().queued, 15, "acked items leave the queue");
+    assert_eq!(
+        q.counts(&c.id).await.unwrap().queued,
+        15,
+        "acked items leave the queue"
+    );
     let rest = q.claim(&c.id, "h1", 10, None).await.unwrap();
-    assert_eq!(rest.iter().map(|i| i.position).collect::<Vec<_>>(), (21..=25).collect::<Vec<_>>());
+    assert_eq!(
+        rest.iter().map(|i| i.position).collect::<Vec<_>>(),
+        (21..=25).collect::<Vec<_>>()
+    );
 }
 
 async fn reclaims_idle_items(q: Arc<dyn Admission>) {
@@ -116,13 +160,24 @@ async fn reclaims_idle_items(q: Arc<dyn Admission>) {
     let dead = q.claim(&c.id, "dead-host", 10, None).await.unwrap();
     assert_eq!(dead.len(), 5);
     let idle = Duration::from_millis(200);
-    assert!(q.claim(&c.id, "live", 10, Some(idle)).await.unwrap().is_empty(), "not idle yet");
+    assert!(
+        q.claim(&c.id, "live", 10, Some(idle))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not idle yet"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
     let reclaimed = q.claim(&c.id, "live", 10, Some(idle)).await.unwrap();
     assert_eq!(reclaimed, dead, "the dead host's items, in order");
     q.ack(&c.id, &reclaimed).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(q.claim(&c.id, "live", 10, Some(idle)).await.unwrap().is_empty());
+    assert!(
+        q.claim(&c.id, "live", 10, Some(idle))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(q.counts(&c.id).await.unwrap().queued, 0);
 }
 
@@ -130,9 +185,18 @@ async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(5));
     let issued = vec![("a".to_owned(), 1), ("b".to_owned(), 4)];
     assert!(q.sync_campaign(&c, &issued, false).await.unwrap());
-    assert!(!q.sync_campaign(&c, &issued, false).await.unwrap(), "present: not rebuilt");
-    assert_eq!(q.admit(&c.id, "a", "r", 0).await.unwrap(), Admit::Duplicate { position: 1 });
-    assert_eq!(q.admit(&c.id, "c", "r", 0).await.unwrap(), Admit::Admitted { position: 5 });
+    assert!(
+        !q.sync_campaign(&c, &issued, false).await.unwrap(),
+        "present: not rebuilt"
+    );
+    assert_eq!(
+        q.admit(&c.id, "a", "r", 0).await.unwrap(),
+        Admit::Duplicate { position: 1 }
+    );
+    assert_eq!(
+        q.admit(&c.id, "c", "r", 0).await.unwrap(),
+        Admit::Admitted { position: 5 }
+    );
     let counts = q.counts(&c.id).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (3, 1));
     // Forcing drops what was queued and starts again from the database's word.
@@ -140,7 +204,10 @@ async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
     assert_eq!(q.counts(&c.id).await.unwrap().queued, 0);
     assert_eq!(q.position(&c.id, "c").await.unwrap(), None);
     for u in ["c", "d", "e"] {
-        assert!(matches!(q.admit(&c.id, u, "r", 0).await.unwrap(), Admit::Admitted { .. }));
+        assert!(matches!(
+            q.admit(&c.id, u, "r", 0).await.unwrap(),
+            Admit::Admitted { .. }
+        ));
     }
     assert_eq!(q.admit(&c.id, "f", "r", 0).await.unwrap(), Admit::SoldOut);
 }
@@ -150,8 +217,14 @@ async fn campaigns_are_independent(q: Arc<dyn Admission>) {
     let b = campaign(spec(1));
     q.sync_campaign(&a, &[], false).await.unwrap();
     q.sync_campaign(&b, &[], false).await.unwrap();
-    assert_eq!(q.admit(&a.id, "u", "r", 0).await.unwrap(), Admit::Admitted { position: 1 });
-    assert_eq!(q.admit(&b.id, "u", "r", 0).await.unwrap(), Admit::Admitted { position: 1 });
+    assert_eq!(
+        q.admit(&a.id, "u", "r", 0).await.unwrap(),
+        Admit::Admitted { position: 1 }
+    );
+    assert_eq!(
+        q.admit(&b.id, "u", "r", 0).await.unwrap(),
+        Admit::Admitted { position: 1 }
+    );
     assert_eq!(q.admit(&a.id, "v", "r", 0).await.unwrap(), Admit::SoldOut);
 }
 
@@ -170,7 +243,9 @@ async fn concurrent_admissions_never_pass_capacity(q: Arc<dyn Admission>) {
     for i in 0..400 {
         let (q, id) = (q.clone(), c.id.clone());
         tasks.push(tokio::spawn(async move {
-            q.admit(&id, &format!("u{}", i % 200), "r", 0).await.unwrap()
+            q.admit(&id, &format!("u{}", i % 200), "r", 0)
+                .await
+                .unwrap()
         }));
     }
     let mut positions = Vec::new();

@@ -10,8 +10,15 @@ async fn expect(app: &TestApp, req: reqwest::RequestBuilder, status: u16, code: 
     let r = req.send().await.unwrap();
     let got = r.status().as_u16();
     let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "body: {body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "a message: {body}");
+    assert_eq!(
+        (got, body["code"].as_str()),
+        (status, Some(code)),
+        "body: {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message: {body}"
+    );
     let _ = app;
     body
 }
@@ -23,51 +30,256 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
     let post = |path: &str| c.post(app.url(path));
     let requests = format!("/api/v1/campaigns/{id}/requests");
 
-    expect(&app, post(&requests).header("content-type", "application/json").body("{\"user_id\":"), 400, "malformed_body").await;
-    expect(&app, post(&requests).body("{\"user_id\":\"a\"}"), 415, "unsupported_media_type").await;
+    expect(
+        &app,
+        post(&requests)
+            .header("content-type", "application/json")
+            .body("{\"user_id\":"),
+        400,
+        "malformed_body",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).body("{\"user_id\":\"a\"}"),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
     expect(&app, post(&requests).json(&json!({})), 422, "invalid_body").await;
-    expect(&app, post(&requests).json(&json!({"user_id": 42})), 422, "invalid_body").await;
-    expect(&app, post(&requests).json(&json!({"user_id": "a", "extra": 1})), 422, "invalid_body").await;
-    expect(&app, post(&requests).json(&json!({"user_id": ""})), 422, "invalid_user_id").await;
-    expect(&app, post(&requests).json(&json!({"user_id": "x".repeat(129)})), 422, "invalid_user_id").await;
-    expect(&app, post(&requests).json(&json!({"user_id": "a\u{7}b"})), 422, "invalid_user_id").await;
-    expect(&app, post(&requests).json(&json!({"user_id": " padded"})), 422, "invalid_user_id").await;
-    expect(&app, post(&requests).json(&json!({"user_id": "x".repeat(20_000)})), 413, "body_too_large").await;
-    expect(&app, post("/api/v1/campaigns/no-such/requests").json(&json!({"user_id": "a"})), 404, "unknown_campaign").await;
-    expect(&app, post("/api/v1/campaigns/UPPER/requests").json(&json!({"user_id": "a"})), 404, "unknown_campaign").await;
-    expect(&app, c.get(app.url(&format!("/api/v1/campaigns/{id}/requests/%07"))), 422, "invalid_user_id").await;
-    expect(&app, c.get(app.url("/api/v1/campaigns/no-such/requests/a")), 404, "unknown_campaign").await;
-    expect(&app, c.get(app.url("/api/v1/campaigns/no-such")), 404, "unknown_campaign").await;
-    expect(&app, post("/api/v1/coupons/request").json(&json!({"userId": "a"})), 422, "invalid_body").await;
-    expect(&app, c.get(app.url("/api/v1/coupons/my")), 400, "invalid_query").await;
-    expect(&app, c.get(app.url("/api/v1/nothing-here")), 404, "not_found").await;
-    expect(&app, c.delete(app.url(&requests)), 405, "method_not_allowed").await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": 42})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": "a", "extra": 1})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": ""})),
+        422,
+        "invalid_user_id",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": "x".repeat(129)})),
+        422,
+        "invalid_user_id",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": "a\u{7}b"})),
+        422,
+        "invalid_user_id",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": " padded"})),
+        422,
+        "invalid_user_id",
+    )
+    .await;
+    expect(
+        &app,
+        post(&requests).json(&json!({"user_id": "x".repeat(20_000)})),
+        413,
+        "body_too_large",
+    )
+    .await;
+    expect(
+        &app,
+        post("/api/v1/campaigns/no-such/requests").json(&json!({"user_id": "a"})),
+        404,
+        "unknown_campaign",
+    )
+    .await;
+    expect(
+        &app,
+        post("/api/v1/campaigns/UPPER/requests").json(&json!({"user_id": "a"})),
+        404,
+        "unknown_campaign",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url(&format!("/api/v1/campaigns/{id}/requests/%07"))),
+        422,
+        "invalid_user_id",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url("/api/v1/campaigns/no-such/requests/a")),
+        404,
+        "unknown_campaign",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url("/api/v1/campaigns/no-such")),
+        404,
+        "unknown_campaign",
+    )
+    .await;
+    expect(
+        &app,
+        post("/api/v1/coupons/request").json(&json!({"userId": "a"})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url("/api/v1/coupons/my")),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url("/api/v1/nothing-here")),
+        404,
+        "not_found",
+    )
+    .await;
+    expect(
+        &app,
+        c.delete(app.url(&requests)),
+        405,
+        "method_not_allowed",
+    )
+    .await;
 
     // Admin: no token, wrong token, then bad documents with the right token.
     let admin_put = |path: &str| c.put(app.url(path)).bearer_auth(ADMIN_TOKEN);
     let campaign_doc = json!({"name": "n", "capacity": 3, "value": 1});
-    expect(&app, c.put(app.url("/api/v1/admin/campaigns/new-one")).json(&campaign_doc), 401, "unauthorized").await;
-    expect(&app, c.put(app.url("/api/v1/admin/campaigns/new-one")).bearer_auth("wrong").json(&campaign_doc), 401, "unauthorized").await;
-    expect(&app, admin_put("/api/v1/admin/campaigns/Bad.Id").json(&campaign_doc), 400, "invalid_campaign_id").await;
-    expect(&app, admin_put("/api/v1/admin/campaigns/new-one").json(&json!({"name": "n", "capacity": 0, "value": 1})), 422, "invalid_campaign").await;
-    expect(&app, admin_put("/api/v1/admin/campaigns/new-one").json(&json!({"name": "n", "capacity": 1, "value": 1, "colour": "red"})), 422, "invalid_body").await;
-    expect(&app, admin_put("/api/v1/admin/campaigns/new-one").json(&json!({"name": "n", "capacity": 1, "value": 1, "opens_at": "soon"})), 422, "invalid_body").await;
-    expect(&app, admin_put("/api/v1/admin/users/u1").json(&json!({"email": "not-an-address"})), 422, "invalid_user").await;
-    expect(&app, admin_put("/api/v1/admin/users/u1").json(&json!({"gender": "robot"})), 422, "invalid_user").await;
-    expect(&app, admin_put("/api/v1/admin/users/u1").json(&json!({"age_group": "ancient"})), 422, "invalid_user").await;
+    expect(
+        &app,
+        c.put(app.url("/api/v1/admin/campaigns/new-one"))
+            .json(&campaign_doc),
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect(
+        &app,
+        c.put(app.url("/api/v1/admin/campaigns/new-one"))
+            .bearer_auth("wrong")
+            .json(&campaign_doc),
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/Bad.Id").json(&campaign_doc),
+        400,
+        "invalid_campaign_id",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/new-one")
+            .json(&json!({"name": "n", "capacity": 0, "value": 1})),
+        422,
+        "invalid_campaign",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/new-one")
+            .json(&json!({"name": "n", "capacity": 1, "value": 1, "colour": "red"})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/new-one")
+            .json(&json!({"name": "n", "capacity": 1, "value": 1, "opens_at": "soon"})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/users/u1").json(&json!({"email": "not-an-address"})),
+        422,
+        "invalid_user",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/users/u1").json(&json!({"gender": "robot"})),
+        422,
+        "invalid_user",
+    )
+    .await;
+    expect(
+        &app,
+        admin_put("/api/v1/admin/users/u1").json(&json!({"age_group": "ancient"})),
+        422,
+        "invalid_user",
+    )
+    .await;
     let bulk = json!({"users": [{"user_id": "ok1", "email": "a@b.co"}, {"user_id": "", "email": "c@d.co"}]});
-    let body = expect(&app, admin_put("/api/v1/admin/users").json(&bulk), 422, "invalid_user").await;
-    assert!(body["message"].as_str().unwrap().contains("users[1]"), "{body}");
-    let many: Vec<Value> = (0..1001).map(|i| json!({"user_id": format!("u{i}")})).collect();
-    expect(&app, admin_put("/api/v1/admin/users").json(&json!({"users": many})), 422, "too_many_users").await;
+    let body = expect(
+        &app,
+        admin_put("/api/v1/admin/users").json(&bulk),
+        422,
+        "invalid_user",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("users[1]"),
+        "{body}"
+    );
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"user_id": format!("u{i}")}))
+        .collect();
+    expect(
+        &app,
+        admin_put("/api/v1/admin/users").json(&json!({"users": many})),
+        422,
+        "too_many_users",
+    )
+    .await;
 
     // Nothing of the above was written anywhere.
     let store = &app.backends.store;
-    assert_eq!(store.count_users().await.unwrap(), 0, "no user profile written");
+    assert_eq!(
+        store.count_users().await.unwrap(),
+        0,
+        "no user profile written"
+    );
     assert_eq!(store.count_coupons(&id).await.unwrap(), 0);
-    assert_eq!(app.backends.admission.counts(&id).await.unwrap().admitted, 0, "nobody admitted");
-    assert!(store.campaign_row("new-one").await.unwrap().is_none(), "no campaign row");
-    assert!(!app.platform.config.campaigns_dir().join("new-one.toml").exists(), "no file");
+    assert_eq!(
+        app.backends.admission.counts(&id).await.unwrap().admitted,
+        0,
+        "nobody admitted"
+    );
+    assert!(
+        store.campaign_row("new-one").await.unwrap().is_none(),
+        "no campaign row"
+    );
+    assert!(
+        !app.platform
+            .config
+            .campaigns_dir()
+            .join("new-one.toml")
+            .exists(),
+        "no file"
+    );
     assert!(app.platform.campaign("new-one").is_none());
     app.stop().await;
 }
@@ -91,7 +303,10 @@ async fn refusals_by_campaign_state(backend: Backend) {
     assert_eq!((status, body["code"].as_str()), (410, Some("closed")));
     assert_eq!(app.request(&tiny, "a").await.0, 202);
     let (status, body) = app.request(&tiny, "a").await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("duplicate_request")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("duplicate_request"))
+    );
     let (status, body) = app.request(&tiny, "b").await;
     assert_eq!((status, body["code"].as_str()), (410, Some("sold_out")));
     let (_, view) = app.get(&format!("/api/v1/campaigns/{not_open}")).await;

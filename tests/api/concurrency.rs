@@ -12,7 +12,9 @@ async fn exactly_capacity_under_a_storm(backend: Backend) {
     let app = spawn_app(backend).await;
     let campaign = app.campaign(spec(100)).await;
     // 1,000 users, each asking five times, in random order, 200 at a time.
-    let mut requests: Vec<String> = (0..1000).flat_map(|u| vec![format!("user-{u}"); 5]).collect();
+    let mut requests: Vec<String> = (0..1000)
+        .flat_map(|u| vec![format!("user-{u}"); 5])
+        .collect();
     requests.shuffle(&mut rand::rng());
     let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(requests)
         .map(|user| {
@@ -31,7 +33,10 @@ async fn exactly_capacity_under_a_storm(backend: Backend) {
         match status {
             202 => {
                 let position = body["position"].as_i64().unwrap();
-                assert!(accepted.insert(user.clone(), position).is_none(), "{user} accepted twice");
+                assert!(
+                    accepted.insert(user.clone(), position).is_none(),
+                    "{user} accepted twice"
+                );
             }
             409 => assert_eq!(body["code"], "duplicate_request"),
             410 => assert_eq!(body["code"], "sold_out"),
@@ -51,9 +56,19 @@ async fn exactly_capacity_under_a_storm(backend: Backend) {
     let users: HashSet<&String> = issued.iter().map(|(u, _)| u).collect();
     assert_eq!(users.len(), 100, "no user holds two coupons");
     for (user, position) in &issued {
-        assert_eq!(accepted.get(user), Some(position), "{user} issued at its admitted position");
+        assert_eq!(
+            accepted.get(user),
+            Some(position),
+            "{user} issued at its admitted position"
+        );
     }
-    let row = app.backends.store.campaign_row(&campaign).await.unwrap().unwrap();
+    let row = app
+        .backends
+        .store
+        .campaign_row(&campaign)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.issued, 100, "the campaign's issued count agrees");
 
     let (_, view) = app.get(&format!("/api/v1/campaigns/{campaign}")).await;

@@ -37,7 +37,10 @@ impl EventBus for RecordingBus {
         if self.fail.load(Ordering::SeqCst) {
             return Err(BusError::Publish("broker unreachable".into()));
         }
-        self.published.lock().unwrap().extend(messages.iter().map(|m| m.event_id.clone()));
+        self.published
+            .lock()
+            .unwrap()
+            .extend(messages.iter().map(|m| m.event_id.clone()));
         Ok(())
     }
     async fn run_consumer(
@@ -67,13 +70,24 @@ async fn unpublished_rows(store: &Store, n: usize) -> Vec<String> {
             admitted_at: 0,
         })
         .collect();
-    let outcome = store.issue_chunk(&id, &items, "test", "coupon-issued").await.unwrap();
+    let outcome = store
+        .issue_chunk(&id, &items, "test", "coupon-issued")
+        .await
+        .unwrap();
     outcome.events.into_iter().map(|e| e.event_id).collect()
 }
 
 fn relay(store: &Store, bus: Arc<dyn EventBus>) -> Relay {
-    let config = OutboxConfig { republish_after_ms: 0, relay_batch: 10, ..OutboxConfig::default() };
-    Relay { store: store.clone(), bus, config }
+    let config = OutboxConfig {
+        republish_after_ms: 0,
+        relay_batch: 10,
+        ..OutboxConfig::default()
+    };
+    Relay {
+        store: store.clone(),
+        bus,
+        config,
+    }
 }
 
 async fn two_relays_never_publish_a_row_twice(backend: Backend) {
@@ -97,7 +111,10 @@ async fn two_relays_never_publish_a_row_twice(backend: Backend) {
     for id in &published {
         *counts.entry(id).or_default() += 1;
     }
-    assert!(counts.values().all(|&n| n == 1), "a row was published twice");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a row was published twice"
+    );
     assert_eq!(counts.len(), 200);
     for id in &ids {
         assert_eq!(backends.store.is_published(id).await.unwrap(), Some(true));
@@ -116,20 +133,30 @@ async fn unacknowledged_publish_stays_unpublished(backend: Backend) {
     let r = relay(&backends.store, bus.clone());
     assert!(r.run_once().await.is_err(), "the failure is reported");
     for id in &ids {
-        assert_eq!(backends.store.is_published(id).await.unwrap(), Some(false), "{id}");
+        assert_eq!(
+            backends.store.is_published(id).await.unwrap(),
+            Some(false),
+            "{id}"
+        );
     }
     assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 15);
     // The broker comes back; on SQLite the failed claim's lease must lapse first.
     bus.fail.store(false, Ordering::SeqCst);
     if backends.store.dialect() == firstcome::store::Dialect::Sqlite {
-        sqlx::query("UPDATE outbox SET claimed_until = NULL").execute(backends.store.pool()).await.unwrap();
+        sqlx::query("UPDATE outbox SET claimed_until = NULL")
+            .execute(backends.store.pool())
+            .await
+            .unwrap();
     }
     while r.run_once().await.unwrap() > 0 {}
     let mut published = bus.published.lock().unwrap().clone();
     published.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(published, expected, "every event re-sent with its original id");
+    assert_eq!(
+        published, expected,
+        "every event re-sent with its original id"
+    );
     assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 0);
 }
 
@@ -149,7 +176,10 @@ impl Handler for Counting {
         if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
             return Err(HandlerError::Retryable("smtp down".into()));
         }
-        self.seen.lock().unwrap().push(event.message.event_id.clone());
+        self.seen
+            .lock()
+            .unwrap()
+            .push(event.message.event_id.clone());
         Ok(())
     }
 }
@@ -158,7 +188,10 @@ fn consumer(group: &str, topic: &str) -> ConsumerSpec {
     ConsumerSpec {
         group: group.into(),
         topic: topic.into(),
-        retry: RetryPolicy { backoff: Duration::from_millis(5), max_retries: 3 },
+        retry: RetryPolicy {
+            backoff: Duration::from_millis(5),
+            max_retries: 3,
+        },
         poll_interval: Duration::from_millis(20),
     }
 }
@@ -192,7 +225,12 @@ async fn consumer_groups_see_every_event_once(backend: Backend) {
     bus.publish(&topic, &messages[..10]).await.unwrap();
     wait_for(10, || async {
         handlers.iter().all(|h| h.seen.lock().unwrap().len() >= 50)
-            && backends.store.group_position("stats", &topic).await.unwrap() == 61
+            && backends
+                .store
+                .group_position("stats", &topic)
+                .await
+                .unwrap()
+                == 61
     })
     .await
     .expect("every group reads to the end");
@@ -213,15 +251,27 @@ async fn failing_handler_dead_letters(backend: Backend) {
     let bus = Arc::new(LogBus::new(backends.store.clone()));
     let topic = unique("t");
     // Four failures: the first event is tried 1 + 3 times and dead-lettered.
-    let h = Arc::new(Counting { fail: 4, ..Counting::default() });
+    let h = Arc::new(Counting {
+        fail: 4,
+        ..Counting::default()
+    });
     let stop = CancellationToken::new();
-    let (b, s, st, hh) = (bus.clone(), consumer("notification", &topic), stop.clone(), h.clone());
+    let (b, s, st, hh) = (
+        bus.clone(),
+        consumer("notification", &topic),
+        stop.clone(),
+        h.clone(),
+    );
     tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() });
-    bus.publish(&topic, &[message(1), message(2)]).await.unwrap();
-    let dlt = format!("{topic}.DLT");
-    wait_for(10, || async { backends.store.log_head(&dlt).await.unwrap() == 1 && h.seen.lock().unwrap().len() == 1 })
+    bus.publish(&topic, &[message(1), message(2)])
         .await
-        .expect("one dead letter, the next event handled");
+        .unwrap();
+    let dlt = format!("{topic}.DLT");
+    wait_for(10, || async {
+        backends.store.log_head(&dlt).await.unwrap() == 1 && h.seen.lock().unwrap().len() == 1
+    })
+    .await
+    .expect("one dead letter, the next event handled");
     let dead = backends.store.read_log(&dlt, 1, 10).await.unwrap();
     let m = &dead[0].message;
     assert_eq!(m.event_id, "e1");
@@ -248,22 +298,40 @@ async fn a_group_member_takes_over(backend: Backend) {
     let first = CancellationToken::new();
     let second = CancellationToken::new();
     let a = {
-        let (b, s, st, hh) = (bus.clone(), consumer("history", &topic), first.clone(), h.clone());
+        let (b, s, st, hh) = (
+            bus.clone(),
+            consumer("history", &topic),
+            first.clone(),
+            h.clone(),
+        );
         tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() })
     };
-    let (b, s, st, hh) = (bus.clone(), consumer("history", &topic), second.clone(), h.clone());
+    let (b, s, st, hh) = (
+        bus.clone(),
+        consumer("history", &topic),
+        second.clone(),
+        h.clone(),
+    );
     tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() });
     let messages: Vec<Message> = (0..40).map(message).collect();
     bus.publish(&topic, &messages[..20]).await.unwrap();
-    wait_for(10, || async { h.seen.lock().unwrap().len() == 20 }).await.expect("first half");
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 20 })
+        .await
+        .expect("first half");
     // One member leaves; the other carries on with the rest.
     first.cancel();
     a.await.unwrap();
     bus.publish(&topic, &messages[20..]).await.unwrap();
-    wait_for(10, || async { h.seen.lock().unwrap().len() == 40 }).await.expect("second half");
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 40 })
+        .await
+        .expect("second half");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let seen = h.seen.lock().unwrap().clone();
-    assert_eq!(seen, (0..40).map(|i| format!("e{i}")).collect::<Vec<_>>(), "no loss, no repeat");
+    assert_eq!(
+        seen,
+        (0..40).map(|i| format!("e{i}")).collect::<Vec<_>>(),
+        "no loss, no repeat"
+    );
     second.cancel();
 }
 
@@ -279,25 +347,55 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
     }
     app.wait_issued(&id, 40, 20).await;
     let store = &app.backends.store;
-    wait_for(20, || async { store.history_of_campaign(&id).await.unwrap().len() == 40 })
-        .await
-        .expect("history complete");
-    assert_eq!(store.outbox_backlog().await.unwrap().0, 0, "all marked published");
+    wait_for(20, || async {
+        store.history_of_campaign(&id).await.unwrap().len() == 40
+    })
+    .await
+    .expect("history complete");
+    assert_eq!(
+        store.outbox_backlog().await.unwrap().0,
+        0,
+        "all marked published"
+    );
     let history = store.history_of_campaign(&id).await.unwrap();
     let mut events: Vec<&String> = history.iter().map(|h| &h.event_id).collect();
     events.sort();
     events.dedup();
     assert_eq!(events.len(), 40);
     let payload: serde_json::Value = serde_json::from_str(
-        &store.read_log("coupon-issued", 1, 1).await.unwrap()[0].message.payload,
+        &store.read_log("coupon-issued", 1, 1).await.unwrap()[0]
+            .message
+            .payload,
     )
     .unwrap();
-    for field in ["event_id", "event_type", "schema_version", "campaign_id", "occurred_at"] {
-        assert!(payload.get(field).is_some(), "envelope has {field}: {payload}");
+    for field in [
+        "event_id",
+        "event_type",
+        "schema_version",
+        "campaign_id",
+        "occurred_at",
+    ] {
+        assert!(
+            payload.get(field).is_some(),
+            "envelope has {field}: {payload}"
+        );
     }
-    for field in ["user_id", "email", "fcm_token", "gender", "age_group", "campaign_name",
-        "campaign_value", "coupon_id", "coupon_code", "issued_at"] {
-        assert!(payload["payload"].get(field).is_some(), "payload has {field}: {payload}");
+    for field in [
+        "user_id",
+        "email",
+        "fcm_token",
+        "gender",
+        "age_group",
+        "campaign_name",
+        "campaign_value",
+        "coupon_id",
+        "coupon_code",
+        "issued_at",
+    ] {
+        assert!(
+            payload["payload"].get(field).is_some(),
+            "payload has {field}: {payload}"
+        );
     }
     app.stop().await;
 }

@@ -13,23 +13,32 @@ use crate::helpers::{Backend, Backends, coupons, spawn_app_on, spec, unique, wai
 use crate::on_all_backends;
 
 /// Sends each (user, host index) request; returns the users accepted with their positions.
-async fn storm(apps: &[&crate::helpers::TestApp], campaign: &str, users: Vec<String>) -> HashMap<String, i64> {
-    let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(users.into_iter().enumerate())
-        .map(|(i, user)| {
-            let app = apps[i % apps.len()];
-            async move {
-                let (status, body) = app.request(campaign, &user).await;
-                (user, status, body)
-            }
-        })
-        .buffer_unordered(100)
-        .collect()
-        .await;
+async fn storm(
+    apps: &[&crate::helpers::TestApp],
+    campaign: &str,
+    users: Vec<String>,
+) -> HashMap<String, i64> {
+    let answers: Vec<(String, u16, serde_json::Value)> =
+        futures::stream::iter(users.into_iter().enumerate())
+            .map(|(i, user)| {
+                let app = apps[i % apps.len()];
+                async move {
+                    let (status, body) = app.request(campaign, &user).await;
+                    (user, status, body)
+                }
+            })
+            .buffer_unordered(100)
+            .collect()
+            .await;
     let mut accepted = HashMap::new();
     for (user, status, body) in answers {
         match status {
             202 => {
-                assert!(accepted.insert(user, body["position"].as_i64().unwrap()).is_none());
+                assert!(
+                    accepted
+                        .insert(user, body["position"].as_i64().unwrap())
+                        .is_none()
+                );
             }
             409 | 410 => {}
             other => panic!("unexpected {other}: {body}"),
@@ -51,8 +60,14 @@ async fn two_hosts_drain_one_campaign(backend: Backend) {
     let id = one.campaign(spec(300)).await;
     let mut spec = spec(300);
     spec.chunk_size = Some(7);
-    one.platform.apply_campaign(firstcome::campaign::Campaign::new(&id, spec.clone()).unwrap()).await.unwrap();
-    two.platform.apply_campaign(firstcome::campaign::Campaign::new(&id, spec).unwrap()).await.unwrap();
+    one.platform
+        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec.clone()).unwrap())
+        .await
+        .unwrap();
+    two.platform
+        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec).unwrap())
+        .await
+        .unwrap();
 
     let users: Vec<String> = (0..1000).flat_map(|u| vec![format!("u{u}"); 2]).collect();
     let accepted = storm(&[&one, &two], &id, users).await;
@@ -77,10 +92,17 @@ async fn queue_before_issuing(backends: &Backends, capacity: i64, users: &[Strin
     let id = unique("c");
     let campaign = firstcome::campaign::Campaign::new(&id, spec(capacity)).unwrap();
     backends.store.upsert_campaign(&campaign).await.unwrap();
-    backends.admission.sync_campaign(&campaign, &[], false).await.unwrap();
+    backends
+        .admission
+        .sync_campaign(&campaign, &[], false)
+        .await
+        .unwrap();
     for u in users {
         let admitted = backends.admission.admit(&id, u, "r", 0).await.unwrap();
-        assert!(matches!(admitted, firstcome::admission::Admit::Admitted { .. }));
+        assert!(matches!(
+            admitted,
+            firstcome::admission::Admit::Admitted { .. }
+        ));
     }
     id
 }
@@ -127,7 +149,9 @@ async fn failing_chunk_is_retried_whole(backend: Backend) {
     assert_eq!(backends.store.count_coupons(&id).await.unwrap(), 0);
     assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 0);
     assert_eq!(backends.store.issued_count(&id).await.unwrap(), 0);
-    let (_, status) = app.get(&format!("/api/v1/campaigns/{id}/requests/u1")).await;
+    let (_, status) = app
+        .get(&format!("/api/v1/campaigns/{id}/requests/u1"))
+        .await;
     assert_eq!(status["status"], "queued", "still waiting, not lost");
 
     cure(&backends.store).await;
@@ -161,7 +185,11 @@ async fn dead_hosts_claims_are_reclaimed(backend: Backend) {
     let issued = coupons(&backends.store, &id).await;
     assert_eq!(issued.len(), 20);
     assert_no_duplicates(&issued);
-    assert_eq!(backends.admission.counts(&id).await.unwrap().queued, 0, "all acknowledged");
+    assert_eq!(
+        backends.admission.counts(&id).await.unwrap().queued,
+        0,
+        "all acknowledged"
+    );
     app.stop().await;
 }
 
@@ -185,8 +213,11 @@ async fn queue_data_loss_never_over_issues(backend: Backend) {
         match &backends.embedded {
             Some(embedded) => embedded.clear(),
             None => {
-                let mut conn = redis::Client::open(redis.as_str()).unwrap()
-                    .get_multiplexed_async_connection().await.unwrap();
+                let mut conn = redis::Client::open(redis.as_str())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
                 let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
             }
         }
@@ -200,7 +231,11 @@ async fn queue_data_loss_never_over_issues(backend: Backend) {
     // The early users are still known: rebuilt from the database.
     for u in &first[..5] {
         let (status, body) = app.request(&id, u).await;
-        assert_eq!((status, body["code"].as_str()), (409, Some("duplicate_request")), "{u}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("duplicate_request")),
+            "{u}"
+        );
     }
     // Second wave with losses in the middle of it.
     let second: Vec<String> = (0..300).map(|i| format!("late{i}")).collect();
@@ -244,13 +279,20 @@ async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
     let backends = Backends::open_with_redis(backend, dir.path(), &redis).await;
     let early: Vec<String> = (0..10).map(|i| format!("early{i}")).collect();
     let id = queue_before_issuing(&backends, 10, &early).await;
-    let in_flight = backends.admission.claim(&id, "slow-host", 10, None).await.unwrap();
+    let in_flight = backends
+        .admission
+        .claim(&id, "slow-host", 10, None)
+        .await
+        .unwrap();
     assert_eq!(in_flight.len(), 10);
     match &backends.embedded {
         Some(embedded) => embedded.clear(),
         None => {
-            let mut conn = redis::Client::open(redis.as_str()).unwrap()
-                .get_multiplexed_async_connection().await.unwrap();
+            let mut conn = redis::Client::open(redis.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
             let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
         }
     }
@@ -264,8 +306,16 @@ async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
     }
     app.wait_issued(&id, 10, 20).await;
 
-    let outcome = backends.store.issue_chunk(&id, &in_flight, "slow-host", "coupon-issued").await.unwrap();
-    assert_eq!(outcome.refused.len(), 10, "the late chunk is refused, not issued");
+    let outcome = backends
+        .store
+        .issue_chunk(&id, &in_flight, "slow-host", "coupon-issued")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.refused.len(),
+        10,
+        "the late chunk is refused, not issued"
+    );
     assert!(outcome.events.is_empty());
     let issued = coupons(&backends.store, &id).await;
     assert_eq!(issued.len(), 10);
@@ -291,7 +341,11 @@ async fn killed_process_loses_nothing() {
     )
     .unwrap();
     let start = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
             .arg("serve")
             .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
@@ -311,7 +365,11 @@ async fn killed_process_loses_nothing() {
         let client = client.clone();
         async move {
             wait_for(30, || async {
-                client.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status() == 200)
+                client
+                    .get(format!("{base}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
             })
             .await
             .expect("the process becomes ready");
@@ -323,24 +381,42 @@ async fn killed_process_loses_nothing() {
     let store = backends.store.clone();
     let storm = futures::stream::iter(0..1500)
         .map(|i| {
-            let (client, url) = (client.clone(), format!("{base}/api/v1/campaigns/{id}/requests"));
+            let (client, url) = (
+                client.clone(),
+                format!("{base}/api/v1/campaigns/{id}/requests"),
+            );
             async move {
                 let user = format!("user{i}");
-                let r = client.post(url).json(&serde_json::json!({"user_id": user})).send().await;
+                let r = client
+                    .post(url)
+                    .json(&serde_json::json!({"user_id": user}))
+                    .send()
+                    .await;
                 (user, r.map(|r| r.status().as_u16()).ok())
             }
         })
         .buffer_unordered(50)
         .collect::<Vec<_>>();
     let killer = async {
-        wait_for(60, || async { store.count_coupons(&id).await.unwrap() >= 100 }).await.expect("issuing starts");
+        wait_for(60, || async {
+            store.count_coupons(&id).await.unwrap() >= 100
+        })
+        .await
+        .expect("issuing starts");
         first.kill().await.unwrap();
         store.count_coupons(&id).await.unwrap()
     };
     let (answers, at_kill) = tokio::join!(storm, killer);
-    let accepted: Vec<&String> =
-        answers.iter().filter(|(_, s)| *s == Some(202)).map(|(u, _)| u).collect();
-    assert!((at_kill as usize) < accepted.len(), "killed mid-drain: {at_kill} of {}", accepted.len());
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|(_, s)| *s == Some(202))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        (at_kill as usize) < accepted.len(),
+        "killed mid-drain: {at_kill} of {}",
+        accepted.len()
+    );
 
     let (_second, base) = start();
     ready(base).await;
@@ -355,7 +431,10 @@ async fn killed_process_loses_nothing() {
     assert_no_duplicates(&issued);
     let holders: HashSet<&String> = issued.iter().map(|(u, _)| u).collect();
     for user in accepted {
-        assert!(holders.contains(user), "{user} was accepted and never issued");
+        assert!(
+            holders.contains(user),
+            "{user} was accepted and never issued"
+        );
     }
     assert_eq!(store.issued_count(&id).await.unwrap(), issued.len() as i64);
 }

@@ -35,7 +35,8 @@ pub fn redis_url() -> String {
 }
 
 fn mysql_url() -> String {
-    std::env::var("FIRSTCOME_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+    std::env::var("FIRSTCOME_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 fn postgres_url() -> String {
@@ -44,7 +45,10 @@ fn postgres_url() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A fresh database of the backend's engine; returns its URL.
@@ -52,13 +56,22 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
     let name = format!("fct_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let (admin_url, url) = match backend {
         Backend::Embedded => return format!("sqlite:{}", dir.join("firstcome.db").display()),
-        Backend::RedisMariaDb => (format!("{}/test", mysql_url()), format!("{}/{name}", mysql_url())),
-        Backend::RedisPostgres => {
-            (format!("{}/postgres", postgres_url()), format!("{}/{name}", postgres_url()))
-        }
+        Backend::RedisMariaDb => (
+            format!("{}/test", mysql_url()),
+            format!("{}/{name}", mysql_url()),
+        ),
+        Backend::RedisPostgres => (
+            format!("{}/postgres", postgres_url()),
+            format!("{}/{name}", postgres_url()),
+        ),
     };
-    let admin = Store::connect(&admin_url).await.expect("the test database server answers");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+    let admin = Store::connect(&admin_url)
+        .await
+        .expect("the test database server answers");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
     admin.close().await;
     url
 }
@@ -66,7 +79,6 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
 /// Backends opened for a test, shareable between several hosts.
 #[derive(Clone, Debug)]
 pub struct Backends {
-    pub backend: Backend,
     pub database_url: String,
     pub redis_url: Option<String>,
     pub store: Store,
@@ -82,12 +94,18 @@ impl Backends {
 
     /// New connections to the same database and Redis: what a second host would have.
     pub async fn reopen(&self) -> Self {
-        let store = Store::open(&self.database_url).await.expect("database answers");
+        let store = Store::open(&self.database_url)
+            .await
+            .expect("database answers");
         let admission: Arc<dyn Admission> = match &self.redis_url {
             Some(url) => Arc::new(RedisAdmission::connect(url).await.expect("Redis answers")),
             None => self.admission.clone(),
         };
-        Self { store, admission, ..self.clone() }
+        Self {
+            store,
+            admission,
+            ..self.clone()
+        }
     }
 
     pub async fn open_with_redis(backend: Backend, dir: &std::path::Path, redis: &str) -> Self {
@@ -104,7 +122,13 @@ impl Backends {
                 Some(redis.to_owned()),
             ),
         };
-        Self { backend, database_url, redis_url, store, admission, embedded }
+        Self {
+            database_url,
+            redis_url,
+            store,
+            admission,
+            embedded,
+        }
     }
 }
 
@@ -116,7 +140,8 @@ pub struct TestApp {
     pub platform: Arc<Platform>,
     pub backends: Backends,
     pub shutdown: CancellationToken,
-    pub dir: Arc<tempfile::TempDir>,
+    /// Keeps the host's data directory until the test ends.
+    _dir: Arc<tempfile::TempDir>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -161,11 +186,14 @@ pub async fn spawn_app_on(
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
-        client: reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap(),
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap(),
         platform,
         backends,
         shutdown,
-        dir,
+        _dir: dir,
         task,
     }
 }
@@ -217,16 +245,23 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(self.url(path)).send().await.expect("the host answers");
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the host answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Waits until the campaign has `n` coupons in the database (or panics after `secs`).
     pub async fn wait_issued(&self, campaign: &str, n: i64, secs: u64) {
-        wait_for(secs, || async { self.backends.store.count_coupons(campaign).await.unwrap() >= n })
-            .await
-            .unwrap_or_else(|| panic!("{n} coupons of {campaign} not issued within {secs}s"));
+        wait_for(secs, || async {
+            self.backends.store.count_coupons(campaign).await.unwrap() >= n
+        })
+        .await
+        .unwrap_or_else(|| panic!("{n} coupons of {campaign} not issued within {secs}s"));
     }
 
     pub async fn stop(self) {

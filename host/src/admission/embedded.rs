@@ -119,15 +119,19 @@ impl Admission for EmbeddedAdmission {
 
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
         let campaigns = self.campaigns.lock().unwrap();
-        Ok(campaigns.get(campaign_id).and_then(|q| q.users.get(user_id).copied()))
+        Ok(campaigns
+            .get(campaign_id)
+            .and_then(|q| q.users.get(user_id).copied()))
     }
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
         let campaigns = self.campaigns.lock().unwrap();
-        Ok(campaigns.get(campaign_id).map_or_else(QueueCounts::default, |q| QueueCounts {
-            admitted: q.admitted,
-            queued: (q.waiting.len() + q.pending.len()) as i64,
-        }))
+        Ok(campaigns
+            .get(campaign_id)
+            .map_or_else(QueueCounts::default, |q| QueueCounts {
+                admitted: q.admitted,
+                queued: (q.waiting.len() + q.pending.len()) as i64,
+            }))
     }
 
     async fn claim(
@@ -156,8 +160,16 @@ impl Admission for EmbeddedAdmission {
         }
         if items.is_empty() {
             while items.len() < max {
-                let Some(item) = q.waiting.pop_front() else { break };
-                q.pending.insert(item.position, Pending { item: item.clone(), claimed_at: now });
+                let Some(item) = q.waiting.pop_front() else {
+                    break;
+                };
+                q.pending.insert(
+                    item.position,
+                    Pending {
+                        item: item.clone(),
+                        claimed_at: now,
+                    },
+                );
                 items.push(item);
             }
         }

@@ -41,9 +41,13 @@ pub struct QueueItem {
 /// The answer to one admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
-    Admitted { position: i64 },
+    Admitted {
+        position: i64,
+    },
     /// The user was admitted before, at this position.
-    Duplicate { position: i64 },
+    Duplicate {
+        position: i64,
+    },
     SoldOut,
     Closed,
     NotOpen,

@@ -147,12 +147,20 @@ impl Admission for RedisAdmission {
             "closed" => Admit::Closed,
             "not_open" => Admit::NotOpen,
             "unknown" => Admit::Unknown,
-            other => return Err(AdmissionError::Protocol(format!("admit returned {other:?}"))),
+            other => {
+                return Err(AdmissionError::Protocol(format!(
+                    "admit returned {other:?}"
+                )));
+            }
         })
     }
 
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
-        Ok(self.conn.clone().hget(keys(campaign_id).users, user_id).await?)
+        Ok(self
+            .conn
+            .clone()
+            .hget(keys(campaign_id).users, user_id)
+            .await?)
     }
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
@@ -162,7 +170,10 @@ impl Admission for RedisAdmission {
             .xlen(&k.queue)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(QueueCounts { admitted: admitted.unwrap_or(0), queued })
+        Ok(QueueCounts {
+            admitted: admitted.unwrap_or(0),
+            queued,
+        })
     }
 
     async fn claim(
@@ -194,17 +205,18 @@ impl Admission for RedisAdmission {
             }
         }
         if entries.is_empty() {
-            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(ISSUER_GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(max)
-                .arg("STREAMS")
-                .arg(&k.queue)
-                .arg(">")
-                .query_async(&mut conn)
-                .await;
+            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> =
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(ISSUER_GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&k.queue)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await;
             match reply {
                 Ok(streams) => {
                     entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
@@ -240,12 +252,18 @@ impl Admission for RedisAdmission {
         if user_ids.is_empty() {
             return Ok(());
         }
-        let _: i64 = self.conn.clone().hdel(keys(campaign_id).users, user_ids).await?;
+        let _: i64 = self
+            .conn
+            .clone()
+            .hdel(keys(campaign_id).users, user_ids)
+            .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }

@@ -26,8 +26,15 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let Some(expected) = platform.config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(unauthorized("the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN"));
+    let Some(expected) = platform
+        .config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(unauthorized(
+            "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
+        ));
     };
     let given = request
         .headers()
@@ -73,8 +80,14 @@ pub async fn put_campaign(
     let path = campaign_file(&platform, &id);
     write_atomically(&path, &spec.to_toml()).map_err(|e| ApiError::internal(&e))?;
     platform.clear_rejection(&id);
-    let c = platform.campaign(&id).ok_or_else(|| ApiError::unknown_campaign(&id))?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let c = platform
+        .campaign(&id)
+        .ok_or_else(|| ApiError::unknown_campaign(&id))?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(view(&platform, &c).await?)))
 }
 
@@ -91,7 +104,11 @@ pub async fn delete_campaign(
         Err(e) => return Err(ApiError::internal(&e)),
     };
     let was_active = platform.remove_campaign(&id).await?;
-    if had_file || was_active { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::unknown_campaign(&id)) }
+    if had_file || was_active {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::unknown_campaign(&id))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -132,7 +149,9 @@ impl ProfileBody {
         if let Some(email) = &self.email {
             let valid = email.len() <= 254
                 && !email.chars().any(|c| c.is_control() || c.is_whitespace())
-                && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
+                && email
+                    .split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
             if !valid {
                 return Err(format!("email {email:?} is not an address"));
             }
@@ -168,9 +187,13 @@ pub async fn put_user(
     ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<ProfileBody>,
 ) -> Result<Json<UserProfile>, ApiError> {
-    let profile =
-        body.into_profile(user_id).map_err(|m| ApiError::unprocessable("invalid_user", m))?;
-    platform.store.upsert_users(std::slice::from_ref(&profile)).await?;
+    let profile = body
+        .into_profile(user_id)
+        .map_err(|m| ApiError::unprocessable("invalid_user", m))?;
+    platform
+        .store
+        .upsert_users(std::slice::from_ref(&profile))
+        .await?;
     Ok(Json(profile))
 }
 
@@ -207,7 +230,10 @@ pub async fn put_users(
     if body.users.len() > MAX_BULK_USERS {
         return Err(ApiError::unprocessable(
             "too_many_users",
-            format!("at most {MAX_BULK_USERS} users per call, got {}", body.users.len()),
+            format!(
+                "at most {MAX_BULK_USERS} users per call, got {}",
+                body.users.len()
+            ),
         ));
     }
     let mut profiles = Vec::with_capacity(body.users.len());
@@ -224,5 +250,7 @@ pub async fn put_users(
         profiles.push(profile);
     }
     platform.store.upsert_users(&profiles).await?;
-    Ok(Json(BulkDone { upserted: profiles.len() }))
+    Ok(Json(BulkDone {
+        upserted: profiles.len(),
+    }))
 }

@@ -62,7 +62,9 @@ pub async fn get(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Json<CampaignView>, ApiError> {
-    let c = platform.campaign(&campaign_id).ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
+    let c = platform
+        .campaign(&campaign_id)
+        .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
     Ok(Json(view(&platform, &c).await?))
 }
 

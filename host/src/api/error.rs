@@ -26,7 +26,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -48,13 +52,20 @@ impl ApiError {
     /// A failure of ours: logged in full, answered without details.
     pub fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { code: self.code, message: &self.message };
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -91,8 +102,11 @@ impl From<PlatformError> for ApiError {
             }
             PlatformError::Admission(_) => {
                 tracing::error!(error = %e, "admission queue unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable",
-                    "the admission queue is unavailable; try again")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the admission queue is unavailable; try again",
+                )
             }
             PlatformError::Store(e) => Self::internal(&e),
         }
@@ -139,5 +153,8 @@ pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     } else {
         return Ok(());
     };
-    Err(ApiError::unprocessable("invalid_user_id", format!("user_id {problem}")))
+    Err(ApiError::unprocessable(
+        "invalid_user_id",
+        format!("user_id {problem}"),
+    ))
 }

@@ -19,7 +19,10 @@ pub struct Health {
 
 /// `GET /health/live`: the process answers.
 pub async fn live() -> Json<Health> {
-    Json(Health { status: "ok", backends: BTreeMap::new() })
+    Json(Health {
+        status: "ok",
+        backends: BTreeMap::new(),
+    })
 }
 
 /// `GET /health/ready`: every configured backend answers.
@@ -33,14 +36,39 @@ pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<H
     let mut ok = true;
     let mut note = |name: &'static str, kind: &str, r: Result<(), String>| {
         ok &= r.is_ok();
-        backends.insert(name, match r {
-            Ok(()) => format!("ok ({kind})"),
-            Err(e) => format!("down ({kind}): {e}"),
-        });
+        backends.insert(
+            name,
+            match r {
+                Ok(()) => format!("ok ({kind})"),
+                Err(e) => format!("down ({kind}): {e}"),
+            },
+        );
     };
-    note("database", &format!("{:?}", platform.store.dialect()).to_lowercase(), db.map_err(|e| e.to_string()));
-    note("admission", platform.admission.kind(), queue.map_err(|e| e.to_string()));
-    note("event_bus", platform.bus.kind(), bus.map_err(|e| e.to_string()));
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Health { status: if ok { "ready" } else { "not_ready" }, backends }))
+    note(
+        "database",
+        &format!("{:?}", platform.store.dialect()).to_lowercase(),
+        db.map_err(|e| e.to_string()),
+    );
+    note(
+        "admission",
+        platform.admission.kind(),
+        queue.map_err(|e| e.to_string()),
+    );
+    note(
+        "event_bus",
+        platform.bus.kind(),
+        bus.map_err(|e| e.to_string()),
+    );
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Health {
+            status: if ok { "ready" } else { "not_ready" },
+            backends,
+        }),
+    )
 }

@@ -29,18 +29,27 @@ const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
 pub fn router(platform: Arc<Platform>) -> Router {
     let admin = Router::new()
         .route("/campaigns", get(admin::list_campaigns))
-        .route("/campaigns/{campaign_id}", put(admin::put_campaign).delete(admin::delete_campaign))
+        .route(
+            "/campaigns/{campaign_id}",
+            put(admin::put_campaign).delete(admin::delete_campaign),
+        )
         .route("/users/{user_id}", put(admin::put_user))
         .route(
             "/users",
             put(admin::put_users).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
         )
-        .route_layer(middleware::from_fn_with_state(platform.clone(), admin::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            platform.clone(),
+            admin::require_token,
+        ));
     let api = Router::new()
         .route("/campaigns", get(campaigns::list))
         .route("/campaigns/{campaign_id}", get(campaigns::get))
         .route("/campaigns/{campaign_id}/requests", post(requests::create))
-        .route("/campaigns/{campaign_id}/requests/{user_id}", get(requests::status))
+        .route(
+            "/campaigns/{campaign_id}/requests/{user_id}",
+            get(requests::status),
+        )
         .route("/users/{user_id}/coupons", get(requests::user_coupons))
         .route("/coupons/request", post(requests::legacy_request))
         .route("/coupons/my", get(requests::legacy_my))
@@ -60,5 +69,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }

@@ -29,7 +29,9 @@ pub struct Queued {
 }
 
 fn active(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
-    platform.campaign(campaign_id).ok_or_else(|| ApiError::unknown_campaign(campaign_id))
+    platform
+        .campaign(campaign_id)
+        .ok_or_else(|| ApiError::unknown_campaign(campaign_id))
 }
 
 async fn admit(
@@ -40,16 +42,28 @@ async fn admit(
     check_user_id(user_id)?;
     let campaign = active(platform, campaign_id)?;
     let admitted = platform.admit(&campaign, user_id, now_ms()).await?;
-    let gone = |code, what: &str| ApiError::new(StatusCode::GONE, code, format!("campaign {campaign_id:?} {what}"));
+    let gone = |code, what: &str| {
+        ApiError::new(
+            StatusCode::GONE,
+            code,
+            format!("campaign {campaign_id:?} {what}"),
+        )
+    };
     match admitted.outcome {
         Admit::Admitted { position } => Ok((
             StatusCode::ACCEPTED,
-            Json(Queued { request_id: admitted.request_id, status: "queued", position }),
+            Json(Queued {
+                request_id: admitted.request_id,
+                status: "queued",
+                position,
+            }),
         )),
         Admit::Duplicate { position } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "duplicate_request",
-            format!("user {user_id:?} already requested a coupon of {campaign_id:?} (position {position})"),
+            format!(
+                "user {user_id:?} already requested a coupon of {campaign_id:?} (position {position})"
+            ),
         )),
         Admit::SoldOut => Err(gone("sold_out", "has no coupons left")),
         Admit::Closed => Err(gone("closed", "is closed")),
@@ -85,11 +99,23 @@ pub async fn status(
     active(&platform, &campaign_id)?;
     if let Some(coupon) = platform.store.coupon_of(&campaign_id, &user_id).await? {
         let position = Some(coupon.position);
-        return Ok(Json(Status { status: "issued", position, coupon: Some(coupon) }));
+        return Ok(Json(Status {
+            status: "issued",
+            position,
+            coupon: Some(coupon),
+        }));
     }
     let status = match platform.admission.position(&campaign_id, &user_id).await? {
-        Some(position) => Status { status: "queued", position: Some(position), coupon: None },
-        None => Status { status: "none", position: None, coupon: None },
+        Some(position) => Status {
+            status: "queued",
+            position: Some(position),
+            coupon: None,
+        },
+        None => Status {
+            status: "none",
+            position: None,
+            coupon: None,
+        },
     };
     Ok(Json(status))
 }

@@ -19,7 +19,10 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 1 s, 3 retries: the replaced system's policy.
     fn default() -> Self {
-        Self { backoff: Duration::from_secs(1), max_retries: 3 }
+        Self {
+            backoff: Duration::from_secs(1),
+            max_retries: 3,
+        }
     }
 }
 
@@ -71,7 +74,10 @@ pub fn dead_letter(event: &Delivered, group: &str, error: &HandlerError, attempt
     h.insert("dlt.original_topic".into(), event.topic.clone());
     h.insert("dlt.original_partition".into(), event.partition.to_string());
     h.insert("dlt.original_offset".into(), event.offset.to_string());
-    h.insert("dlt.original_timestamp".into(), event.timestamp_ms.to_string());
+    h.insert(
+        "dlt.original_timestamp".into(),
+        event.timestamp_ms.to_string(),
+    );
     h.insert("dlt.consumer_group".into(), group.to_owned());
     h.insert("dlt.error".into(), error.to_string());
     h.insert("dlt.attempts".into(), attempts.to_string());
@@ -110,11 +116,17 @@ mod tests {
             partition: 0,
             offset: 7,
             timestamp_ms: 1,
-            message: Message { event_id: "e".into(), ..Message::default() },
+            message: Message {
+                event_id: "e".into(),
+                ..Message::default()
+            },
         }
     }
 
-    const FAST: RetryPolicy = RetryPolicy { backoff: Duration::from_millis(1), max_retries: 3 };
+    const FAST: RetryPolicy = RetryPolicy {
+        backoff: Duration::from_millis(1),
+        max_retries: 3,
+    };
 
     #[tokio::test]
     async fn three_failures_then_success_is_handled() {
@@ -127,7 +139,8 @@ mod tests {
     #[tokio::test]
     async fn four_failures_dead_letter_with_headers() {
         let h = FailTimes(4, AtomicU32::new(0), false);
-        let Outcome::DeadLetter(m) = deliver(&h, &event(), "g", FAST, &CancellationToken::new()).await
+        let Outcome::DeadLetter(m) =
+            deliver(&h, &event(), "g", FAST, &CancellationToken::new()).await
         else {
             panic!("expected a dead letter");
         };

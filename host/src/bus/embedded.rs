@@ -31,7 +31,10 @@ pub struct LogBus {
 
 impl LogBus {
     pub fn new(store: Store) -> Self {
-        Self { store, published: Arc::new(Notify::new()) }
+        Self {
+            store,
+            published: Arc::new(Notify::new()),
+        }
     }
 }
 
@@ -78,7 +81,9 @@ impl EventBus for LogBus {
                 }
             }
         }
-        self.store.release_group(&spec.group, &spec.topic, &owner).await?;
+        self.store
+            .release_group(&spec.group, &spec.topic, &owner)
+            .await?;
         Ok(())
     }
 
@@ -100,7 +105,9 @@ impl LogBus {
         shutdown: &CancellationToken,
     ) -> Result<usize, BusError> {
         let store = &self.store;
-        let Some(next) = store.lease_group(&spec.group, &spec.topic, owner, now_ms(), lease_ms).await?
+        let Some(next) = store
+            .lease_group(&spec.group, &spec.topic, owner, now_ms(), lease_ms)
+            .await?
         else {
             return Ok(0);
         };
@@ -123,7 +130,14 @@ impl LogBus {
                 }
             }
             let kept = store
-                .commit_offset(&spec.group, &spec.topic, owner, record.offset, &event_id, now_ms())
+                .commit_offset(
+                    &spec.group,
+                    &spec.topic,
+                    owner,
+                    record.offset,
+                    &event_id,
+                    now_ms(),
+                )
                 .await?;
             if !kept {
                 tracing::info!(group = %spec.group, "lease lost to another member");

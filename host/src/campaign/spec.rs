@@ -12,26 +12,36 @@ const MAX_NAME_LEN: usize = 200;
 /// Why a campaign document or id was refused. The message says what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error(
-        "invalid campaign id {0:?}: use 1 to 64 characters of lowercase a-z, 0-9, '-' and '_'"
-    )]
+    #[error("invalid campaign id {0:?}: use 1 to 64 characters of lowercase a-z, 0-9, '-' and '_'")]
     InvalidId(String),
     #[error("{0}")]
     Parse(String),
     #[error("{field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
-    SpecError::Invalid { field, problem: problem.into() }
+    SpecError::Invalid {
+        field,
+        problem: problem.into(),
+    }
 }
 
 /// Checks a campaign id: 1-64 characters of `a-z 0-9 - _`.
 pub fn validate_id(id: &str) -> Result<(), SpecError> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(SpecError::InvalidId(id.to_owned())) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::InvalidId(id.to_owned()))
+    }
 }
 
 /// What an operator writes for a campaign.
@@ -69,13 +79,19 @@ impl CampaignSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let name = self.name.trim();
         if name.is_empty() || self.name.len() > MAX_NAME_LEN {
-            return Err(invalid("name", format!("must be 1 to {MAX_NAME_LEN} bytes")));
+            return Err(invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} bytes"),
+            ));
         }
         if self.name.chars().any(char::is_control) {
             return Err(invalid("name", "must not contain control characters"));
         }
         if !(1..=MAX_CAPACITY).contains(&self.capacity) {
-            return Err(invalid("capacity", format!("must be between 1 and {MAX_CAPACITY}")));
+            return Err(invalid(
+                "capacity",
+                format!("must be between 1 and {MAX_CAPACITY}"),
+            ));
         }
         if self.value < 0 {
             return Err(invalid("value", "must not be negative"));
@@ -83,7 +99,10 @@ impl CampaignSpec {
         if let Some(size) = self.chunk_size
             && !(1..=MAX_CHUNK_SIZE).contains(&size)
         {
-            return Err(invalid("chunk_size", format!("must be between 1 and {MAX_CHUNK_SIZE}")));
+            return Err(invalid(
+                "chunk_size",
+                format!("must be between 1 and {MAX_CHUNK_SIZE}"),
+            ));
         }
         if let (Some(opens), Some(closes)) = (self.opens_at, self.closes_at)
             && closes <= opens
@@ -156,7 +175,14 @@ mod tests {
         for ok in ["a", "spring-sale_2026", &"x".repeat(64)] {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Upper", "with space", "dot.toml", "../etc", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Upper",
+            "with space",
+            "dot.toml",
+            "../etc",
+            &"x".repeat(65),
+        ] {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
     }
@@ -178,22 +204,34 @@ mod tests {
     #[test]
     fn bad_documents_say_what_is_wrong() {
         let cases = [
-            ("name = \"x\"\ncapacity = 1\nvalue = 1\ncolour = 3\n", "unknown field"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\ncolour = 3\n",
+                "unknown field",
+            ),
             ("name = \"x\"\ncapacity = 0\nvalue = 1\n", "capacity"),
             ("name = \"\"\ncapacity = 1\nvalue = 1\n", "name"),
             ("name = \"x\"\ncapacity = 1\nvalue = -1\n", "value"),
-            ("name = \"x\"\ncapacity = 1\nvalue = 1\nchunk_size = 0\n", "chunk_size"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nchunk_size = 0\n",
+                "chunk_size",
+            ),
             ("name = \"x\"\ncapacity = 1\n", "missing field `value`"),
             (
                 "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"2026-01-02T00:00:00Z\"\n\
                  closes_at = \"2026-01-01T00:00:00Z\"\n",
                 "closes_at",
             ),
-            ("name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"tomorrow\"\n", "opens_at"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"tomorrow\"\n",
+                "opens_at",
+            ),
         ];
         for (doc, needle) in cases {
             let err = CampaignSpec::from_toml(doc).unwrap_err().to_string();
-            assert!(err.contains(needle), "{doc:?} gave {err:?}, wanted {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{doc:?} gave {err:?}, wanted {needle:?}"
+            );
         }
     }
 

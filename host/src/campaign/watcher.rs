@@ -40,7 +40,11 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(dir: PathBuf, platform: Arc<Platform>) -> Self {
-        Self { dir, platform, seen: HashMap::new() }
+        Self {
+            dir,
+            platform,
+            seen: HashMap::new(),
+        }
     }
 
     /// One pass over the folder.
@@ -62,7 +66,9 @@ impl Watcher {
                 continue;
             };
             // A file being written may be read half-way: the next scan sees the rest.
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             present.insert(stem, (path, text));
         }
         for (id, (path, text)) in &present {
@@ -71,7 +77,11 @@ impl Watcher {
             }
             self.seen.insert(id.clone(), text.clone());
             let result = match parse(id, text) {
-                Ok(campaign) => self.platform.apply_campaign(campaign).await.map_err(|e| e.to_string()),
+                Ok(campaign) => self
+                    .platform
+                    .apply_campaign(campaign)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match result {
@@ -82,17 +92,24 @@ impl Watcher {
                 Err(reason) => {
                     tracing::error!(file = %path.display(), %reason,
                         "campaign file rejected; the previous version stays in force");
-                    self.platform.reject(id, format!("{}: {reason}", path.display()));
+                    self.platform
+                        .reject(id, format!("{}: {reason}", path.display()));
                 }
             }
         }
-        let gone: Vec<String> =
-            self.seen.keys().filter(|id| !present.contains_key(*id)).cloned().collect();
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|id| !present.contains_key(*id))
+            .cloned()
+            .collect();
         for id in gone {
             self.seen.remove(&id);
             self.platform.clear_rejection(&id);
             match self.platform.remove_campaign(&id).await {
-                Ok(true) => tracing::info!(campaign = %id, "campaign file removed; campaign stopped"),
+                Ok(true) => {
+                    tracing::info!(campaign = %id, "campaign file removed; campaign stopped")
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),
             }

@@ -51,7 +51,10 @@ impl Store {
             .await?
             .try_get(0)?;
         if c.capacity < issued {
-            return Err(StoreError::CapacityBelowIssued { capacity: c.capacity, issued });
+            return Err(StoreError::CapacityBelowIssued {
+                capacity: c.capacity,
+                issued,
+            });
         }
         sqlx::query(&self.sql(
             "UPDATE campaigns SET name = ?, value = ?, capacity = ?, opens_at = ?, closes_at = ?, \
@@ -83,12 +86,13 @@ impl Store {
     }
 
     pub async fn campaign_row(&self, id: &str) -> Result<Option<CampaignRow>> {
-        let row = sqlx::query(&self.sql(
-            "SELECT id, name, value, capacity, issued, active FROM campaigns WHERE id = ?",
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(&self.sql(
+                "SELECT id, name, value, capacity, issued, active FROM campaigns WHERE id = ?",
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             Ok(CampaignRow {
                 id: r.try_get(0)?,
@@ -110,12 +114,13 @@ impl Store {
     /// Users holding a coupon of the campaign with their queue position, in position order:
     /// what the admission queue needs to rebuild its guard after losing its data.
     pub async fn issued_users(&self, campaign_id: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(&self.sql(
-            "SELECT user_id, position FROM coupons WHERE campaign_id = ? ORDER BY position",
-        ))
-        .bind(campaign_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query(&self.sql(
+                "SELECT user_id, position FROM coupons WHERE campaign_id = ? ORDER BY position",
+            ))
+            .bind(campaign_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()

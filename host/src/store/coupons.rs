@@ -78,14 +78,20 @@ impl Store {
         let mut new_coupons = Vec::new();
         for item in items {
             if remaining <= 0 {
-                if self.holds_coupon(&mut tx, campaign_id, &item.user_id).await? {
+                if self
+                    .holds_coupon(&mut tx, campaign_id, &item.user_id)
+                    .await?
+                {
                     outcome.duplicates.push(item.user_id.clone());
                 } else {
                     outcome.refused.push(item.user_id.clone());
                 }
                 continue;
             }
-            match self.insert_coupon(&mut tx, campaign_id, item, &campaign, issued_by, now).await? {
+            match self
+                .insert_coupon(&mut tx, campaign_id, item, &campaign, issued_by, now)
+                .await?
+            {
                 Some(coupon) => {
                     remaining -= 1;
                     new_coupons.push((item, coupon));
@@ -122,9 +128,9 @@ impl Store {
                 });
             }
             self.insert_outbox(&mut tx, &outcome.events).await?;
-            sqlx::query(&self.sql(
-                "UPDATE campaigns SET issued = issued + ?, updated_at = ? WHERE id = ?",
-            ))
+            sqlx::query(
+                &self.sql("UPDATE campaigns SET issued = issued + ?, updated_at = ? WHERE id = ?"),
+            )
             .bind(new_coupons.len() as i64)
             .bind(now)
             .bind(campaign_id)
@@ -150,7 +156,10 @@ impl Store {
                     .bind(campaign_id)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query(select).bind(campaign_id).fetch_optional(&mut **tx).await?
+                sqlx::query(select)
+                    .bind(campaign_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
             }
             Dialect::MySql | Dialect::Postgres => {
                 sqlx::query(&self.sql(&format!("{select} FOR UPDATE")))
@@ -219,13 +228,12 @@ impl Store {
         campaign_id: &str,
         user_id: &str,
     ) -> Result<bool> {
-        let row = sqlx::query(&self.sql(
-            "SELECT 1 FROM coupons WHERE campaign_id = ? AND user_id = ?",
-        ))
-        .bind(campaign_id)
-        .bind(user_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let row =
+            sqlx::query(&self.sql("SELECT 1 FROM coupons WHERE campaign_id = ? AND user_id = ?"))
+                .bind(campaign_id)
+                .bind(user_id)
+                .fetch_optional(&mut **tx)
+                .await?;
         Ok(row.is_some())
     }
 

@@ -33,8 +33,13 @@ impl Store {
     /// offset n never later finds a smaller one appear.
     pub async fn append_log(&self, topic: &str, messages: &[Message], now: i64) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let ensure = self.dialect.insert_ignore("bus_topics (topic, head) VALUES (?, 0)");
-        sqlx::query(&self.sql(&ensure)).bind(topic).execute(&mut *tx).await?;
+        let ensure = self
+            .dialect
+            .insert_ignore("bus_topics (topic, head) VALUES (?, 0)");
+        sqlx::query(&self.sql(&ensure))
+            .bind(topic)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&self.sql("UPDATE bus_topics SET head = head + ? WHERE topic = ?"))
             .bind(messages.len() as i64)
             .bind(topic)
@@ -143,11 +148,15 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let holder: Option<String> = row.try_get(0)?;
-        Ok((holder.as_deref() == Some(owner)).then(|| row.try_get(1)).transpose()?)
+        Ok((holder.as_deref() == Some(owner))
+            .then(|| row.try_get(1))
+            .transpose()?)
     }
 
-    /// Records that `offset` was handled (its event id too), if this owner still holds the
-    /// lease. Returns false when the lease was lost: the caller stops and re-leases.
+    /// Records that `offset` was handled (its event id too) and renews the lease, if this
+    /// owner still holds it. Returns false when the lease was lost: the caller stops and
+    /// re-leases.
+    #[allow(clippy::too_many_arguments)]
     pub async fn commit_offset(
         &self,
         group: &str,
@@ -156,13 +165,15 @@ impl Store {
         offset: i64,
         event_id: &str,
         now: i64,
+        lease_ms: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(&self.sql(
-            "UPDATE consumer_offsets SET next_offset = ? WHERE group_id = ? AND topic = ? \
-             AND owner = ?",
+            "UPDATE consumer_offsets SET next_offset = ?, lease_until = ? WHERE group_id = ? \
+             AND topic = ? AND owner = ?",
         ))
         .bind(offset + 1)
+        .bind(now + lease_ms)
         .bind(group)
         .bind(topic)
         .bind(owner)
@@ -201,9 +212,9 @@ impl Store {
 
     /// The next offset a group will read (1 when it has read nothing).
     pub async fn group_position(&self, group: &str, topic: &str) -> Result<i64> {
-        let row = sqlx::query(&self.sql(
-            "SELECT next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?",
-        ))
+        let row = sqlx::query(
+            &self.sql("SELECT next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?"),
+        )
         .bind(group)
         .bind(topic)
         .fetch_optional(&self.pool)
@@ -212,9 +223,9 @@ impl Store {
     }
 
     pub async fn is_processed(&self, group: &str, event_id: &str) -> Result<bool> {
-        let row = sqlx::query(&self.sql(
-            "SELECT 1 FROM processed_events WHERE group_id = ? AND event_id = ?",
-        ))
+        let row = sqlx::query(
+            &self.sql("SELECT 1 FROM processed_events WHERE group_id = ? AND event_id = ?"),
+        )
         .bind(group)
         .bind(event_id)
         .fetch_optional(&self.pool)
@@ -265,4 +276,3 @@ impl Store {
             .collect()
     }
 }
-

@@ -227,9 +227,18 @@ mod tests {
 
     #[test]
     fn urls_pick_their_dialect() {
-        assert_eq!(Dialect::from_url("sqlite:data/x.db").unwrap(), Dialect::Sqlite);
-        assert_eq!(Dialect::from_url("mysql://root@h/db").unwrap(), Dialect::MySql);
-        assert_eq!(Dialect::from_url("postgres://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(
+            Dialect::from_url("sqlite:data/x.db").unwrap(),
+            Dialect::Sqlite
+        );
+        assert_eq!(
+            Dialect::from_url("mysql://root@h/db").unwrap(),
+            Dialect::MySql
+        );
+        assert_eq!(
+            Dialect::from_url("postgres://h/db").unwrap(),
+            Dialect::Postgres
+        );
         assert!(Dialect::from_url("oracle://x").is_err());
     }
 

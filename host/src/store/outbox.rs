@@ -138,8 +138,15 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
-                let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
-                Ok(OutboxClaim { tx: Some(tx), store: self.clone(), events })
+                let events = rows
+                    .iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(OutboxClaim {
+                    tx: Some(tx),
+                    store: self.clone(),
+                    events,
+                })
             }
             Dialect::Sqlite => {
                 // One UPDATE .. RETURNING is atomic under SQLite's single writer.
@@ -156,18 +163,25 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+                let mut events = rows
+                    .iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>>>()?;
                 events.sort_by_key(|e| e.created_at);
-                Ok(OutboxClaim { tx: None, store: self.clone(), events })
+                Ok(OutboxClaim {
+                    tx: None,
+                    store: self.clone(),
+                    events,
+                })
             }
         }
     }
 
     /// Deletes published rows older than `before`; returns how many.
     pub async fn purge_published(&self, before: i64) -> Result<u64> {
-        let done = sqlx::query(&self.sql(
-            "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?",
-        ))
+        let done = sqlx::query(
+            &self.sql("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?"),
+        )
         .bind(before)
         .execute(&self.pool)
         .await?;
@@ -176,11 +190,10 @@ impl Store {
 
     /// Unpublished rows and the creation time of the oldest.
     pub async fn outbox_backlog(&self) -> Result<(i64, Option<i64>)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
@@ -190,6 +203,7 @@ impl Store {
             .bind(event_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(r.try_get::<Option<i64>, _>(0)?.is_some())).transpose()
+        row.map(|r| Ok(r.try_get::<Option<i64>, _>(0)?.is_some()))
+            .transpose()
     }
 }

@@ -63,9 +63,9 @@ impl Store {
     }
 
     pub async fn user(&self, user_id: &str) -> Result<Option<UserProfile>> {
-        let row = sqlx::query(&self.sql(
-            "SELECT id, email, fcm_token, gender, age_group FROM users WHERE id = ?",
-        ))
+        let row = sqlx::query(
+            &self.sql("SELECT id, email, fcm_token, gender, age_group FROM users WHERE id = ?"),
+        )
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -73,7 +73,9 @@ impl Store {
     }
 
     pub async fn count_users(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get(0)?)
     }
 }
