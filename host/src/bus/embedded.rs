@@ -137,6 +137,7 @@ impl LogBus {
                     record.offset,
                     &event_id,
                     now_ms(),
+                    lease_ms,
                 )
                 .await?;
             if !kept {
