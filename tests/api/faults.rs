@@ -438,3 +438,59 @@ async fn killed_process_loses_nothing() {
     }
     assert_eq!(store.issued_count(&id).await.unwrap(), issued.len() as i64);
 }
+
+/// `firstcome campaign rebuild` restores a flushed campaign from the database.
+#[tokio::test]
+async fn rebuild_command_restores_redis_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = format!("{}13", crate::helpers::redis_url());
+    let backends = Backends::open_with_redis(Backend::RedisPostgres, dir.path(), &redis).await;
+    let users: Vec<String> = (0..7).map(|i| format!("u{i}")).collect();
+    let id = queue_before_issuing(&backends, 10, &users).await;
+    let items = backends.admission.claim(&id, "h", 10, None).await.unwrap();
+    backends
+        .store
+        .issue_chunk(&id, &items, "h", "coupon-issued")
+        .await
+        .unwrap();
+    let file = dir.path().join(format!("{id}.toml"));
+    std::fs::write(
+        &file,
+        "name = \"Test campaign\"\ncapacity = 10\nvalue = 1000\n",
+    )
+    .unwrap();
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+
+    let rebuild = |force: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"));
+        cmd.args(["campaign", "rebuild"]).arg(&file);
+        if force {
+            cmd.arg("--force");
+        }
+        let out = cmd
+            .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
+            .env("FIRSTCOME_REDIS_URL", &redis)
+            .env("FIRSTCOME_DATA_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rebuild(false).contains("rebuilt from 7 issued coupons"));
+    assert_eq!(
+        backends.admission.position(&id, "u3").await.unwrap(),
+        Some(4)
+    );
+    assert_eq!(backends.admission.counts(&id).await.unwrap().admitted, 7);
+    assert!(rebuild(false).contains("Redis holds the campaign"));
+    assert!(rebuild(true).contains("rebuilt from 7"));
+}
