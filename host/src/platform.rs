@@ -20,7 +20,12 @@ pub enum PlatformError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    #[error("the admission queue lost campaign {0} again after each rebuild")]
+    QueueUnstable(String),
 }
+
+/// Rebuilds tried for one request when the queue keeps losing a campaign's state.
+const REBUILD_ATTEMPTS: usize = 3;
 
 /// The result of an admission request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +115,8 @@ impl Platform {
     }
 
     /// Admits a user's request. When the queue has lost the campaign (Redis restarted or was
-    /// flushed) it is rebuilt from the database and the request tried once more.
+    /// flushed) it is rebuilt from the database and the request tried again; if it is lost
+    /// again each time, the queue is reported unstable.
     pub async fn admit(
         &self,
         c: &Campaign,
@@ -122,12 +128,18 @@ impl Platform {
             .admission
             .admit(&c.id, user_id, &request_id, now)
             .await?;
-        if outcome == Admit::Unknown {
+        for _ in 0..REBUILD_ATTEMPTS {
+            if outcome != Admit::Unknown {
+                break;
+            }
             self.sync_admission(c, false).await?;
             outcome = self
                 .admission
                 .admit(&c.id, user_id, &request_id, now)
                 .await?;
+        }
+        if outcome == Admit::Unknown {
+            return Err(PlatformError::QueueUnstable(c.id.clone()));
         }
         if matches!(outcome, Admit::Admitted { .. }) {
             self.issuers.wake(&c.id);

@@ -100,7 +100,7 @@ impl From<PlatformError> for ApiError {
             PlatformError::Store(StoreError::CapacityBelowIssued { .. }) => {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
-            PlatformError::Admission(_) => {
+            PlatformError::Admission(_) | PlatformError::QueueUnstable(_) => {
                 tracing::error!(error = %e, "admission queue unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

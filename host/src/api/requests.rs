@@ -68,7 +68,8 @@ async fn admit(
         Admit::SoldOut => Err(gone("sold_out", "has no coupons left")),
         Admit::Closed => Err(gone("closed", "is closed")),
         Admit::NotOpen => Err(gone("not_open", "is not open yet")),
-        Admit::Unknown => Err(ApiError::internal(&"admission state missing after rebuild")),
+        // `Platform::admit` rebuilds an unknown campaign or fails with `QueueUnstable`.
+        Admit::Unknown => unreachable!("Platform::admit never returns Unknown"),
     }
 }
 
