@@ -1,11 +1,10 @@
 //! The headline property under load: 5,000 requests from 1,000 users for 100 coupons.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use futures::StreamExt;
 use rand::seq::SliceRandom;
 
-use crate::helpers::{Backend, coupons, spawn_app, spec};
+use crate::helpers::{Backend, coupons, spawn_app, spec, storm};
 use crate::on_all_backends;
 
 async fn exactly_capacity_under_a_storm(backend: Backend) {
@@ -16,33 +15,7 @@ async fn exactly_capacity_under_a_storm(backend: Backend) {
         .flat_map(|u| vec![format!("user-{u}"); 5])
         .collect();
     requests.shuffle(&mut rand::rng());
-    let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(requests)
-        .map(|user| {
-            let (app, campaign) = (&app, &campaign);
-            async move {
-                let (status, body) = app.request(campaign, &user).await;
-                (user, status, body)
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
-
-    let mut accepted: HashMap<String, i64> = HashMap::new();
-    for (user, status, body) in &answers {
-        match status {
-            202 => {
-                let position = body["position"].as_i64().unwrap();
-                assert!(
-                    accepted.insert(user.clone(), position).is_none(),
-                    "{user} accepted twice"
-                );
-            }
-            409 => assert_eq!(body["code"], "duplicate_request"),
-            410 => assert_eq!(body["code"], "sold_out"),
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
+    let accepted = storm(&[&app], &campaign, requests, false).await;
     assert_eq!(accepted.len(), 100, "exactly capacity requests accepted");
     let mut positions: Vec<i64> = accepted.values().copied().collect();
     positions.sort();

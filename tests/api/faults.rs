@@ -1,7 +1,7 @@
 //! Faults: several hosts, failing transactions, dead hosts, Redis losing its data. In every
 //! case: no request lost, no coupon twice, never more than capacity.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,46 +9,10 @@ use firstcome::admission::Admission;
 use firstcome::store::Dialect;
 use futures::StreamExt;
 
-use crate::helpers::{Backend, Backends, coupons, spawn_app_on, spec, unique, wait_for};
+use crate::helpers::{
+    Backend, Backends, coupons, lose_queue_data, spawn_app_on, spec, storm, unique, wait_for,
+};
 use crate::on_all_backends;
-
-/// Sends the requests, spread over the hosts; returns the users accepted with their positions.
-/// With `chaos`, a `503 unavailable` (the queue lost its data on every retry) is allowed too.
-async fn storm(
-    apps: &[&crate::helpers::TestApp],
-    campaign: &str,
-    users: Vec<String>,
-    chaos: bool,
-) -> HashMap<String, i64> {
-    let answers: Vec<(String, u16, serde_json::Value)> =
-        futures::stream::iter(users.into_iter().enumerate())
-            .map(|(i, user)| {
-                let app = apps[i % apps.len()];
-                async move {
-                    let (status, body) = app.request(campaign, &user).await;
-                    (user, status, body)
-                }
-            })
-            .buffer_unordered(100)
-            .collect()
-            .await;
-    let mut accepted = HashMap::new();
-    for (user, status, body) in answers {
-        match status {
-            202 => {
-                assert!(
-                    accepted
-                        .insert(user, body["position"].as_i64().unwrap())
-                        .is_none()
-                );
-            }
-            409 | 410 => {}
-            503 if chaos && body["code"] == "unavailable" => {}
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    accepted
-}
 
 fn assert_no_duplicates(issued: &[(String, i64)]) {
     let users: HashSet<&String> = issued.iter().map(|(u, _)| u).collect();
@@ -212,19 +176,7 @@ async fn queue_data_loss_never_over_issues(backend: Backend) {
     let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
     let id = app.campaign(spec(50)).await;
 
-    let lose_data = || async {
-        match &backends.embedded {
-            Some(embedded) => embedded.clear(),
-            None => {
-                let mut conn = redis::Client::open(redis.as_str())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
-                let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-            }
-        }
-    };
+    let lose_data = || lose_queue_data(&backends);
     // First wave: 30 users, all issued; then the queue forgets everything.
     let first: Vec<String> = (0..30).map(|i| format!("early{i}")).collect();
     let accepted = storm(&[&app], &id, first.clone(), false).await;
@@ -294,17 +246,7 @@ async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(in_flight.len(), 10);
-    match &backends.embedded {
-        Some(embedded) => embedded.clear(),
-        None => {
-            let mut conn = redis::Client::open(redis.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-        }
-    }
+    lose_queue_data(&backends).await;
     let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
     app.platform
         .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(10)).unwrap())
@@ -468,12 +410,7 @@ async fn rebuild_command_restores_redis_from_the_database() {
         "name = \"Test campaign\"\ncapacity = 10\nvalue = 1000\n",
     )
     .unwrap();
-    let mut conn = redis::Client::open(redis.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    lose_queue_data(&backends).await;
 
     let rebuild = |force: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"));

@@ -5,6 +5,7 @@
 //! or PostgreSQL database (`fct_...`) or SQLite file, and campaign ids unique to it, so Redis
 //! keys never collide.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use firstcome::campaign::{Campaign, CampaignSpec};
 use firstcome::config::Config;
 use firstcome::platform::Platform;
 use firstcome::store::Store;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -311,4 +313,60 @@ macro_rules! on_all_backends {
             }
         }
     };
+}
+
+/// Sends the requests, spread over the hosts; returns the users accepted with their positions.
+/// With `chaos`, a `503 unavailable` (the queue lost its data on every retry) is allowed too.
+pub async fn storm(
+    apps: &[&TestApp],
+    campaign: &str,
+    users: Vec<String>,
+    chaos: bool,
+) -> HashMap<String, i64> {
+    let answers: Vec<(String, u16, serde_json::Value)> =
+        futures::stream::iter(users.into_iter().enumerate())
+            .map(|(i, user)| {
+                let app = apps[i % apps.len()];
+                async move {
+                    let (status, body) = app.request(campaign, &user).await;
+                    (user, status, body)
+                }
+            })
+            .buffer_unordered(200)
+            .collect()
+            .await;
+    let mut accepted = HashMap::new();
+    for (user, status, body) in answers {
+        match status {
+            202 => {
+                assert!(
+                    accepted
+                        .insert(user, body["position"].as_i64().unwrap())
+                        .is_none()
+                );
+            }
+            409 => assert_eq!(body["code"], "duplicate_request"),
+            410 => assert_eq!(body["code"], "sold_out"),
+            503 if chaos && body["code"] == "unavailable" => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    accepted
+}
+
+/// Makes the admission queue lose everything, as a Redis restart or FLUSHALL would (a restart,
+/// for the embedded queue). Only for tests whose Redis database is their own.
+pub async fn lose_queue_data(backends: &Backends) {
+    match (&backends.embedded, &backends.redis_url) {
+        (Some(embedded), _) => embedded.clear(),
+        (None, Some(url)) => {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+        }
+        (None, None) => unreachable!("a queue is either embedded or on Redis"),
+    }
 }
