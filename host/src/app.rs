@@ -18,6 +18,7 @@ use crate::admission::Admission;
 use crate::admission::embedded::EmbeddedAdmission;
 use crate::admission::redis::RedisAdmission;
 use crate::bus::embedded::LogBus;
+use crate::bus::kafka::KafkaBus;
 use crate::bus::{ConsumerSpec, EventBus};
 use crate::campaign::watcher::Watcher;
 use crate::config::Config;
@@ -56,6 +57,19 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
     Ok((store, admission))
 }
 
+/// The event bus named by the configuration: Kafka (creating the outbox topic and its `.DLT`
+/// twin when absent) or the embedded log in the database.
+pub async fn open_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn EventBus>> {
+    let Some(brokers) = &config.kafka_brokers else {
+        return Ok(Arc::new(LogBus::new(store.clone())));
+    };
+    let bus = KafkaBus::new(brokers, config.kafka.clone(), store.clone())?;
+    bus.ensure_topics(&[&config.outbox.topic])
+        .await
+        .with_context(|| format!("creating Kafka topics on {brokers}"))?;
+    Ok(Arc::new(bus))
+}
+
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (store, admission) = open_backends(&config).await?;
@@ -68,14 +82,9 @@ impl App {
         store: Store,
         admission: Arc<dyn Admission>,
     ) -> anyhow::Result<Self> {
-        if config.kafka_brokers.is_some() {
-            anyhow::bail!(
-                "FIRSTCOME_KAFKA_BROKERS is set, but this build has only the embedded event log"
-            );
-        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let bus: Arc<dyn EventBus> = Arc::new(LogBus::new(store.clone()));
+        let bus = open_bus(&config, &store).await?;
         let publisher = spawn_publisher(store.clone(), bus.clone(), shutdown.clone(), &tracker);
         let host_id = format!(
             "{}-{}",

@@ -29,8 +29,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Unset: the in-process admission queue.
     pub redis_url: Option<String>,
-    /// Unset: the embedded event log. (Kafka arrives with its own issue.)
+    /// Comma-separated `host:port` list; unset: the embedded event log.
     pub kafka_brokers: Option<String>,
+    pub kafka: KafkaConfig,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     pub issuer: IssuerConfig,
@@ -74,6 +75,30 @@ pub struct OutboxConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Partitions of topics the host creates (their `.DLT` twins get as many).
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// A publish not acknowledged within this is failed (librdkafka's `message.timeout.ms`);
+    /// the outbox row stays unpublished for the relay.
+    pub delivery_timeout_ms: u64,
+    /// Consumer group session timeout: how soon a dead member's partitions move.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 6,
+            replication_factor: 1,
+            delivery_timeout_ms: 30_000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
 pub struct ConsumerConfig {
     pub retry_backoff_ms: u64,
     pub max_retries: u32,
@@ -92,6 +117,7 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             kafka_brokers: None,
+            kafka: KafkaConfig::default(),
             log_format: LogFormat::Text,
             issuer: IssuerConfig::default(),
             outbox: OutboxConfig::default(),
@@ -189,6 +215,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url()))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka", &self.kafka)
             .field("log_format", &self.log_format)
             .field("issuer", &self.issuer)
             .field("outbox", &self.outbox)

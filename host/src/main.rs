@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use firstcome::app::{App, open_backends};
+use firstcome::app::{App, open_backends, open_bus};
+use firstcome::bus::{DLT_SUFFIX, Message, dlt_topic};
 use firstcome::campaign::watcher::load_file;
 use firstcome::config::Config;
 
@@ -40,6 +41,30 @@ enum Command {
     /// Campaign files and state.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Dead letters: events every retry failed on, in `{topic}.DLT`.
+    #[command(subcommand)]
+    Dlt(DltCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DltCommand {
+    /// List dead letters: where each came from, which group failed it and why.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one dead letter in full.
+    Show { event_id: String },
+    /// Send dead letters back to their original topic, after the cause is fixed. Groups that
+    /// handled the event before drop it again; the group that failed it handles it.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        event_id: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Campaign(CampaignCommand::Validate { .. }) => unreachable!("handled above"),
+            Command::Dlt(command) => dlt(&config, command).await,
         }
     })
 }
@@ -171,4 +197,74 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Dead letters hold at most this many messages for the CLI to look through.
+const DLT_SCAN: usize = 100_000;
+
+async fn dlt(config: &Config, command: DltCommand) -> anyhow::Result<ExitCode> {
+    let (store, _) = open_backends(config).await?;
+    let bus = open_bus(config, &store).await?;
+    let topic = dlt_topic(&config.outbox.topic);
+    let letters = bus.fetch(&topic, DLT_SCAN).await?;
+    let header = |m: &Message, k: &str| m.headers.get(k).cloned().unwrap_or_default();
+    match command {
+        DltCommand::List { limit } => {
+            println!("{} dead letters in {topic}", letters.len());
+            for d in letters.iter().take(limit) {
+                let m = &d.message;
+                println!(
+                    "{}  from {}[{}]@{}  group {}  after {} tries: {}",
+                    m.event_id,
+                    header(m, "dlt.original_topic"),
+                    header(m, "dlt.original_partition"),
+                    header(m, "dlt.original_offset"),
+                    header(m, "dlt.consumer_group"),
+                    header(m, "dlt.attempts"),
+                    header(m, "dlt.error"),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DltCommand::Show { event_id } => {
+            let found: Vec<_> = letters
+                .iter()
+                .filter(|d| d.message.event_id == event_id)
+                .collect();
+            if found.is_empty() {
+                eprintln!("no dead letter with event id {event_id} in {topic}");
+                return Ok(ExitCode::from(2));
+            }
+            for d in found {
+                println!("{}", serde_json::to_string_pretty(&d.message)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DltCommand::Replay { event_id, all } => {
+            let chosen: Vec<_> = letters
+                .iter()
+                .filter(|d| all || event_id.as_deref() == Some(d.message.event_id.as_str()))
+                .collect();
+            if chosen.is_empty() {
+                eprintln!("nothing to replay in {topic}");
+                return Ok(ExitCode::from(2));
+            }
+            for d in &chosen {
+                let mut m = d.message.clone();
+                let original = m
+                    .headers
+                    .get("dlt.original_topic")
+                    .cloned()
+                    .unwrap_or_else(|| topic.trim_end_matches(DLT_SUFFIX).to_owned());
+                m.headers.retain(|k, _| !k.starts_with("dlt."));
+                m.headers.insert(
+                    "replayed_from".into(),
+                    format!("{topic}[{}]@{}", d.partition, d.offset),
+                );
+                bus.publish(&original, &[m]).await?;
+            }
+            println!("replayed {} dead letters", chosen.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

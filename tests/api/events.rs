@@ -51,6 +51,12 @@ impl EventBus for RecordingBus {
     ) -> Result<(), BusError> {
         unreachable!("not consumed")
     }
+    async fn fetch(&self, _: &str, _: usize) -> Result<Vec<Delivered>, BusError> {
+        unreachable!("not read")
+    }
+    async fn lag(&self, _: &str, _: &str) -> Result<i64, BusError> {
+        unreachable!("not consumed")
+    }
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
@@ -401,3 +407,66 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
 }
 
 on_all_backends!(history, every_coupon_reaches_history_once);
+
+/// `firstcome dlt list | show | replay`: a dead letter is visible with its origin and error,
+/// and after the fix a replay reaches the group that failed it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let bus = Arc::new(LogBus::new(backends.store.clone()));
+    let topic = unique("t");
+    let h = Arc::new(Counting {
+        fail: 4,
+        ..Counting::default()
+    });
+    let stop = CancellationToken::new();
+    let (b, s, st, hh) = (
+        bus.clone(),
+        consumer("notification", &topic),
+        stop.clone(),
+        h.clone(),
+    );
+    tokio::spawn(async move { b.run_consumer(s, hh, st).await.unwrap() });
+    bus.publish(&topic, &[message(1), message(2)])
+        .await
+        .unwrap();
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 1 })
+        .await
+        .expect("e2 handled");
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+            .arg("dlt")
+            .args(args)
+            .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
+            .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
+            .env("FIRSTCOME_DATA_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["list"]);
+    assert!(listed.contains("1 dead letters"), "{listed}");
+    assert!(
+        listed.contains("e1") && listed.contains("group notification"),
+        "{listed}"
+    );
+    assert!(listed.contains("smtp down"), "{listed}");
+    assert!(cli(&["show", "e1"]).contains("dlt.original_offset"));
+    assert!(cli(&["replay", "e1"]).contains("replayed 1"));
+    wait_for(10, || async { h.seen.lock().unwrap().len() == 2 })
+        .await
+        .expect("replay handled");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        *h.seen.lock().unwrap(),
+        vec!["e2".to_owned(), "e1".to_owned()]
+    );
+    stop.cancel();
+}

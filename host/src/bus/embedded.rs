@@ -87,6 +87,26 @@ impl EventBus for LogBus {
         Ok(())
     }
 
+    async fn fetch(&self, topic: &str, max: usize) -> Result<Vec<Delivered>, BusError> {
+        let records = self.store.read_log(topic, 1, max as i64).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| Delivered {
+                topic: r.topic,
+                partition: 0,
+                offset: r.offset,
+                timestamp_ms: r.created_at,
+                message: r.message,
+            })
+            .collect())
+    }
+
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64, BusError> {
+        let head = self.store.log_head(topic).await?;
+        let next = self.store.group_position(group, topic).await?;
+        Ok((head - (next - 1)).max(0))
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         Ok(self.store.ping().await?)
     }
@@ -115,6 +135,7 @@ impl LogBus {
         let mut done = 0;
         for record in records {
             let event_id = record.message.event_id.clone();
+            let mut handled = None;
             if !store.is_processed(&spec.group, &event_id).await? {
                 let delivered = Delivered {
                     topic: record.topic,
@@ -124,7 +145,7 @@ impl LogBus {
                     message: record.message,
                 };
                 match deliver(handler, &delivered, &spec.group, spec.retry, shutdown).await {
-                    Outcome::Handled => {}
+                    Outcome::Handled => handled = Some(event_id.as_str()),
                     Outcome::DeadLetter(message) => self.publish(dlt, &[message]).await?,
                     Outcome::Interrupted => break,
                 }
@@ -135,7 +156,7 @@ impl LogBus {
                     &spec.topic,
                     owner,
                     record.offset,
-                    &event_id,
+                    handled,
                     now_ms(),
                     lease_ms,
                 )

@@ -1,18 +1,19 @@
 //! The event bus between the outbox and the consumers.
 //!
 //! [`EventBus`] is what the outbox publishes to and what consumer groups read from; the
-//! embedded implementation ([`embedded::LogBus`]) keeps a durable log in the database, and the
-//! Kafka issue adds a second one. Consumer groups receive every event, at least once: a group
+//! embedded implementation ([`embedded::LogBus`]) keeps a durable log in the database, and
+//! [`kafka::KafkaBus`] uses Kafka. Consumer groups receive every event, at least once: a group
 //! stores its position only after an event was handled (or dead-lettered), and drops events
 //! whose id it has handled before. A failing handler is retried with a fixed back-off, then
 //! the event goes to `{topic}.DLT` with headers saying where it came from and why it failed
 //! ([`delivery`]).
 //!
 //! Layout: `mod.rs` (the types and traits), `delivery` (retry and dead-letter policy shared by
-//! every bus), `embedded` (the database log).
+//! every bus), `embedded` (the database log), `kafka` (rdkafka).
 
 pub mod delivery;
 pub mod embedded;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -104,6 +105,13 @@ pub trait EventBus: Send + Sync + Debug {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError>;
+
+    /// Up to `max` messages of a topic from its beginning, every partition (for looking at
+    /// dead letters; it joins no consumer group and commits nothing).
+    async fn fetch(&self, topic: &str, max: usize) -> Result<Vec<Delivered>, BusError>;
+
+    /// Messages of `topic` the group has not yet moved past.
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64, BusError>;
 
     /// Answers when the bus does; used by readiness.
     async fn ping(&self) -> Result<(), BusError>;

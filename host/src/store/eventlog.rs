@@ -153,9 +153,10 @@ impl Store {
             .transpose()?)
     }
 
-    /// Records that `offset` was handled (its event id too) and renews the lease, if this
-    /// owner still holds it. Returns false when the lease was lost: the caller stops and
-    /// re-leases.
+    /// Moves the group past `offset` and renews the lease, if this owner still holds it; with
+    /// `handled`, also records that event id as processed by the group (a dead-lettered event
+    /// is not, so that a replay reaches the group again). Returns false when the lease was
+    /// lost: the caller stops and re-leases.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_offset(
         &self,
@@ -163,7 +164,7 @@ impl Store {
         topic: &str,
         owner: &str,
         offset: i64,
-        event_id: &str,
+        handled: Option<&str>,
         now: i64,
         lease_ms: i64,
     ) -> Result<bool> {
@@ -183,6 +184,30 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
+        if let Some(event_id) = handled {
+            self.mark_processed_in(&mut tx, group, event_id, now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records that a group handled an event (consumer-side dedupe).
+    pub async fn mark_processed(&self, group: &str, event_id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.mark_processed_in(&mut tx, group, event_id, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_processed_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        group: &str,
+        event_id: &str,
+        now: i64,
+    ) -> Result<()> {
         let mark = self
             .dialect
             .insert_ignore("processed_events (group_id, event_id, processed_at) VALUES (?, ?, ?)");
@@ -190,10 +215,9 @@ impl Store {
             .bind(group)
             .bind(event_id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     /// Gives a group's lease up (clean shutdown) so another host takes over at once.
