@@ -4,6 +4,7 @@
 # Usage: bash tests/run.sh   (extra arguments go to `cargo test`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -31,6 +32,25 @@ if ! mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1; then
 fi
 wait_until 60 mysqladmin -h 127.0.0.1 -uroot ping
 echo "redis, postgresql, mariadb: up"
+
+# A Kafka-protocol broker: tansu, built from crates.io once (about 15 minutes on two cores)
+# and kept in ~/.cargo/bin. The suite shares one broker; tests that restart a broker start
+# their own.
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing the tansu broker (first run only)"
+  cargo install tansu --locked --features dynostore,libsql
+fi
+if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then
+  kafka_dir=$(mktemp -d)
+  port=19092
+  tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$kafka_dir/broker.log" 2>&1 &
+  broker_pid=$!
+  trap 'kill $broker_pid 2>/dev/null || true; rm -rf "$kafka_dir"' EXIT
+  export FC_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  wait_until 60 bash -c "echo > /dev/tcp/127.0.0.1/$port"
+fi
+echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
 
 # Each test makes its own database (fct_*); drop those earlier runs left behind.
 for db in $(mysql -h 127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fct\_%'"); do

@@ -1,9 +1,10 @@
 //! `spawn_app` and friends: a host on port 0 over fresh backends, one per test.
 //!
-//! Services come from `FIRSTCOME_TEST_REDIS_URL`, `FIRSTCOME_TEST_MYSQL_URL` and
-//! `FIRSTCOME_TEST_POSTGRES_URL` (defaults: the local servers). Each test gets its own MariaDB
+//! Services come from `FC_TEST_REDIS_URL`, `FC_TEST_MYSQL_URL` and
+//! `FC_TEST_POSTGRES_URL` (defaults: the local servers). Each test gets its own MariaDB
 //! or PostgreSQL database (`fct_...`) or SQLite file, and campaign ids unique to it, so Redis
-//! keys never collide.
+//! keys never collide. (Not `FIRSTCOME_TEST_*`: `FIRSTCOME_*` is the host's configuration, which
+//! refuses keys it does not know, and the tests run the `firstcome` binary.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,16 +34,15 @@ pub enum Backend {
 }
 
 pub fn redis_url() -> String {
-    std::env::var("FIRSTCOME_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+    std::env::var("FC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
 fn mysql_url() -> String {
-    std::env::var("FIRSTCOME_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+    std::env::var("FC_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 fn postgres_url() -> String {
-    std::env::var("FIRSTCOME_TEST_POSTGRES_URL")
+    std::env::var("FC_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 

@@ -8,3 +8,4 @@ mod concurrency;
 mod events;
 mod faults;
 mod helpers;
+mod kafka;

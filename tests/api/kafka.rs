@@ -1,0 +1,360 @@
+//! The Kafka bus against a real Kafka-protocol broker (tansu). `tests/run.sh` starts a shared
+//! broker (`FC_TEST_KAFKA_BROKERS`, default 127.0.0.1:9092); tests that stop or restart
+//! a broker start one of their own with durable (SQLite) storage.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use firstcome::bus::kafka::KafkaBus;
+use firstcome::bus::{
+    ConsumerSpec, Delivered, EventBus, Handler, HandlerError, Message, RetryPolicy,
+};
+use firstcome::config::KafkaConfig;
+use firstcome::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Backend, Backends, unique, wait_for};
+
+pub fn shared_brokers() -> String {
+    std::env::var("FC_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn tansu() -> String {
+    std::env::var("FC_TEST_TANSU").unwrap_or_else(|_| "tansu".into())
+}
+
+/// A broker of one test's own, storing its data in SQLite so that it survives a restart.
+#[derive(Debug)]
+pub struct Broker {
+    pub address: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Self {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    /// Starts the broker process (again) on the same port and storage.
+    pub async fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = tokio::process::Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("broker.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tansu runs (tests/run.sh installs it)");
+        self.child = Some(child);
+        let address = self.address.clone();
+        wait_for(30, || {
+            let address = address.clone();
+            async move { tokio::net::TcpStream::connect(address).await.is_ok() }
+        })
+        .await
+        .expect("the broker listens");
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    /// When a test fails, the broker's own account of it is the first thing to read.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- broker log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn settings() -> KafkaConfig {
+    KafkaConfig {
+        delivery_timeout_ms: 5_000,
+        session_timeout_ms: 6_000,
+        ..KafkaConfig::default()
+    }
+}
+
+async fn bus_on(brokers: &str, store: &Store, topic: &str) -> Arc<KafkaBus> {
+    let bus = KafkaBus::new(brokers, settings(), store.clone()).unwrap();
+    bus.ensure_topics(&[topic])
+        .await
+        .expect("topics are created");
+    Arc::new(bus)
+}
+
+/// Records what it handles; fails the first `fail` tries.
+#[derive(Debug, Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+    tries: AtomicUsize,
+    fail: usize,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
+        if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
+            return Err(HandlerError::Retryable("push gateway down".into()));
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push(event.message.event_id.clone());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn consumer(group: &str, topic: &str) -> ConsumerSpec {
+    ConsumerSpec {
+        group: group.into(),
+        topic: topic.into(),
+        retry: RetryPolicy {
+            backoff: Duration::from_millis(10),
+            max_retries: 3,
+        },
+        poll_interval: Duration::from_millis(50),
+    }
+}
+
+fn run(
+    bus: &Arc<KafkaBus>,
+    spec: ConsumerSpec,
+    h: Arc<Recorder>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (bus, stop) = (bus.clone(), stop.clone());
+    tokio::spawn(async move { bus.run_consumer(spec, h, stop).await.unwrap() })
+}
+
+fn messages(range: std::ops::Range<usize>) -> Vec<Message> {
+    range
+        .map(|i| Message {
+            event_id: format!("e{i}"),
+            key: format!("user{i}"),
+            payload: format!("{{\"event_id\":\"e{i}\"}}"),
+            ..Message::default()
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    sorted(range.map(|i| format!("e{i}")).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_groups_each_handle_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let topic = unique("k");
+    let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
+    let stop = CancellationToken::new();
+    let groups: Vec<Arc<Recorder>> = ["notification", "history", "stats"]
+        .iter()
+        .map(|g| {
+            let h = Arc::new(Recorder::default());
+            run(&bus, consumer(g, &topic), h.clone(), &stop);
+            h
+        })
+        .collect();
+    bus.publish(&topic, &messages(0..60)).await.unwrap();
+    // The same events again, as a relay re-send would.
+    bus.publish(&topic, &messages(0..10)).await.unwrap();
+    wait_for(60, || async { groups.iter().all(|h| h.seen().len() >= 60) })
+        .await
+        .expect("every group handles every event");
+    wait_for(30, || async {
+        bus.lag("stats", &topic).await.unwrap() == 0
+    })
+    .await
+    .expect("offsets committed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for h in &groups {
+        assert_eq!(
+            sorted(h.seen()),
+            ids(0..60),
+            "each event once, duplicates dropped"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_events_reach_the_dead_letter_topic_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let topic = unique("k");
+    let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
+    let stop = CancellationToken::new();
+    let h = Arc::new(Recorder {
+        fail: 4,
+        ..Recorder::default()
+    });
+    run(&bus, consumer("notification", &topic), h.clone(), &stop);
+    bus.publish(&topic, &messages(0..1)).await.unwrap();
+    let dlt = format!("{topic}.DLT");
+    wait_for(60, || async {
+        !bus.fetch(&dlt, 10).await.unwrap().is_empty()
+    })
+    .await
+    .expect("the event is dead-lettered");
+    let dead = bus.fetch(&dlt, 10).await.unwrap();
+    let m = &dead[0].message;
+    assert_eq!(m.event_id, "e0");
+    assert_eq!(m.headers["dlt.original_topic"], topic);
+    assert_eq!(m.headers["dlt.consumer_group"], "notification");
+    assert_eq!(m.headers["dlt.attempts"], "4");
+    for key in [
+        "dlt.original_partition",
+        "dlt.original_offset",
+        "dlt.original_timestamp",
+        "dlt.error",
+    ] {
+        assert!(m.headers.contains_key(key), "{key} in {:?}", m.headers);
+    }
+    assert!(h.seen().is_empty());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+        .args(["dlt", "replay", "--all"])
+        .env("FIRSTCOME_KAFKA_BROKERS", shared_brokers())
+        .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
+        .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
+        .env("FIRSTCOME_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(60, || async { h.seen() == vec!["e0".to_owned()] })
+        .await
+        .expect("the replay is handled");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_group_splits_partitions_and_a_survivor_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let topic = unique("k");
+    let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let task_a = run(&bus, consumer("history", &topic), a.clone(), &stop_a);
+    run(&bus, consumer("history", &topic), b.clone(), &stop_b);
+    // Publish in rounds until both members have handled something: the group has split.
+    let mut sent = 0;
+    let split = wait_for(60, || {
+        let (bus, topic, a, b) = (bus.clone(), topic.clone(), a.clone(), b.clone());
+        let batch = messages(sent..sent + 30);
+        sent += 30;
+        async move {
+            bus.publish(&topic, &batch).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            !a.seen().is_empty() && !b.seen().is_empty()
+        }
+    })
+    .await;
+    assert!(split.is_some(), "both members get partitions");
+    // One member leaves; the other takes its partitions over.
+    stop_a.cancel();
+    task_a.await.unwrap();
+    bus.publish(&topic, &messages(sent..sent + 60))
+        .await
+        .unwrap();
+    let total = sent + 60;
+    wait_for(60, || async { a.seen().len() + b.seen().len() >= total })
+        .await
+        .expect("all handled");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all: Vec<String> = a.seen().into_iter().chain(b.seen()).collect();
+    assert_eq!(sorted(all), ids(0..total), "no loss, nothing twice");
+    stop_b.cancel();
+}
+
+/// With durable broker storage, a restart keeps the topic and the group's committed offsets:
+/// the group resumes where it was, reading only what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_resume_from_committed_offsets_after_a_broker_restart() {
+    let mut broker = Broker::start().await;
+    let topic = unique("k");
+    let dir = tempfile::tempdir().unwrap();
+    let first_store = Backends::open(Backend::Embedded, dir.path()).await.store;
+    let bus = bus_on(&broker.address, &first_store, &topic).await;
+    let stop = CancellationToken::new();
+    let first = Arc::new(Recorder::default());
+    let task = run(&bus, consumer("stats", &topic), first.clone(), &stop);
+    bus.publish(&topic, &messages(0..30)).await.unwrap();
+    wait_for(60, || async { first.seen().len() == 30 })
+        .await
+        .expect("first half handled");
+    stop.cancel();
+    task.await.unwrap();
+
+    broker.stop().await;
+    broker.resume().await;
+    bus.publish(&topic, &messages(30..60)).await.unwrap();
+    // A new member with an empty dedupe table: anything it is given twice would show.
+    let other = tempfile::tempdir().unwrap();
+    let fresh_store = Backends::open(Backend::Embedded, other.path()).await.store;
+    let bus = bus_on(&broker.address, &fresh_store, &topic).await;
+    let stop = CancellationToken::new();
+    let second = Arc::new(Recorder::default());
+    run(&bus, consumer("stats", &topic), second.clone(), &stop);
+    wait_for(60, || async { second.seen().len() >= 30 })
+        .await
+        .expect("second half handled");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sorted(second.seen()),
+        ids(30..60),
+        "resumed at the committed offsets"
+    );
+    stop.cancel();
+}
