@@ -34,6 +34,7 @@ impl Handler for HistoryRecorder {
             coupon_code: envelope.payload.coupon_code,
             issued_at,
             handled_by: "builtin:history".into(),
+            recorded_at: 0,
         };
         self.store
             .record_history(&entry, now_ms())

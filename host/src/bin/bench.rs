@@ -5,9 +5,11 @@
 //!    for Redis.
 //! 2. Coupons per second by the chunk issuer draining a full queue into SQLite and, with
 //!    `--mysql-url`, into MariaDB/MySQL.
+//! 3. With `--kafka-brokers`: events per second from the outbox through Kafka into a consumer
+//!    group against `kcat` reading the same topic from the same broker (the ratio is the
+//!    figure), and end-to-end latency from commit to handled under a steady trickle.
 //!
-//! Run: `cargo run --release --bin firstcome-bench -- --redis-url redis://127.0.0.1:6379/
-//! --mysql-url mysql://root@127.0.0.1:3306` (see BENCHMARKS.md).
+//! Run: see BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +20,12 @@ use firstcome::admission::Admission;
 use firstcome::admission::embedded::EmbeddedAdmission;
 use firstcome::admission::redis::RedisAdmission;
 use firstcome::app::App;
+use firstcome::bus::kafka::KafkaBus;
+use firstcome::bus::{ConsumerSpec, Delivered, EventBus, Handler, HandlerError, RetryPolicy};
 use firstcome::campaign::{Campaign, CampaignSpec};
 use firstcome::config::Config;
+use firstcome::config::{KafkaConfig, OutboxConfig};
+use firstcome::outbox::Relay;
 use firstcome::store::Store;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -42,6 +48,12 @@ struct Args {
     /// Also measure issuing into this MySQL/MariaDB server (a scratch database is created).
     #[arg(long)]
     mysql_url: Option<String>,
+    /// Also measure the event path through this Kafka cluster (needs `kcat` on the PATH).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Events per Kafka throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
 }
 
 struct Phase {
@@ -168,6 +180,168 @@ async fn http_phase(args: &Args, label: &str, admission: Arc<dyn Admission>) -> 
     Ok(())
 }
 
+#[derive(Debug, Default)]
+struct Count(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl Handler for Count {
+    async fn handle(&self, _: &Delivered) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Outbox rows through the relay and Kafka into a consumer group, against kcat on the topic.
+async fn kafka_throughput(args: &Args, brokers: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("k.db").display())).await?;
+    let topic = unique("bench-events");
+    let bus = Arc::new(KafkaBus::new(
+        brokers,
+        KafkaConfig::default(),
+        store.clone(),
+    )?);
+    bus.ensure_topics(&[&topic]).await?;
+    // The outbox, filled the way the issuer fills it.
+    let id = unique("k");
+    let campaign = Campaign::new(&id, spec(args.events, 500))?;
+    store.upsert_campaign(&campaign).await?;
+    for start in (0..args.events).step_by(500) {
+        let items: Vec<firstcome::admission::QueueItem> = (start..(start + 500).min(args.events))
+            .map(|i| firstcome::admission::QueueItem {
+                id: i.to_string(),
+                user_id: format!("user-{i}"),
+                position: i as i64 + 1,
+                request_id: format!("r{i}"),
+                admitted_at: 0,
+            })
+            .collect();
+        store.issue_chunk(&id, &items, "bench", &topic).await?;
+    }
+    let counted = Arc::new(Count::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let spec = ConsumerSpec {
+        group: "bench".into(),
+        topic: topic.clone(),
+        retry: RetryPolicy::default(),
+        poll_interval: Duration::from_millis(50),
+    };
+    let consumer = {
+        let (bus, counted, stop) = (bus.clone(), counted.clone(), stop.clone());
+        tokio::spawn(async move { bus.run_consumer(spec, counted, stop).await })
+    };
+    let relay = Relay {
+        store: store.clone(),
+        bus: bus.clone(),
+        config: OutboxConfig {
+            republish_after_ms: 0,
+            relay_batch: 1000,
+            ..OutboxConfig::default()
+        },
+    };
+    let started = Instant::now();
+    while relay.run_once().await? > 0 {}
+    let published = started.elapsed();
+    while counted.0.load(std::sync::atomic::Ordering::Relaxed) < args.events {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ours = started.elapsed();
+    stop.cancel();
+    consumer.await??;
+
+    let started = Instant::now();
+    let out = tokio::process::Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            brokers,
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o\\n",
+        ])
+        .output()
+        .await
+        .context("running kcat (apt-get install kcat)")?;
+    let theirs = started.elapsed();
+    let read = String::from_utf8_lossy(&out.stdout).lines().count();
+    anyhow::ensure!(
+        read == args.events,
+        "kcat read {read} of {} messages",
+        args.events
+    );
+    let (a, b) = (
+        args.events as f64 / ours.as_secs_f64(),
+        args.events as f64 / theirs.as_secs_f64(),
+    );
+    println!(
+        "| {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
+        args.events,
+        published.as_secs_f64(),
+        a,
+        theirs.as_secs_f64(),
+        b,
+        a / b
+    );
+    Ok(())
+}
+
+/// Commit-to-handled latency through the whole host on Kafka, under a steady trickle.
+async fn kafka_latency(brokers: &str) -> anyhow::Result<()> {
+    const REQUESTS: usize = 2_000;
+    const PER_SECOND: u64 = 200;
+    let dir = tempfile::tempdir()?;
+    let mut config = quiet_config(dir.path());
+    config.kafka_brokers = Some(brokers.to_owned());
+    config.outbox.topic = unique("bench-latency");
+    let store = Store::open(&config.database_url()).await?;
+    let app = App::build_with(config, store.clone(), Arc::new(EmbeddedAdmission::new())).await?;
+    let platform = app.platform();
+    let stop = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    let id = unique("lat");
+    let campaign = Campaign::new(&id, spec(REQUESTS, 10))?;
+    platform.apply_campaign(campaign.clone()).await?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PER_SECOND));
+    for i in 0..REQUESTS {
+        tick.tick().await;
+        platform
+            .admit(&campaign, &format!("user-{i}"), firstcome::clock::now_ms())
+            .await?;
+    }
+    let history = loop {
+        let h = store.history_of_campaign(&id).await?;
+        if h.len() == REQUESTS {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut latency = Histogram::<u64>::new(3)?;
+    for entry in &history {
+        latency.record((entry.recorded_at - entry.issued_at).max(0) as u64)?;
+    }
+    println!(
+        "| {REQUESTS} at {PER_SECOND}/s | {} | {} | {} |",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.max()
+    );
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
 /// The issuer draining `coupons` queued requests into one database.
 async fn issuer_phase(
     args: &Args,
@@ -276,6 +450,16 @@ async fn main() -> anyhow::Result<()> {
                 .execute(admin.pool())
                 .await?;
         }
+    }
+    if let Some(brokers) = &args.kafka_brokers {
+        println!("\nOutbox → relay → Kafka → consumer group, against kcat on the same topic:\n");
+        println!("| events | publish s | group events/s | kcat s | kcat events/s | ratio |");
+        println!("|---|---|---|---|---|---|");
+        kafka_throughput(&args, brokers).await?;
+        println!("\nCommit to handled (history consumer on Kafka), ms:\n");
+        println!("| load | p50 | p99 | max |");
+        println!("|---|---|---|---|");
+        kafka_latency(brokers).await?;
     }
     Ok(())
 }

@@ -128,6 +128,8 @@ impl KafkaBus {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Events are few and latency matters: do not let a fetch idle long on the broker.
+            .set("fetch.wait.max.ms", "100")
             .set(
                 "session.timeout.ms",
                 self.settings.session_timeout_ms.to_string(),

@@ -25,6 +25,8 @@ pub struct HistoryEntry {
     pub coupon_code: String,
     pub issued_at: i64,
     pub handled_by: String,
+    /// When the consumer recorded it (0 on entries not yet written).
+    pub recorded_at: i64,
 }
 
 impl Store {
@@ -279,8 +281,8 @@ impl Store {
 
     pub async fn history_of_campaign(&self, campaign_id: &str) -> Result<Vec<HistoryEntry>> {
         let rows = sqlx::query(&self.sql(
-            "SELECT event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, handled_by \
-             FROM history WHERE campaign_id = ? ORDER BY id",
+            "SELECT event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, handled_by, \
+             recorded_at FROM history WHERE campaign_id = ? ORDER BY id",
         ))
         .bind(campaign_id)
         .fetch_all(&self.pool)
@@ -295,6 +297,7 @@ impl Store {
                     coupon_code: r.try_get(4)?,
                     issued_at: r.try_get(5)?,
                     handled_by: r.try_get(6)?,
+                    recorded_at: r.try_get(7)?,
                 })
             })
             .collect()
