@@ -158,6 +158,16 @@ impl Platform {
         self.rejected.write().unwrap().remove(id);
     }
 
+    /// The consumer groups this host runs, with the topic each reads.
+    pub fn consumer_groups(&self) -> Vec<(String, String)> {
+        let topic = self.config.outbox.topic.clone();
+        let mut groups = Vec::new();
+        if self.config.consumers.history {
+            groups.push((crate::history::GROUP.to_owned(), topic));
+        }
+        groups
+    }
+
     /// Campaign files refused at their last change, with why.
     pub fn rejections(&self) -> BTreeMap<String, String> {
         self.rejected.read().unwrap().clone()

@@ -363,6 +363,18 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
         0,
         "all marked published"
     );
+    let lag: serde_json::Value = app
+        .client
+        .get(app.url("/api/v1/admin/consumers"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lag["consumers"][0]["group"], "history", "{lag}");
+    assert_eq!(lag["consumers"][0]["lag"], 0, "{lag}");
     let history = store.history_of_campaign(&id).await.unwrap();
     let mut events: Vec<&String> = history.iter().map(|h| &h.event_id).collect();
     events.sort();

@@ -254,3 +254,37 @@ pub async fn put_users(
         upserted: profiles.len(),
     }))
 }
+
+#[derive(Debug, Serialize)]
+pub struct ConsumerLag {
+    group: String,
+    topic: String,
+    /// Events on the topic the group has not yet moved past.
+    lag: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Consumers {
+    bus: &'static str,
+    consumers: Vec<ConsumerLag>,
+}
+
+/// `GET /api/v1/admin/consumers`: each consumer group of this host and its lag.
+pub async fn consumers(State(platform): State<Arc<Platform>>) -> Result<Json<Consumers>, ApiError> {
+    let mut consumers = Vec::new();
+    for (group, topic) in platform.consumer_groups() {
+        let lag = platform.bus.lag(&group, &topic).await.map_err(|e| {
+            tracing::warn!(error = %e, group, "cannot read consumer lag");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event bus is unavailable",
+            )
+        })?;
+        consumers.push(ConsumerLag { group, topic, lag });
+    }
+    Ok(Json(Consumers {
+        bus: platform.bus.kind(),
+        consumers,
+    }))
+}

@@ -29,6 +29,7 @@ const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
 pub fn router(platform: Arc<Platform>) -> Router {
     let admin = Router::new()
         .route("/campaigns", get(admin::list_campaigns))
+        .route("/consumers", get(admin::consumers))
         .route(
             "/campaigns/{campaign_id}",
             put(admin::put_campaign).delete(admin::delete_campaign),
