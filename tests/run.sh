@@ -67,4 +67,7 @@ log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests"
-cargo test --workspace --locked "$@"
+# Build first, then run under a time limit: a failing Kafka test can leave librdkafka waiting on
+# a broker that is gone, and a hang should fail the run, not eat CI's 90 minutes.
+cargo test --workspace --locked --no-run
+timeout --kill-after=30s 30m cargo test --workspace --locked "$@"

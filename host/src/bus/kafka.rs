@@ -309,6 +309,9 @@ impl EventBus for KafkaBus {
                 format!("firstcome-fetch-{}", uuid::Uuid::new_v4()),
             )
             .set("enable.auto.commit", "false")
+            // Read each partition to its end, as `kcat -e` does, rather than trusting
+            // watermark arithmetic.
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(|e| BusError::Consume(e.to_string()))?;
         let topic = topic.to_owned();
@@ -318,32 +321,30 @@ impl EventBus for KafkaBus {
                 .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
                 .map_err(err)?;
             let mut assignment = TopicPartitionList::new();
-            let mut remaining = 0;
             for t in metadata.topics() {
                 for p in t.partitions() {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&topic, p.id(), METADATA_TIMEOUT)
+                    assignment
+                        .add_partition_offset(&topic, p.id(), Offset::Beginning)
                         .map_err(err)?;
-                    if high > low {
-                        assignment
-                            .add_partition_offset(&topic, p.id(), Offset::Beginning)
-                            .map_err(err)?;
-                        remaining += high - low;
-                    }
                 }
             }
+            let partitions = assignment.count();
             let mut out = Vec::new();
-            if remaining == 0 {
+            if partitions == 0 {
                 return Ok(out);
             }
             consumer.assign(&assignment).map_err(err)?;
+            let mut at_end = std::collections::HashSet::new();
             let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
             while out.len() < max
-                && (out.len() as i64) < remaining
+                && at_end.len() < partitions
                 && std::time::Instant::now() < deadline
             {
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(msg)) => out.push(delivered(&msg)),
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        at_end.insert(p);
+                    }
                     Some(Err(e)) => return Err(err(e)),
                     None => {}
                 }
