@@ -42,13 +42,14 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then
   kafka_dir=$(mktemp -d)
-  port=19092
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ >"$kafka_dir/broker.log" 2>&1 &
   broker_pid=$!
   trap 'kill $broker_pid 2>/dev/null || true; rm -rf "$kafka_dir"' EXIT
   export FC_TEST_KAFKA_BROKERS="127.0.0.1:$port"
   wait_until 60 bash -c "echo > /dev/tcp/127.0.0.1/$port"
+  kill -0 "$broker_pid" || { cat "$kafka_dir/broker.log"; exit 1; }
 fi
 echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
 

@@ -480,3 +480,35 @@ async fn consumers_resume_from_committed_offsets_after_a_broker_restart() {
     );
     stop.cancel();
 }
+
+/// An event the handler cannot decode is permanent: dead-lettered at the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let topic = unique("k");
+    let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
+    let stop = CancellationToken::new();
+    let handler = Arc::new(firstcome::history::HistoryRecorder {
+        store: backends.store.clone(),
+    });
+    let (b, s, st) = (bus.clone(), consumer("history", &topic), stop.clone());
+    tokio::spawn(async move { b.run_consumer(s, handler, st).await.unwrap() });
+    let garbage = Message {
+        event_id: "garbled".into(),
+        key: "u".into(),
+        payload: "{not json".into(),
+        ..Message::default()
+    };
+    bus.publish(&topic, &[garbage]).await.unwrap();
+    let dlt = format!("{topic}.DLT");
+    wait_for(60, || async {
+        !bus.fetch(&dlt, 10).await.unwrap().is_empty()
+    })
+    .await
+    .expect("dead-lettered");
+    let dead = bus.fetch(&dlt, 10).await.unwrap();
+    assert_eq!(dead[0].message.headers["dlt.attempts"], "1", "no retries");
+    assert!(dead[0].message.headers["dlt.error"].contains("undecodable"));
+    stop.cancel();
+}
