@@ -36,6 +36,8 @@ use crate::config::KafkaConfig;
 use crate::store::Store;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most messages handled between two dedupe round trips to the database.
+const CONSUME_BATCH: usize = 500;
 
 /// The Kafka bus.
 #[derive(Clone)]
@@ -258,11 +260,11 @@ impl EventBus for KafkaBus {
             .map_err(|e| BusError::Consume(e.to_string()))?;
         let dlt = dlt_topic(&spec.topic);
         loop {
-            let msg = tokio::select! {
+            let first = tokio::select! {
                 m = consumer.recv() => m,
                 () = shutdown.cancelled() => break,
             };
-            let msg = match msg {
+            let first = match first {
                 Ok(msg) => msg,
                 Err(e) => {
                     tracing::warn!(group = %spec.group, error = %e, "consume error");
@@ -270,29 +272,54 @@ impl EventBus for KafkaBus {
                     continue;
                 }
             };
-            let event = delivered(&msg);
-            let event_id = event.message.event_id.clone();
-            if !self.store.is_processed(&spec.group, &event_id).await? {
-                match deliver(&*handler, &event, &spec.group, spec.retry, &shutdown).await {
-                    Outcome::Handled => {
-                        self.store
-                            .mark_processed(&spec.group, &event_id, now_ms())
-                            .await?;
-                    }
+            // Whatever else is already fetched joins the batch: one dedupe query and one
+            // insert per batch instead of per event. Nothing waits for a batch to fill.
+            let mut batch = vec![first];
+            while batch.len() < CONSUME_BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(msg)) => batch.push(msg),
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            let events: Vec<Delivered> = batch.iter().map(delivered).collect();
+            let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
+            let done = self.store.processed_among(&spec.group, &ids).await?;
+            let mut handled: Vec<&str> = Vec::new();
+            // Offsets are stored for the events before `finished` only.
+            let mut finished = events.len();
+            for (i, event) in events.iter().enumerate() {
+                let id = event.message.event_id.as_str();
+                if done.contains(id) || handled.contains(&id) {
+                    continue;
+                }
+                match deliver(&*handler, event, &spec.group, spec.retry, &shutdown).await {
+                    Outcome::Handled => handled.push(id),
                     Outcome::DeadLetter(dead) => {
                         if !self
                             .dead_letter(&dlt, dead, spec.retry.backoff, &shutdown)
                             .await
                         {
+                            finished = i;
                             break;
                         }
                     }
-                    Outcome::Interrupted => break,
+                    Outcome::Interrupted => {
+                        finished = i;
+                        break;
+                    }
                 }
             }
-            consumer
-                .store_offset_from_message(&msg)
-                .map_err(|e| BusError::Consume(e.to_string()))?;
+            self.store
+                .mark_processed(&spec.group, &handled, now_ms())
+                .await?;
+            for msg in &batch[..finished] {
+                consumer
+                    .store_offset_from_message(msg)
+                    .map_err(|e| BusError::Consume(e.to_string()))?;
+            }
+            if finished < events.len() {
+                break;
+            }
         }
         // Hand the stored positions over before leaving the group.
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

@@ -194,13 +194,50 @@ impl Store {
         Ok(true)
     }
 
-    /// Records that a group handled an event (consumer-side dedupe).
-    pub async fn mark_processed(&self, group: &str, event_id: &str, now: i64) -> Result<()> {
+    /// Records that a group handled these events (consumer-side dedupe), in one transaction.
+    pub async fn mark_processed(&self, group: &str, event_ids: &[&str], now: i64) -> Result<()> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        self.mark_processed_in(&mut tx, group, event_id, now)
-            .await?;
+        for chunk in event_ids.chunks(200) {
+            let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let insert = self.dialect.insert_ignore(&format!(
+                "processed_events (group_id, event_id, processed_at) VALUES {rows}"
+            ));
+            let sql = self.sql(&insert);
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(group).bind(*id).bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Which of these event ids the group has handled already.
+    pub async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut done = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(500) {
+            let q = format!(
+                "SELECT event_id FROM processed_events WHERE group_id = ? AND event_id IN {}",
+                super::placeholders(chunk.len())
+            );
+            let sql = self.sql(&q);
+            let mut query = sqlx::query(&sql).bind(group);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                done.insert(row.try_get(0)?);
+            }
+        }
+        Ok(done)
     }
 
     async fn mark_processed_in(
