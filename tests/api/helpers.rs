@@ -370,3 +370,45 @@ pub async fn lose_queue_data(backends: &Backends) {
         (None, None) => unreachable!("a queue is either embedded or on Redis"),
     }
 }
+
+/// A consumer handler that records the event ids it handled, failing its first `fail` tries
+/// with a retryable error.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub seen: std::sync::Mutex<Vec<String>>,
+    pub tries: std::sync::atomic::AtomicUsize,
+    pub fail: usize,
+}
+
+#[async_trait::async_trait]
+impl firstcome::bus::Handler for Recorder {
+    async fn handle(
+        &self,
+        event: &firstcome::bus::Delivered,
+    ) -> Result<(), firstcome::bus::HandlerError> {
+        use std::sync::atomic::Ordering;
+        if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
+            return Err(firstcome::bus::HandlerError::Retryable(
+                "downstream unavailable".into(),
+            ));
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push(event.message.event_id.clone());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    pub fn failing(fail: usize) -> Self {
+        Self {
+            fail,
+            ..Self::default()
+        }
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}

@@ -1,22 +1,18 @@
 //! The Kafka bus against a real Kafka-protocol broker (tansu). `tests/run.sh` starts a shared
 //! broker (`FC_TEST_KAFKA_BROKERS`, default 127.0.0.1:9092); tests that stop or restart
-//! a broker start one of their own with durable (SQLite) storage.
+//! a broker start one of their own.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use firstcome::bus::kafka::KafkaBus;
-use firstcome::bus::{
-    ConsumerSpec, Delivered, EventBus, Handler, HandlerError, Message, RetryPolicy,
-};
+use firstcome::bus::{ConsumerSpec, EventBus, Message, RetryPolicy};
 use firstcome::config::KafkaConfig;
 use firstcome::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, Backends, spawn_app_on, spec, unique, wait_for};
+use crate::helpers::{Backend, Backends, Recorder, spawn_app_on, spec, unique, wait_for};
 
 pub fn shared_brokers() -> String {
     std::env::var("FC_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -157,34 +153,6 @@ async fn bus_on(brokers: &str, store: &Store, topic: &str) -> Arc<KafkaBus> {
         .await
         .expect("topics are created");
     Arc::new(bus)
-}
-
-/// Records what it handles; fails the first `fail` tries.
-#[derive(Debug, Default)]
-struct Recorder {
-    seen: Mutex<Vec<String>>,
-    tries: AtomicUsize,
-    fail: usize,
-}
-
-#[async_trait]
-impl Handler for Recorder {
-    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
-        if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
-            return Err(HandlerError::Retryable("push gateway down".into()));
-        }
-        self.seen
-            .lock()
-            .unwrap()
-            .push(event.message.event_id.clone());
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
 }
 
 fn consumer(group: &str, topic: &str) -> ConsumerSpec {

@@ -163,6 +163,18 @@ impl KafkaBus {
     }
 }
 
+/// The partition ids of a topic, from the cluster's metadata (blocking).
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BusError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| BusError::Consume(e.to_string()))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// A received message as the bus hands it to handlers. A message without an `event_id`
 /// header or field gets one from its position, so it can still be deduped and dead-lettered.
 fn delivered(msg: &BorrowedMessage<'_>) -> Delivered {
@@ -344,16 +356,11 @@ impl EventBus for KafkaBus {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             let err = |e: KafkaError| BusError::Consume(e.to_string());
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-                .map_err(err)?;
             let mut assignment = TopicPartitionList::new();
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    assignment
-                        .add_partition_offset(&topic, p.id(), Offset::Beginning)
-                        .map_err(err)?;
-                }
+            for p in partitions_of(&consumer, &topic)? {
+                assignment
+                    .add_partition_offset(&topic, p, Offset::Beginning)
+                    .map_err(err)?;
             }
             let partitions = assignment.count();
             let mut out = Vec::new();
@@ -388,14 +395,9 @@ impl EventBus for KafkaBus {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             let err = |e: KafkaError| BusError::Consume(e.to_string());
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-                .map_err(err)?;
             let mut partitions = TopicPartitionList::new();
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    partitions.add_partition(&topic, p.id());
-                }
+            for p in partitions_of(&consumer, &topic)? {
+                partitions.add_partition(&topic, p);
             }
             let committed = consumer
                 .committed_offsets(partitions, METADATA_TIMEOUT)
