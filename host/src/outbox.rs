@@ -1,8 +1,8 @@
 //! Publishing the outbox. After a chunk commits, its events go to the [`Publisher`], which
 //! publishes them and marks them published only when the bus acknowledged them. The relay
 //! claims rows still unpublished after `outbox.republish_after_ms` (a failed or lost publish,
-//! a crash after commit) and publishes them again, and purges published rows after the
-//! retention period. Re-sent events keep their `event_id`; consumers drop duplicates.
+//! a crash after commit) and publishes them again, and purges published rows (and the
+//! embedded event log's entries) after the retention period. Re-sent events keep their `event_id`; consumers drop duplicates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -162,6 +162,13 @@ impl Relay {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(rows = n, "purged published outbox rows"),
                     Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+                }
+                // The embedded event log keeps messages as long, like a Kafka topic's
+                // time-based retention (a no-op when the bus is Kafka).
+                match self.store.purge_log(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "purged event log entries"),
+                    Err(e) => tracing::warn!(error = %e, "event log purge failed"),
                 }
             }
             tokio::select! {

@@ -452,3 +452,36 @@ async fn dead_letters_can_be_listed_and_replayed() {
     );
     stop.cancel();
 }
+
+/// Embedded log retention: old entries go, newer ones and the offsets stay.
+async fn event_log_keeps_entries_for_the_retention_only(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::open(backend, dir.path()).await;
+    let store = &backends.store;
+    let topic = unique("t");
+    store
+        .append_log(&topic, &[message(1), message(2)], 1_000)
+        .await
+        .unwrap();
+    store
+        .append_log(&topic, &[message(3)], 5_000)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_log(2_000).await.unwrap(), 2);
+    let left = store.read_log(&topic, 1, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].offset, left[0].message.event_id.as_str()),
+        (3, "e3")
+    );
+    assert_eq!(
+        store.log_head(&topic).await.unwrap(),
+        3,
+        "offsets keep counting"
+    );
+}
+
+on_all_backends!(
+    log_retention,
+    event_log_keeps_entries_for_the_retention_only
+);

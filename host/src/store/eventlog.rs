@@ -102,6 +102,16 @@ impl Store {
             .collect()
     }
 
+    /// Deletes log entries written before `before`, every topic; returns how many. Offsets
+    /// stay as they were: a group behind the retention continues at the oldest entry left.
+    pub async fn purge_log(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query(&self.sql("DELETE FROM event_log WHERE created_at < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The offset of the last message of a topic (0 when empty).
     pub async fn log_head(&self, topic: &str) -> Result<i64> {
         let row = sqlx::query(&self.sql("SELECT head FROM bus_topics WHERE topic = ?"))
