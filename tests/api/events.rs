@@ -417,21 +417,16 @@ async fn dead_letters_can_be_listed_and_replayed() {
         .await
         .expect("e2 handled");
 
+    let db = backends.database_url.clone();
+    let data = dir.path().display().to_string();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
-            .arg("dlt")
-            .args(args)
-            .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
-            .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
-            .env("FIRSTCOME_DATA_DIR", dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let args: Vec<&str> = ["dlt"].iter().chain(args).copied().collect();
+        let env = [
+            ("FIRSTCOME_DATABASE_URL", db.as_str()),
+            ("FIRSTCOME_OUTBOX__TOPIC", topic.as_str()),
+            ("FIRSTCOME_DATA_DIR", data.as_str()),
+        ];
+        crate::helpers::firstcome(&args, &env)
     };
     let listed = cli(&["list"]);
     assert!(listed.contains("1 dead letters"), "{listed}");

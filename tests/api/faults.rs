@@ -412,24 +412,18 @@ async fn rebuild_command_restores_redis_from_the_database() {
     .unwrap();
     lose_queue_data(&backends).await;
 
+    let (file, data) = (file.display().to_string(), dir.path().display().to_string());
     let rebuild = |force: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"));
-        cmd.args(["campaign", "rebuild"]).arg(&file);
+        let mut args = vec!["campaign", "rebuild", file.as_str()];
         if force {
-            cmd.arg("--force");
+            args.push("--force");
         }
-        let out = cmd
-            .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
-            .env("FIRSTCOME_REDIS_URL", &redis)
-            .env("FIRSTCOME_DATA_DIR", dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let env = [
+            ("FIRSTCOME_DATABASE_URL", backends.database_url.as_str()),
+            ("FIRSTCOME_REDIS_URL", redis.as_str()),
+            ("FIRSTCOME_DATA_DIR", data.as_str()),
+        ];
+        crate::helpers::firstcome(&args, &env)
     };
     assert!(rebuild(false).contains("rebuilt from 7 issued coupons"));
     assert_eq!(

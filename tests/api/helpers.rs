@@ -412,3 +412,19 @@ impl Recorder {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// Runs the `firstcome` binary with `FIRSTCOME_*` settings; asserts it succeeded and returns
+/// what it printed.
+pub fn firstcome(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the firstcome binary runs");
+    assert!(
+        out.status.success(),
+        "firstcome {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

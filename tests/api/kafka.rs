@@ -269,18 +269,16 @@ async fn failing_events_reach_the_dead_letter_topic_and_replay() {
     }
     assert!(h.seen().is_empty());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
-        .args(["dlt", "replay", "--all"])
-        .env("FIRSTCOME_KAFKA_BROKERS", shared_brokers())
-        .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
-        .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
-        .env("FIRSTCOME_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let brokers = shared_brokers();
+    let data = dir.path().display().to_string();
+    crate::helpers::firstcome(
+        &["dlt", "replay", "--all"],
+        &[
+            ("FIRSTCOME_KAFKA_BROKERS", brokers.as_str()),
+            ("FIRSTCOME_OUTBOX__TOPIC", topic.as_str()),
+            ("FIRSTCOME_DATABASE_URL", backends.database_url.as_str()),
+            ("FIRSTCOME_DATA_DIR", data.as_str()),
+        ],
     );
     wait_for(60, || async { h.seen() == vec!["e0".to_owned()] })
         .await
