@@ -53,6 +53,15 @@ if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then
 fi
 echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
 
+# Plugins build for wasm32-wasip2; the notification tests talk to a real SMTP server
+# (aiosmtpd, from PyPI) and sign FCM grants with a key made by openssl.
+log "plugin toolchain"
+rustup target add wasm32-wasip2
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
+fi
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+
 # Each test makes its own database (fct_*); drop those earlier runs left behind.
 for db in $(mysql -h 127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fct\_%'"); do
   mysql -h 127.0.0.1 -uroot -e "DROP DATABASE \`$db\`"
@@ -66,6 +75,11 @@ cargo fmt --all -- --check
 
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+for workspace in plugins tests/plugins; do
+  (cd "$workspace" && cargo fmt --all -- --check \
+    && cargo clippy --release --locked --target wasm32-wasip2 -- -D warnings \
+    && cargo test --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')")
+done
 
 log "tests"
 # Build first, then run under a time limit: a failing Kafka test can leave librdkafka waiting on

@@ -17,15 +17,18 @@ use uuid::Uuid;
 use crate::admission::Admission;
 use crate::admission::embedded::EmbeddedAdmission;
 use crate::admission::redis::RedisAdmission;
+use crate::bus::EventBus;
 use crate::bus::embedded::LogBus;
 use crate::bus::kafka::KafkaBus;
-use crate::bus::{ConsumerSpec, EventBus};
 use crate::campaign::watcher::Watcher;
 use crate::config::Config;
-use crate::history::{self, HistoryRecorder};
 use crate::issuer::{IssuerContext, Issuers};
 use crate::outbox::{Relay, spawn_publisher};
 use crate::platform::Platform;
+use crate::plugin::email::Mailer;
+use crate::plugin::fcm::Pusher;
+use crate::plugin::services::LiveServices;
+use crate::plugin::{PluginHost, Runtime};
 use crate::store::Store;
 
 /// A built host, ready to serve.
@@ -103,12 +106,15 @@ impl App {
             shutdown.clone(),
             tracker.clone(),
         );
+        let plugins = Arc::new(plugin_host(&config, &store)?);
         let platform = Arc::new(Platform::new(
             config.clone(),
             store.clone(),
             admission,
             bus.clone(),
             issuers,
+            plugins,
+            (shutdown.clone(), tracker.clone()),
         ));
 
         let relay = Relay {
@@ -117,29 +123,13 @@ impl App {
             config: config.outbox.clone(),
         };
         tracker.spawn(relay.run(shutdown.clone()));
-        if config.consumers.history {
-            let spec = ConsumerSpec {
-                group: history::GROUP.into(),
-                topic: config.outbox.topic.clone(),
-                retry: config.consumers.retry(),
-                poll_interval: Duration::from_millis(config.consumers.poll_ms),
-            };
-            let handler = Arc::new(HistoryRecorder {
-                store: store.clone(),
-            });
-            let (bus, token) = (bus.clone(), shutdown.clone());
-            tracker.spawn(async move {
-                if let Err(e) = bus.run_consumer(spec, handler, token).await {
-                    tracing::error!(error = %e, "history consumer stopped");
-                }
-            });
-        }
-
         let dir = config.campaigns_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating campaign folder {}", dir.display()))?;
         let mut watcher = Watcher::new(dir, platform.clone());
         watcher.scan().await;
+        // Every campaign file is applied: the consumer groups may start reading.
+        platform.enable_consumers();
         tracker.spawn(watcher.run(
             Duration::from_millis(config.campaigns_poll_ms),
             shutdown.clone(),
@@ -190,6 +180,25 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The plugin runtime with the configured mailer and push sender.
+pub fn plugin_host(config: &Config, store: &Store) -> anyhow::Result<PluginHost> {
+    let mailer = Mailer::from_config(&config.email, config.data_dir.join("mail"))?;
+    let pusher = Pusher::from_config(&config.push)?;
+    tracing::info!(email = %mailer.describe(), push = %pusher.describe(), "plugin capabilities");
+    let services = Arc::new(LiveServices {
+        store: store.clone(),
+        mailer: Arc::new(mailer),
+        pusher: Arc::new(pusher),
+    });
+    let runtime = Arc::new(Runtime::new(config.plugins.clone())?);
+    Ok(PluginHost::new(
+        runtime,
+        services,
+        store.clone(),
+        config.campaigns_dir(),
+    ))
 }
 
 fn hostname() -> String {

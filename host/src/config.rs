@@ -37,8 +37,113 @@ pub struct Config {
     pub issuer: IssuerConfig,
     pub outbox: OutboxConfig,
     pub consumers: ConsumerConfig,
+    pub plugins: PluginConfig,
+    pub email: EmailConfig,
+    pub push: PushConfig,
     /// How often the campaign folder is scanned for changes.
     pub campaigns_poll_ms: u64,
+}
+
+/// Limits of plugin calls; a campaign file may set its own per plugin, up to the maxima of
+/// [`crate::plugin::spec`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Wall-clock limit of one call (instantiation, init and handle), host calls included.
+    pub timeout_ms: u64,
+    /// Memory one instance may grow to.
+    pub memory_mb: u32,
+    /// Bytes one call may pass to the host (log lines, kv writes, emails, ...).
+    pub max_output_bytes: usize,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 2_000,
+            memory_mb: 64,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// How the email capability sends.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// The SMTP relay; unset: emails are written to `mail_dir`.
+    pub smtp_host: Option<String>,
+    /// Default: 25 without TLS, 587 with STARTTLS, 465 with TLS.
+    pub smtp_port: Option<u16>,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sender, e.g. `Coupons <coupons@example.com>`.
+    pub from: String,
+    /// Folder of `.eml` files when no relay is set; default `{data_dir}/mail`.
+    pub mail_dir: Option<PathBuf>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: None,
+            smtp_port: None,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            from: "firstcome <coupons@firstcome.invalid>".into(),
+            mail_dir: None,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("mail_dir", &self.mail_dir)
+            .finish()
+    }
+}
+
+/// How the push capability sends.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// A Google service-account key (JSON); unset: notifications are only logged.
+    pub service_account_file: Option<PathBuf>,
+    /// FCM's base address.
+    pub fcm_url: String,
+    /// The OAuth token endpoint; default: the key's `token_uri`.
+    pub token_url: Option<String>,
+    pub timeout_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            service_account_file: None,
+            fcm_url: "https://fcm.googleapis.com".into(),
+            token_url: None,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,8 +208,6 @@ pub struct ConsumerConfig {
     pub retry_backoff_ms: u64,
     pub max_retries: u32,
     pub poll_ms: u64,
-    /// Run the built-in history consumer (group `history`).
-    pub history: bool,
 }
 
 impl Default for Config {
@@ -122,6 +225,9 @@ impl Default for Config {
             issuer: IssuerConfig::default(),
             outbox: OutboxConfig::default(),
             consumers: ConsumerConfig::default(),
+            plugins: PluginConfig::default(),
+            email: EmailConfig::default(),
+            push: PushConfig::default(),
             campaigns_poll_ms: 500,
         }
     }
@@ -156,7 +262,6 @@ impl Default for ConsumerConfig {
             retry_backoff_ms: retry.backoff.as_millis() as u64,
             max_retries: retry.max_retries,
             poll_ms: 200,
-            history: true,
         }
     }
 }
@@ -220,6 +325,9 @@ impl std::fmt::Debug for Config {
             .field("issuer", &self.issuer)
             .field("outbox", &self.outbox)
             .field("consumers", &self.consumers)
+            .field("plugins", &self.plugins)
+            .field("email", &self.email)
+            .field("push", &self.push)
             .finish()
     }
 }
@@ -252,11 +360,15 @@ mod tests {
         let config = Config {
             admin_token: Some("tok-123".into()),
             database_url: Some("postgres://u:pw@h/d".into()),
+            email: EmailConfig {
+                password: Some("mail-pw".into()),
+                ..EmailConfig::default()
+            },
             ..Config::default()
         };
         let shown = format!("{config:?}");
         assert!(
-            !shown.contains("tok-123") && !shown.contains(":pw@"),
+            !shown.contains("tok-123") && !shown.contains(":pw@") && !shown.contains("mail-pw"),
             "{shown}"
         );
     }

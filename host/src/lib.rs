@@ -8,14 +8,16 @@
 //! Redis or in-process) to admit the user; the chunk issuer ([`issuer`]) drains the queue a
 //! chunk per database transaction ([`store`]), writing coupons and outbox rows together; the
 //! outbox publisher and relay ([`outbox`]) put the events on the event bus ([`bus`]), whose
-//! consumer groups handle them with retries and a dead-letter topic.
+//! consumer groups (one per plugin role) hand them to each campaign's WebAssembly plugins
+//! ([`plugin`]) with retries and a dead-letter topic.
 //!
 //! ## Layout
 //! - [`app`]: start-up and graceful shutdown; [`platform`]: the shared state of one host.
 //! - [`config`]: typed configuration (defaults, file, `FIRSTCOME_*`).
 //! - [`campaign`]: the campaign document and the watched campaign folder.
 //! - [`admission`], [`issuer`], [`store`], [`outbox`], [`bus`], [`event`]: the pipeline.
-//! - [`history`]: the built-in consumer that records each issuance.
+//! - [`plugin`]: the consumers (notification, history, stats, ...) as sandboxed WebAssembly
+//!   components, one per role of each campaign, swapped live.
 
 pub mod admission;
 pub mod api;
@@ -25,9 +27,9 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod event;
-pub mod history;
 pub mod issuer;
 pub mod outbox;
 pub mod platform;
+pub mod plugin;
 pub mod store;
 pub mod telemetry;

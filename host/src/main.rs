@@ -1,4 +1,5 @@
-//! The `firstcome` command: `serve`, `migrate`, `campaign validate | rebuild`.
+//! The `firstcome` command: `serve`, `migrate`, `campaign validate | rebuild`,
+//! `dlt list | show | replay`, `plugin new | test`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +45,49 @@ enum Command {
     /// Dead letters: events every retry failed on, in `{topic}.DLT`.
     #[command(subcommand)]
     Dlt(DltCommand),
+    /// Consumer plugins (WebAssembly components).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate NAME (in the current folder, or --dir) that builds and passes
+    /// its own test as it is.
+    New {
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a plugin on one event in the host's sandbox, printing each capability call and
+    /// the result. Capabilities only record; nothing is sent.
+    Test {
+        /// The component (`.wasm`).
+        plugin: PathBuf,
+        /// The event: an envelope as the host publishes it, or a message as `dlt show` prints.
+        #[arg(long)]
+        event: PathBuf,
+        /// A setting, `KEY=VALUE` (repeatable).
+        #[arg(long = "setting", value_parser = key_value)]
+        settings: Vec<(String, String)>,
+        /// Capabilities to grant, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',')]
+        grants: Option<Vec<String>>,
+        /// The campaign's capacity the event reports.
+        #[arg(long, default_value_t = 100)]
+        capacity: i64,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[arg(long)]
+        memory_mb: Option<u32>,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?}: write a setting as KEY=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,8 +142,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref()).context("reading configuration")?;
-    if let Command::Campaign(CampaignCommand::Validate { files }) = &cli.command {
-        return Ok(validate(files));
+    if let Command::Plugin(PluginCommand::New { name, dir }) = &cli.command {
+        return match firstcome::plugin::scaffold::create(name, dir) {
+            Ok(path) => {
+                println!(
+                    "created {}; see its README.md to build and test it",
+                    path.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        };
     }
     if let Command::Serve {
         listen,
@@ -142,21 +198,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Campaign(CampaignCommand::Validate { .. }) => unreachable!("handled above"),
+            Command::Campaign(CampaignCommand::Validate { files }) => Ok(validate(&files).await),
             Command::Dlt(command) => dlt(&config, command).await,
+            Command::Plugin(PluginCommand::Test {
+                plugin,
+                event,
+                settings,
+                grants,
+                capacity,
+                timeout_ms,
+                memory_mb,
+            }) => {
+                let grants = grants
+                    .map(|names| {
+                        names
+                            .iter()
+                            .map(|n| {
+                                serde_json::from_value(serde_json::Value::String(n.clone())).map_err(|_| {
+                                    anyhow::anyhow!("--grants: unknown capability {n:?}; use kv, email, push, history, stats")
+                                })
+                            })
+                            .collect::<anyhow::Result<_>>()
+                    })
+                    .transpose()?;
+                let event = std::fs::read_to_string(&event)
+                    .with_context(|| format!("reading the event {}", event.display()))?;
+                let run = firstcome::plugin::recording::TestRun {
+                    settings: settings.into_iter().collect(),
+                    grants,
+                    timeout_ms,
+                    memory_mb,
+                    capacity,
+                };
+                let outcome = firstcome::plugin::recording::run(&plugin, &event, run).await?;
+                Ok(if outcome.result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            }
+            Command::Plugin(PluginCommand::New { .. }) => unreachable!("handled above"),
         }
     })
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+/// Checks each file, and loads each plugin it names the way the host would (without
+/// running it on an event).
+async fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
-        match load_file(file) {
-            Ok(c) => println!(
-                "{}: ok (campaign {:?}, capacity {})",
+        let checked = match load_file(file) {
+            Ok(c) => {
+                let base = file.parent().map(PathBuf::from).unwrap_or_default();
+                firstcome::plugin::recording::check_plugins(&c, &base)
+                    .await
+                    .map(|plugins| (c, plugins))
+                    .map_err(|e| format!("{}: {e}", file.display()))
+            }
+            Err(reason) => Err(reason),
+        };
+        match checked {
+            Ok((c, plugins)) => println!(
+                "{}: ok (campaign {:?}, capacity {}{})",
                 file.display(),
                 c.id,
-                c.capacity
+                c.capacity,
+                plugins
+                    .iter()
+                    .map(|(role, version)| format!(", {role} plugin {version}"))
+                    .collect::<String>()
             ),
             Err(reason) => {
                 ok = false;

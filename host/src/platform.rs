@@ -2,16 +2,21 @@
 //! the campaign watcher and the CLI all go through it, so that a campaign is applied (database
 //! row, admission queue, issuer) in exactly one way.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::admission::{Admission, AdmissionError, Admit};
-use crate::bus::EventBus;
+use crate::bus::{ConsumerSpec, EventBus};
 use crate::campaign::Campaign;
 use crate::config::Config;
 use crate::issuer::Issuers;
+use crate::plugin::PluginHost;
+use crate::plugin::host::RoleHandler;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,8 @@ pub enum PlatformError {
     Admission(#[from] AdmissionError),
     #[error("the admission queue lost campaign {0} again after each rebuild")]
     QueueUnstable(String),
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
@@ -34,6 +41,15 @@ pub struct Admitted {
     pub request_id: String,
 }
 
+/// The consumer groups of one host: one per plugin role any campaign names.
+#[derive(Debug)]
+struct Consumers {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    running: Mutex<BTreeSet<String>>,
+    started: Mutex<bool>,
+}
+
 /// Shared state of one host.
 #[derive(Debug)]
 pub struct Platform {
@@ -42,6 +58,8 @@ pub struct Platform {
     pub admission: Arc<dyn Admission>,
     pub bus: Arc<dyn EventBus>,
     pub issuers: Issuers,
+    pub plugins: Arc<PluginHost>,
+    consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
@@ -54,13 +72,23 @@ impl Platform {
         admission: Arc<dyn Admission>,
         bus: Arc<dyn EventBus>,
         issuers: Issuers,
+        plugins: Arc<PluginHost>,
+        tasks: (CancellationToken, TaskTracker),
     ) -> Self {
+        let consumers = Consumers {
+            shutdown: tasks.0,
+            tracker: tasks.1,
+            running: Mutex::default(),
+            started: Mutex::new(false),
+        };
         Self {
             config,
             store,
             admission,
             bus,
             issuers,
+            plugins,
+            consumers,
             campaigns: RwLock::default(),
             rejected: RwLock::default(),
         }
@@ -77,12 +105,21 @@ impl Platform {
         all
     }
 
-    /// Makes a validated campaign active (or updates it): its database row first (which
-    /// refuses a capacity below the coupons already issued), then its admission state, then
-    /// its issuer. On error nothing changes in memory and the previous version stays.
+    /// Makes a validated campaign active (or updates it): its plugins are loaded and checked
+    /// first, then its database row is written (which refuses a capacity below the coupons
+    /// already issued), then its admission state; only then are its plugins swapped in and
+    /// its issuer started. On error nothing changes in memory and the previous version stays.
     pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
+        let plugins = self
+            .plugins
+            .prepare(&campaign)
+            .await
+            .map_err(PlatformError::Plugin)?;
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
+        let roles: Vec<String> = plugins.roles.keys().cloned().collect();
+        self.plugins.install(&campaign.id, plugins);
+        self.start_consumers(&roles);
         let campaign = Arc::new(campaign);
         self.campaigns
             .write()
@@ -151,21 +188,66 @@ impl Platform {
     }
 
     pub fn reject(&self, id: &str, reason: String) {
+        self.plugins.block(id, &reason);
         self.rejected.write().unwrap().insert(id.to_owned(), reason);
     }
 
     pub fn clear_rejection(&self, id: &str) {
+        self.plugins.unblock(id);
         self.rejected.write().unwrap().remove(id);
     }
 
-    /// The consumer groups this host runs, with the topic each reads.
+    /// The consumer groups this host runs (one per plugin role), with the topic each reads.
     pub fn consumer_groups(&self) -> Vec<(String, String)> {
         let topic = self.config.outbox.topic.clone();
-        let mut groups = Vec::new();
-        if self.config.consumers.history {
-            groups.push((crate::history::GROUP.to_owned(), topic));
+        let running = self.consumers.running.lock().unwrap();
+        running.iter().map(|g| (g.clone(), topic.clone())).collect()
+    }
+
+    /// Starts the consumer group of each role not yet running. Before [`Self::enable_consumers`]
+    /// the roles are only noted, so that no group reads an event before every campaign
+    /// file has been applied at start-up.
+    fn start_consumers(&self, roles: &[String]) {
+        let mut running = self.consumers.running.lock().unwrap();
+        let started = *self.consumers.started.lock().unwrap();
+        for role in roles {
+            if running.insert(role.clone()) && started {
+                self.spawn_consumer(role);
+            }
         }
-        groups
+    }
+
+    /// Starts every noted group; from now on a new role starts its group at once.
+    pub fn enable_consumers(&self) {
+        let running = self.consumers.running.lock().unwrap();
+        let mut started = self.consumers.started.lock().unwrap();
+        if !*started {
+            *started = true;
+            for role in running.iter() {
+                self.spawn_consumer(role);
+            }
+        }
+    }
+
+    fn spawn_consumer(&self, role: &str) {
+        let spec = ConsumerSpec {
+            group: role.to_owned(),
+            topic: self.config.outbox.topic.clone(),
+            retry: self.config.consumers.retry(),
+            poll_interval: Duration::from_millis(self.config.consumers.poll_ms),
+        };
+        let handler = Arc::new(RoleHandler {
+            host: self.plugins.clone(),
+            role: role.to_owned(),
+        });
+        let (bus, token) = (self.bus.clone(), self.consumers.shutdown.clone());
+        let role = role.to_owned();
+        tracing::info!(group = %role, "consumer group started");
+        self.consumers.tracker.spawn(async move {
+            if let Err(e) = bus.run_consumer(spec, handler, token).await {
+                tracing::error!(group = %role, error = %e, "consumer group stopped");
+            }
+        });
     }
 
     /// Campaign files refused at their last change, with why.

@@ -317,10 +317,17 @@ async fn a_group_member_takes_over(backend: Backend) {
 on_all_backends!(takeover, a_group_member_takes_over);
 
 /// Through the whole host: every issued coupon's event is published, marked, and recorded
-/// once by the built-in history consumer.
+/// once by the history plugin, and counted once by the stats plugin.
 async fn every_coupon_reaches_history_once(backend: Backend) {
     let app = spawn_app(backend).await;
-    let id = app.campaign(spec(40)).await;
+    let stats = crate::helpers::with_plugin(
+        crate::helpers::with_history(spec(40)),
+        "stats",
+        &crate::helpers::wasm("stats"),
+        &["stats"],
+        &[],
+    );
+    let id = app.campaign(stats).await;
     for i in 0..60 {
         app.request(&id, &format!("u{i}")).await;
     }
@@ -348,6 +355,14 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
         .unwrap();
     assert_eq!(lag["consumers"][0]["group"], "history", "{lag}");
     assert_eq!(lag["consumers"][0]["lag"], 0, "{lag}");
+    assert_eq!(lag["consumers"][1]["group"], "stats", "{lag}");
+    wait_for(20, || async {
+        store.campaign_stats(&id).await.unwrap().get("issued") == Some(&40)
+    })
+    .await
+    .expect("stats complete");
+    let counters = store.campaign_stats(&id).await.unwrap();
+    assert_eq!(counters["revenue"], 40 * 1000, "{counters:?}");
     let history = store.history_of_campaign(&id).await.unwrap();
     let mut events: Vec<&String> = history.iter().map(|h| &h.event_id).collect();
     events.sort();

@@ -215,7 +215,71 @@ pub fn spec(capacity: i64) -> CampaignSpec {
         closes_at: None,
         coupon_expires_at: None,
         chunk_size: None,
+        plugins: Default::default(),
     }
+}
+
+/// A built component: the reference plugins (`notification`, `history`, `stats`) and the
+/// test fixtures of `tests/plugins` (`misbehave`, `rogue`). Both workspaces are built once
+/// per test run, for wasm32-wasip2, into the test build's target folder.
+pub fn wasm(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let target = if target.is_absolute() { target } else { root.join(target) };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for workspace in ["plugins", "tests/plugins"] {
+            let out = std::process::Command::new(&cargo)
+                .current_dir(root.join(workspace))
+                .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+                .arg(&target)
+                .output()
+                .expect("running cargo");
+            assert!(
+                out.status.success(),
+                "building the {workspace} components failed (is the wasm32-wasip2 target installed?):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// `spec` with a `[plugins.{role}]` section.
+pub fn with_plugin(
+    mut spec: CampaignSpec,
+    role: &str,
+    wasm: &std::path::Path,
+    grants: &[&str],
+    settings: &[(&str, &str)],
+) -> CampaignSpec {
+    let plugin = firstcome::plugin::PluginSpec {
+        path: wasm.to_owned(),
+        sha256: None,
+        grants: grants
+            .iter()
+            .map(|g| serde_json::from_value(Value::String((*g).to_owned())).expect("a capability"))
+            .collect(),
+        settings: settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        timeout_ms: None,
+        memory_mb: None,
+    };
+    spec.plugins.insert(role.to_owned(), plugin);
+    spec
+}
+
+/// The history plugin, as most campaigns in these tests run it.
+pub fn with_history(spec: CampaignSpec) -> CampaignSpec {
+    with_plugin(spec, "history", &wasm("history"), &["history"], &[])
 }
 
 impl TestApp {

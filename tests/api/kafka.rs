@@ -347,7 +347,7 @@ async fn broker_outage_while_issuing_loses_nothing() {
     })
     .await;
     let store = &backends.store;
-    let id = app.campaign(spec(80)).await;
+    let id = app.campaign(crate::helpers::with_history(spec(80))).await;
     for i in 0..40 {
         assert_eq!(app.request(&id, &format!("before{i}")).await.0, 202);
     }
@@ -455,8 +455,10 @@ async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
     let topic = unique("k");
     let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
     let stop = CancellationToken::new();
-    let handler = Arc::new(firstcome::history::HistoryRecorder {
-        store: backends.store.clone(),
+    let config = crate::helpers::test_config(dir.path());
+    let handler = Arc::new(firstcome::plugin::host::RoleHandler {
+        host: Arc::new(firstcome::app::plugin_host(&config, &backends.store).unwrap()),
+        role: "history".into(),
     });
     let (b, s, st) = (bus.clone(), consumer("history", &topic), stop.clone());
     tokio::spawn(async move { b.run_consumer(s, handler, st).await.unwrap() });

@@ -9,3 +9,4 @@ mod events;
 mod faults;
 mod helpers;
 mod kafka;
+mod plugins;

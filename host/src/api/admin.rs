@@ -288,3 +288,18 @@ pub async fn consumers(State(platform): State<Arc<Platform>>) -> Result<Json<Con
         consumers,
     }))
 }
+
+#[derive(Debug, Serialize)]
+pub struct Plugins {
+    plugins: Vec<crate::plugin::PluginStatus>,
+    /// Times a running plugin was replaced by another version since the host started.
+    swaps: u64,
+}
+
+/// `GET /api/v1/admin/plugins`: every campaign's plugins, their versions and counters.
+pub async fn plugins(State(platform): State<Arc<Platform>>) -> Json<Plugins> {
+    Json(Plugins {
+        plugins: platform.plugins.statuses(),
+        swaps: platform.plugins.swaps(),
+    })
+}

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::error::{ApiError, ApiPath};
@@ -28,6 +30,8 @@ pub struct CampaignView {
     /// Coupons still to be had: capacity less what was admitted (or issued, if more).
     remaining: i64,
     queued: i64,
+    /// The plugin version (`sha256:...`) handling each role.
+    plugins: BTreeMap<String, String>,
 }
 
 pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, ApiError> {
@@ -54,6 +58,15 @@ pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, Api
         issued,
         remaining,
         queued: counts.queued,
+        plugins: c
+            .spec
+            .plugins
+            .keys()
+            .filter_map(|role| {
+                let p = platform.plugins.plugin(&c.id, role)?;
+                Some((role.clone(), p.version().to_owned()))
+            })
+            .collect(),
     })
 }
 
@@ -80,4 +93,15 @@ pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<Campaign
         campaigns.push(view(&platform, &c).await?);
     }
     Ok(Json(CampaignList { campaigns }))
+}
+
+/// `GET /api/v1/campaigns/{campaign_id}/stats`: the counters the stats plugin keeps.
+pub async fn stats(
+    State(platform): State<Arc<Platform>>,
+    ApiPath(campaign_id): ApiPath<String>,
+) -> Result<Json<crate::plugin::StatsSnapshot>, ApiError> {
+    let c = platform
+        .campaign(&campaign_id)
+        .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
+    Ok(Json(platform.plugins.stats(&c).await?))
 }

@@ -100,6 +100,7 @@ impl From<PlatformError> for ApiError {
             PlatformError::Store(StoreError::CapacityBelowIssued { .. }) => {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
+            PlatformError::Plugin(reason) => Self::unprocessable("invalid_plugin", reason),
             PlatformError::Admission(_) | PlatformError::QueueUnstable(_) => {
                 tracing::error!(error = %e, "admission queue unavailable");
                 Self::new(

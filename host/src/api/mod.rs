@@ -30,6 +30,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
     let admin = Router::new()
         .route("/campaigns", get(admin::list_campaigns))
         .route("/consumers", get(admin::consumers))
+        .route("/plugins", get(admin::plugins))
         .route(
             "/campaigns/{campaign_id}",
             put(admin::put_campaign).delete(admin::delete_campaign),
@@ -46,6 +47,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
     let api = Router::new()
         .route("/campaigns", get(campaigns::list))
         .route("/campaigns/{campaign_id}", get(campaigns::get))
+        .route("/campaigns/{campaign_id}/stats", get(campaigns::stats))
         .route("/campaigns/{campaign_id}/requests", post(requests::create))
         .route(
             "/campaigns/{campaign_id}/requests/{user_id}",

@@ -8,6 +8,10 @@
 //! 3. With `--kafka-brokers`: events per second from the outbox through Kafka into a consumer
 //!    group against `kcat` reading the same topic from the same broker (the ratio is the
 //!    figure), and end-to-end latency from commit to handled under a steady trickle.
+//! 4. With `--plugins DIR` (the built reference plugins): events per second through the stats
+//!    plugin as a sandboxed component (fresh instance per event, as the host runs it) against
+//!    the same logic compiled natively into this harness (the ratio is the figure), with the
+//!    instantiation-plus-call time p50/p99 per event.
 //!
 //! Run: see BENCHMARKS.md.
 
@@ -54,6 +58,23 @@ struct Args {
     /// Events per Kafka throughput run.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Folder of the built reference plugins (`history.wasm`, `stats.wasm`).
+    #[arg(long)]
+    plugins: Option<std::path::PathBuf>,
+    /// Events per plugin run.
+    #[arg(long, default_value_t = 50_000)]
+    plugin_events: usize,
+    /// Run only these phases (comma-separated: admission, issuer, kafka, plugin).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| p == phase))
+    }
 }
 
 struct Phase {
@@ -71,6 +92,7 @@ fn spec(capacity: usize, chunk: u32) -> CampaignSpec {
         closes_at: None,
         coupon_expires_at: None,
         chunk_size: Some(chunk),
+        plugins: Default::default(),
     }
 }
 
@@ -109,13 +131,11 @@ async fn load(
 }
 
 fn quiet_config(dir: &std::path::Path) -> Config {
-    let mut config = Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..Config::default()
-    };
-    config.consumers.history = true;
-    config
+    }
 }
 
 /// HTTP admission vs. a trivial endpoint on one server.
@@ -298,20 +318,34 @@ async fn kafka_throughput(args: &Args, brokers: &str) -> anyhow::Result<()> {
 }
 
 /// Commit-to-handled latency through the whole host on Kafka, under a steady trickle.
-async fn kafka_latency(brokers: &str) -> anyhow::Result<()> {
+async fn kafka_latency(brokers: &str, plugins: &std::path::Path) -> anyhow::Result<()> {
     const REQUESTS: usize = 2_000;
     const PER_SECOND: u64 = 200;
     let dir = tempfile::tempdir()?;
     let mut config = quiet_config(dir.path());
     config.kafka_brokers = Some(brokers.to_owned());
     config.outbox.topic = unique("bench-latency");
+    let history = plugins.join("history.wasm");
+    anyhow::ensure!(
+        history.exists(),
+        "{} is missing: build the plugins (see BENCHMARKS.md)",
+        history.display()
+    );
     let store = Store::open(&config.database_url()).await?;
     let app = App::build_with(config, store.clone(), Arc::new(EmbeddedAdmission::new())).await?;
     let platform = app.platform();
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let id = unique("lat");
-    let campaign = Campaign::new(&id, spec(REQUESTS, 10))?;
+    let mut with_history = spec(REQUESTS, 10);
+    with_history.plugins.insert(
+        "history".into(),
+        toml::from_str(&format!(
+            "path = {:?}\ngrants = [\"history\"]",
+            history.display().to_string()
+        ))?,
+    );
+    let campaign = Campaign::new(&id, with_history)?;
     platform.apply_campaign(campaign.clone()).await?;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PER_SECOND));
     for i in 0..REQUESTS {
@@ -418,40 +452,44 @@ async fn main() -> anyhow::Result<()> {
         args.requests,
         args.concurrency
     );
-    println!("Admission through HTTP vs. GET /health/live on the same server:\n");
-    println!(
-        "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio |"
-    );
-    println!("|---|---|---|---|---|---|");
-    http_phase(&args, "embedded", Arc::new(EmbeddedAdmission::new())).await?;
-    if let Some(url) = &args.redis_url {
-        http_phase(
-            &args,
-            "redis",
-            Arc::new(RedisAdmission::connect(url).await?),
-        )
-        .await?;
-    }
-    println!("\nChunk issuer draining a full queue:\n");
-    println!("| database | chunk | coupons | seconds | coupons/s |");
-    println!("|---|---|---|---|---|");
-    let dir = tempfile::tempdir()?;
-    for chunk in [10, 100] {
-        let sqlite = format!(
-            "sqlite:{}",
-            dir.path().join(format!("bench-{chunk}.db")).display()
+    if args.runs("admission") {
+        println!("Admission through HTTP vs. GET /health/live on the same server:\n");
+        println!(
+            "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio |"
         );
-        issuer_phase(&args, "sqlite", &sqlite, chunk).await?;
-        if let Some(url) = &args.mysql_url {
-            let (db, admin) = scratch_mysql(url).await?;
-            issuer_phase(&args, "mariadb", &db, chunk).await?;
-            let name = db.rsplit('/').next().unwrap_or_default();
-            sqlx::query(&format!("DROP DATABASE {name}"))
-                .execute(admin.pool())
-                .await?;
+        println!("|---|---|---|---|---|---|");
+        http_phase(&args, "embedded", Arc::new(EmbeddedAdmission::new())).await?;
+        if let Some(url) = &args.redis_url {
+            http_phase(
+                &args,
+                "redis",
+                Arc::new(RedisAdmission::connect(url).await?),
+            )
+            .await?;
         }
     }
-    if let Some(brokers) = &args.kafka_brokers {
+    if args.runs("issuer") {
+        println!("\nChunk issuer draining a full queue:\n");
+        println!("| database | chunk | coupons | seconds | coupons/s |");
+        println!("|---|---|---|---|---|");
+        let dir = tempfile::tempdir()?;
+        for chunk in [10, 100] {
+            let sqlite = format!(
+                "sqlite:{}",
+                dir.path().join(format!("bench-{chunk}.db")).display()
+            );
+            issuer_phase(&args, "sqlite", &sqlite, chunk).await?;
+            if let Some(url) = &args.mysql_url {
+                let (db, admin) = scratch_mysql(url).await?;
+                issuer_phase(&args, "mariadb", &db, chunk).await?;
+                let name = db.rsplit('/').next().unwrap_or_default();
+                sqlx::query(&format!("DROP DATABASE {name}"))
+                    .execute(admin.pool())
+                    .await?;
+            }
+        }
+    }
+    if let Some(brokers) = args.kafka_brokers.as_ref().filter(|_| args.runs("kafka")) {
         println!("\nOutbox → relay → Kafka → consumer group, against kcat on the same topic:\n");
         println!("| events | publish s | group events/s | kcat s | kcat events/s | ratio |");
         println!("|---|---|---|---|---|---|");
@@ -459,7 +497,130 @@ async fn main() -> anyhow::Result<()> {
         println!("\nCommit to handled (history consumer on Kafka), ms:\n");
         println!("| load | p50 | p99 | max |");
         println!("|---|---|---|---|");
-        kafka_latency(brokers).await?;
+        let plugins = args
+            .plugins
+            .as_deref()
+            .context("--plugins DIR is needed for the latency run")?;
+        kafka_latency(brokers, plugins).await?;
     }
+    if let Some(plugins) = args.plugins.as_ref().filter(|_| args.runs("plugin")) {
+        println!(
+            "\nStats plugin: sandboxed component (fresh instance per event) vs. the same logic native:\n"
+        );
+        plugin_phase(&args, plugins).await?;
+    }
+    Ok(())
+}
+
+/// A map as the native harness's stats sink.
+#[derive(Default)]
+struct Counts(std::collections::HashMap<String, i64>);
+
+impl stats::Sink for Counts {
+    fn increment(&mut self, name: &str, delta: i64) {
+        *self.0.entry(name.to_owned()).or_default() += delta;
+    }
+}
+
+/// The stats plugin as a component against its logic compiled natively.
+async fn plugin_phase(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
+    use firstcome::plugin::recording::Recording;
+    use firstcome::plugin::{Capability, PluginSpec, Runtime};
+    use firstcome::store::Scope;
+
+    const GENDERS: [&str; 3] = ["f", "m", "x"];
+    const AGES: [&str; 5] = ["10s", "20s", "30s", "40s", "50s"];
+    let n = args.plugin_events;
+    let path = dir.join("stats.wasm");
+    let runtime = Arc::new(Runtime::new(Default::default())?);
+    let compiled = runtime.compile(&Runtime::read(&path, None)?)?;
+    let spec = PluginSpec {
+        path: path.clone(),
+        sha256: None,
+        grants: [Capability::Stats].into_iter().collect(),
+        settings: Default::default(),
+        timeout_ms: None,
+        memory_mb: None,
+    };
+    let scope = Scope {
+        campaign_id: "bench".into(),
+        role: "stats".into(),
+    };
+    let plugin = runtime.bind(scope, path, compiled, spec);
+    let services: Arc<dyn firstcome::plugin::services::Services> = Arc::new(Recording::default());
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let envelope = serde_json::json!({
+                "event_id": uuid::Uuid::now_v7().to_string(),
+                "event_type": "coupon.issued",
+                "schema_version": 1,
+                "campaign_id": "bench",
+                "occurred_at": "2026-11-24T00:00:00Z",
+                "payload": {
+                    "user_id": format!("user-{i}"), "email": null, "fcm_token": null,
+                    "gender": GENDERS[i % 3], "age_group": AGES[i % 5],
+                    "campaign_name": "Bench", "campaign_value": 1000,
+                    "coupon_id": format!("c-{i}"), "coupon_code": format!("CODE{i}"),
+                    "position": i as i64 + 1, "request_id": "r",
+                    "issued_at": "2026-11-24T00:00:00Z", "expires_at": null
+                }
+            });
+            let id = envelope["event_id"].as_str().unwrap_or_default().to_owned();
+            let event =
+                firstcome::plugin::host::wit_event(serde_json::from_value(envelope)?, n as i64)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((id, event))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Warm up: the first instances fault their pool slots in.
+    for (id, event) in events.iter().take(1_000) {
+        runtime.call(&plugin, id, event, services.clone()).await?;
+    }
+    let mut wasm_counts = Counts::default();
+    let mut per_call = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for (id, event) in &events {
+        let t = Instant::now();
+        let effects = runtime.call(&plugin, id, event, services.clone()).await?;
+        per_call.record(t.elapsed().as_nanos().max(1) as u64)?;
+        for (name, delta) in effects.stats {
+            stats::Sink::increment(&mut wasm_counts, &name, delta);
+        }
+    }
+    let wasm = started.elapsed();
+
+    let inputs: Vec<(i64, &str, &str)> = (0..n)
+        .map(|i| (1000, GENDERS[i % 3], AGES[i % 5]))
+        .collect();
+    let mut native_counts = Counts::default();
+    let started = Instant::now();
+    for (value, gender, age) in &inputs {
+        let issued = stats::Issued {
+            value: *value,
+            gender: Some(gender),
+            age_group: Some(age),
+        };
+        stats::count_issued(std::hint::black_box(&issued), &mut native_counts);
+    }
+    let native = started.elapsed();
+    anyhow::ensure!(
+        wasm_counts.0 == native_counts.0,
+        "the component and the native logic disagree"
+    );
+
+    let (w, nat) = (
+        n as f64 / wasm.as_secs_f64(),
+        n as f64 / native.as_secs_f64(),
+    );
+    println!(
+        "| events | component events/s | native events/s | component / native | instantiate+call p50 µs | p99 µs |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {w:.0} | {nat:.0} | {:.4} | {:.1} | {:.1} |",
+        w / nat,
+        per_call.value_at_quantile(0.5) as f64 / 1000.0,
+        per_call.value_at_quantile(0.99) as f64 / 1000.0
+    );
     Ok(())
 }

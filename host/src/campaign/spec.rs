@@ -1,7 +1,11 @@
 //! The campaign document: a TOML file `{campaign_id}.toml` or the JSON body of the admin `PUT`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
+
+use crate::plugin::PluginSpec;
 
 /// Chunk size when a campaign does not set one.
 pub const DEFAULT_CHUNK_SIZE: u32 = 10;
@@ -62,6 +66,10 @@ pub struct CampaignSpec {
     /// Requests issued per database transaction (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u32>,
+    /// The consumer plugin of each role (`notification`, `history`, `stats`, or any other
+    /// role name): `[plugins.{role}]` sections.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, PluginSpec>,
 }
 
 impl CampaignSpec {
@@ -113,6 +121,9 @@ impl CampaignSpec {
             && expires <= opens
         {
             return Err(invalid("coupon_expires_at", "must be after opens_at"));
+        }
+        for (role, plugin) in &self.plugins {
+            plugin.validate(role).map_err(SpecError::Parse)?;
         }
         Ok(())
     }

@@ -306,8 +306,13 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Records an issuance in the history, once per event id.
-    pub async fn record_history(&self, entry: &HistoryEntry, now: i64) -> Result<bool> {
+    /// Records an issuance in the history, once per event id, inside a plugin's transaction.
+    pub(super) async fn record_history_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        entry: &HistoryEntry,
+        now: i64,
+    ) -> Result<bool> {
         let insert = self.dialect.insert_ignore(
             "history (event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, \
              recorded_at, handled_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -321,7 +326,7 @@ impl Store {
             .bind(entry.issued_at)
             .bind(now)
             .bind(&entry.handled_by)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() == 1)
     }

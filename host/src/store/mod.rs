@@ -7,12 +7,13 @@
 //!
 //! Layout: `campaigns` (campaign rows and their issued count), `coupons` (the chunk transaction
 //! and coupon look-ups), `users`, `outbox` (claiming unpublished events), `eventlog` (the tables
-//! of the embedded event bus and its consumers).
+//! of the embedded event bus and its consumers), `plugins` (what consumer plugins keep).
 
 mod campaigns;
 mod coupons;
 mod eventlog;
 mod outbox;
+mod plugins;
 mod users;
 
 use std::borrow::Cow;
@@ -27,6 +28,7 @@ pub use campaigns::CampaignRow;
 pub use coupons::{ChunkOutcome, CouponView};
 pub use eventlog::{HistoryEntry, LogRecord};
 pub use outbox::{OutboxClaim, OutboxEvent};
+pub use plugins::{Effects, Scope};
 pub use users::UserProfile;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");

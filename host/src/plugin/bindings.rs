@@ -1,0 +1,360 @@
+//! The WIT world as the host implements it. Every capability call is checked against the
+//! plugin's grants, charged to its output budget, and either answered (reads), buffered as an
+//! effect applied when the call succeeds (kv writes, counters, statistics, history), or sent
+//! at once (email, push). A refused call traps the plugin with a [`Denied`] saying why.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Result as WasmResult, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::services::{PushMessage, SendError, Services};
+use super::spec::{Capability, PluginSpec};
+use crate::store::{Effects, HistoryEntry, Scope};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "consumer",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use exports::firstcome::plugin::handler::HandleError;
+pub use firstcome::plugin::types::{CouponIssued, Event};
+
+use firstcome::plugin::delivery::DeliveryError;
+use firstcome::plugin::log::Level;
+
+/// Longest kv key, and largest kv value, a plugin may write.
+const MAX_KEY_LEN: usize = 255;
+const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Why the host stopped a plugin's call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error(
+        "capability `{0}` is not granted to this plugin; add \"{0}\" to `grants` of its section in the campaign file"
+    )]
+    Ungranted(Capability),
+    #[error("output limit exceeded: a call may pass at most {0} bytes to the host")]
+    Output(usize),
+    #[error("invalid capability call: {0}")]
+    Invalid(String),
+    #[error("a host service failed: {0}")]
+    Unavailable(String),
+}
+
+/// What one call may do and has done.
+#[derive(Debug)]
+pub struct CallState {
+    pub scope: Scope,
+    pub event_id: String,
+    /// `sha256:...` of the component.
+    pub version: String,
+    pub spec: Arc<PluginSpec>,
+    pub services: Arc<dyn Services>,
+    pub effects: Effects,
+    pub output_left: usize,
+    pub output_limit: usize,
+    /// Epoch ticks spent in WebAssembly so far.
+    pub epochs: u64,
+}
+
+impl CallState {
+    fn require(&self, capability: Capability) -> WasmResult<()> {
+        if self.spec.grants(capability) {
+            Ok(())
+        } else {
+            Err(Denied::Ungranted(capability).into())
+        }
+    }
+
+    fn charge(&mut self, bytes: usize) -> WasmResult<()> {
+        match self.output_left.checked_sub(bytes) {
+            Some(left) => {
+                self.output_left = left;
+                Ok(())
+            }
+            None => Err(Denied::Output(self.output_limit).into()),
+        }
+    }
+}
+
+/// The data of one sandbox (one store): WASI with nothing granted, limits, and the call.
+pub struct CallCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    pub call: CallState,
+}
+
+impl std::fmt::Debug for CallCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallCtx")
+            .field("call", &self.call)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallCtx {
+    pub fn new(limits: StoreLimits, call: CallState) -> Self {
+        // No preopened directories, no environment, no arguments, no sockets, no name lookup:
+        // WASI only supplies clocks, random numbers and empty stdio.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            call,
+        }
+    }
+}
+
+impl WasiView for CallCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds WASI (with nothing granted) and the firstcome interfaces to a linker.
+pub fn add_to_linker(linker: &mut Linker<CallCtx>) -> WasmResult<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    Consumer::add_to_linker::<_, HasSelf<CallCtx>>(linker, |ctx| ctx)
+}
+
+fn delivery_error(e: SendError) -> DeliveryError {
+    match e {
+        SendError::Rejected(m) => DeliveryError::Rejected(m),
+        SendError::Unavailable(m) => DeliveryError::Unavailable(m),
+    }
+}
+
+impl firstcome::plugin::types::Host for CallCtx {}
+impl firstcome::plugin::delivery::Host for CallCtx {}
+
+impl firstcome::plugin::log::Host for CallCtx {
+    async fn log(&mut self, level: Level, message: String) -> WasmResult<()> {
+        self.call.charge(message.len())?;
+        let c = &self.call;
+        let (campaign, role, version) = (&c.scope.campaign_id, &c.scope.role, &c.version);
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "plugin", %campaign, %role, %version, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", %campaign, %role, %version, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", %campaign, %role, %version, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", %campaign, %role, %version, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", %campaign, %role, %version, "{message}")
+            }
+        }
+        self.call
+            .services
+            .logged(&c.scope, level_name(level), &message);
+        Ok(())
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+impl firstcome::plugin::settings::Host for CallCtx {
+    async fn get(&mut self, key: String) -> WasmResult<Option<String>> {
+        Ok(self.call.spec.settings.get(&key).cloned())
+    }
+
+    async fn all(&mut self) -> WasmResult<Vec<(String, String)>> {
+        Ok(self
+            .call
+            .spec
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+fn check_key(key: &str) -> WasmResult<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Denied::Invalid(format!("kv keys are 1 to {MAX_KEY_LEN} bytes")).into());
+    }
+    Ok(())
+}
+
+impl firstcome::plugin::kv::Host for CallCtx {
+    async fn get(&mut self, key: String) -> WasmResult<Option<Vec<u8>>> {
+        self.call.require(Capability::Kv)?;
+        check_key(&key)?;
+        if let Some(written) = self.call.effects.kv.get(&key) {
+            return Ok(written.clone());
+        }
+        let c = &self.call;
+        c.services
+            .kv_get(&c.scope, &key)
+            .await
+            .map_err(|e| Denied::Unavailable(e).into())
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> WasmResult<()> {
+        self.call.require(Capability::Kv)?;
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(
+                Denied::Invalid(format!("kv values are at most {MAX_VALUE_LEN} bytes")).into(),
+            );
+        }
+        self.call.charge(key.len() + value.len())?;
+        self.call.effects.kv.insert(key, Some(value));
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: String) -> WasmResult<()> {
+        self.call.require(Capability::Kv)?;
+        check_key(&key)?;
+        self.call.charge(key.len())?;
+        self.call.effects.kv.insert(key, None);
+        Ok(())
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> WasmResult<i64> {
+        self.call.require(Capability::Kv)?;
+        check_key(&key)?;
+        self.call.charge(key.len() + 8)?;
+        let c = &self.call;
+        let stored = c
+            .services
+            .kv_counter(&c.scope, &key)
+            .await
+            .map_err(Denied::Unavailable)?;
+        let pending = self.call.effects.counters.entry(key).or_default();
+        *pending = pending
+            .checked_add(delta)
+            .ok_or_else(|| Denied::Invalid("counter overflow".into()))?;
+        stored
+            .checked_add(*pending)
+            .ok_or_else(|| Denied::Invalid("counter overflow".into()).into())
+    }
+}
+
+impl firstcome::plugin::email::Host for CallCtx {
+    async fn send(
+        &mut self,
+        to: String,
+        subject: String,
+        body: String,
+    ) -> WasmResult<Result<(), DeliveryError>> {
+        self.call.require(Capability::Email)?;
+        self.call.charge(to.len() + subject.len() + body.len())?;
+        let c = &self.call;
+        Ok(c.services
+            .send_email(&c.scope, &c.event_id, &to, &subject, &body)
+            .await
+            .map_err(delivery_error))
+    }
+}
+
+impl firstcome::plugin::push::Host for CallCtx {
+    async fn send(
+        &mut self,
+        token: String,
+        title: String,
+        body: String,
+        data: Vec<(String, String)>,
+    ) -> WasmResult<Result<(), DeliveryError>> {
+        self.call.require(Capability::Push)?;
+        let size = data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.call
+            .charge(token.len() + title.len() + body.len() + size)?;
+        let message = PushMessage {
+            token,
+            title,
+            body,
+            data: data.into_iter().collect(),
+        };
+        let c = &self.call;
+        Ok(c.services
+            .send_push(&c.scope, &c.event_id, &message)
+            .await
+            .map_err(delivery_error))
+    }
+}
+
+impl firstcome::plugin::history::Host for CallCtx {
+    async fn record(&mut self, entry: firstcome::plugin::history::Entry) -> WasmResult<()> {
+        self.call.require(Capability::History)?;
+        let size = entry.event_id.len()
+            + entry.user_id.len()
+            + entry.coupon_id.len()
+            + entry.coupon_code.len();
+        self.call.charge(size)?;
+        if entry.event_id.is_empty() || entry.event_id.len() > 36 {
+            return Err(Denied::Invalid("history entries need the event's id".into()).into());
+        }
+        let c = &mut self.call;
+        c.effects.history.push(HistoryEntry {
+            event_id: entry.event_id,
+            campaign_id: c.scope.campaign_id.clone(),
+            user_id: entry.user_id,
+            coupon_id: entry.coupon_id,
+            coupon_code: entry.coupon_code,
+            issued_at: entry.issued_at_ms,
+            handled_by: c.version.clone(),
+            recorded_at: 0,
+        });
+        Ok(())
+    }
+}
+
+/// A statistic name: 1 to 128 characters of `a-z 0-9 . - _`.
+pub fn valid_stat_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+impl firstcome::plugin::stats::Host for CallCtx {
+    async fn increment(&mut self, name: String, delta: i64) -> WasmResult<()> {
+        self.call.require(Capability::Stats)?;
+        self.call.charge(name.len() + 8)?;
+        if !valid_stat_name(&name) {
+            return Err(Denied::Invalid(format!(
+                "statistic {name:?}: use 1 to 128 characters of a-z, 0-9, '.', '-' and '_'"
+            ))
+            .into());
+        }
+        let total = self.call.effects.stats.entry(name).or_default();
+        *total = total
+            .checked_add(delta)
+            .ok_or_else(|| Denied::Invalid("statistic overflow".into()))?;
+        Ok(())
+    }
+
+    async fn publish(&mut self) -> WasmResult<()> {
+        self.call.require(Capability::Stats)?;
+        self.call.effects.publish_stats = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! The wasmtime side: one engine per process (pooling allocator, epoch interruption), a
+//! cache of compiled components by content hash, the checks a component must pass to load,
+//! and one sandboxed call.
+//!
+//! Every call gets a fresh store from the pre-instantiated component: nothing a plugin keeps
+//! in memory survives to the next event, and one event's failure cannot leak into another.
+//! A call is bounded in memory ([`StoreLimits`]: growing past the limit traps), in time (the
+//! engine's epoch ticks every [`TICK`]; the plugin yields to the executor at each tick, so
+//! the wall-clock timeout can stop even a plugin that never returns, without holding a
+//! thread), and in output (bytes passed to the host).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
+
+use super::bindings::{CallCtx, CallState, ConsumerPre, Denied, Event, HandleError};
+use super::services::Services;
+use super::spec::{MAX_MEMORY_MB, PluginSpec};
+use crate::bus::HandlerError;
+use crate::config::PluginConfig;
+use crate::store::{Effects, Scope};
+
+/// How often the engine's epoch advances: the granularity of the CPU accounting and of how
+/// soon a runaway plugin yields.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Instances that can be live at once in the pooling allocator (one per event being handled).
+const POOL_INSTANCES: u32 = 256;
+const HANDLER_EXPORT: &str = "firstcome:plugin/handler@0.1.0";
+const INIT_EXPORT: &str = "firstcome:plugin/init@0.1.0";
+const PACKAGE_PREFIX: &str = "firstcome:plugin/";
+const PACKAGE_VERSION: &str = "0.1.0";
+
+/// Why a component was not loaded. The message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("sha256 mismatch: the campaign file expects {expected}, the file is {actual}")]
+    Hash { expected: String, actual: String },
+    #[error(
+        "this is a core WebAssembly module, not a component: build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("not a WebAssembly component: {0}")]
+    Invalid(String),
+    #[error(
+        "imports `{0}`, which this host does not offer; it offers {PACKAGE_PREFIX}*@{PACKAGE_VERSION} and WASI 0.2"
+    )]
+    UnknownImport(String),
+    #[error(
+        "imports `{0}`: built against another version of the firstcome:plugin package; this host serves {PACKAGE_VERSION}"
+    )]
+    WrongVersion(String),
+    #[error("cannot link: {0}")]
+    Link(String),
+    #[error(
+        "does not export `{HANDLER_EXPORT}`: build it against the `consumer` world of wit/plugin.wit ({0})"
+    )]
+    NoHandler(String),
+    #[error("init refused its settings: {0}")]
+    Init(String),
+}
+
+/// A compiled, checked, pre-instantiated component.
+pub struct Compiled {
+    /// `sha256:{hex}` of the file: the plugin's version.
+    pub version: String,
+    pre: ConsumerPre<CallCtx>,
+    init: Option<ComponentExportIndex>,
+    pub size: usize,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("version", &self.version)
+            .field("init", &self.init.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-plugin counters (per campaign, role and version), for the admin API and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    denied: AtomicU64,
+    busy_us: AtomicU64,
+    epochs: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub calls: u64,
+    /// Calls that ended in a handle error the plugin returned.
+    pub errors: u64,
+    /// Traps, memory limit hits and output limit hits.
+    pub traps: u64,
+    pub timeouts: u64,
+    /// Ungranted or invalid capability calls.
+    pub denied: u64,
+    /// Wall-clock time in calls (instantiation included), microseconds.
+    pub busy_us: u64,
+    /// Epoch ticks ([`TICK`]) spent running WebAssembly: the plugin's CPU time, coarsely.
+    pub epochs: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            calls: get(&self.calls),
+            errors: get(&self.errors),
+            traps: get(&self.traps),
+            timeouts: get(&self.timeouts),
+            denied: get(&self.denied),
+            busy_us: get(&self.busy_us),
+            epochs: get(&self.epochs),
+        }
+    }
+}
+
+/// A component bound to one role of one campaign, with its grants, settings and limits.
+#[derive(Debug)]
+pub struct Plugin {
+    pub scope: Scope,
+    pub path: PathBuf,
+    pub compiled: Arc<Compiled>,
+    pub spec: Arc<PluginSpec>,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub output_limit: usize,
+    pub counters: Arc<Counters>,
+}
+
+impl Plugin {
+    pub fn version(&self) -> &str {
+        &self.compiled.version
+    }
+}
+
+/// How a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin returned a retryable error: {0}")]
+    Retryable(String),
+    #[error("plugin returned a permanent error: {0}")]
+    Permanent(String),
+    #[error("{0}")]
+    Denied(Denied),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin hit its memory limit of {limit_mb} MiB: {message}")]
+    Memory { limit_mb: usize, message: String },
+    #[error("plugin did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("could not start the plugin: {0}")]
+    Start(String),
+}
+
+impl CallError {
+    /// What the bus does with the event: a plugin's permanent error and a refused capability
+    /// call (the same event would be refused again) go straight to the dead-letter topic;
+    /// everything else is retried first.
+    pub fn to_handler_error(&self, plugin: &str) -> HandlerError {
+        let message = format!("{plugin}: {self}");
+        match self {
+            Self::Permanent(_) | Self::Denied(Denied::Ungranted(_) | Denied::Invalid(_)) => {
+                HandlerError::Permanent(message)
+            }
+            _ => HandlerError::Retryable(message),
+        }
+    }
+}
+
+/// The process's engine: one per process, as wasmtime intends, so that every host in a test
+/// process shares one pooling allocator and one epoch ticker.
+fn shared_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 2)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 2)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size((MAX_MEMORY_MB as usize) << 20);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // The pool reserves address space up front; where that is refused (a tight
+        // `ulimit -v`), fall back to allocating on demand.
+        let engine = Engine::new(&pooled).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand");
+            Engine::new(&config).expect("the default wasmtime configuration is valid")
+        });
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("spawning the epoch ticker");
+        engine
+    })
+}
+
+/// Loads, checks and runs components.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallCtx>,
+    cache: Mutex<HashMap<String, Arc<Compiled>>>,
+    pub limits: PluginConfig,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `sha256:{hex}` of some bytes.
+pub fn version_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl Runtime {
+    pub fn new(limits: PluginConfig) -> anyhow::Result<Self> {
+        let engine = shared_engine().clone();
+        let mut linker = Linker::new(&engine);
+        super::bindings::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache: Mutex::new(HashMap::new()),
+            limits,
+        })
+    }
+
+    /// Reads a component file, checking its hash when `expected_sha256` is given.
+    pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u8>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(expected) = expected_sha256 {
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(LoadError::Hash {
+                    expected: expected.to_ascii_lowercase(),
+                    actual,
+                });
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Compiles and checks a component, or returns the cached one with the same content.
+    /// Compiling takes CPU time: call it from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Arc<Compiled>, LoadError> {
+        let version = version_of(bytes);
+        if let Some(hit) = self.cache.lock().unwrap().get(&version) {
+            return Ok(hit.clone());
+        }
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(LoadError::CoreModule);
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix(PACKAGE_PREFIX) {
+                if rest.rsplit_once('@').map(|(_, v)| v) != Some(PACKAGE_VERSION) {
+                    return Err(LoadError::WrongVersion(name.to_owned()));
+                }
+            } else if !name.starts_with("wasi:") {
+                return Err(LoadError::UnknownImport(name.to_owned()));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = ConsumerPre::new(pre).map_err(|e| LoadError::NoHandler(format!("{e:#}")))?;
+        let init = component
+            .get_export_index(None, INIT_EXPORT)
+            .and_then(|i| component.get_export_index(Some(&i), "init"));
+        let compiled = Arc::new(Compiled {
+            version: version.clone(),
+            pre,
+            init,
+            size: bytes.len(),
+        });
+        self.cache.lock().unwrap().insert(version, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Binds a compiled component to a campaign's role with its section's limits.
+    pub fn bind(
+        &self,
+        scope: Scope,
+        path: PathBuf,
+        compiled: Arc<Compiled>,
+        spec: PluginSpec,
+    ) -> Plugin {
+        let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(self.limits.timeout_ms));
+        let memory_mb = spec
+            .memory_mb
+            .unwrap_or(self.limits.memory_mb)
+            .min(MAX_MEMORY_MB);
+        Plugin {
+            scope,
+            path,
+            compiled,
+            spec: Arc::new(spec),
+            timeout,
+            memory_bytes: (memory_mb as usize) << 20,
+            output_limit: self.limits.max_output_bytes,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    fn store(&self, plugin: &Plugin, call: CallState) -> Store<CallCtx> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(plugin.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, CallCtx::new(limits, call));
+        store.limiter(|ctx| &mut ctx.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            ctx.data_mut().call.epochs += 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    fn call_state(plugin: &Plugin, event_id: &str, services: Arc<dyn Services>) -> CallState {
+        CallState {
+            scope: plugin.scope.clone(),
+            event_id: event_id.to_owned(),
+            version: plugin.compiled.version.clone(),
+            spec: plugin.spec.clone(),
+            services,
+            effects: Effects::default(),
+            output_left: plugin.output_limit,
+            output_limit: plugin.output_limit,
+            epochs: 0,
+        }
+    }
+
+    /// Runs the component's `init` (if it exports one) on a fresh instance: the check a new
+    /// version must pass before it replaces the old one.
+    pub async fn check_init(
+        &self,
+        plugin: &Plugin,
+        services: Arc<dyn Services>,
+    ) -> Result<(), LoadError> {
+        let mut store = self.store(plugin, Self::call_state(plugin, "", services));
+        let run = async {
+            let instance = plugin
+                .compiled
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await?;
+            if let Some(init) = &plugin.compiled.init {
+                let settings = plugin.spec.settings.clone().into_iter().collect::<Vec<_>>();
+                let func = instance
+                    .get_typed_func::<(Vec<(String, String)>,), (Result<(), String>,)>(
+                        &mut store, init,
+                    )?;
+                let (result,) = func.call_async(&mut store, (settings,)).await?;
+                return Ok::<_, wasmtime::Error>(result);
+            }
+            Ok::<_, wasmtime::Error>(Ok(()))
+        };
+        match tokio::time::timeout(plugin.timeout, run).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(refused))) => Err(LoadError::Init(refused)),
+            Ok(Err(trap)) => Err(LoadError::Init(format!("trapped: {trap:#}"))),
+            Err(_) => Err(LoadError::Init(format!(
+                "did not finish within {:?}",
+                plugin.timeout
+            ))),
+        }
+    }
+
+    /// Handles one event in a fresh instance. On success, returns what the plugin wrote
+    /// (to be applied by the caller); on failure, nothing it wrote survives.
+    pub async fn call(
+        &self,
+        plugin: &Plugin,
+        event_id: &str,
+        event: &Event,
+        services: Arc<dyn Services>,
+    ) -> Result<Effects, CallError> {
+        let started = Instant::now();
+        let mut store = self.store(plugin, Self::call_state(plugin, event_id, services));
+        let run = async {
+            let instance = plugin
+                .compiled
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await;
+            let instance = instance.map_err(|e| CallError::Start(format!("{e:#}")))?;
+            let consumer = super::bindings::Consumer::new(&mut store, &instance)
+                .map_err(|e| CallError::Start(format!("{e:#}")))?;
+            if let Some(init) = &plugin.compiled.init {
+                let settings = plugin.spec.settings.clone().into_iter().collect::<Vec<_>>();
+                let func = instance
+                    .get_typed_func::<(Vec<(String, String)>,), (Result<(), String>,)>(
+                        &mut store, init,
+                    )
+                    .map_err(|e| CallError::Start(format!("{e:#}")))?;
+                let (result,) = func
+                    .call_async(&mut store, (settings,))
+                    .await
+                    .map_err(|e| classify(e, plugin))?;
+                result
+                    .map_err(|e| CallError::Retryable(format!("init refused its settings: {e}")))?;
+            }
+            consumer
+                .firstcome_plugin_handler()
+                .call_handle(&mut store, event)
+                .await
+                .map_err(|e| classify(e, plugin))?
+                .map_err(|e| match e {
+                    HandleError::Retryable(m) => CallError::Retryable(m),
+                    HandleError::Permanent(m) => CallError::Permanent(m),
+                })
+        };
+        let result = match tokio::time::timeout(plugin.timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout(plugin.timeout)),
+        };
+        let c = &plugin.counters;
+        c.calls.fetch_add(1, Ordering::Relaxed);
+        c.busy_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        c.epochs
+            .fetch_add(store.data().call.epochs, Ordering::Relaxed);
+        let counter = match &result {
+            Ok(()) => None,
+            Err(CallError::Retryable(_) | CallError::Permanent(_)) => Some(&c.errors),
+            Err(CallError::Denied(Denied::Ungranted(_) | Denied::Invalid(_))) => Some(&c.denied),
+            Err(CallError::Timeout(_)) => Some(&c.timeouts),
+            Err(_) => Some(&c.traps),
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        result.map(|()| std::mem::take(&mut store.data_mut().call.effects))
+    }
+}
+
+/// Sorts an error out of wasmtime into what happened.
+fn classify(error: wasmtime::Error, plugin: &Plugin) -> CallError {
+    if let Some(denied) = error.downcast_ref::<Denied>() {
+        return CallError::Denied(denied.clone());
+    }
+    let message = format!("{error:#}");
+    if message.contains("forcing trap when growing memory") {
+        return CallError::Memory {
+            limit_mb: plugin.memory_bytes >> 20,
+            message,
+        };
+    }
+    CallError::Trap(message)
+}

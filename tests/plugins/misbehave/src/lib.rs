@@ -1,0 +1,65 @@
+//! A plugin that does what its `mode` setting says, for the host's fault tests:
+//! `ok` (records history and counts `seen` in kv), `trap`, `loop` (never returns), `alloc`
+//! (allocates without end), `permanent`, `retryable`, `ungranted` (emails without the grant),
+//! `flood` (logs past the output limit).
+#![cfg(target_arch = "wasm32")]
+
+wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
+
+use exports::firstcome::plugin::handler::Guest;
+use firstcome::plugin::types::{Event, HandleError};
+use firstcome::plugin::{email, history, kv, log, settings};
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn handle(event: Event) -> Result<(), HandleError> {
+        let Event::CouponIssued(c) = event;
+        match settings::get("mode").as_deref().unwrap_or("ok") {
+            "ok" => {
+                history::record(&history::Entry {
+                    event_id: c.event_id.clone(),
+                    user_id: c.user_id.clone(),
+                    coupon_id: c.coupon_id.clone(),
+                    coupon_code: c.coupon_code.clone(),
+                    issued_at_ms: c.issued_at_ms,
+                });
+                kv::increment("seen", 1);
+                Ok(())
+            }
+            "trap" => panic!("misbehave: trap on {}", c.event_id),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "permanent" => Err(HandleError::Permanent(format!(
+                "misbehave: refuses {}",
+                c.event_id
+            ))),
+            "retryable" => Err(HandleError::Retryable("misbehave: try later".into())),
+            "ungranted" => {
+                let _ = email::send("x@example.com", "hi", "sent without the email grant");
+                Ok(())
+            }
+            "flood" => {
+                let line = "x".repeat(64 * 1024);
+                for _ in 0..1024 {
+                    log::log(log::Level::Info, &line);
+                }
+                Ok(())
+            }
+            other => Err(HandleError::Permanent(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+export!(Misbehave);
