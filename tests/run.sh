@@ -75,7 +75,7 @@ cargo fmt --all -- --check
 
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-for workspace in plugins tests/plugins; do
+for workspace in plugins tests/plugins examples/plugins; do
   (cd "$workspace" && cargo fmt --all -- --check \
     && cargo clippy --release --locked --target wasm32-wasip2 -- -D warnings \
     && cargo test --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')")

@@ -220,8 +220,9 @@ pub fn spec(capacity: i64) -> CampaignSpec {
 }
 
 /// A built component: the reference plugins (`notification`, `history`, `stats`) and the
-/// test fixtures of `tests/plugins` (`misbehave`, `rogue`). Both workspaces are built once
-/// per test run, for wasm32-wasip2, into the test build's target folder.
+/// test fixtures of `tests/plugins` (`misbehave`, `rogue`) and the example of
+/// `examples/plugins` (`fraud_watch`). The workspaces are built once per test run, for
+/// wasm32-wasip2, into the test build's target folder.
 pub fn wasm(name: &str) -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -231,7 +232,7 @@ pub fn wasm(name: &str) -> std::path::PathBuf {
             .unwrap_or_else(|| root.join("target"));
         let target = if target.is_absolute() { target } else { root.join(target) };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        for workspace in ["plugins", "tests/plugins"] {
+        for workspace in ["plugins", "tests/plugins", "examples/plugins"] {
             let out = std::process::Command::new(&cargo)
                 .current_dir(root.join(workspace))
                 .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])

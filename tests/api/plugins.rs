@@ -975,3 +975,109 @@ fn plugin_new_scaffolds_a_working_crate() {
         "{out}"
     );
 }
+
+/// The example plugin of `examples/`: several accounts on one device, and a domain past its
+/// limit, are flagged in its key-value store and emailed to the operator, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
+    let smtp = SmtpServer::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let port = smtp.port;
+    let app = spawn_app_on(backends, dir, move |c| {
+        c.email.smtp_host = Some("127.0.0.1".into());
+        c.email.smtp_port = Some(port);
+        c.email.tls = firstcome::config::SmtpTls::None;
+    })
+    .await;
+    let users = [
+        user("alice", Some("alice@farm.test"), Some("shared-device")),
+        user("bob", Some("bob@farm.test"), Some("shared-device")),
+        user("carol", Some("carol@farm.test"), Some("own-device")),
+        user("dave", Some("dave@shop.test"), Some("shared-device")),
+        user("erin", Some("erin@farm.test"), None),
+    ];
+    app.backends.store.upsert_users(&users).await.unwrap();
+    let spec = with_plugin(
+        spec(10),
+        "fraud-watch",
+        &wasm("fraud_watch"),
+        &["kv", "email"],
+        &[
+            ("operator_email", "desk@shop.test"),
+            ("max_per_domain", "3"),
+        ],
+    );
+    let id = app.campaign(spec).await;
+    for u in &users {
+        assert_eq!(app.request(&id, &u.user_id).await.0, 202);
+    }
+    app.wait_issued(&id, 5, 20).await;
+    // bob and dave share alice's device; the fourth farm.test address crosses the limit of 3.
+    wait_for(30, || async { smtp.messages().len() >= 3 })
+        .await
+        .expect("three flags emailed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 3, "{mails:?}");
+    assert!(mails.iter().all(|(to, _, _)| to == "desk@shop.test"));
+    let subjects: Vec<&str> = mails.iter().map(|(_, s, _)| s.as_str()).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("user bob shares a device with alice")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("user dave shares a device with alice, bob")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("4 coupons went to addresses at farm.test")),
+        "{subjects:?}"
+    );
+    let scope = firstcome::store::Scope {
+        campaign_id: id.clone(),
+        role: "fraud-watch".into(),
+    };
+    let store = &app.backends.store;
+    assert!(store.kv_get(&scope, "flag:bob").await.unwrap().is_some());
+    assert!(store.kv_get(&scope, "flag:carol").await.unwrap().is_none());
+    assert_eq!(
+        store.kv_counter(&scope, "domain:farm.test").await.unwrap(),
+        4
+    );
+    let other = firstcome::store::Scope {
+        campaign_id: id.clone(),
+        role: "history".into(),
+    };
+    assert!(
+        store.kv_get(&other, "flag:bob").await.unwrap().is_none(),
+        "kv is private to its role"
+    );
+
+    // Its init refuses a campaign without an operator address.
+    let err = app
+        .platform
+        .apply_campaign(
+            Campaign::new(
+                &unique("fw"),
+                with_plugin(
+                    spec(1),
+                    "fraud-watch",
+                    &wasm("fraud_watch"),
+                    &["kv", "email"],
+                    &[],
+                ),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("operator_email"), "{err}");
+    app.stop().await;
+}
