@@ -79,8 +79,12 @@ impl SmtpServer {
         files
             .filter_map(|f| std::fs::read_to_string(f.path()).ok())
             .map(|m| {
+                // Headers, with folded (continued) lines joined.
+                let head = m.split_once("\n\n").map_or(m.as_str(), |(h, _)| h);
+                let unfolded = head.replace("\n ", " ").replace("\n\t", " ");
                 let header = |name: &str| {
-                    m.lines()
+                    unfolded
+                        .lines()
                         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
                         .unwrap_or_default()
                         .to_owned()
@@ -998,7 +1002,7 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
         user("erin", Some("erin@farm.test"), None),
     ];
     app.backends.store.upsert_users(&users).await.unwrap();
-    let spec = with_plugin(
+    let campaign = with_plugin(
         spec(10),
         "fraud-watch",
         &wasm("fraud_watch"),
@@ -1008,7 +1012,7 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
             ("max_per_domain", "3"),
         ],
     );
-    let id = app.campaign(spec).await;
+    let id = app.campaign(campaign).await;
     for u in &users {
         assert_eq!(app.request(&id, &u.user_id).await.0, 202);
     }
