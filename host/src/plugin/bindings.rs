@@ -20,11 +20,11 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+pub use self::firstcome::plugin::types::{CouponIssued, Event};
 pub use exports::firstcome::plugin::handler::HandleError;
-pub use firstcome::plugin::types::{CouponIssued, Event};
 
-use firstcome::plugin::delivery::DeliveryError;
-use firstcome::plugin::log::Level;
+use self::firstcome::plugin::delivery::DeliveryError;
+use self::firstcome::plugin::log::Level;
 
 /// Longest kv key, and largest kv value, a plugin may write.
 const MAX_KEY_LEN: usize = 255;
@@ -137,10 +137,10 @@ fn delivery_error(e: SendError) -> DeliveryError {
     }
 }
 
-impl firstcome::plugin::types::Host for CallCtx {}
-impl firstcome::plugin::delivery::Host for CallCtx {}
+impl self::firstcome::plugin::types::Host for CallCtx {}
+impl self::firstcome::plugin::delivery::Host for CallCtx {}
 
-impl firstcome::plugin::log::Host for CallCtx {
+impl self::firstcome::plugin::log::Host for CallCtx {
     async fn log(&mut self, level: Level, message: String) -> WasmResult<()> {
         self.call.charge(message.len())?;
         let c = &self.call;
@@ -179,7 +179,7 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-impl firstcome::plugin::settings::Host for CallCtx {
+impl self::firstcome::plugin::settings::Host for CallCtx {
     async fn get(&mut self, key: String) -> WasmResult<Option<String>> {
         Ok(self.call.spec.settings.get(&key).cloned())
     }
@@ -202,7 +202,7 @@ fn check_key(key: &str) -> WasmResult<()> {
     Ok(())
 }
 
-impl firstcome::plugin::kv::Host for CallCtx {
+impl self::firstcome::plugin::kv::Host for CallCtx {
     async fn get(&mut self, key: String) -> WasmResult<Option<Vec<u8>>> {
         self.call.require(Capability::Kv)?;
         check_key(&key)?;
@@ -257,7 +257,7 @@ impl firstcome::plugin::kv::Host for CallCtx {
     }
 }
 
-impl firstcome::plugin::email::Host for CallCtx {
+impl self::firstcome::plugin::email::Host for CallCtx {
     async fn send(
         &mut self,
         to: String,
@@ -274,7 +274,7 @@ impl firstcome::plugin::email::Host for CallCtx {
     }
 }
 
-impl firstcome::plugin::push::Host for CallCtx {
+impl self::firstcome::plugin::push::Host for CallCtx {
     async fn send(
         &mut self,
         token: String,
@@ -300,8 +300,8 @@ impl firstcome::plugin::push::Host for CallCtx {
     }
 }
 
-impl firstcome::plugin::history::Host for CallCtx {
-    async fn record(&mut self, entry: firstcome::plugin::history::Entry) -> WasmResult<()> {
+impl self::firstcome::plugin::history::Host for CallCtx {
+    async fn record(&mut self, entry: self::firstcome::plugin::history::Entry) -> WasmResult<()> {
         self.call.require(Capability::History)?;
         let size = entry.event_id.len()
             + entry.user_id.len()
@@ -335,7 +335,7 @@ pub fn valid_stat_name(name: &str) -> bool {
         })
 }
 
-impl firstcome::plugin::stats::Host for CallCtx {
+impl self::firstcome::plugin::stats::Host for CallCtx {
     async fn increment(&mut self, name: String, delta: i64) -> WasmResult<()> {
         self.call.require(Capability::Stats)?;
         self.call.charge(name.len() + 8)?;
