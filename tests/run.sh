@@ -61,6 +61,8 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
 fi
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# Plugins must also build with cargo-component (once, about 7 minutes; kept in ~/.cargo/bin).
+command -v cargo-component >/dev/null || cargo install cargo-component --locked
 
 # Each test makes its own database (fct_*); drop those earlier runs left behind.
 for db in $(mysql -h 127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fct\_%'"); do
@@ -85,4 +87,15 @@ log "tests"
 # Build first, then run under a time limit: a failing Kafka test can leave librdkafka waiting on
 # a broker that is gone, and a hang should fail the run, not eat CI's 90 minutes.
 cargo test --workspace --locked --no-run
+
+log "plugins built with cargo component load and run in the host"
+component_dir="${CARGO_TARGET_DIR:-$PWD/target}/cargo-component"
+(cd plugins && cargo component build --release --locked --target-dir "$component_dir")
+cargo build --locked --bin firstcome
+firstcome="${CARGO_TARGET_DIR:-$PWD/target}/debug/firstcome"
+for plugin in notification history stats; do
+  "$firstcome" plugin test "$component_dir/wasm32-wasip1/release/$plugin.wasm" \
+    --event examples/events/coupon-issued.json >/dev/null
+  echo "$plugin: ok"
+done
 timeout --kill-after=30s 30m cargo test --workspace --locked "$@"

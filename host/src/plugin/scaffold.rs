@@ -148,6 +148,9 @@ cargo build --release --target wasm32-wasip2        # → target/wasm32-wasip2/r
 firstcome plugin test target/wasm32-wasip2/release/{module}.wasm --event event.json
 ```
 
+`event.json` is an event as the host publishes it (the firstcome repository has one in
+`examples/events/coupon-issued.json`), or a dead letter as `firstcome dlt show` prints it.
+
 `cargo component build --release` builds it too. In a campaign file:
 
 ```toml
