@@ -94,6 +94,7 @@ impl App {
             hostname(),
             &Uuid::new_v4().simple().to_string()[..8]
         );
+        let changes = Arc::new(crate::live::Changes::default());
         let issuers = Issuers::new(
             IssuerContext {
                 store: store.clone(),
@@ -102,11 +103,12 @@ impl App {
                 config: config.issuer.clone(),
                 topic: config.outbox.topic.clone(),
                 host_id,
+                changes: changes.clone(),
             },
             shutdown.clone(),
             tracker.clone(),
         );
-        let plugins = Arc::new(plugin_host(&config, &store)?);
+        let plugins = Arc::new(plugin_host(&config, &store, changes.clone())?);
         let platform = Arc::new(Platform::new(
             config.clone(),
             store.clone(),
@@ -183,7 +185,11 @@ impl App {
 }
 
 /// The plugin runtime with the configured mailer and push sender.
-pub fn plugin_host(config: &Config, store: &Store) -> anyhow::Result<PluginHost> {
+pub fn plugin_host(
+    config: &Config,
+    store: &Store,
+    changes: Arc<crate::live::Changes>,
+) -> anyhow::Result<PluginHost> {
     let mailer = Mailer::from_config(&config.email, config.data_dir.join("mail"))?;
     let pusher = Pusher::from_config(&config.push)?;
     tracing::info!(email = %mailer.describe(), push = %pusher.describe(), "plugin capabilities");
@@ -198,6 +204,7 @@ pub fn plugin_host(config: &Config, store: &Store) -> anyhow::Result<PluginHost>
         services,
         store.clone(),
         config.campaigns_dir(),
+        changes,
     ))
 }
 

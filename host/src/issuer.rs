@@ -32,6 +32,8 @@ pub struct IssuerContext {
     pub topic: String,
     /// This host's name in the queue's consumer group and in `coupons.issued_by`.
     pub host_id: String,
+    /// Told about every committed chunk (live views).
+    pub changes: Arc<crate::live::Changes>,
 }
 
 #[derive(Debug)]
@@ -171,6 +173,7 @@ async fn issue(
              queue had lost its data)");
     }
     ctx.publisher.publish(outcome.events);
+    ctx.changes.bump(id);
     // If these fail the items are reclaimed later and found already issued: no duplicate.
     if let Err(e) = ctx.admission.ack(id, items).await {
         tracing::warn!(campaign = %id, error = %e, "cannot acknowledge a committed chunk");

@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod issuer;
+pub mod live;
 pub mod outbox;
 pub mod platform;
 pub mod plugin;

@@ -59,6 +59,9 @@ pub struct Platform {
     pub bus: Arc<dyn EventBus>,
     pub issuers: Issuers,
     pub plugins: Arc<PluginHost>,
+    /// Change counters and snapshot streams for live views.
+    pub changes: Arc<crate::live::Changes>,
+    pub feeds: crate::live::Feeds,
     consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
@@ -87,7 +90,9 @@ impl Platform {
             admission,
             bus,
             issuers,
+            changes: plugins.changes.clone(),
             plugins,
+            feeds: crate::live::Feeds::default(),
             consumers,
             campaigns: RwLock::default(),
             rejected: RwLock::default(),
@@ -180,6 +185,7 @@ impl Platform {
         }
         if matches!(outcome, Admit::Admitted { .. }) {
             self.issuers.wake(&c.id);
+            self.changes.bump(&c.id);
         }
         Ok(Admitted {
             outcome,
@@ -248,6 +254,11 @@ impl Platform {
                 tracing::error!(group = %role, error = %e, "consumer group stopped");
             }
         });
+    }
+
+    /// The token that stops this host's background tasks.
+    pub fn consumers_shutdown(&self) -> CancellationToken {
+        self.consumers.shutdown.clone()
     }
 
     /// Campaign files refused at their last change, with why.

@@ -457,7 +457,9 @@ async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
     let stop = CancellationToken::new();
     let config = crate::helpers::test_config(dir.path());
     let handler = Arc::new(firstcome::plugin::host::RoleHandler {
-        host: Arc::new(firstcome::app::plugin_host(&config, &backends.store).unwrap()),
+        host: Arc::new(
+            firstcome::app::plugin_host(&config, &backends.store, Default::default()).unwrap(),
+        ),
         role: "history".into(),
     });
     let (b, s, st) = (bus.clone(), consumer("history", &topic), stop.clone());

@@ -10,3 +10,4 @@ mod faults;
 mod helpers;
 mod kafka;
 mod plugins;
+mod streams;

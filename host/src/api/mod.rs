@@ -9,6 +9,7 @@ pub mod campaigns;
 pub mod error;
 pub mod health;
 pub mod requests;
+pub mod streams;
 
 use std::sync::Arc;
 
@@ -48,6 +49,11 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/campaigns", get(campaigns::list))
         .route("/campaigns/{campaign_id}", get(campaigns::get))
         .route("/campaigns/{campaign_id}/stats", get(campaigns::stats))
+        .route("/campaigns/{campaign_id}/stats/stream", get(streams::stats))
+        .route(
+            "/campaigns/{campaign_id}/requests/{user_id}/stream",
+            get(streams::request),
+        )
         .route("/campaigns/{campaign_id}/requests", post(requests::create))
         .route(
             "/campaigns/{campaign_id}/requests/{user_id}",

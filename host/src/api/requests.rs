@@ -82,7 +82,7 @@ pub async fn create(
     admit(&platform, &campaign_id, &body.user_id).await
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Status {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,27 +98,43 @@ pub async fn status(
 ) -> Result<Json<Status>, ApiError> {
     check_user_id(&user_id)?;
     active(&platform, &campaign_id)?;
-    if let Some(coupon) = platform.store.coupon_of(&campaign_id, &user_id).await? {
-        let position = Some(coupon.position);
-        return Ok(Json(Status {
-            status: "issued",
-            position,
-            coupon: Some(coupon),
-        }));
+    Ok(Json(status_of(&platform, &campaign_id, &user_id).await?))
+}
+
+impl Status {
+    /// Nothing more will happen to this request: issued, or no request at all.
+    pub fn is_final(&self) -> bool {
+        self.status != "queued"
     }
-    let status = match platform.admission.position(&campaign_id, &user_id).await? {
-        Some(position) => Status {
-            status: "queued",
-            position: Some(position),
-            coupon: None,
+}
+
+/// Where a user's request stands: issued (with the coupon), queued (with its position), or none.
+pub async fn status_of(
+    platform: &Platform,
+    campaign_id: &str,
+    user_id: &str,
+) -> Result<Status, ApiError> {
+    if let Some(coupon) = platform.store.coupon_of(campaign_id, user_id).await? {
+        return Ok(Status {
+            status: "issued",
+            position: Some(coupon.position),
+            coupon: Some(coupon),
+        });
+    }
+    Ok(
+        match platform.admission.position(campaign_id, user_id).await? {
+            Some(position) => Status {
+                status: "queued",
+                position: Some(position),
+                coupon: None,
+            },
+            None => Status {
+                status: "none",
+                position: None,
+                coupon: None,
+            },
         },
-        None => Status {
-            status: "none",
-            position: None,
-            coupon: None,
-        },
-    };
-    Ok(Json(status))
+    )
 }
 
 #[derive(Debug, Serialize)]

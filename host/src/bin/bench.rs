@@ -8,7 +8,9 @@
 //! 3. With `--kafka-brokers`: events per second from the outbox through Kafka into a consumer
 //!    group against `kcat` reading the same topic from the same broker (the ratio is the
 //!    figure), and end-to-end latency from commit to handled under a steady trickle.
-//! 4. With `--plugins DIR` (the built reference plugins): events per second through the stats
+//! 4. Issuance with 1,000 idle subscribers on the campaign's statistics stream (SSE) against
+//!    none (the ratio is the figure).
+//! 5. With `--plugins DIR` (the built reference plugins): events per second through the stats
 //!    plugin as a sandboxed component (fresh instance per event, as the host runs it) against
 //!    the same logic compiled natively into this harness (the ratio is the figure), with the
 //!    instantiation-plus-call time p50/p99 per event.
@@ -64,7 +66,13 @@ struct Args {
     /// Events per plugin run.
     #[arg(long, default_value_t = 50_000)]
     plugin_events: usize,
-    /// Run only these phases (comma-separated: admission, issuer, kafka, plugin).
+    /// Idle subscribers on the statistics stream in the SSE phase.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+    /// Runs of the SSE phase, alternating without and with subscribers.
+    #[arg(long, default_value_t = 10)]
+    sse_rounds: usize,
+    /// Run only these phases (comma-separated: admission, issuer, sse, kafka, plugin).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -416,6 +424,69 @@ async fn issuer_phase(
     Ok(())
 }
 
+/// Coupons per second issued while `subscribers` clients hold the statistics stream open.
+async fn sse_phase(args: &Args, subscribers: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let config = quiet_config(dir.path());
+    let store = Store::open(&config.database_url()).await?;
+    let app = App::build_with(config, store.clone(), Arc::new(EmbeddedAdmission::new())).await?;
+    let base = format!("http://{}", app.local_addr());
+    let platform = app.platform();
+    let stop = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    let id = format!("sse-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let campaign = Campaign::new(&id, spec(args.coupons, 10))?;
+    platform.apply_campaign(campaign.clone()).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(subscribers)
+        .build()?;
+    let connected = Arc::new(tokio::sync::Semaphore::new(0));
+    let listeners = tokio_util::sync::CancellationToken::new();
+    for _ in 0..subscribers {
+        let (client, url) = (
+            client.clone(),
+            format!("{base}/api/v1/campaigns/{id}/stats/stream"),
+        );
+        let (connected, listeners) = (connected.clone(), listeners.clone());
+        tokio::spawn(async move {
+            let Ok(mut r) = client.get(url).send().await else {
+                return;
+            };
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    chunk = r.chunk() => match chunk {
+                        Ok(Some(_)) if first => { first = false; connected.add_permits(1); }
+                        Ok(Some(_)) => {}
+                        _ => return,
+                    },
+                    () = listeners.cancelled() => return,
+                }
+            }
+        });
+    }
+    let _all = connected.acquire_many(subscribers as u32).await?;
+    let started = Instant::now();
+    for i in 0..args.coupons {
+        platform
+            .admit(&campaign, &format!("user-{i}"), firstcome::clock::now_ms())
+            .await?;
+    }
+    while store.count_coupons(&id).await? < args.coupons as i64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = args.coupons as f64 / elapsed.as_secs_f64();
+    println!(
+        "| {subscribers} | {:.2} | {rate:.0} |",
+        elapsed.as_secs_f64()
+    );
+    listeners.cancel();
+    stop.cancel();
+    server.await??;
+    Ok(rate)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -488,6 +559,25 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
             }
         }
+    }
+    if args.runs("sse") {
+        println!(
+            "\nIssuance of {} coupons (admitted in process, drained into SQLite) with idle SSE subscribers:\n",
+            args.coupons
+        );
+        println!("| subscribers | seconds | coupons/s |");
+        println!("|---|---|---|");
+        let mut rates = [Vec::new(), Vec::new()];
+        for round in 0..args.sse_rounds.max(2) {
+            let subscribers = if round % 2 == 0 { 0 } else { args.subscribers };
+            rates[round % 2].push(sse_phase(&args, subscribers).await?);
+        }
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "\nmean with {} subscribers / mean with none: **{:.3}**",
+            args.subscribers,
+            mean(&rates[1]) / mean(&rates[0])
+        );
     }
     if let Some(brokers) = args.kafka_brokers.as_ref().filter(|_| args.runs("kafka")) {
         println!("\nOutbox → relay → Kafka → consumer group, against kcat on the same topic:\n");

@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use super::bindings::{CouponIssued as WitCouponIssued, Event};
 use super::runtime::{CounterSnapshot, Plugin, Runtime};
@@ -23,9 +22,6 @@ use crate::campaign::Campaign;
 use crate::clock::now_ms;
 use crate::event::{COUPON_ISSUED, CouponIssued, Envelope};
 use crate::store::{Scope, Store};
-
-/// Snapshots kept for slow subscribers before they skip ahead.
-const STATS_BACKLOG: usize = 256;
 
 /// One campaign's plugins, by role.
 #[derive(Debug, Default)]
@@ -98,7 +94,8 @@ pub struct PluginHost {
     /// Campaigns whose file is refused: their events are retried (and dead-lettered) rather
     /// than skipped, so that nothing is silently dropped while the file is being fixed.
     blocked: RwLock<HashMap<String, String>>,
-    stats: broadcast::Sender<StatsSnapshot>,
+    /// Change counters of live views; a stats plugin's `publish` bumps its campaign's.
+    pub changes: Arc<crate::live::Changes>,
     swaps: AtomicU64,
 }
 
@@ -108,6 +105,7 @@ impl PluginHost {
         services: Arc<dyn Services>,
         store: Store,
         base_dir: PathBuf,
+        changes: Arc<crate::live::Changes>,
     ) -> Self {
         Self {
             runtime,
@@ -116,7 +114,7 @@ impl PluginHost {
             base_dir,
             active: RwLock::default(),
             blocked: RwLock::default(),
-            stats: broadcast::channel(STATS_BACKLOG).0,
+            changes,
             swaps: AtomicU64::new(0),
         }
     }
@@ -257,11 +255,6 @@ impl PluginHost {
         all
     }
 
-    /// Statistics snapshots, as stats plugins publish them.
-    pub fn subscribe_stats(&self) -> broadcast::Receiver<StatsSnapshot> {
-        self.stats.subscribe()
-    }
-
     pub async fn stats(&self, campaign: &Campaign) -> crate::store::Result<StatsSnapshot> {
         let counters = self.store.campaign_stats(&campaign.id).await?;
         Ok(StatsSnapshot::new(
@@ -324,23 +317,9 @@ impl PluginHost {
             .await
             .map_err(|e| HandlerError::Retryable(format!("applying the plugin's writes: {e}")))?;
         if applied && effects.publish_stats {
-            self.publish_stats(&campaign_id, capacity).await;
+            self.changes.bump(&campaign_id);
         }
         Ok(())
-    }
-
-    async fn publish_stats(&self, campaign_id: &str, capacity: i64) {
-        if self.stats.receiver_count() == 0 {
-            return;
-        }
-        match self.store.campaign_stats(campaign_id).await {
-            Ok(counters) => {
-                let _ = self
-                    .stats
-                    .send(StatsSnapshot::new(campaign_id, capacity, counters));
-            }
-            Err(e) => tracing::warn!(campaign = %campaign_id, error = %e, "cannot read statistics"),
-        }
     }
 }
 
