@@ -85,6 +85,8 @@ impl App {
         store: Store,
         admission: Arc<dyn Admission>,
     ) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything counts.
+        crate::monitoring::handle();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus = open_bus(&config, &store).await?;

@@ -151,6 +151,7 @@ async fn issue(
     stop: &CancellationToken,
 ) -> bool {
     let backoff = Duration::from_millis(ctx.config.retry_backoff_ms);
+    let started = Instant::now();
     let outcome = loop {
         match ctx
             .store
@@ -159,6 +160,8 @@ async fn issue(
         {
             Ok(outcome) => break outcome,
             Err(e) => {
+                metrics::counter!("firstcome_chunk_failures_total", "campaign" => id.to_owned())
+                    .increment(1);
                 tracing::warn!(campaign = %id, items = items.len(), error = %e,
                     "chunk failed; retrying");
                 if !pause(stop, backoff).await {
@@ -172,6 +175,10 @@ async fn issue(
             "the database refused admitted requests: the campaign is full (the admission \
              queue had lost its data)");
     }
+    metrics::histogram!("firstcome_chunk_size", "campaign" => id.to_owned())
+        .record(items.len() as f64);
+    metrics::histogram!("firstcome_chunk_commit_seconds", "campaign" => id.to_owned())
+        .record(started.elapsed().as_secs_f64());
     ctx.publisher.publish(outcome.events);
     ctx.changes.bump(id);
     // If these fail the items are reclaimed later and found already issued: no duplicate.

@@ -29,6 +29,7 @@ pub mod config;
 pub mod event;
 pub mod issuer;
 pub mod live;
+pub mod monitoring;
 pub mod outbox;
 pub mod platform;
 pub mod plugin;

@@ -66,7 +66,11 @@ async fn publish_all(
             .push(message(e));
     }
     for (topic, messages) in by_topic {
-        bus.publish(topic, &messages).await?;
+        if let Err(e) = bus.publish(topic, &messages).await {
+            metrics::counter!("firstcome_publish_failures_total").increment(1);
+            return Err(e);
+        }
+        metrics::counter!("firstcome_events_published_total").increment(messages.len() as u64);
     }
     Ok(())
 }
@@ -135,6 +139,7 @@ impl Relay {
             Ok(()) => {
                 claim.complete(now_ms()).await?;
                 tracing::info!(events = n, "relay republished stale outbox rows");
+                metrics::counter!("firstcome_relay_republished_total").increment(n as u64);
                 Ok(n)
             }
             Err(e) => {

@@ -180,6 +180,16 @@ impl Platform {
                 .admit(&c.id, user_id, &request_id, now)
                 .await?;
         }
+        let result = match outcome {
+            Admit::Admitted { .. } => "admitted",
+            Admit::Duplicate { .. } => "duplicate",
+            Admit::SoldOut => "sold_out",
+            Admit::Closed => "closed",
+            Admit::NotOpen => "not_open",
+            Admit::Unknown => "unavailable",
+        };
+        metrics::counter!("firstcome_admissions_total", "campaign" => c.id.clone(), "result" => result)
+            .increment(1);
         if outcome == Admit::Unknown {
             return Err(PlatformError::QueueUnstable(c.id.clone()));
         }

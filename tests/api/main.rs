@@ -9,5 +9,6 @@ mod events;
 mod faults;
 mod helpers;
 mod kafka;
+mod metrics;
 mod plugins;
 mod streams;

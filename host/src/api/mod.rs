@@ -67,6 +67,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .nest("/api/v1", api)
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::monitoring::metrics))
+        .route_layer(middleware::from_fn(crate::monitoring::track_http))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -49,15 +49,23 @@ pub async fn deliver(
     loop {
         attempts += 1;
         let error = match handler.handle(event).await {
-            Ok(()) => return Outcome::Handled,
+            Ok(()) => {
+                metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
+                    .increment(1);
+                return Outcome::Handled;
+            }
             Err(e) => e,
         };
         let permanent = matches!(error, HandlerError::Permanent(_));
         if permanent || attempts > policy.max_retries {
             tracing::warn!(group, event_id = %event.message.event_id, attempts, %error,
                 "event goes to the dead-letter topic");
+            metrics::counter!("firstcome_events_dead_lettered_total", "group" => group.to_owned())
+                .increment(1);
             return Outcome::DeadLetter(dead_letter(event, group, &error, attempts));
         }
+        metrics::counter!("firstcome_events_retried_total", "group" => group.to_owned())
+            .increment(1);
         tracing::debug!(group, event_id = %event.message.event_id, attempts, %error, "retrying");
         tokio::select! {
             () = tokio::time::sleep(policy.backoff) => {}

@@ -1,0 +1,112 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Events are counted where they happen (admissions, chunks, publishes, deliveries, HTTP
+//! requests) through the `metrics` facade; levels that already live somewhere (queue depth,
+//! outbox backlog, consumer lag, plugin counters) are read when Prometheus scrapes. One
+//! recorder per process: hosts sharing a process (tests) share it, which is why every series
+//! that can differ between campaigns carries the campaign's id.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::clock::now_ms;
+use crate::platform::Platform;
+
+/// Latency buckets, seconds.
+const SECONDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Chunk-size buckets.
+const SIZES: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 1000.0];
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &SIZES))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+        }
+        handle
+    })
+}
+
+/// Times every HTTP request by route pattern, method and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    histogram!("firstcome_http_request_duration_seconds",
+        "method" => method, "route" => route, "status" => status)
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn metrics(State(platform): State<Arc<Platform>>) -> impl IntoResponse {
+    sample(&platform).await;
+    let handle = handle();
+    handle.run_upkeep();
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+}
+
+/// Reads the levels that live elsewhere into gauges.
+async fn sample(platform: &Platform) {
+    for c in platform.campaigns() {
+        if let Ok(counts) = platform.admission.counts(&c.id).await {
+            gauge!("firstcome_queue_depth", "campaign" => c.id.clone()).set(counts.queued as f64);
+            gauge!("firstcome_admitted", "campaign" => c.id.clone()).set(counts.admitted as f64);
+        }
+        if let Ok(issued) = platform.store.issued_count(&c.id).await {
+            gauge!("firstcome_issued", "campaign" => c.id.clone()).set(issued as f64);
+            gauge!("firstcome_remaining", "campaign" => c.id.clone())
+                .set((c.capacity - issued).max(0) as f64);
+        }
+    }
+    if let Ok((unpublished, oldest)) = platform.store.outbox_backlog().await {
+        gauge!("firstcome_outbox_unpublished").set(unpublished as f64);
+        let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+        gauge!("firstcome_outbox_oldest_age_seconds").set(age);
+    }
+    for (group, topic) in platform.consumer_groups() {
+        if let Ok(lag) = platform.bus.lag(&group, &topic).await {
+            gauge!("firstcome_consumer_lag", "group" => group).set(lag as f64);
+        }
+    }
+    for p in platform.plugins.statuses() {
+        let labels = [
+            ("campaign", p.campaign_id.clone()),
+            ("role", p.role.clone()),
+            ("version", p.version.clone()),
+        ];
+        let c = &p.counters;
+        counter!("firstcome_plugin_calls_total", &labels).absolute(c.calls);
+        counter!("firstcome_plugin_errors_total", &labels).absolute(c.errors);
+        counter!("firstcome_plugin_traps_total", &labels).absolute(c.traps);
+        counter!("firstcome_plugin_timeouts_total", &labels).absolute(c.timeouts);
+        counter!("firstcome_plugin_denied_total", &labels).absolute(c.denied);
+        counter!("firstcome_plugin_busy_microseconds_total", &labels).absolute(c.busy_us);
+        counter!("firstcome_plugin_epochs_total", &labels).absolute(c.epochs);
+        gauge!("firstcome_plugin_info", &labels).set(1.0);
+    }
+    counter!("firstcome_plugin_swaps_total").absolute(platform.plugins.swaps());
+}

@@ -1,0 +1,116 @@
+//! `GET /metrics`: after a scripted run, the series say what happened.
+
+use crate::helpers::{Backend, spawn_app, spec, storm, with_history};
+
+/// The value of the first series named `name` whose labels include every pair in `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_what_happened() {
+    let app = spawn_app(Backend::Embedded).await;
+    let id = app.campaign(with_history(spec(100))).await;
+    let users: Vec<String> = (0..150).map(|i| format!("u{i}")).collect();
+    let accepted = storm(&[&app], &id, users, false).await;
+    assert_eq!(accepted.len(), 100);
+    for i in 0..10 {
+        assert_eq!(
+            app.request(&id, &format!("u{i}")).await.0,
+            409,
+            "a duplicate"
+        );
+    }
+    app.wait_issued(&id, 100, 20).await;
+    let store = &app.backends.store;
+    crate::helpers::wait_for(20, || async {
+        store.history_of_campaign(&id).await.unwrap().len() == 100
+    })
+    .await
+    .expect("history complete");
+
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let c = ("campaign", id.as_str());
+    let admissions = |result| {
+        value(
+            &text,
+            "firstcome_admissions_total",
+            &[c, ("result", result)],
+        )
+    };
+    // 150 distinct users: 100 admitted, 50 refused sold out (the first 10 may have been
+    // refused as sold out or admitted, depending on arrival), then 10 repeats are duplicates.
+    assert_eq!(admissions("admitted"), Some(100.0), "{text}");
+    let refused = admissions("sold_out").unwrap_or(0.0) + admissions("duplicate").unwrap_or(0.0);
+    assert_eq!(refused, 60.0, "150 + 10 requests - 100 admitted");
+    assert_eq!(value(&text, "firstcome_issued", &[c]), Some(100.0));
+    assert_eq!(value(&text, "firstcome_remaining", &[c]), Some(0.0));
+    assert_eq!(value(&text, "firstcome_queue_depth", &[c]), Some(0.0));
+    assert_eq!(
+        value(&text, "firstcome_chunk_size_sum", &[c]),
+        Some(100.0),
+        "every request in a chunk"
+    );
+    assert!(value(&text, "firstcome_chunk_commit_seconds_count", &[c]).unwrap() >= 10.0);
+    assert_eq!(
+        value(
+            &text,
+            "firstcome_plugin_calls_total",
+            &[c, ("role", "history")]
+        ),
+        Some(100.0),
+        "one plugin call per coupon"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "firstcome_plugin_traps_total",
+            &[c, ("role", "history")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "firstcome_consumer_lag", &[("group", "history")]),
+        Some(0.0)
+    );
+    assert_eq!(value(&text, "firstcome_outbox_unpublished", &[]), Some(0.0));
+    let route = ("route", "/api/v1/campaigns/{campaign_id}/requests");
+    assert!(
+        value(
+            &text,
+            "firstcome_http_request_duration_seconds_count",
+            &[route, ("status", "202")]
+        )
+        .unwrap()
+            >= 100.0,
+        "request latency by route and status"
+    );
+    assert!(
+        value(
+            &text,
+            "firstcome_events_handled_total",
+            &[("group", "history")]
+        )
+        .unwrap()
+            >= 100.0
+    );
+    app.stop().await;
+}
