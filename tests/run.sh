@@ -55,12 +55,19 @@ echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
 
 # Plugins build for wasm32-wasip2; the notification tests talk to a real SMTP server
 # (aiosmtpd, from PyPI) and sign FCM grants with a key made by openssl.
-log "plugin toolchain"
+log "plugin toolchain and test tools"
 rustup target add wasm32-wasip2
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
 fi
-command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# A real Prometheus scrapes a test host (Debian's package).
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v prometheus >/dev/null || missing+=(prometheus)
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 # Plugins must also build with cargo-component (once, about 7 minutes; kept in ~/.cargo/bin).
 command -v cargo-component >/dev/null || cargo install cargo-component --locked
 

@@ -38,8 +38,133 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
         }
+        describe();
         handle
     })
+}
+
+/// HELP lines, and zeros for the process-wide counters (a dashboard shows 0, not "no data").
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "firstcome_admissions_total",
+        "Admission requests by campaign and result"
+    );
+    describe_histogram!(
+        "firstcome_http_request_duration_seconds",
+        "HTTP request latency by route, method and status"
+    );
+    describe_gauge!(
+        "firstcome_queue_depth",
+        "Requests admitted and not yet issued"
+    );
+    describe_gauge!("firstcome_admitted", "Requests admitted so far");
+    describe_gauge!("firstcome_issued", "Coupons issued");
+    describe_gauge!("firstcome_remaining", "Coupons still to issue");
+    describe_histogram!("firstcome_chunk_size", "Requests per issuing transaction");
+    describe_histogram!(
+        "firstcome_chunk_commit_seconds",
+        "Time to commit one chunk, retries included"
+    );
+    describe_counter!(
+        "firstcome_chunk_failures_total",
+        "Chunk transactions that failed and were retried"
+    );
+    describe_gauge!(
+        "firstcome_outbox_unpublished",
+        "Outbox rows not yet acknowledged by the bus"
+    );
+    describe_gauge!(
+        "firstcome_outbox_oldest_age_seconds",
+        "Age of the oldest unpublished outbox row"
+    );
+    describe_counter!(
+        "firstcome_events_published_total",
+        "Events the bus acknowledged"
+    );
+    describe_counter!(
+        "firstcome_publish_failures_total",
+        "Publish attempts the bus did not acknowledge"
+    );
+    describe_counter!(
+        "firstcome_relay_republished_total",
+        "Stale outbox rows the relay published again"
+    );
+    describe_gauge!(
+        "firstcome_consumer_lag",
+        "Events a consumer group has not yet moved past"
+    );
+    describe_counter!(
+        "firstcome_events_handled_total",
+        "Events a consumer group handled"
+    );
+    describe_counter!(
+        "firstcome_events_retried_total",
+        "Failed attempts that were retried, by group"
+    );
+    describe_counter!(
+        "firstcome_events_dead_lettered_total",
+        "Events sent to the dead-letter topic, by group"
+    );
+    describe_counter!(
+        "firstcome_plugin_calls_total",
+        "Plugin calls by campaign, role and version"
+    );
+    describe_counter!(
+        "firstcome_plugin_errors_total",
+        "Plugin calls that returned an error"
+    );
+    describe_counter!(
+        "firstcome_plugin_traps_total",
+        "Plugin calls stopped by a trap or a memory or output limit"
+    );
+    describe_counter!(
+        "firstcome_plugin_timeouts_total",
+        "Plugin calls stopped at their time limit"
+    );
+    describe_counter!(
+        "firstcome_plugin_denied_total",
+        "Plugin calls stopped for an ungranted or invalid capability call"
+    );
+    describe_counter!(
+        "firstcome_plugin_busy_microseconds_total",
+        "Wall-clock time in plugin calls"
+    );
+    describe_counter!(
+        "firstcome_plugin_epochs_total",
+        "Epoch ticks (10 ms) spent running plugin code"
+    );
+    describe_gauge!(
+        "firstcome_plugin_info",
+        "The plugin version in service per campaign and role"
+    );
+    describe_counter!(
+        "firstcome_plugin_swaps_total",
+        "Running plugins replaced by another version"
+    );
+    for name in [
+        "firstcome_events_published_total",
+        "firstcome_publish_failures_total",
+        "firstcome_relay_republished_total",
+    ] {
+        counter!(name).increment(0);
+    }
+}
+
+/// Zeros for a consumer group's counters.
+pub fn group_started(group: &str) {
+    for name in [
+        "firstcome_events_handled_total",
+        "firstcome_events_retried_total",
+        "firstcome_events_dead_lettered_total",
+    ] {
+        counter!(name, "group" => group.to_owned()).increment(0);
+    }
+}
+
+/// Zeros for a campaign's counters.
+pub fn campaign_started(campaign: &str) {
+    counter!("firstcome_chunk_failures_total", "campaign" => campaign.to_owned()).increment(0);
 }
 
 /// Times every HTTP request by route pattern, method and status.

@@ -124,6 +124,7 @@ impl Platform {
         self.sync_admission(&campaign, false).await?;
         let roles: Vec<String> = plugins.roles.keys().cloned().collect();
         self.plugins.install(&campaign.id, plugins);
+        crate::monitoring::campaign_started(&campaign.id);
         self.start_consumers(&roles);
         let campaign = Arc::new(campaign);
         self.campaigns
@@ -259,6 +260,7 @@ impl Platform {
         let (bus, token) = (self.bus.clone(), self.consumers.shutdown.clone());
         let role = role.to_owned();
         tracing::info!(group = %role, "consumer group started");
+        crate::monitoring::group_started(&role);
         self.consumers.tracker.spawn(async move {
             if let Err(e) = bus.run_consumer(spec, handler, token).await {
                 tracing::error!(group = %role, error = %e, "consumer group stopped");

@@ -11,4 +11,5 @@ mod helpers;
 mod kafka;
 mod metrics;
 mod plugins;
+mod prometheus;
 mod streams;
