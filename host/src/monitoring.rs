@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 
 use crate::clock::now_ms;
 use crate::platform::Platform;
@@ -167,19 +168,51 @@ pub fn campaign_started(campaign: &str) {
     counter!("firstcome_chunk_failures_total", "campaign" => campaign.to_owned()).increment(0);
 }
 
-/// Times every HTTP request by route pattern, method and status.
-pub async fn track_http(request: Request, next: Next) -> Response {
+/// The header that carries a request's id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A caller's request id if it is a sensible one (1-128 visible ASCII characters).
+fn caller_request_id(request: &Request) -> Option<String> {
+    let id = request.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| id.to_owned())
+}
+
+/// Gives every HTTP request an id (the caller's `x-request-id`, or a new one) that its log
+/// lines carry and its response echoes, and times it by route pattern, method and status.
+pub async fn observe_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request"
+            );
+        }
+    });
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     histogram!("firstcome_http_request_duration_seconds",
-        "method" => method, "route" => route, "status" => status)
-    .record(started.elapsed().as_secs_f64());
+        "method" => method, "route" => route, "status" => status.as_u16().to_string())
+    .record(elapsed.as_secs_f64());
     response
 }
 

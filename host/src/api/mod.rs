@@ -68,7 +68,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(crate::monitoring::metrics))
-        .route_layer(middleware::from_fn(crate::monitoring::track_http))
+        .route_layer(middleware::from_fn(crate::monitoring::observe_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
