@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod kafka;
 mod metrics;
+mod page;
 mod plugins;
 mod prometheus;
 mod streams;

@@ -2,7 +2,8 @@
 //! ([`error::ApiError`]), including rejected JSON, unknown routes and wrong methods.
 //!
 //! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
-//! routes), `campaigns` (views with live counts), `admin` (bearer-token routes), `health`.
+//! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
+//! (bearer-token routes), `health`, and `page/index.html`, the live campaign page at `/`.
 
 pub mod admin;
 pub mod campaigns;
@@ -65,6 +66,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .nest("/admin", admin);
     Router::new()
         .nest("/api/v1", api)
+        .route("/", get(page))
+        .route("/dashboard", get(page))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(crate::monitoring::metrics))
@@ -73,6 +76,15 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(platform)
+}
+
+/// The live campaign page: one self-contained HTML file (no build step), fed by the
+/// statistics stream, `/api/v1/campaigns` and `/metrics`.
+async fn page() -> impl axum::response::IntoResponse {
+    (
+        [("cache-control", "no-cache")],
+        axum::response::Html(include_str!("page/index.html")),
+    )
 }
 
 async fn not_found() -> ApiError {
