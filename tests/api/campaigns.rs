@@ -148,12 +148,18 @@ async fn admin_api_writes_campaign_files_and_profiles() {
     assert_eq!(status["status"], "issued");
     assert_eq!(status["coupon"]["value"], 2500);
     assert_eq!(status["coupon"]["expires_at"], "2031-01-01T00:00:00.000Z");
-    let log = app
-        .backends
-        .store
-        .read_log("coupon-issued", 1, 10)
-        .await
-        .unwrap();
+    // The event is published just after the commit.
+    let store = &app.backends.store;
+    crate::helpers::wait_for(10, || async {
+        !store
+            .read_log("coupon-issued", 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await
+    .expect("the event is on the log");
+    let log = store.read_log("coupon-issued", 1, 10).await.unwrap();
     let event: serde_json::Value = serde_json::from_str(&log[0].message.payload).unwrap();
     assert_eq!(event["payload"]["email"], "kim@example.com");
     assert_eq!(event["payload"]["age_group"], "30s");
