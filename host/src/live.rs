@@ -90,12 +90,9 @@ impl LiveStats {
     /// The same figures (for deciding whether to send).
     fn same_as(&self, other: &Self) -> bool {
         Self {
-            at_ms: 0,
+            at_ms: other.at_ms,
             ..self.clone()
-        } == Self {
-            at_ms: 0,
-            ..other.clone()
-        }
+        } == *other
     }
 }
 
@@ -136,7 +133,7 @@ impl Feeds {
         let (tx, rx) = watch::channel(first);
         feeds.insert(campaign.id.clone(), tx.clone());
         let changes = platform.changes.subscribe(&campaign.id);
-        let stop = platform.consumers_shutdown();
+        let stop = platform.shutdown_token();
         tokio::spawn(feed(platform.clone(), campaign, tx, changes, stop));
         Ok(rx)
     }

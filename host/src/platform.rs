@@ -269,7 +269,7 @@ impl Platform {
     }
 
     /// The token that stops this host's background tasks.
-    pub fn consumers_shutdown(&self) -> CancellationToken {
+    pub fn shutdown_token(&self) -> CancellationToken {
         self.consumers.shutdown.clone()
     }
 

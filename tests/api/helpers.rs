@@ -481,15 +481,25 @@ impl Recorder {
 /// Runs the `firstcome` binary with `FIRSTCOME_*` settings; asserts it succeeded and returns
 /// what it printed.
 pub fn firstcome(args: &[&str], env: &[(&str, &str)]) -> String {
+    let (code, out, err) = firstcome_run(args, env);
+    assert_eq!(code, 0, "firstcome {args:?}: {err}");
+    out
+}
+
+/// Runs the `firstcome` binary; returns its exit code, standard output and standard error.
+pub fn firstcome_output(args: &[&str]) -> (i32, String, String) {
+    firstcome_run(args, &[])
+}
+
+fn firstcome_run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
         .args(args)
         .envs(env.iter().copied())
         .output()
         .expect("the firstcome binary runs");
-    assert!(
-        out.status.success(),
-        "firstcome {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -18,8 +18,8 @@ use firstcome::store::UserProfile;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, Backends, spawn_app, spawn_app_on, spec, unique, wait_for, wasm, with_history,
-    with_plugin,
+    Backend, Backends, firstcome_output, spawn_app, spawn_app_on, spec, unique, wait_for, wasm,
+    with_history, with_plugin,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -96,6 +96,15 @@ impl SmtpServer {
                 (header("To"), header("Subject"), body)
             })
             .collect()
+    }
+}
+
+impl SmtpServer {
+    /// Points a host's email capability at this server (plain SMTP on loopback).
+    fn configure(&self, c: &mut firstcome::config::Config) {
+        c.email.smtp_host = Some("127.0.0.1".into());
+        c.email.smtp_port = Some(self.port);
+        c.email.tls = firstcome::config::SmtpTls::None;
     }
 }
 
@@ -326,11 +335,9 @@ async fn reference_plugins_notify_record_and_count(backend: Backend) {
     let fcm = FcmStandIn::start(1).await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let backends = Backends::open(backend, dir.path()).await;
-    let (port, key, fcm_url) = (smtp.port, fcm.key_file.clone(), fcm.base_url.clone());
-    let app = spawn_app_on(backends, dir, move |c| {
-        c.email.smtp_host = Some("127.0.0.1".into());
-        c.email.smtp_port = Some(port);
-        c.email.tls = firstcome::config::SmtpTls::None;
+    let (key, fcm_url) = (fcm.key_file.clone(), fcm.base_url.clone());
+    let app = spawn_app_on(backends, dir, |c| {
+        smtp.configure(c);
         c.email.from = "Coupons <coupons@shop.test>".into();
         c.push.service_account_file = Some(key);
         c.push.fcm_url = fcm_url;
@@ -803,45 +810,20 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
     app.stop().await;
 }
 
-fn event_file(dir: &Path) -> PathBuf {
-    let event = json!({
-        "event_id": "01a20b82-0094-7452-b5a2-d7b17a0cca3a",
-        "event_type": "coupon.issued",
-        "schema_version": 1,
-        "campaign_id": "spring",
-        "occurred_at": "2026-11-24T00:00:00Z",
-        "payload": {
-            "user_id": "u1", "email": "u1@shop.test", "fcm_token": "device-1",
-            "gender": "female", "age_group": "20s", "campaign_name": "Spring",
-            "campaign_value": 5000, "coupon_id": "c1", "coupon_code": "CODE1",
-            "position": 1, "request_id": "r1", "issued_at": "2026-11-24T00:00:00Z",
-            "expires_at": "2026-12-31T00:00:00Z"
-        }
-    });
-    let path = dir.join("event.json");
-    std::fs::write(&path, event.to_string()).unwrap();
-    path
-}
-
-fn firstcome_status(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
-        .args(args)
-        .output()
-        .expect("the firstcome binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// The sample event shipped for plugin authors (`examples/events/coupon-issued.json`).
+fn sample_event() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("examples/events/coupon-issued.json")
 }
 
 /// `firstcome plugin test` runs a component on an event and prints each capability call.
 #[test]
 fn plugin_test_prints_each_capability_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let event = event_file(dir.path());
+    let event = sample_event();
     let notification = wasm("notification");
-    let (code, out, err) = firstcome_status(&[
+    let (code, out, err) = firstcome_output(&[
         "plugin",
         "test",
         notification.to_str().unwrap(),
@@ -863,7 +845,7 @@ fn plugin_test_prints_each_capability_call() {
     assert!(out.contains("result: ok"), "{out}");
 
     let stats = wasm("stats");
-    let (code, out, _) = firstcome_status(&[
+    let (code, out, _) = firstcome_output(&[
         "plugin",
         "test",
         stats.to_str().unwrap(),
@@ -877,7 +859,7 @@ fn plugin_test_prints_each_capability_call() {
     );
 
     let misbehave = wasm("misbehave");
-    let (code, out, _) = firstcome_status(&[
+    let (code, out, _) = firstcome_output(&[
         "plugin",
         "test",
         misbehave.to_str().unwrap(),
@@ -894,7 +876,7 @@ fn plugin_test_prints_each_capability_call() {
         "{out}"
     );
 
-    let (code, _, err) = firstcome_status(&[
+    let (code, _, err) = firstcome_output(&[
         "plugin",
         "test",
         stats.to_str().unwrap(),
@@ -911,7 +893,7 @@ fn campaign_validate_checks_plugins() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, with_history(spec(5)).to_toml()).unwrap();
-    let (code, out, err) = firstcome_status(&["campaign", "validate", good.to_str().unwrap()]);
+    let (code, out, err) = firstcome_output(&["campaign", "validate", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("history plugin sha256:"), "{out}");
     let rogue = dir.path().join("rogue.toml");
@@ -920,7 +902,7 @@ fn campaign_validate_checks_plugins() {
         with_plugin(spec(5), "history", &wasm("rogue"), &[], &[]).to_toml(),
     )
     .unwrap();
-    let (code, _, err) = firstcome_status(&["campaign", "validate", rogue.to_str().unwrap()]);
+    let (code, _, err) = firstcome_output(&["campaign", "validate", rogue.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
         err.contains("imports `acme:rogue/socket`, which this host does not offer"),
@@ -933,7 +915,7 @@ fn campaign_validate_checks_plugins() {
 #[test]
 fn plugin_new_scaffolds_a_working_crate() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = firstcome_status(&[
+    let (code, out, err) = firstcome_output(&[
         "plugin",
         "new",
         "audit-trail",
@@ -964,8 +946,8 @@ fn plugin_new_scaffolds_a_working_crate() {
         );
     }
     let component = target.join("wasm32-wasip2/release/audit_trail.wasm");
-    let event = event_file(dir.path());
-    let (code, out, err) = firstcome_status(&[
+    let event = sample_event();
+    let (code, out, err) = firstcome_output(&[
         "plugin",
         "test",
         component.to_str().unwrap(),
@@ -987,13 +969,7 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
     let smtp = SmtpServer::start().await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let backends = Backends::open(Backend::Embedded, dir.path()).await;
-    let port = smtp.port;
-    let app = spawn_app_on(backends, dir, move |c| {
-        c.email.smtp_host = Some("127.0.0.1".into());
-        c.email.smtp_port = Some(port);
-        c.email.tls = firstcome::config::SmtpTls::None;
-    })
-    .await;
+    let app = spawn_app_on(backends, dir, |c| smtp.configure(c)).await;
     let users = [
         user("alice", Some("alice@farm.test"), Some("shared-device")),
         user("bob", Some("bob@farm.test"), Some("shared-device")),

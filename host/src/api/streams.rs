@@ -36,7 +36,7 @@ pub async fn stats(
         tracing::warn!(error = %e, "cannot read live statistics");
         ApiError::internal(&e)
     })?;
-    let stop = platform.consumers_shutdown();
+    let stop = platform.shutdown_token();
     let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
         if !first && rx.changed().await.is_err() {
             return None;
@@ -63,7 +63,7 @@ pub async fn request(
     }
     let changes = platform.changes.subscribe(&campaign_id);
     let first = status_of(&platform, &campaign_id, &user_id).await?;
-    let stop = platform.consumers_shutdown();
+    let stop = platform.shutdown_token();
     let state = (
         platform,
         campaign_id,

@@ -129,37 +129,33 @@ impl PluginHost {
             let path = spec.resolve(&self.base_dir);
             let fail =
                 |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
-            let bytes = {
-                let (path, sha) = (path.clone(), spec.sha256.clone());
-                tokio::task::spawn_blocking(move || Runtime::read(&path, sha.as_deref()))
-                    .await
-                    .map_err(|e| fail(&e))?
-                    .map_err(|e| fail(&e))?
-            };
-            let version = super::runtime::version_of(&bytes);
+            let compiled = self
+                .runtime
+                .fetch(&path, spec.sha256.as_deref())
+                .await
+                .map_err(|e| fail(&e))?;
             let running = current.as_ref().and_then(|c| c.roles.get(role));
             if let Some(running) = running
-                && running.compiled.version == version
+                && running.compiled.version == compiled.version
                 && *running.spec == *spec
                 && running.path == path
             {
                 roles.insert(role.clone(), running.clone());
                 continue;
             }
-            let runtime = self.runtime.clone();
-            let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
-                .await
-                .map_err(|e| fail(&e))?
-                .map_err(|e| fail(&e))?;
             let scope = Scope {
                 campaign_id: campaign.id.clone(),
                 role: role.clone(),
             };
             let plugin = self
                 .runtime
-                .bind(scope, path.clone(), compiled, spec.clone());
-            self.runtime
-                .check_init(&plugin, self.services.clone())
+                .start(
+                    scope,
+                    path.clone(),
+                    compiled,
+                    spec.clone(),
+                    self.services.clone(),
+                )
                 .await
                 .map_err(|e| fail(&e))?;
             roles.insert(role.clone(), Arc::new(plugin));

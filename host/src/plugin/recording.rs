@@ -119,11 +119,7 @@ pub struct TestOutcome {
 /// `firstcome dlt show` prints it) once. Load errors are returned as text.
 pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<TestOutcome> {
     let runtime = Arc::new(Runtime::new(PluginConfig::default())?);
-    let bytes = Runtime::read(wasm, None)?;
-    let compiled = {
-        let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.compile(&bytes)).await??
-    };
+    let compiled = runtime.fetch(wasm, None).await?;
     let version = compiled.version.clone();
     println!("plugin {} ({version})", wasm.display());
     let envelope = parse_event(event_json)?;
@@ -141,10 +137,11 @@ pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<
         timeout_ms: run.timeout_ms,
         memory_mb: run.memory_mb,
     };
-    let plugin = runtime.bind(scope, wasm.to_owned(), compiled, spec);
     let services = Arc::new(Recording::default());
     println!("init:");
-    runtime.check_init(&plugin, services.clone()).await?;
+    let plugin = runtime
+        .start(scope, wasm.to_owned(), compiled, spec, services.clone())
+        .await?;
     println!("  ok");
     let event = super::host::wit_event(envelope.clone(), run.capacity)
         .map_err(|e| anyhow::anyhow!("the event cannot be handed to a plugin: {e}"))?;
@@ -225,19 +222,22 @@ pub async fn check_plugins(
     for (role, spec) in &campaign.spec.plugins {
         let path = spec.resolve(base);
         let fail = |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
-        let bytes = Runtime::read(&path, spec.sha256.as_deref()).map_err(|e| fail(&e))?;
-        let rt = runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || rt.compile(&bytes))
+        let compiled = runtime
+            .fetch(&path, spec.sha256.as_deref())
             .await
-            .map_err(|e| fail(&e))?
             .map_err(|e| fail(&e))?;
         let scope = Scope {
             campaign_id: campaign.id.clone(),
             role: role.clone(),
         };
-        let plugin = runtime.bind(scope, path.clone(), compiled, spec.clone());
-        runtime
-            .check_init(&plugin, Arc::new(Recording::default()))
+        let plugin = runtime
+            .start(
+                scope,
+                path.clone(),
+                compiled,
+                spec.clone(),
+                Arc::new(Recording::default()),
+            )
             .await
             .map_err(|e| fail(&e))?;
         versions.push((role.clone(), plugin.version().to_owned()));

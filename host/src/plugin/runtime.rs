@@ -77,7 +77,6 @@ pub struct Compiled {
     pub version: String,
     pre: ConsumerPre<CallCtx>,
     init: Option<ComponentExportIndex>,
-    pub size: usize,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -307,10 +306,40 @@ impl Runtime {
             version: version.clone(),
             pre,
             init,
-            size: bytes.len(),
         });
         self.cache.lock().unwrap().insert(version, compiled.clone());
         Ok(compiled)
+    }
+
+    /// Reads (checking the hash) and compiles a component file on a blocking thread; an
+    /// unchanged file costs a read, a hash and a cache look-up.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<Arc<Compiled>, LoadError> {
+        let (runtime, path, sha256) = (self.clone(), path.to_owned(), sha256.map(str::to_owned));
+        tokio::task::spawn_blocking(move || {
+            let bytes = Runtime::read(&path, sha256.as_deref())?;
+            runtime.compile(&bytes)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("loading stopped: {e}")))?
+    }
+
+    /// Binds a compiled component and runs its `init`: what a version must pass before it
+    /// may serve.
+    pub async fn start(
+        &self,
+        scope: Scope,
+        path: PathBuf,
+        compiled: Arc<Compiled>,
+        spec: PluginSpec,
+        services: Arc<dyn Services>,
+    ) -> Result<Plugin, LoadError> {
+        let plugin = self.bind(scope, path, compiled, spec);
+        self.check_init(&plugin, services).await?;
+        Ok(plugin)
     }
 
     /// Binds a compiled component to a campaign's role with its section's limits.
@@ -382,16 +411,7 @@ impl Runtime {
                 .instance_pre()
                 .instantiate_async(&mut store)
                 .await?;
-            if let Some(init) = &plugin.compiled.init {
-                let settings = plugin.spec.settings.clone().into_iter().collect::<Vec<_>>();
-                let func = instance
-                    .get_typed_func::<(Vec<(String, String)>,), (Result<(), String>,)>(
-                        &mut store, init,
-                    )?;
-                let (result,) = func.call_async(&mut store, (settings,)).await?;
-                return Ok::<_, wasmtime::Error>(result);
-            }
-            Ok::<_, wasmtime::Error>(Ok(()))
+            run_init(&mut store, &instance, plugin).await
         };
         match tokio::time::timeout(plugin.timeout, run).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -425,20 +445,10 @@ impl Runtime {
             let instance = instance.map_err(|e| CallError::Start(format!("{e:#}")))?;
             let consumer = super::bindings::Consumer::new(&mut store, &instance)
                 .map_err(|e| CallError::Start(format!("{e:#}")))?;
-            if let Some(init) = &plugin.compiled.init {
-                let settings = plugin.spec.settings.clone().into_iter().collect::<Vec<_>>();
-                let func = instance
-                    .get_typed_func::<(Vec<(String, String)>,), (Result<(), String>,)>(
-                        &mut store, init,
-                    )
-                    .map_err(|e| CallError::Start(format!("{e:#}")))?;
-                let (result,) = func
-                    .call_async(&mut store, (settings,))
-                    .await
-                    .map_err(|e| classify(e, plugin))?;
-                result
-                    .map_err(|e| CallError::Retryable(format!("init refused its settings: {e}")))?;
-            }
+            run_init(&mut store, &instance, plugin)
+                .await
+                .map_err(|e| classify(e, plugin))?
+                .map_err(|e| CallError::Retryable(format!("init refused its settings: {e}")))?;
             consumer
                 .firstcome_plugin_handler()
                 .call_handle(&mut store, event)
@@ -471,6 +481,22 @@ impl Runtime {
         }
         result.map(|()| std::mem::take(&mut store.data_mut().call.effects))
     }
+}
+
+/// Calls the component's `init` with the plugin's settings, if it exports one.
+async fn run_init(
+    store: &mut Store<CallCtx>,
+    instance: &wasmtime::component::Instance,
+    plugin: &Plugin,
+) -> wasmtime::Result<Result<(), String>> {
+    let Some(init) = &plugin.compiled.init else {
+        return Ok(Ok(()));
+    };
+    let settings: Vec<(String, String)> = plugin.spec.settings.clone().into_iter().collect();
+    let func = instance
+        .get_typed_func::<(Vec<(String, String)>,), (Result<(), String>,)>(&mut *store, init)?;
+    let (result,) = func.call_async(&mut *store, (settings,)).await?;
+    Ok(result)
 }
 
 /// Sorts an error out of wasmtime into what happened.

@@ -38,7 +38,7 @@ pub fn create(name: &str, parent: &Path) -> Result<PathBuf, String> {
             "README.md",
             README.replace("{name}", name).replace("{module}", &module),
         ),
-        (".gitignore", "/target\n".to_owned()),
+        (".gitignore", "/target\n/src/bindings.rs\n".to_owned()),
     ];
     for (file, text) in files {
         let path = dir.join(file);
