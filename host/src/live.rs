@@ -50,7 +50,7 @@ impl Changes {
 }
 
 /// What the statistics stream sends.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LiveStats {
     pub campaign_id: String,
     pub capacity: i64,

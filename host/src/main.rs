@@ -48,6 +48,9 @@ enum Command {
     /// Consumer plugins (WebAssembly components).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print the REST API's OpenAPI document (what a host serves at /api/openapi.json), for
+    /// generating clients without running a host.
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +144,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Openapi = cli.command {
+        println!("{}", firstcome::api::openapi().to_pretty_json()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config = Config::load(cli.config.as_deref()).context("reading configuration")?;
     if let Command::Plugin(PluginCommand::New { name, dir }) = &cli.command {
         return match firstcome::plugin::scaffold::create(name, dir) {
@@ -233,7 +240,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let outcome = firstcome::plugin::recording::run(&plugin, &event, run).await?;
                 Ok(if outcome.result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
-            Command::Plugin(PluginCommand::New { .. }) => unreachable!("handled above"),
+            Command::Plugin(PluginCommand::New { .. }) | Command::Openapi => {
+                unreachable!("handled above")
+            }
         }
     })
 }

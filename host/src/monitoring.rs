@@ -216,7 +216,16 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`: the Prometheus text format.
+/// The host's metrics in the Prometheus text format: admissions, request latency, queue,
+/// chunks, outbox, event bus, consumer groups and plugins (see `deploy/grafana`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
 pub async fn metrics(State(platform): State<Arc<Platform>>) -> impl IntoResponse {
     sample(&platform).await;
     let handle = handle();

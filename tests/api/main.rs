@@ -3,6 +3,7 @@
 
 mod admission_suite;
 mod bad_input;
+mod browser;
 mod campaigns;
 mod concurrency;
 mod events;
@@ -10,6 +11,7 @@ mod faults;
 mod helpers;
 mod kafka;
 mod metrics;
+mod openapi;
 mod page;
 mod plugins;
 mod prometheus;

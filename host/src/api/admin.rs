@@ -1,51 +1,56 @@
 //! The admin API, behind `Authorization: Bearer {FIRSTCOME_ADMIN_TOKEN}`. Without a configured
-//! token every admin call is refused.
+//! token every admin call is refused. Each handler takes [`Admin`] as its first argument, so the
+//! token is checked before anything else is read from the request.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::campaigns::{CampaignView, view};
-use super::error::{ApiError, ApiJson, ApiPath, check_user_id};
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, check_user_id};
+use super::schema::{Email, FcmToken, UserId};
 use crate::campaign::{Campaign, CampaignSpec, validate_id};
 use crate::platform::Platform;
 use crate::store::UserProfile;
 
-const MAX_BULK_USERS: usize = 1_000;
+pub(super) const MAX_BULK_USERS: usize = 1_000;
 
-/// Refuses requests without the admin bearer token.
-pub async fn require_token(
-    State(platform): State<Arc<Platform>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let Some(expected) = platform
-        .config
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(unauthorized(
-            "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
-        ));
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => {
-            Ok(next.run(request).await)
+/// Proof that the request carries the admin bearer token; refuses it with 401 otherwise.
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<Arc<Platform>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        platform: &Arc<Platform>,
+    ) -> Result<Self, ApiError> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let Some(expected) = platform
+            .config
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+        else {
+            return Err(unauthorized(
+                "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
+            ));
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
+            _ => Err(unauthorized("missing or wrong bearer token")),
         }
-        _ => Err(unauthorized("missing or wrong bearer token")),
     }
 }
 
@@ -65,9 +70,37 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `PUT /api/v1/admin/campaigns/{campaign_id}`: the campaign document as JSON; applies it and
-/// writes its file.
+/// The `{campaign_id}` path parameter of the admin routes.
+#[allow(dead_code)]
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CampaignIdParam {
+    /// The campaign's id, also its file's name: 1-64 of `a-z`, `0-9`, `-` and `_`.
+    #[param(pattern = r"^[a-z0-9_-]{1,64}$", example = "spring-sale")]
+    campaign_id: String,
+}
+
+/// Creates or changes a campaign: the campaign document as JSON. Its plugins are loaded and
+/// checked first; only then is it applied and its file `{campaign_id}.toml` written. A refusal
+/// changes nothing.
+#[utoipa::path(
+    put,
+    path = "/campaigns/{campaign_id}",
+    operation_id = "adminPutCampaign",
+    tag = "admin",
+    params(CampaignIdParam),
+    request_body = CampaignSpec,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Changed", body = CampaignView),
+        (status = 201, description = "Created", body = CampaignView),
+        (status = 400, description = "`invalid_campaign_id`", body = ErrorBody),
+        (status = 422, description = "`invalid_campaign` (a field, or capacity below coupons issued), `invalid_plugin` (a plugin that cannot load), or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
 pub async fn put_campaign(
+    _: Admin,
     State(platform): State<Arc<Platform>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<CampaignSpec>,
@@ -91,8 +124,22 @@ pub async fn put_campaign(
     Ok((status, Json(view(&platform, &c).await?)))
 }
 
-/// `DELETE /api/v1/admin/campaigns/{campaign_id}`: stops the campaign and removes its file.
+/// Stops a campaign and removes its file; its coupons and history stay.
+#[utoipa::path(
+    delete,
+    path = "/campaigns/{campaign_id}",
+    operation_id = "adminDeleteCampaign",
+    tag = "admin",
+    params(CampaignIdParam),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Stopped and removed"),
+        (status = 400, description = "`invalid_campaign_id`", body = ErrorBody),
+        (status = 404, description = "`unknown_campaign`: neither active nor a file", body = ErrorBody),
+    )
+)]
 pub async fn delete_campaign(
+    _: Admin,
     State(platform): State<Arc<Platform>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -111,34 +158,91 @@ pub async fn delete_campaign(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// The campaign folder as the host applied it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignFiles {
+    /// Ids of the running campaigns.
     active: Vec<String>,
     /// Files refused at their last change, with the reason; the previous version runs.
     rejected: std::collections::BTreeMap<String, String>,
 }
 
-/// `GET /api/v1/admin/campaigns`
-pub async fn list_campaigns(State(platform): State<Arc<Platform>>) -> Json<CampaignFiles> {
+/// The running campaigns, and the files refused at their last change with the reason.
+#[utoipa::path(
+    get,
+    path = "/campaigns",
+    operation_id = "adminListCampaigns",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Active and refused campaign files", body = CampaignFiles))
+)]
+pub async fn list_campaigns(
+    _: Admin,
+    State(platform): State<Arc<Platform>>,
+) -> Json<CampaignFiles> {
     Json(CampaignFiles {
         active: platform.campaigns().iter().map(|c| c.id.clone()).collect(),
         rejected: platform.rejections(),
     })
 }
 
-/// A user's profile as the admin API takes it.
-#[derive(Debug, Deserialize, Serialize)]
+/// A user's profile as the admin API takes it: where to notify them, and the demographics
+/// the statistics count. A missing field is cleared.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileBody {
     #[serde(default)]
+    #[schema(value_type = Option<Email>)]
     email: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<FcmToken>)]
     fcm_token: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Gender>)]
     gender: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<AgeGroup>)]
     age_group: Option<String>,
 }
+
+/// A user's gender as the statistics count it.
+#[allow(dead_code)]
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Gender {
+    Female,
+    Male,
+    Other,
+}
+
+/// A user's age group as the statistics count it.
+#[allow(dead_code)]
+#[derive(Debug, utoipa::ToSchema)]
+pub enum AgeGroup {
+    #[schema(rename = "under_20")]
+    Under20,
+    #[schema(rename = "20s")]
+    Twenties,
+    #[schema(rename = "30s")]
+    Thirties,
+    #[schema(rename = "40s")]
+    Forties,
+    #[schema(rename = "50s")]
+    Fifties,
+    #[schema(rename = "60_plus")]
+    SixtyPlus,
+}
+
+pub(super) const EMAIL_MAX_CHARS: usize = 254;
+pub(super) const FCM_TOKEN_MAX_CHARS: usize = 4096;
+pub(super) const FCM_TOKEN_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+/// [`ProfileBody::into_profile`]'s address rule: something, `@`, then a domain with a dot;
+/// no control or white-space characters (the same classes as the user id's pattern).
+pub(super) const EMAIL_PATTERN: &str = concat!(
+    r"^[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\.",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+);
 
 pub const GENDERS: &[&str] = &["female", "male", "other"];
 pub const AGE_GROUPS: &[&str] = &["under_20", "20s", "30s", "40s", "50s", "60_plus"];
@@ -147,7 +251,7 @@ impl ProfileBody {
     fn into_profile(self, user_id: String) -> Result<UserProfile, String> {
         check_user_id(&user_id).map_err(|e| e.message)?;
         if let Some(email) = &self.email {
-            let valid = email.len() <= 254
+            let valid = email.chars().count() <= EMAIL_MAX_CHARS
                 && !email.chars().any(|c| c.is_control() || c.is_whitespace())
                 && email
                     .split_once('@')
@@ -157,7 +261,9 @@ impl ProfileBody {
             }
         }
         if let Some(token) = &self.fcm_token
-            && (token.is_empty() || token.len() > 4096 || token.chars().any(char::is_control))
+            && (token.is_empty()
+                || token.chars().count() > FCM_TOKEN_MAX_CHARS
+                || token.chars().any(char::is_control))
         {
             return Err("fcm_token must be 1 to 4096 printable characters".into());
         }
@@ -181,8 +287,22 @@ impl ProfileBody {
     }
 }
 
-/// `PUT /api/v1/admin/users/{user_id}`
+/// Creates or replaces one user's profile.
+#[utoipa::path(
+    put,
+    path = "/users/{user_id}",
+    operation_id = "adminPutUser",
+    tag = "admin",
+    params(super::requests::UserParam),
+    request_body = ProfileBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The stored profile", body = UserProfile),
+        (status = 422, description = "`invalid_user` (says which field), or `invalid_body`", body = ErrorBody),
+    )
+)]
 pub async fn put_user(
+    _: Admin,
     State(platform): State<Arc<Platform>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<ProfileBody>,
@@ -197,33 +317,56 @@ pub async fn put_user(
     Ok(Json(profile))
 }
 
-#[derive(Debug, Deserialize)]
+/// One profile of a bulk upload: the user's id and the fields of `ProfileBody`. (Not a
+/// flattened `ProfileBody`: serde cannot refuse unknown fields through `flatten`.)
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkUser {
+    #[schema(value_type = UserId)]
     user_id: String,
     #[serde(default)]
+    #[schema(value_type = Option<Email>)]
     email: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<FcmToken>)]
     fcm_token: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Gender>)]
     gender: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<AgeGroup>)]
     age_group: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Up to 1,000 profiles.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
+    #[schema(max_items = 1000)]
     users: Vec<BulkUser>,
 }
 
-#[derive(Debug, Serialize)]
+/// How many profiles were written.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BulkDone {
     upserted: usize,
 }
 
-/// `PUT /api/v1/admin/users`: up to 1,000 profiles, all or none.
+/// Creates or replaces up to 1,000 profiles: all of them, or none when one is refused.
+#[utoipa::path(
+    put,
+    path = "/users",
+    operation_id = "adminPutUsers",
+    tag = "admin",
+    request_body = BulkBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "All written", body = BulkDone),
+        (status = 422, description = "`invalid_user` (says which, as `users[i]`), `too_many_users`, or `invalid_body`", body = ErrorBody),
+    )
+)]
 pub async fn put_users(
+    _: Admin,
     State(platform): State<Arc<Platform>>,
     ApiJson(body): ApiJson<BulkBody>,
 ) -> Result<Json<BulkDone>, ApiError> {
@@ -255,7 +398,8 @@ pub async fn put_users(
     }))
 }
 
-#[derive(Debug, Serialize)]
+/// One consumer group's position.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConsumerLag {
     group: String,
     topic: String,
@@ -263,14 +407,31 @@ pub struct ConsumerLag {
     lag: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// This host's consumer groups.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Consumers {
+    /// `embedded` or `kafka`.
+    #[schema(value_type = String, example = "kafka")]
     bus: &'static str,
     consumers: Vec<ConsumerLag>,
 }
 
-/// `GET /api/v1/admin/consumers`: each consumer group of this host and its lag.
-pub async fn consumers(State(platform): State<Arc<Platform>>) -> Result<Json<Consumers>, ApiError> {
+/// Each consumer group of this host and its lag.
+#[utoipa::path(
+    get,
+    path = "/consumers",
+    operation_id = "adminListConsumers",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The groups and their lag", body = Consumers),
+        (status = 503, description = "`unavailable`: the event bus is down", body = ErrorBody),
+    )
+)]
+pub async fn consumers(
+    _: Admin,
+    State(platform): State<Arc<Platform>>,
+) -> Result<Json<Consumers>, ApiError> {
     let mut consumers = Vec::new();
     for (group, topic) in platform.consumer_groups() {
         let lag = platform.bus.lag(&group, &topic).await.map_err(|e| {
@@ -289,17 +450,71 @@ pub async fn consumers(State(platform): State<Arc<Platform>>) -> Result<Json<Con
     }))
 }
 
-#[derive(Debug, Serialize)]
+/// The loaded plugins.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Plugins {
     plugins: Vec<crate::plugin::PluginStatus>,
     /// Times a running plugin was replaced by another version since the host started.
     swaps: u64,
 }
 
-/// `GET /api/v1/admin/plugins`: every campaign's plugins, their versions and counters.
-pub async fn plugins(State(platform): State<Arc<Platform>>) -> Json<Plugins> {
+/// Every campaign's plugins: version, grants, limits and counters.
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    operation_id = "adminListPlugins",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The plugins", body = Plugins))
+)]
+pub async fn plugins(_: Admin, State(platform): State<Arc<Platform>>) -> Json<Plugins> {
     Json(Plugins {
         plugins: platform.plugins.statuses(),
         swaps: platform.plugins.swaps(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email_ok(email: &str) -> bool {
+        let body = ProfileBody {
+            email: Some(email.to_owned()),
+            fcm_token: None,
+            gender: None,
+            age_group: None,
+        };
+        body.into_profile("u".to_owned()).is_ok()
+    }
+
+    /// The document's address pattern and the handler's check agree.
+    #[test]
+    fn email_pattern_matches_the_check() {
+        let pattern = regex::Regex::new(EMAIL_PATTERN).unwrap();
+        let samples = [
+            "kim@example.com",
+            "a@b.c",
+            "a@.",
+            "a@b@c.d",
+            "@b.c",
+            "a@bc",
+            "a b@c.d",
+            "a@b.c ",
+            "ü@ß.de",
+            "a@b\u{a0}.c",
+            "a\u{7f}@b.c",
+            "a@b.c\u{2028}",
+            "a@b.\u{feff}",
+            "",
+        ];
+        for s in samples {
+            let by_pattern = pattern.is_match(s) && s.chars().count() <= EMAIL_MAX_CHARS;
+            assert_eq!(email_ok(s), by_pattern, "{s:?}");
+        }
+        let long = format!("{}@example.com", "x".repeat(EMAIL_MAX_CHARS - 12));
+        assert_eq!(long.chars().count(), EMAIL_MAX_CHARS);
+        assert!(email_ok(&long));
+        assert!(!email_ok(&format!("x{long}")));
+    }
 }

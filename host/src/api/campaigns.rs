@@ -8,21 +8,32 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::error::{ApiError, ApiPath};
+use super::error::{ApiError, ApiPath, ErrorBody};
+use super::requests::CampaignParam;
 use crate::campaign::{Campaign, WindowState};
 use crate::clock::{now_ms, to_rfc3339};
 use crate::platform::Platform;
 
-#[derive(Debug, Serialize)]
+/// A campaign: its settings and live counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignView {
     id: String,
     name: String,
+    /// A coupon's worth in the smallest currency unit.
     value: i64,
+    /// RFC 3339; absent when open from the start.
+    #[schema(format = DateTime)]
     opens_at: Option<String>,
+    /// RFC 3339; absent when open until sold out.
+    #[schema(format = DateTime)]
     closes_at: Option<String>,
+    /// RFC 3339; absent when coupons do not expire.
+    #[schema(format = DateTime)]
     coupon_expires_at: Option<String>,
+    /// Requests issued per database transaction.
     chunk_size: u32,
     /// `not_open`, `open`, `sold_out` or `closed`.
+    #[schema(value_type = String, example = "open")]
     status: &'static str,
     capacity: i64,
     admitted: i64,
@@ -70,7 +81,19 @@ pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, Api
     })
 }
 
-/// `GET /api/v1/campaigns/{campaign_id}`
+/// One active campaign with its live counts.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}",
+    operation_id = "getCampaign",
+    tag = "campaigns",
+    params(CampaignParam),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,
@@ -81,12 +104,23 @@ pub async fn get(
     Ok(Json(view(&platform, &c).await?))
 }
 
-#[derive(Debug, Serialize)]
+/// Every active campaign.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignList {
     campaigns: Vec<CampaignView>,
 }
 
-/// `GET /api/v1/campaigns`
+/// Every active campaign with its live counts.
+#[utoipa::path(
+    get,
+    path = "/campaigns",
+    operation_id = "listCampaigns",
+    tag = "campaigns",
+    responses(
+        (status = 200, description = "The campaigns", body = CampaignList),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
 pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<CampaignList>, ApiError> {
     let mut campaigns = Vec::new();
     for c in platform.campaigns() {
@@ -95,7 +129,18 @@ pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<Campaign
     Ok(Json(CampaignList { campaigns }))
 }
 
-/// `GET /api/v1/campaigns/{campaign_id}/stats`: the counters the stats plugin keeps.
+/// The counters the campaign's stats plugin keeps: issued, revenue, by gender and age group.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}/stats",
+    operation_id = "getCampaignStats",
+    tag = "campaigns",
+    params(CampaignParam),
+    responses(
+        (status = 200, description = "The statistics", body = crate::plugin::StatsSnapshot),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+    )
+)]
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,

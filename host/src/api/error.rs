@@ -2,11 +2,12 @@
 //! always a 4xx; internal failures are logged and answered without their details.
 
 use axum::Json;
-use axum::extract::FromRequest;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::platform::PlatformError;
 use crate::store::StoreError;
@@ -18,10 +19,15 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
+/// Every error the API answers: a stable machine-readable `code` and a message saying what to
+/// fix.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": "unknown_campaign", "message": "no active campaign \"spring-sale\""}))]
+pub struct ErrorBody {
+    /// What went wrong, for programs: `unknown_campaign`, `invalid_user_id`, `sold_out`, ...
+    pub code: String,
+    /// What went wrong and how to fix it, for people.
+    pub message: String,
 }
 
 impl ApiError {
@@ -62,9 +68,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            code: self.code,
-            message: &self.message,
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
         };
         (self.status, Json(body)).into_response()
     }
@@ -126,10 +132,35 @@ impl From<crate::admission::AdmissionError> for ApiError {
     }
 }
 
-/// `Json` whose rejections come back as [`ApiError`].
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body read as `T`, with rejections as [`ApiError`]. A body that is JSON but
+/// not an object is refused: serde would otherwise read a struct from an array, field by field
+/// (`["user-1"]` as `{"user_id": "user-1"}`), which no client means.
+#[derive(Debug)]
 pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| {
+                let message = match e.path().to_string().as_str() {
+                    "." => e.inner().to_string(),
+                    path => format!("{path}: {}", e.inner()),
+                };
+                ApiError::unprocessable("invalid_body", message)
+            })
+    }
+}
 
 /// `Path` whose rejections come back as [`ApiError`].
 #[derive(Debug, axum::extract::FromRequestParts)]
@@ -141,12 +172,25 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-/// Checks a user id: 1-128 bytes, no control characters, no surrounding whitespace.
+/// The longest user id, in characters (the database columns are `VARCHAR(128)`).
+pub const USER_ID_MAX_CHARS: usize = 128;
+
+/// [`check_user_id`]'s rule as a regular expression, for the OpenAPI document: no control
+/// characters (Unicode `Cc`), and neither first nor last a control or white-space character
+/// (Unicode `White_Space`, what `str::trim` removes). Written with explicit ranges so that
+/// JavaScript's and Python's regex engines read it alike.
+pub const USER_ID_PATTERN: &str = concat!(
+    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"(?:[^\x00-\x1f\x7f-\x9f]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$",
+);
+
+/// Checks a user id: 1-128 characters, no control characters, no surrounding whitespace.
 pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     let problem = if user_id.is_empty() {
         "must not be empty"
-    } else if user_id.len() > 128 {
-        "must be at most 128 bytes"
+    } else if user_id.chars().count() > USER_ID_MAX_CHARS {
+        "must be at most 128 characters"
     } else if user_id.chars().any(char::is_control) {
         "must not contain control characters"
     } else if user_id.trim() != user_id {
@@ -158,4 +202,60 @@ pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
         "invalid_user_id",
         format!("user_id {problem}"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's pattern and the check the handlers run agree, so that a client that
+    /// validates against the document is never refused, and never sends what is refused.
+    #[test]
+    fn user_id_pattern_matches_the_check() {
+        let pattern = regex::Regex::new(USER_ID_PATTERN).unwrap();
+        let samples = [
+            "u",
+            "user-42",
+            "김민준",
+            "a b",
+            "é",
+            "\u{feff}x",
+            "x\u{200b}",
+            "🦀",
+            "a/b",
+            "%2F",
+            "..",
+            "",
+            " ",
+            " a",
+            "a ",
+            "\ta",
+            "a\n",
+            "a\u{0}b",
+            "a\u{7f}",
+            "\u{85}a",
+            "a\u{a0}",
+            "\u{3000}a",
+            "a\u{2028}",
+            "a\u{9f}b",
+            "\u{1680}",
+            "a\u{202f}",
+            "\u{205f}a",
+        ];
+        for s in samples {
+            let by_check = check_user_id(s).is_ok();
+            let by_pattern = pattern.is_match(s) && s.chars().count() <= USER_ID_MAX_CHARS;
+            assert_eq!(by_check, by_pattern, "{s:?}");
+        }
+        // Every single character, alone and between two letters.
+        for c in (0..=0x3100).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}b")] {
+                assert_eq!(check_user_id(&s).is_ok(), pattern.is_match(&s), "{s:?}");
+            }
+        }
+        let long = "x".repeat(USER_ID_MAX_CHARS);
+        assert!(check_user_id(&long).is_ok());
+        assert!(check_user_id(&format!("{long}x")).is_err());
+        assert!(check_user_id(&"é".repeat(USER_ID_MAX_CHARS)).is_ok());
+    }
 }

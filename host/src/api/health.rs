@@ -10,14 +10,26 @@ use serde::Serialize;
 
 use crate::platform::Platform;
 
-#[derive(Debug, Serialize)]
+/// The host's health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
+    /// `ok` (live), `ready` or `not_ready`.
+    #[schema(value_type = String, example = "ready")]
     status: &'static str,
+    /// Readiness only: each backend, `ok ({kind})` or `down ({kind}): {reason}`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, String>)]
     backends: BTreeMap<&'static str, String>,
 }
 
-/// `GET /health/live`: the process answers.
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "healthLive",
+    tag = "operations",
+    responses((status = 200, description = "The process answers", body = Health))
+)]
 pub async fn live() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -25,7 +37,17 @@ pub async fn live() -> Json<Health> {
     })
 }
 
-/// `GET /health/ready`: every configured backend answers.
+/// Readiness: every configured backend (database, admission queue, event bus) answers.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "healthReady",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every backend answers", body = Health),
+        (status = 503, description = "A backend is down; `backends` says which", body = Health),
+    )
+)]
 pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<Health>) {
     let (db, queue, bus) = tokio::join!(
         platform.store.ping(),

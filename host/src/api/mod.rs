@@ -3,13 +3,19 @@
 //!
 //! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
 //! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
-//! (bearer-token routes), `health`, and `page/index.html`, the live campaign page at `/`.
+//! (bearer-token routes), `health`, `doc` (the OpenAPI document and its interactive page), and
+//! `page/index.html`, the live campaign page at `/`.
+//!
+//! Every route is registered through [`utoipa_axum::routes!`], which takes its path and method
+//! from the handler's `#[utoipa::path]`: the router and the document cannot disagree.
 
 pub mod admin;
 pub mod campaigns;
+pub mod doc;
 pub mod error;
 pub mod health;
 pub mod requests;
+pub mod schema;
 pub mod streams;
 
 use std::sync::Arc;
@@ -18,7 +24,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post, put};
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::platform::Platform;
 use error::ApiError;
@@ -28,63 +36,99 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// Except the bulk user upload: 1,000 profiles.
 const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-pub fn router(platform: Arc<Platform>) -> Router {
-    let admin = Router::new()
-        .route("/campaigns", get(admin::list_campaigns))
-        .route("/consumers", get(admin::consumers))
-        .route("/plugins", get(admin::plugins))
-        .route(
-            "/campaigns/{campaign_id}",
-            put(admin::put_campaign).delete(admin::delete_campaign),
-        )
-        .route("/users/{user_id}", put(admin::put_user))
-        .route(
-            "/users",
-            put(admin::put_users).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            platform.clone(),
-            admin::require_token,
-        ));
-    let api = Router::new()
-        .route("/campaigns", get(campaigns::list))
-        .route("/campaigns/{campaign_id}", get(campaigns::get))
-        .route("/campaigns/{campaign_id}/stats", get(campaigns::stats))
-        .route("/campaigns/{campaign_id}/stats/stream", get(streams::stats))
-        .route(
-            "/campaigns/{campaign_id}/requests/{user_id}/stream",
-            get(streams::request),
-        )
-        .route("/campaigns/{campaign_id}/requests", post(requests::create))
-        .route(
-            "/campaigns/{campaign_id}/requests/{user_id}",
-            get(requests::status),
-        )
-        .route("/users/{user_id}/coupons", get(requests::user_coupons))
-        .route("/coupons/request", post(requests::legacy_request))
-        .route("/coupons/my", get(requests::legacy_my))
-        .nest("/admin", admin);
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/", get(page))
-        .route("/dashboard", get(page))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(crate::monitoring::metrics))
+/// The versioned API under `/api/v1`.
+fn api_v1() -> OpenApiRouter<Arc<Platform>> {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::list_campaigns))
+        .routes(routes!(admin::consumers))
+        .routes(routes!(admin::plugins))
+        .routes(routes!(admin::put_campaign, admin::delete_campaign))
+        .routes(routes!(admin::put_user))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(admin::put_users))
+                .layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        );
+    OpenApiRouter::new()
+        .routes(routes!(campaigns::list))
+        .routes(routes!(campaigns::get))
+        .routes(routes!(campaigns::stats))
+        .routes(routes!(streams::stats))
+        .routes(routes!(streams::request))
+        .routes(routes!(requests::create))
+        .routes(routes!(requests::status))
+        .routes(routes!(requests::user_coupons))
+        .routes(routes!(requests::legacy_request))
+        .routes(routes!(requests::legacy_my))
+        .nest("/admin", admin)
+}
+
+/// Every route of the host with its documentation.
+fn routes() -> OpenApiRouter<Arc<Platform>> {
+    OpenApiRouter::with_openapi(doc::base())
+        .nest("/api/v1", api_v1())
+        .routes(routes!(page))
+        .routes(routes!(dashboard))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(crate::monitoring::metrics))
+        .routes(routes!(doc::openapi_json))
+}
+
+/// The OpenAPI document of every route (what `/api/openapi.json` serves).
+pub fn openapi() -> OpenApi {
+    let (_, mut document) = routes().split_for_parts();
+    doc::complete(&mut document);
+    document
+}
+
+/// The host's routes before the state is given: the documented routes, the interactive page
+/// for the document, the fallbacks and the layers. Separate from [`router`] so that a test can
+/// read what it serves.
+fn stateless() -> (Router<Arc<Platform>>, OpenApi) {
+    let (routes, mut document) = routes().split_for_parts();
+    doc::complete(&mut document);
+    let json = doc::Document::new(&document);
+    let router = routes
         .route_layer(middleware::from_fn(crate::monitoring::observe_request))
+        .merge(doc::interactive_page())
+        .layer(axum::Extension(json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(platform)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    (router, document)
+}
+
+pub fn router(platform: Arc<Platform>) -> Router {
+    stateless().0.with_state(platform)
 }
 
 /// The live campaign page: one self-contained HTML file (no build step), fed by the
 /// statistics stream, `/api/v1/campaigns` and `/metrics`.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "livePage",
+    tag = "pages",
+    responses((status = 200, description = "The live campaign page", content_type = "text/html", body = String))
+)]
 async fn page() -> impl axum::response::IntoResponse {
     (
         [("cache-control", "no-cache")],
         axum::response::Html(include_str!("page/index.html")),
     )
+}
+
+/// The live campaign page, under the name operators look for.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    operation_id = "dashboardPage",
+    tag = "pages",
+    responses((status = 200, description = "The live campaign page", content_type = "text/html", body = String))
+)]
+async fn dashboard() -> impl axum::response::IntoResponse {
+    page().await
 }
 
 async fn not_found() -> ApiError {
@@ -98,3 +142,6 @@ async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
 }
+
+#[cfg(test)]
+mod tests;

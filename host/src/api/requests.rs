@@ -8,23 +8,53 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, check_user_id};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, check_user_id};
+use super::schema::UserId;
 use crate::admission::Admit;
 use crate::campaign::Campaign;
 use crate::clock::now_ms;
 use crate::platform::Platform;
 use crate::store::CouponView;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestBody {
+/// The `{campaign_id}` path parameter (for the document; handlers take `ApiPath`).
+#[allow(dead_code)]
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CampaignParam {
+    /// The campaign's id: 1-64 of `a-z`, `0-9`, `-` and `_`.
+    #[param(example = "spring-sale")]
+    campaign_id: String,
+}
+
+/// The `{user_id}` path parameter (for the document; handlers take `ApiPath`).
+#[allow(dead_code)]
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserParam {
+    /// The user: 1-128 characters, no control characters, no surrounding white space.
+    #[param(value_type = UserId)]
     user_id: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A request for one coupon of a campaign.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    /// Who asks: 1-128 characters, no control characters, no surrounding white space.
+    #[schema(value_type = UserId)]
+    user_id: String,
+}
+
+/// An admitted request: the user holds a place in line and will get a coupon.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Queued {
+    /// Identifies this request in logs and in the `coupon.issued` event.
     request_id: String,
+    /// Always `queued`.
+    #[schema(value_type = String, example = "queued")]
     status: &'static str,
+    /// The place in line, from 1; the coupon's position once issued.
+    #[schema(minimum = 1)]
     position: i64,
 }
 
@@ -73,7 +103,25 @@ async fn admit(
     }
 }
 
-/// `POST /api/v1/campaigns/{campaign_id}/requests`
+/// Ask for a coupon: one request per user and campaign, admitted in arrival order while
+/// coupons remain. An admitted request is issued a coupon shortly after; follow it with
+/// `GET .../requests/{user_id}` or its stream.
+#[utoipa::path(
+    post,
+    path = "/campaigns/{campaign_id}/requests",
+    operation_id = "createRequest",
+    tag = "requests",
+    params(CampaignParam),
+    request_body = RequestBody,
+    responses(
+        (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 409, description = "`duplicate_request`: this user already asked", body = ErrorBody),
+        (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,
@@ -82,16 +130,35 @@ pub async fn create(
     admit(&platform, &campaign_id, &body.user_id).await
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// Where a user's request stands.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Status {
+    /// `queued` (waiting for its coupon), `issued`, or `none` (no request).
+    #[schema(value_type = String, example = "issued")]
     status: &'static str,
+    /// The place in line (queued or issued).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     position: Option<i64>,
+    /// The coupon, once issued.
     #[serde(skip_serializing_if = "Option::is_none")]
     coupon: Option<CouponView>,
 }
 
-/// `GET /api/v1/campaigns/{campaign_id}/requests/{user_id}`
+/// A user's request for a coupon of a campaign: queued, issued (with the coupon) or none.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}/requests/{user_id}",
+    operation_id = "getRequest",
+    tag = "requests",
+    params(CampaignParam, UserParam),
+    responses(
+        (status = 200, description = "The request's state", body = Status),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(platform): State<Arc<Platform>>,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
@@ -137,7 +204,8 @@ pub async fn status_of(
     )
 }
 
-#[derive(Debug, Serialize)]
+/// Every coupon a user was issued, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Coupons {
     user_id: String,
     coupons: Vec<CouponView>,
@@ -149,7 +217,18 @@ async fn coupons_of(platform: &Platform, user_id: String) -> Result<Json<Coupons
     Ok(Json(Coupons { user_id, coupons }))
 }
 
-/// `GET /api/v1/users/{user_id}/coupons`
+/// Every coupon a user holds, across campaigns.
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/coupons",
+    operation_id = "listUserCoupons",
+    tag = "requests",
+    params(UserParam),
+    responses(
+        (status = 200, description = "The user's coupons", body = Coupons),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+    )
+)]
 pub async fn user_coupons(
     State(platform): State<Arc<Platform>>,
     ApiPath(user_id): ApiPath<String>,
@@ -157,12 +236,40 @@ pub async fn user_coupons(
     coupons_of(&platform, user_id).await
 }
 
-/// An id the replaced system sent as a number or a string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// An id the replaced system sent as a number or a string. A number must be a whole number
+/// from 0 to 2^53 - 1, which every JSON reader holds exactly (`12.0` is `12`); larger ids are
+/// sent as text.
+#[derive(Debug)]
 pub enum LegacyId {
     Number(u64),
     Text(String),
+}
+
+/// The largest id number: 2^53 - 1, beyond which JSON numbers lose digits in most readers.
+pub const LEGACY_ID_MAX: u64 = (1 << 53) - 1;
+
+impl<'de> Deserialize<'de> for LegacyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self::Text(s)),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=LEGACY_ID_MAX as f64).contains(f))
+                        .map(|f| f as u64)
+                })
+                .filter(|id| *id <= LEGACY_ID_MAX)
+                .map(Self::Number)
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "an id number must be a whole number from 0 to {LEGACY_ID_MAX}; send larger ids as text"
+                    ))
+                }),
+            _ => Err(D::Error::custom("an id is a number or a string")),
+        }
+    }
 }
 
 impl LegacyId {
@@ -174,14 +281,62 @@ impl LegacyId {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The replaced system's request body: ids as numbers or strings.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyRequest {
+    /// The user: a number, or text following the rules of `UserId`.
+    #[schema(schema_with = legacy_user_id)]
     user_id: LegacyId,
+    /// The campaign's id, as a number or as text.
+    #[schema(schema_with = legacy_campaign_id)]
     promotion_id: LegacyId,
 }
 
-/// `POST /api/v1/coupons/request {"userId", "promotionId"}`: the replaced system's route.
+fn legacy_number() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(LEGACY_ID_MAX))
+        .build()
+}
+
+fn legacy_user_id() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(legacy_number())
+        .item(utoipa::openapi::Ref::from_schema_name("UserId"))
+        .build()
+        .into()
+}
+
+fn legacy_campaign_id() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(legacy_number())
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String),
+        )
+        .build()
+        .into()
+}
+
+/// The replaced system's route, kept for its clients: the same admission as
+/// `POST /campaigns/{campaign_id}/requests`.
+#[utoipa::path(
+    post,
+    path = "/coupons/request",
+    operation_id = "legacyRequestCoupon",
+    tag = "legacy",
+    request_body = LegacyRequest,
+    responses(
+        (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 409, description = "`duplicate_request`", body = ErrorBody),
+        (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
+    )
+)]
 pub async fn legacy_request(
     State(platform): State<Arc<Platform>>,
     ApiJson(body): ApiJson<LegacyRequest>,
@@ -190,13 +345,28 @@ pub async fn legacy_request(
     admit(&platform, &body.promotion_id.into_string(), &user_id).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct LegacyMy {
+    /// The user (a number or text).
+    #[param(value_type = UserId)]
     user_id: LegacyId,
 }
 
-/// `GET /api/v1/coupons/my?userId=`: the replaced system's route.
+/// The replaced system's route, kept for its clients: a user's coupons.
+#[utoipa::path(
+    get,
+    path = "/coupons/my",
+    operation_id = "legacyMyCoupons",
+    tag = "legacy",
+    params(LegacyMy),
+    responses(
+        (status = 200, description = "The user's coupons", body = Coupons),
+        (status = 400, description = "`invalid_query`: `userId` is missing", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+    )
+)]
 pub async fn legacy_my(
     State(platform): State<Arc<Platform>>,
     ApiQuery(query): ApiQuery<LegacyMy>,

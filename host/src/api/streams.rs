@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 
-use super::error::{ApiError, ApiPath, check_user_id};
-use super::requests::{Status, status_of};
+use super::error::{ApiError, ApiPath, ErrorBody, check_user_id};
+use super::requests::{CampaignParam, Status, UserParam, status_of};
+use super::schema::{StatsEvent, StatusEvent};
 use crate::live::{FALLBACK, Feeds};
 use crate::platform::Platform;
 
@@ -23,8 +24,22 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserialisable"))
 }
 
-/// `GET /api/v1/campaigns/{campaign_id}/stats/stream`: `stats` events, the current snapshot
-/// first, then one per change (at most one per 250 ms; a slow client skips to the latest).
+/// The campaign's live statistics as server-sent events: `stats` events whose data is a
+/// `LiveStats` document, the current snapshot first, then one per change (at most one per
+/// 250 ms; a slow client skips to the latest). A comment every 15 s keeps the connection
+/// alive; the stream ends when the host shuts down.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}/stats/stream",
+    operation_id = "streamCampaignStats",
+    tag = "streams",
+    params(CampaignParam),
+    responses(
+        (status = 200, description = "An endless stream of `stats` events",
+            content_type = "text/event-stream", body = StatsEvent),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+    )
+)]
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,
@@ -50,9 +65,23 @@ pub async fn stats(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// `GET /api/v1/campaigns/{campaign_id}/requests/{user_id}/stream`: `status` events as the
-/// user's request moves (`queued` with its position, then `issued` with the coupon), then the
-/// stream ends; it ends at once with `none` when the user has no request.
+/// One user's request as server-sent events: `status` events (a `Status` document) as it
+/// moves, `queued` with its position, then `issued` with the coupon, and then the stream ends.
+/// It ends at once with `none` when the user has no request.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}/requests/{user_id}/stream",
+    operation_id = "streamRequest",
+    tag = "streams",
+    params(CampaignParam, UserParam),
+    responses(
+        (status = 200, description = "`status` events until the request is issued",
+            content_type = "text/event-stream", body = StatusEvent),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
 pub async fn request(
     State(platform): State<Arc<Platform>>,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,

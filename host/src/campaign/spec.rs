@@ -9,9 +9,16 @@ use crate::plugin::PluginSpec;
 
 /// Chunk size when a campaign does not set one.
 pub const DEFAULT_CHUNK_SIZE: u32 = 10;
-const MAX_CAPACITY: i64 = 100_000_000;
-const MAX_CHUNK_SIZE: u32 = 1_000;
-const MAX_NAME_LEN: usize = 200;
+pub const MAX_CAPACITY: i64 = 100_000_000;
+pub const MAX_CHUNK_SIZE: u32 = 1_000;
+pub const MAX_NAME_CHARS: usize = 200;
+/// The name's rule for the OpenAPI document: some character that is neither control nor white
+/// space, and no control characters (see `api::error::USER_ID_PATTERN` for the classes).
+pub const NAME_PATTERN: &str = concat!(
+    r"^[^\x00-\x1f\x7f-\x9f]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"[^\x00-\x1f\x7f-\x9f]*$",
+);
 
 /// Why a campaign document or id was refused. The message says what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,25 +56,35 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
 }
 
 /// What an operator writes for a campaign.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
+    #[schema(value_type = crate::api::schema::CampaignName)]
     pub name: String,
     /// How many coupons the campaign issues in all.
+    #[schema(minimum = 1, maximum = 100_000_000)] // MAX_CAPACITY
     pub capacity: i64,
     /// The coupon's worth, an integer in the smallest currency unit.
+    #[schema(minimum = 0)]
     pub value: i64,
+    /// When requests are first admitted (RFC 3339); absent: at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub opens_at: Option<DateTime<FixedOffset>>,
+    /// When admission stops (RFC 3339, after `opens_at`); absent: when sold out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub closes_at: Option<DateTime<FixedOffset>>,
+    /// When issued coupons expire (RFC 3339, after `opens_at`); absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub coupon_expires_at: Option<DateTime<FixedOffset>>,
     /// Requests issued per database transaction (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000)] // MAX_CHUNK_SIZE
     pub chunk_size: Option<u32>,
     /// The consumer plugin of each role (`notification`, `history`, `stats`, or any other
-    /// role name): `[plugins.{role}]` sections.
+    /// role name: 1-64 of `a-z`, `0-9`, `-` and `_`): `[plugins.{role}]` sections.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: BTreeMap<String, PluginSpec>,
 }
@@ -86,10 +103,10 @@ impl CampaignSpec {
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), SpecError> {
         let name = self.name.trim();
-        if name.is_empty() || self.name.len() > MAX_NAME_LEN {
+        if name.is_empty() || self.name.chars().count() > MAX_NAME_CHARS {
             return Err(invalid(
                 "name",
-                format!("must be 1 to {MAX_NAME_LEN} bytes"),
+                format!("must be 1 to {MAX_NAME_CHARS} characters, not only white space"),
             ));
         }
         if self.name.chars().any(char::is_control) {

@@ -31,7 +31,7 @@ pub struct CampaignPlugins {
 }
 
 /// A campaign's statistics as subscribers see them.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     pub campaign_id: String,
     pub capacity: i64,
@@ -70,7 +70,7 @@ impl StatsSnapshot {
 }
 
 /// One plugin as the admin API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PluginStatus {
     pub campaign_id: String,
     pub role: String,

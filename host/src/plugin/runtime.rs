@@ -35,6 +35,8 @@ use crate::store::{Effects, Scope};
 pub const TICK: Duration = Duration::from_millis(10);
 /// Instances that can be live at once in the pooling allocator (one per event being handled).
 const POOL_INSTANCES: u32 = 256;
+/// The largest component file the host reads; the reference plugins are about 100 KiB.
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 const HANDLER_EXPORT: &str = "firstcome:plugin/handler@0.1.0";
 const INIT_EXPORT: &str = "firstcome:plugin/init@0.1.0";
 const PACKAGE_PREFIX: &str = "firstcome:plugin/";
@@ -100,7 +102,7 @@ pub struct Counters {
     epochs: AtomicU64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CounterSnapshot {
     pub calls: u64,
     /// Calls that ended in a handle error the plugin returned.
@@ -257,10 +259,32 @@ impl Runtime {
 
     /// Reads a component file, checking its hash when `expected_sha256` is given.
     pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u8>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::File {
+        use std::io::Read;
+        let refuse = |reason: String| LoadError::File {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // Only a regular file of sane size: a path naming a device or a pipe (a typo in a
+        // campaign file, or `/dev/zero`) must be refused, not block or fill the memory.
+        let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(refuse("not a regular file".into()));
+        }
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(refuse(format!(
+                "{} bytes; a component may have at most {MAX_COMPONENT_BYTES}",
+                meta.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| refuse(e.to_string()))?;
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(refuse(format!(
+                "grew past {MAX_COMPONENT_BYTES} bytes while read"
+            )));
+        }
         if let Some(expected) = expected_sha256 {
             let actual = hex::encode(Sha256::digest(&bytes));
             if !actual.eq_ignore_ascii_case(expected) {

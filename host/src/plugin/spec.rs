@@ -15,7 +15,19 @@ const MAX_SETTING_LEN: usize = 16 * 1024;
 
 /// A host interface a plugin may call. `log` and `settings` are always available: they reach
 /// nothing outside the plugin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     Kv,
@@ -52,13 +64,15 @@ impl fmt::Display for Capability {
 }
 
 /// Which component handles one role of a campaign, and with what.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
     /// The `.wasm` component; a relative path is taken from the campaign folder.
+    #[schema(value_type = String, min_length = 1, example = "plugins/history.wasm")]
     pub path: PathBuf,
     /// The expected SHA-256 of the file (hex); a file that differs is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9a-fA-F]{64}$")]
     pub sha256: Option<String>,
     /// The capabilities the plugin may call besides `log` and `settings`.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -68,9 +82,11 @@ pub struct PluginSpec {
     pub settings: BTreeMap<String, String>,
     /// Wall-clock limit of one call (default: the host's `plugins.timeout_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60_000)] // MAX_TIMEOUT_MS
     pub timeout_ms: Option<u64>,
     /// Memory limit of one instance (default: the host's `plugins.memory_mb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_024)] // MAX_MEMORY_MB
     pub memory_mb: Option<u32>,
 }
 

@@ -24,15 +24,23 @@ pub struct ChunkOutcome {
 }
 
 /// A coupon as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CouponView {
     pub coupon_id: String,
     pub campaign_id: String,
     pub campaign_name: String,
+    /// The coupon's worth in the smallest currency unit.
     pub value: i64,
+    /// 12 characters of Crockford's base32, unique.
+    #[schema(example = "7QX2M9K4ZB1C")]
     pub code: String,
+    /// The request's place in line.
     pub position: i64,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub issued_at: String,
+    /// RFC 3339; absent when the coupon does not expire.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 

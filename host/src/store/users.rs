@@ -7,7 +7,7 @@ use super::{Dialect, Result, Store};
 use crate::clock::now_ms;
 
 /// A user's contact details and demographics, set through the admin API.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UserProfile {
     pub user_id: String,
     pub email: Option<String>,
