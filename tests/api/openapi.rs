@@ -170,6 +170,8 @@ async fn schemathesis(base: &str, report: &str) -> (bool, String) {
         .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
         .args(["--report", "junit", "--report-junit-path"])
         .arg(reports.join(format!("{report}.xml")))
+        // Its cache (`.schemathesis/`) goes with the reports, not into the source tree.
+        .current_dir(&reports)
         .kill_on_drop(true)
         .output()
         .await
