@@ -60,6 +60,13 @@ rustup target add wasm32-wasip2
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
 fi
+# schemathesis (PyPI) fuzzes a running host from its OpenAPI document; pinned, as its checks
+# change between versions.
+schemathesis_version=4.32.5
+if [[ "$(python3 -m schemathesis.cli --version 2>/dev/null)" != *"version $schemathesis_version"* ]]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "schemathesis==$schemathesis_version"
+fi
 # A real Prometheus scrapes a test host (Debian's package).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)

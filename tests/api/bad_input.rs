@@ -61,6 +61,25 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
         "invalid_body",
     )
     .await;
+    // JSON that is not an object: serde alone would read `["a"]` as `{"user_id": "a"}`.
+    let body = expect(
+        &app,
+        post(&requests).json(&json!(["a"])),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("object"),
+        "{body}"
+    );
+    expect(
+        &app,
+        post(&requests).json(&json!(null)),
+        422,
+        "invalid_body",
+    )
+    .await;
     expect(
         &app,
         post(&requests).json(&json!({"user_id": ""})),
@@ -138,6 +157,28 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
         "invalid_body",
     )
     .await;
+    // Legacy id numbers: whole numbers up to 2^53 - 1, which JSON readers hold exactly.
+    for promotion in [
+        json!(-1),
+        json!(1.5),
+        json!(9_007_199_254_740_992_u64),
+        json!(true),
+    ] {
+        expect(
+            &app,
+            post("/api/v1/coupons/request").json(&json!({"userId": 1, "promotionId": promotion})),
+            422,
+            "invalid_body",
+        )
+        .await;
+    }
+    expect(
+        &app,
+        post("/api/v1/coupons/request").json(&json!({"userId": 12.0, "promotionId": 7})),
+        404,
+        "unknown_campaign",
+    )
+    .await;
     expect(
         &app,
         c.get(app.url("/api/v1/coupons/my")),
@@ -207,6 +248,31 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
         &app,
         admin_put("/api/v1/admin/campaigns/new-one")
             .json(&json!({"name": "n", "capacity": 1, "value": 1, "opens_at": "soon"})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    // A plugin path that is not a regular file (a device would block or fill the memory).
+    let body = expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/new-one").json(&json!({
+            "name": "n", "capacity": 1, "value": 1,
+            "plugins": {"history": {"path": "/dev/zero", "grants": ["history"]}}
+        })),
+        422,
+        "invalid_plugin",
+    )
+    .await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{body}"
+    );
+    expect(
+        &app,
+        admin_put("/api/v1/admin/users/u1").json(&json!([null, null])),
         422,
         "invalid_body",
     )

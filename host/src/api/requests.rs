@@ -314,7 +314,8 @@ fn legacy_campaign_id() -> utoipa::openapi::schema::Schema {
         .item(legacy_number())
         .item(
             utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String),
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .examples(["spring-sale"]),
         )
         .build()
         .into()

@@ -58,6 +58,11 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
 /// What an operator writes for a campaign.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Spring sale", "capacity": 1000, "value": 5000,
+    "opens_at": "2026-03-01T10:00:00+09:00", "closes_at": "2026-03-01T22:00:00+09:00",
+    "chunk_size": 10
+}))]
 pub struct CampaignSpec {
     #[schema(value_type = crate::api::schema::CampaignName)]
     pub name: String,
