@@ -178,16 +178,39 @@ fn caller_request_id(request: &Request) -> Option<String> {
     ok.then(|| id.to_owned())
 }
 
-/// Gives every HTTP request an id (the caller's `x-request-id`, or a new one) that its log
-/// lines carry and its response echoes, and times it by route pattern, method and status.
-pub async fn observe_request(request: Request, next: Next) -> Response {
-    let route = request
+/// The route pattern a request matched, handed from [`tag_route`] to [`observe_request`].
+#[derive(Clone, Debug)]
+struct MatchedRoute(String);
+
+/// Route layer: names the route pattern the request matched in its span and, for
+/// [`observe_request`]'s metrics, on its response. (Only a route layer sees the match; the
+/// outer layer also sees requests no route matched.)
+pub async fn tag_route(request: Request, next: Next) -> Response {
+    let Some(route) = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map(|p| p.as_str().to_owned())
+    else {
+        return next.run(request).await;
+    };
+    tracing::Span::current().record("route", route.as_str());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(MatchedRoute(route));
+    response
+}
+
+/// The outermost layer: gives every HTTP request, matched or not, an id (the caller's
+/// `x-request-id`, or a new one) that its log lines carry and its response echoes, and times
+/// it by route pattern (`unmatched` when none matched), method and status.
+pub async fn observe_request(request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        %method,
+        route = tracing::field::Empty
+    );
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -210,6 +233,10 @@ pub async fn observe_request(request: Request, next: Next) -> Response {
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    let route = response
+        .extensions()
+        .get::<MatchedRoute>()
+        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
     histogram!("firstcome_http_request_duration_seconds",
         "method" => method, "route" => route, "status" => status.as_u16().to_string())
     .record(elapsed.as_secs_f64());

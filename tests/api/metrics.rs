@@ -132,5 +132,28 @@ async fn responses_carry_the_request_id() {
         "has spaces",
         "an unusable id is replaced"
     );
+    // Also answers no route gave: an unknown path, a wrong method, the API's Swagger UI.
+    let unknown = app
+        .client
+        .get(app.url("/no/such/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.headers().contains_key("x-request-id"));
+    let wrong = app
+        .client
+        .delete(app.url("/api/v1/campaigns"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert!(wrong.headers().contains_key("x-request-id"));
+    let docs = app.client.get(app.url("/api/docs/")).send().await.unwrap();
+    assert!(docs.headers().contains_key("x-request-id"));
+    // They are timed too, unknown paths under one `unmatched` route.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains(r#"route="unmatched""#), "{text}");
     app.stop().await;
 }

@@ -90,12 +90,13 @@ fn stateless() -> (Router<Arc<Platform>>, OpenApi) {
     doc::complete(&mut document);
     let json = doc::Document::new(&document);
     let router = routes
-        .route_layer(middleware::from_fn(crate::monitoring::observe_request))
         .merge(doc::interactive_page())
+        .route_layer(middleware::from_fn(crate::monitoring::tag_route))
         .layer(axum::Extension(json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(crate::monitoring::observe_request));
     (router, document)
 }
 
