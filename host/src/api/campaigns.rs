@@ -33,7 +33,7 @@ pub struct CampaignView {
     /// Requests issued per database transaction.
     chunk_size: u32,
     /// `not_open`, `open`, `sold_out` or `closed`.
-    #[schema(value_type = String, example = "open")]
+    #[schema(value_type = super::schema::CampaignState)]
     status: &'static str,
     capacity: i64,
     admitted: i64,

@@ -14,7 +14,7 @@ use crate::platform::Platform;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` (live), `ready` or `not_ready`.
-    #[schema(value_type = String, example = "ready")]
+    #[schema(value_type = super::schema::HealthState)]
     status: &'static str,
     /// Readiness only: each backend, `ok ({kind})` or `down ({kind}): {reason}`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

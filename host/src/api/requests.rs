@@ -134,7 +134,7 @@ pub async fn create(
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Status {
     /// `queued` (waiting for its coupon), `issued`, or `none` (no request).
-    #[schema(value_type = String, example = "issued")]
+    #[schema(value_type = super::schema::RequestState)]
     status: &'static str,
     /// The place in line (queued or issued).
     #[serde(skip_serializing_if = "Option::is_none")]
