@@ -66,6 +66,9 @@ pub struct Platform {
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
+    /// Held by an admin change of a campaign from applying it to writing its file, so that
+    /// concurrent changes are applied and written in the same order.
+    campaign_writes: tokio::sync::Mutex<()>,
 }
 
 impl Platform {
@@ -96,7 +99,13 @@ impl Platform {
             consumers,
             campaigns: RwLock::default(),
             rejected: RwLock::default(),
+            campaign_writes: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Serialises admin changes of campaigns (apply, then write the file) on this host.
+    pub async fn campaign_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.campaign_writes.lock().await
     }
 
     pub fn campaign(&self, id: &str) -> Option<Arc<Campaign>> {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use firstcome::campaign::{Campaign, CampaignSpec};
+
 use crate::helpers::{ADMIN_TOKEN, Backend, spawn_app, wait_for};
+use crate::on_all_backends;
 
 fn cli() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
@@ -226,3 +229,67 @@ fn cli_validate_says_what_to_fix() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Concurrent changes of one campaign, through the admin API of one host and straight into
+/// the database as several hosts applying the same file at start-up do, all succeed (a
+/// database that breaks a deadlock between them is answered by running the change again),
+/// and afterwards what runs, the database row and the file agree.
+async fn concurrent_changes_of_one_campaign(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = crate::helpers::unique("c");
+    let put = |i: i64| {
+        app.client
+            .put(app.url(&format!("/api/v1/admin/campaigns/{id}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": format!("v{i}"), "capacity": 100 + i, "value": 1}))
+            .send()
+    };
+    let answers = futures::future::join_all((0..16).map(put)).await;
+    for r in answers {
+        let r = r.unwrap();
+        let status = r.status().as_u16();
+        assert!(
+            status == 200 || status == 201,
+            "{status}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    let running = app.platform.campaign(&id).expect("the campaign runs");
+    let store = &app.backends.store;
+    let row = store.campaign_row(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.capacity),
+        (running.name.as_str(), running.capacity)
+    );
+    let file = app
+        .platform
+        .config
+        .campaigns_dir()
+        .join(format!("{id}.toml"));
+    let written = CampaignSpec::from_toml(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(
+        (written.name.as_str(), written.capacity),
+        (running.name.as_str(), running.capacity)
+    );
+
+    // Other hosts: their own connections to the same database, applying at once.
+    let other = firstcome::store::Store::open(&app.backends.database_url)
+        .await
+        .unwrap();
+    let changes = (0..16).map(|i| {
+        let store = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let campaign = Campaign::new(&id, crate::helpers::spec(200 + i)).unwrap();
+        async move { store.upsert_campaign(&campaign).await }
+    });
+    for result in futures::future::join_all(changes).await {
+        result.expect("a concurrent change applies");
+    }
+    other.close().await;
+    app.stop().await;
+}
+
+on_all_backends!(concurrent_changes, concurrent_changes_of_one_campaign);

@@ -63,11 +63,14 @@ fn campaign_file(platform: &Platform, id: &str) -> std::path::PathBuf {
     platform.config.campaigns_dir().join(format!("{id}.toml"))
 }
 
-/// Writes a file whole or not at all (a temporary file renamed over it).
+/// Writes a file whole or not at all: a temporary file of its own (the watcher reads only
+/// `*.toml`), renamed over it.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("toml.tmp");
+    let tmp = path.with_extension(format!("toml.{}.tmp", uuid::Uuid::new_v4().simple()));
     std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The `{campaign_id}` path parameter of the admin routes.
@@ -108,6 +111,7 @@ pub async fn put_campaign(
     validate_id(&id).map_err(|e| ApiError::bad_request("invalid_campaign_id", e.to_string()))?;
     let campaign = Campaign::new(&id, spec.clone())
         .map_err(|e| ApiError::unprocessable("invalid_campaign", e.to_string()))?;
+    let _writing = platform.campaign_writes().await;
     let existed = platform.campaign(&id).is_some();
     platform.apply_campaign(campaign).await?;
     let path = campaign_file(&platform, &id);
@@ -144,6 +148,7 @@ pub async fn delete_campaign(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     validate_id(&id).map_err(|e| ApiError::bad_request("invalid_campaign_id", e.to_string()))?;
+    let _writing = platform.campaign_writes().await;
     let path = campaign_file(&platform, &id);
     let had_file = match std::fs::remove_file(&path) {
         Ok(()) => true,

@@ -17,9 +17,31 @@ pub struct CampaignRow {
     pub active: bool,
 }
 
+/// Times a change of a campaign runs when the database keeps breaking deadlocks with it.
+const UPSERT_ATTEMPTS: u32 = 5;
+
 impl Store {
     /// Inserts or updates a campaign, keeping its issued count; refuses a capacity below it.
+    ///
+    /// Changes of one campaign at once (hosts applying the same file at start-up, two admin
+    /// calls) can deadlock on MariaDB/MySQL: `INSERT IGNORE` share-locks the existing row, then
+    /// each wants it exclusively. The database rolls one back; it is run again.
     pub async fn upsert_campaign(&self, c: &Campaign) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.try_upsert_campaign(c).await {
+                Err(e) if e.is_transient() && attempt < UPSERT_ATTEMPTS => {
+                    tracing::debug!(campaign = %c.id, attempt, error = %e, "campaign change retried");
+                    let pause = rand::random_range(1..=10 * u64::from(attempt));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_upsert_campaign(&self, c: &Campaign) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let insert = self.dialect.insert_ignore(

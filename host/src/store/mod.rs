@@ -50,6 +50,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// The database rolled the transaction back to break a deadlock or a serialisation
+    /// conflict (SQLSTATE 40001, or PostgreSQL's 40P01): running it again is the answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Sqlx(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The SQL engine behind the pool.
