@@ -128,9 +128,22 @@ async fn the_interactive_page_runs_a_route_in_a_real_browser() {
             .unwrap_or_default()
             .to_owned()
     };
-    let shown = wait_for(20, || async {
-        let text = answer().await;
-        text.contains("200") && text.contains(&id)
+    // A click that lands while the panel is still rendering is lost: press again each second
+    // until the answer shows.
+    let execute = "const e = document.querySelector('#operations-campaigns-listCampaigns .execute'); \
+                   if (e) e.click();";
+    let mut polls = 0;
+    let shown = wait_for(20, || {
+        polls += 1;
+        let again = polls % 50 == 0;
+        let (browser, answer, id) = (&browser, &answer, &id);
+        async move {
+            let text = answer().await;
+            if again && text.is_empty() {
+                browser.execute(execute).await;
+            }
+            text.contains("200") && text.contains(id.as_str())
+        }
     })
     .await;
     assert!(shown.is_some(), "the page shows: {}", answer().await);
