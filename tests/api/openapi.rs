@@ -66,6 +66,15 @@ async fn the_document_is_served_and_printed_by_the_cli_alike() {
         .await
         .unwrap();
     assert!(init.contains("\"url\": \"/api/openapi.json\""), "{init}");
+    let missing = app
+        .client
+        .get(app.url("/api/docs/no-such-file.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["code"], "not_found");
     app.stop().await;
 }
 

@@ -9,7 +9,8 @@
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response as HttpResponse};
 use utoipa::ToSchema;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -19,7 +20,7 @@ use utoipa::openapi::{
     RefOr, Response, ResponseBuilder, Tag, Type, schema::ObjectBuilder,
 };
 
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 
 /// Where the document is served; the interactive page reads it from here.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -222,9 +223,19 @@ pub fn interactive_page<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
         .validator_url("none")
         .try_it_out_enabled(true)
         .persist_authorization(true);
-    utoipa_swagger_ui::SwaggerUi::new(PAGE_PATH)
+    let page: axum::Router<S> = utoipa_swagger_ui::SwaggerUi::new(PAGE_PATH)
         .config(config)
-        .into()
+        .into();
+    // Its file routes answer a missing file with an empty 404; answer as the API does.
+    page.layer(axum::middleware::map_response(
+        |response: HttpResponse| async move {
+            if response.status() == StatusCode::NOT_FOUND {
+                ApiError::not_found("not_found", "no such file of the API's page").into_response()
+            } else {
+                response
+            }
+        },
+    ))
 }
 
 /// Any JSON object (the document's own schema is beyond the scope of the document).
