@@ -17,11 +17,7 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let driver = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())

@@ -292,11 +292,7 @@ async fn killed_process_loses_nothing() {
     )
     .unwrap();
     let start = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
             .arg("serve")
             .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))

@@ -46,6 +46,15 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// A port nobody listens on now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",
@@ -309,6 +318,17 @@ impl TestApp {
             .expect("the host answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The body of a `GET` as text.
+    pub async fn text(&self, path: &str) -> String {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the host answers");
+        r.text().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -46,11 +46,7 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(storage: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let mut broker = Self {
             address: format!("127.0.0.1:{port}"),
             port,

@@ -152,8 +152,7 @@ async fn responses_carry_the_request_id() {
     let docs = app.client.get(app.url("/api/docs/")).send().await.unwrap();
     assert!(docs.headers().contains_key("x-request-id"));
     // They are timed too, unknown paths under one `unmatched` route.
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = app.text("/metrics").await;
     assert!(text.contains(r#"route="unmatched""#), "{text}");
     app.stop().await;
 }

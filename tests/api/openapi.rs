@@ -56,15 +56,7 @@ async fn the_document_is_served_and_printed_by_the_cli_alike() {
     assert_eq!(page.status(), 200, "redirected to /api/docs/");
     assert_eq!(page.url().path(), "/api/docs/");
     assert!(page.text().await.unwrap().contains("swagger-ui"));
-    let init = app
-        .client
-        .get(app.url("/api/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let init = app.text("/api/docs/swagger-initializer.js").await;
     assert!(init.contains("\"url\": \"/api/openapi.json\""), "{init}");
     let missing = app
         .client
@@ -82,15 +74,7 @@ async fn the_document_is_served_and_printed_by_the_cli_alike() {
 async fn the_interactive_page_runs_a_route_in_a_real_browser() {
     let app = spawn_app(Backend::Embedded).await;
     let id = app.campaign(spec(5)).await;
-    let document: Value = app
-        .client
-        .get(app.url("/api/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, document) = app.get("/api/openapi.json").await;
     let browser = Browser::start().await;
     browser.resize(1280, 1600).await;
     browser.open(&app.url("/api/docs/")).await;

@@ -36,11 +36,7 @@ impl SmtpServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mbox = dir.path().join("mbox");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let child = std::process::Command::new("python3")
             .args([
                 "-m",

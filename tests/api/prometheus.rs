@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::helpers::{Backend, spawn_app, spec, storm, wait_for, with_history};
+use crate::helpers::{Backend, free_port, spawn_app, spec, storm, wait_for, with_history};
 
 struct Prometheus {
     child: std::process::Child,
@@ -20,14 +20,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts Prometheus with `deploy/prometheus.yml`, pointed at `target` and scraping every second.
@@ -114,15 +106,7 @@ async fn prometheus_scrapes_the_host_and_the_dashboard_queries_exported_series()
     assert_eq!(sold_out[0]["value"][1], "10");
 
     // Every metric the dashboard uses is exported by the host.
-    let exported = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = app.text("/metrics").await;
     let names: BTreeSet<&str> = exported
         .lines()
         .filter(|l| !l.starts_with('#'))
