@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite: starts the services the tests need when they are down, then runs
-# formatting and lint checks and every test against real Redis, MariaDB and PostgreSQL.
+# The whole test suite: starts the services the tests need when they are down, installs the
+# pinned test tools, then runs formatting and lint checks and every test against real Redis,
+# MariaDB, PostgreSQL and a Kafka-protocol broker.
 # Usage: bash tests/run.sh   (extra arguments go to `cargo test`)
+#
+# A first run on a new machine installs tools while the project builds (they only need to be
+# ready when the tests start); a repeated run finds them in place and skips them. Each phase's
+# wall time is printed at the end, also when a phase fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# Test tools that are built or installed once and kept between runs.
+tools="${FC_TOOLS_DIR:-$HOME/.cache/firstcome-tools}"
+logs="$tools/logs"
+mkdir -p "$logs"
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -16,7 +25,69 @@ wait_until() { # wait_until SECONDS COMMAND...
   done
 }
 
-log "services"
+# --- phase timing -------------------------------------------------------------------------
+run_started=$(date +%s)
+timings=()
+phase_name="" phase_started=0
+phase() { # phase NAME: ends the running phase and starts NAME
+  local now; now=$(date +%s)
+  [[ -n "$phase_name" ]] && timings+=("$phase_name|$((now - phase_started))")
+  phase_name=$1 phase_started=$now
+  log "$1"
+}
+declare -A bg_pids=()
+background() { # background NAME COMMAND...: runs while the build goes on; output in $logs/NAME.log
+  local name=$1; shift
+  echo "started in the background: $name (log: $logs/$name.log)"
+  (
+    started=$(date +%s)
+    rc=0; "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    echo "$(($(date +%s) - started)) $rc" >"$logs/$name.time"
+    exit "$rc"
+  ) &
+  bg_pids[$name]=$!
+}
+await() { # await NAME: waits for a background step; its failure ends the run with its log
+  local name=$1 waited_from; waited_from=$(date +%s)
+  [[ -n "${bg_pids[$name]:-}" ]] || return 0
+  if ! wait "${bg_pids[$name]}"; then
+    tail -n 60 "$logs/$name.log" >&2
+    echo "background step failed: $name (whole log: $logs/$name.log)" >&2
+    exit 1
+  fi
+  unset "bg_pids[$name]"
+  local waited=$(($(date +%s) - waited_from))
+  ((waited > 0)) && echo "waited ${waited}s for $name"
+  return 0
+}
+print_timings() {
+  local now; now=$(date +%s)
+  [[ -n "$phase_name" ]] && timings+=("$phase_name|$((now - phase_started))")
+  phase_name=""
+  printf '\n== timings (wall seconds)\n'
+  local entry
+  for entry in "${timings[@]}"; do printf '  %-52s %6s\n' "${entry%%|*}" "${entry##*|}"; done
+  local file
+  for file in "$logs"/*.time; do
+    [[ -e "$file" && "$file" -nt "$logs/.run-started" ]] || continue
+    read -r secs rc <"$file"
+    printf '  %-52s %6s%s\n' "background: $(basename "$file" .time)" "$secs" \
+      "$( ((rc == 0)) || echo "  (failed)")"
+  done
+  printf '  %-52s %6s\n' "total" "$((now - run_started))"
+}
+cleanup() {
+  local pid
+  for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -n "${broker_pid:-}" ]] && kill "$broker_pid" 2>/dev/null || true
+  [[ -n "${kafka_dir:-}" ]] && rm -rf "$kafka_dir"
+  print_timings
+}
+touch "$logs/.run-started"
+trap cleanup EXIT
+
+# --- services -----------------------------------------------------------------------------
+phase "services"
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
@@ -33,54 +104,97 @@ fi
 wait_until 60 mysqladmin -h 127.0.0.1 -uroot ping
 echo "redis, postgresql, mariadb: up"
 
-# A Kafka-protocol broker: tansu, built from crates.io once (about 15 minutes on two cores)
-# and kept in ~/.cargo/bin. The suite shares one broker; tests that restart a broker start
-# their own.
-if ! command -v tansu >/dev/null 2>&1; then
-  log "installing the tansu broker (first run only)"
-  cargo install tansu --locked --features dynostore,libsql
+# --- tools, installed while the project builds ----------------------------------------------
+phase "tools: start what is missing"
+# Debian's packages: openssl signs FCM grants, a real Prometheus scrapes a test host, and the
+# pages are tested in Chromium through chromedriver.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if ((${#missing[@]})); then
+  background apt bash -c 'apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"' \
+    apt "${missing[@]}"
 fi
+# Python tools (schemathesis, aiosmtpd and all they depend on) at the exact versions and hashes
+# of tests/tools/requirements.txt, in a virtual environment of their own; rebuilt only when
+# that lock file changes. Its `python3` comes first on PATH for the tests.
+venv="$tools/venv"
+lock_sum=$(sha256sum tests/tools/requirements.txt | cut -d' ' -f1)
+if [[ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$lock_sum" ]]; then
+  background python-tools bash -c 'rm -rf "$1" && python3 -m venv "$1" &&
+    "$1/bin/pip" install --quiet --disable-pip-version-check --require-hashes --no-deps \
+      -r tests/tools/requirements.txt && echo "$2" >"$1/.lock-sha256"' python-tools "$venv" "$lock_sum"
+fi
+export PATH="$venv/bin:$PATH"
+# Rust-built tools, pinned, kept in ~/.cargo/bin. Built at opt-level 1: they only serve the
+# tests, and it builds them in about half the time of the default release profile. Each has
+# its own build directory so that neither waits on the other or on the project's build.
+install_crate() { # install_crate CRATE@VERSION [cargo install options...]
+  local crate=$1; shift
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install "$crate" --locked \
+    --target-dir "$tools/build/${crate%@*}" "$@"
+  rm -rf "$tools/build/${crate%@*}"
+}
+# A Kafka-protocol broker (tansu) with the two storage engines the tests use: memory:// for the
+# shared broker, sqlite:// (libSQL) for brokers that restart.
+command -v tansu >/dev/null || background tansu install_crate tansu@0.6.0 --features dynostore,libsql
+# Plugins must also build with cargo-component, the other way plugin authors build them.
+command -v cargo-component >/dev/null || background cargo-component install_crate cargo-component@0.21.1
+# Plugins build for wasm32-wasip2.
+rustup target add wasm32-wasip2
+
+# --- checks and builds --------------------------------------------------------------------
+phase "format"
+cargo fmt --all -- --check
+
+phase "lint: host"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+phase "lint and unit tests: plugin workspaces"
+for workspace in plugins tests/plugins examples/plugins; do
+  (cd "$workspace" && cargo fmt --all -- --check \
+    && cargo clippy --release --locked --target wasm32-wasip2 -- -D warnings \
+    && cargo test --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')")
+done
+
+# Build first, then run under a time limit: a failing Kafka test can leave librdkafka waiting on
+# a broker that is gone, and a hang should fail the run, not eat CI's 90 minutes.
+phase "build: tests"
+cargo test --workspace --locked --no-run
+cargo build --locked --bin firstcome
+
+phase "plugins built with cargo component load and run in the host"
+await cargo-component
+component_dir="${CARGO_TARGET_DIR:-$PWD/target}/cargo-component"
+(cd plugins && cargo component build --release --locked --target-dir "$component_dir")
+firstcome="${CARGO_TARGET_DIR:-$PWD/target}/debug/firstcome"
+for plugin in notification history stats; do
+  "$firstcome" plugin test "$component_dir/wasm32-wasip1/release/$plugin.wasm" \
+    --event examples/events/coupon-issued.json >/dev/null
+  echo "$plugin: ok"
+done
+
+# --- the tests ----------------------------------------------------------------------------
+phase "tools: wait for the rest"
+await tansu
+await apt
+await python-tools
+python3 -m schemathesis.cli --version
+# The suite shares one broker; tests that restart a broker start their own.
 if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then
   kafka_dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ >"$kafka_dir/broker.log" 2>&1 &
   broker_pid=$!
-  trap 'kill $broker_pid 2>/dev/null || true; rm -rf "$kafka_dir"' EXIT
   export FC_TEST_KAFKA_BROKERS="127.0.0.1:$port"
   wait_until 60 bash -c "echo > /dev/tcp/127.0.0.1/$port"
   kill -0 "$broker_pid" || { cat "$kafka_dir/broker.log"; exit 1; }
 fi
 echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
-
-# Plugins build for wasm32-wasip2; the notification tests talk to a real SMTP server
-# (aiosmtpd, from PyPI) and sign FCM grants with a key made by openssl.
-log "plugin toolchain and test tools"
-rustup target add wasm32-wasip2
-if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
-fi
-# schemathesis (PyPI) fuzzes a running host from its OpenAPI document; pinned, as its checks
-# change between versions.
-schemathesis_version=4.32.5
-if [[ "$(python3 -m schemathesis.cli --version 2>/dev/null)" != *"version $schemathesis_version"* ]]; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    "schemathesis==$schemathesis_version"
-fi
-# A real Prometheus scrapes a test host (Debian's package).
-missing=()
-command -v openssl >/dev/null || missing+=(openssl)
-command -v prometheus >/dev/null || missing+=(prometheus)
-# The live page is tested in Debian's Chromium through chromedriver.
-command -v chromium >/dev/null || missing+=(chromium)
-command -v chromedriver >/dev/null || missing+=(chromium-driver)
-if ((${#missing[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-# Plugins must also build with cargo-component (once, about 7 minutes; kept in ~/.cargo/bin).
-command -v cargo-component >/dev/null || cargo install cargo-component --locked
-
 # Each test makes its own database (fct_*); drop those earlier runs left behind.
 for db in $(mysql -h 127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fct\_%'"); do
   mysql -h 127.0.0.1 -uroot -e "DROP DATABASE \`$db\`"
@@ -89,30 +203,5 @@ for db in $(psql -h 127.0.0.1 -U postgres -At -c "SELECT datname FROM pg_databas
   psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE \"$db\""
 done
 
-log "format"
-cargo fmt --all -- --check
-
-log "lint"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-for workspace in plugins tests/plugins examples/plugins; do
-  (cd "$workspace" && cargo fmt --all -- --check \
-    && cargo clippy --release --locked --target wasm32-wasip2 -- -D warnings \
-    && cargo test --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')")
-done
-
-log "tests"
-# Build first, then run under a time limit: a failing Kafka test can leave librdkafka waiting on
-# a broker that is gone, and a hang should fail the run, not eat CI's 90 minutes.
-cargo test --workspace --locked --no-run
-
-log "plugins built with cargo component load and run in the host"
-component_dir="${CARGO_TARGET_DIR:-$PWD/target}/cargo-component"
-(cd plugins && cargo component build --release --locked --target-dir "$component_dir")
-cargo build --locked --bin firstcome
-firstcome="${CARGO_TARGET_DIR:-$PWD/target}/debug/firstcome"
-for plugin in notification history stats; do
-  "$firstcome" plugin test "$component_dir/wasm32-wasip1/release/$plugin.wasm" \
-    --event examples/events/coupon-issued.json >/dev/null
-  echo "$plugin: ok"
-done
+phase "tests"
 timeout --kill-after=30s 30m cargo test --workspace --locked "$@"
