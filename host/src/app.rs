@@ -29,6 +29,7 @@ use crate::plugin::email::Mailer;
 use crate::plugin::fcm::Pusher;
 use crate::plugin::services::LiveServices;
 use crate::plugin::{PluginHost, Runtime};
+use crate::queue_guard::QueueGuard;
 use crate::store::Store;
 
 /// A built host, ready to serve.
@@ -55,7 +56,7 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
             Some(url) => Arc::new(RedisAdmission::connect(url).await.with_context(|| {
                 format!("connecting to Redis {}", crate::config::redact_url(url))
             })?),
-            None => Arc::new(EmbeddedAdmission::new()),
+            None => Arc::new(EmbeddedAdmission::new(store.clone())),
         };
     Ok((store, admission))
 }
@@ -97,6 +98,7 @@ impl App {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         let changes = Arc::new(crate::live::Changes::default());
+        let guard = Arc::new(QueueGuard::new(store.clone(), admission.clone()));
         let issuers = Issuers::new(
             IssuerContext {
                 store: store.clone(),
@@ -106,6 +108,7 @@ impl App {
                 topic: config.outbox.topic.clone(),
                 host_id,
                 changes: changes.clone(),
+                guard,
             },
             shutdown.clone(),
             tracker.clone(),
@@ -134,6 +137,8 @@ impl App {
         watcher.scan().await;
         // Every campaign file is applied: the consumer groups may start reading.
         platform.enable_consumers();
+        tracing::info!(admission = platform.admission.kind(),
+            guarantee = %platform.admission.durability().await, "what an answered 202 survives");
         tracker.spawn(watcher.run(
             Duration::from_millis(config.campaigns_poll_ms),
             shutdown.clone(),

@@ -16,10 +16,11 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, QueueItem};
+use crate::admission::{Admission, AdmissionError, QueueItem};
 use crate::campaign::Campaign;
 use crate::config::IssuerConfig;
 use crate::outbox::Publisher;
+use crate::queue_guard::QueueGuard;
 use crate::store::Store;
 
 /// What every issuer task shares.
@@ -34,6 +35,8 @@ pub struct IssuerContext {
     pub host_id: String,
     /// Told about every committed chunk (live views).
     pub changes: Arc<crate::live::Changes>,
+    /// Raised by every committed chunk; rebuilds a queue that lost a campaign.
+    pub guard: Arc<QueueGuard>,
 }
 
 #[derive(Debug)]
@@ -91,6 +94,11 @@ impl Issuers {
         }
     }
 
+    /// The admission guard the issuers raise with every chunk (the platform admits with it).
+    pub fn guard(&self) -> Arc<QueueGuard> {
+        self.ctx.guard.clone()
+    }
+
     /// Tells the campaign's issuer that a request was admitted.
     pub fn wake(&self, campaign_id: &str) {
         if let Some(r) = self.running.lock().unwrap().get(campaign_id) {
@@ -121,7 +129,19 @@ async fn drain(
         }
         let items = match ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim).await {
             Ok(items) => items,
+            Err(AdmissionError::Lost(_)) => {
+                // Redis lost its data: rebuild now rather than at the next admission, so
+                // that the loss is audited and counted even when nobody asks any more.
+                ctx.guard.suspect();
+                let current = campaign.borrow().clone();
+                if let Err(e) = ctx.guard.resync(&current, false).await {
+                    tracing::warn!(campaign = %id, error = %e, "cannot rebuild the admission queue");
+                    pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                }
+                continue;
+            }
             Err(e) => {
+                ctx.guard.suspect();
                 tracing::warn!(campaign = %id, error = %e, "cannot read the admission queue");
                 pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
                 continue;
@@ -170,7 +190,12 @@ async fn issue(
             }
         }
     };
+    ctx.guard.raise(id, outcome.mark);
+    ctx.guard.handled(id, items.iter().map(|i| i.position));
     if !outcome.refused.is_empty() {
+        // Answered 202 by some host, refused by the database: lost with the queue's data.
+        metrics::counter!("firstcome_admissions_lost_total", "campaign" => id.to_owned())
+            .increment(outcome.refused.len() as u64);
         tracing::warn!(campaign = %id, refused = outcome.refused.len(),
             "the database refused admitted requests: the campaign is full (the admission \
              queue had lost its data)");

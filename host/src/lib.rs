@@ -33,5 +33,6 @@ pub mod monitoring;
 pub mod outbox;
 pub mod platform;
 pub mod plugin;
+pub mod queue_guard;
 pub mod store;
 pub mod telemetry;

@@ -143,10 +143,31 @@ fn describe() {
         "firstcome_plugin_swaps_total",
         "Running plugins replaced by another version"
     );
+    describe_histogram!(
+        "firstcome_admission_write_batch_size",
+        "Admissions the embedded queue recorded per group commit"
+    );
+    describe_histogram!(
+        "firstcome_admission_write_seconds",
+        "Time to record one group commit of admissions"
+    );
+    describe_counter!(
+        "firstcome_admission_write_failures_total",
+        "Group commits of admissions the database refused (retried)"
+    );
+    describe_counter!(
+        "firstcome_admission_rebuilds_total",
+        "Admission states rebuilt from the database (missing, or behind it)"
+    );
+    describe_counter!(
+        "firstcome_admissions_lost_total",
+        "Requests answered 202 that the admission queue lost with its data"
+    );
     for name in [
         "firstcome_events_published_total",
         "firstcome_publish_failures_total",
         "firstcome_relay_republished_total",
+        "firstcome_admission_write_failures_total",
     ] {
         counter!(name).increment(0);
     }
@@ -165,7 +186,13 @@ pub fn group_started(group: &str) {
 
 /// Zeros for a campaign's counters.
 pub fn campaign_started(campaign: &str) {
-    counter!("firstcome_chunk_failures_total", "campaign" => campaign.to_owned()).increment(0);
+    for name in [
+        "firstcome_chunk_failures_total",
+        "firstcome_admission_rebuilds_total",
+        "firstcome_admissions_lost_total",
+    ] {
+        counter!(name, "campaign" => campaign.to_owned()).increment(0);
+    }
 }
 
 /// The header that carries a request's id, both ways.

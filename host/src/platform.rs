@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::issuer::Issuers;
 use crate::plugin::PluginHost;
 use crate::plugin::host::RoleHandler;
+use crate::queue_guard::{GuardError, QueueGuard};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,19 @@ pub enum PlatformError {
     Admission(#[from] AdmissionError),
     #[error("the admission queue lost campaign {0} again after each rebuild")]
     QueueUnstable(String),
+    #[error("the admission queue fell behind the database again after each rebuild of {0}")]
+    QueueBehind(String),
     #[error("{0}")]
     Plugin(String),
+}
+
+impl From<GuardError> for PlatformError {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::Store(e) => Self::Store(e),
+            GuardError::Admission(e) => Self::Admission(e),
+        }
+    }
 }
 
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
@@ -58,6 +70,8 @@ pub struct Platform {
     pub admission: Arc<dyn Admission>,
     pub bus: Arc<dyn EventBus>,
     pub issuers: Issuers,
+    /// The admission floor, the rebuild and the audit of lost admissions.
+    pub guard: Arc<QueueGuard>,
     pub plugins: Arc<PluginHost>,
     /// Change counters and snapshot streams for live views.
     pub changes: Arc<crate::live::Changes>,
@@ -92,6 +106,7 @@ impl Platform {
             store,
             admission,
             bus,
+            guard: issuers.guard(),
             issuers,
             changes: plugins.changes.clone(),
             plugins,
@@ -155,20 +170,16 @@ impl Platform {
     }
 
     /// Writes the campaign into the admission queue, rebuilding it from the database's
-    /// coupons when the queue has nothing for it (or `force`). Returns whether it rebuilt.
+    /// coupons when the queue has nothing for it, holds less than the database issued, or
+    /// `force`. Returns whether it rebuilt.
     pub async fn sync_admission(&self, c: &Campaign, force: bool) -> Result<bool, PlatformError> {
-        let issued = self.store.issued_users(&c.id).await?;
-        let rebuilt = self.admission.sync_campaign(c, &issued, force).await?;
-        if rebuilt {
-            tracing::info!(campaign = %c.id, issued = issued.len(), force,
-                "admission state rebuilt from the database");
-        }
-        Ok(rebuilt)
+        Ok(self.guard.resync(c, force).await?)
     }
 
-    /// Admits a user's request. When the queue has lost the campaign (Redis restarted or was
-    /// flushed) it is rebuilt from the database and the request tried again; if it is lost
-    /// again each time, the queue is reported unstable.
+    /// Admits a user's request against the campaign's floor (what the database has issued).
+    /// When the queue has lost the campaign (Redis restarted or was flushed) or holds less
+    /// than the floor (it came back from an older snapshot), it is rebuilt from the database
+    /// and the request tried again; if that keeps happening, the queue is reported unstable.
     pub async fn admit(
         &self,
         c: &Campaign,
@@ -176,19 +187,32 @@ impl Platform {
         now: i64,
     ) -> Result<Admitted, PlatformError> {
         let request_id = Uuid::now_v7().to_string();
-        let mut outcome = self
-            .admission
-            .admit(&c.id, user_id, &request_id, now)
-            .await?;
-        for _ in 0..REBUILD_ATTEMPTS {
-            if outcome != Admit::Unknown {
+        let mut outcome = Admit::Unknown;
+        for attempt in 0..=REBUILD_ATTEMPTS {
+            if attempt > 0 {
+                self.sync_admission(c, false).await?;
+            }
+            let floor = self.guard.floor(&c.id).await;
+            outcome = match self
+                .admission
+                .admit(&c.id, user_id, &request_id, now, floor)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // Redis may be restarting: read the floor again before the next admission.
+                    self.guard.suspect();
+                    return Err(e.into());
+                }
+            };
+            if !matches!(outcome, Admit::Unknown | Admit::Behind) {
                 break;
             }
-            self.sync_admission(c, false).await?;
-            outcome = self
-                .admission
-                .admit(&c.id, user_id, &request_id, now)
-                .await?;
+            if outcome == Admit::Behind {
+                tracing::warn!(campaign = %c.id, ?floor,
+                    "the admission queue is behind the database (restored from an older \
+                     snapshot?): rebuilding it");
+            }
         }
         let result = match outcome {
             Admit::Admitted { .. } => "admitted",
@@ -196,16 +220,19 @@ impl Platform {
             Admit::SoldOut => "sold_out",
             Admit::Closed => "closed",
             Admit::NotOpen => "not_open",
-            Admit::Unknown => "unavailable",
+            Admit::Unknown | Admit::Behind => "unavailable",
         };
         metrics::counter!("firstcome_admissions_total", "campaign" => c.id.clone(), "result" => result)
             .increment(1);
-        if outcome == Admit::Unknown {
-            return Err(PlatformError::QueueUnstable(c.id.clone()));
-        }
-        if matches!(outcome, Admit::Admitted { .. }) {
-            self.issuers.wake(&c.id);
-            self.changes.bump(&c.id);
+        match outcome {
+            Admit::Unknown => return Err(PlatformError::QueueUnstable(c.id.clone())),
+            Admit::Behind => return Err(PlatformError::QueueBehind(c.id.clone())),
+            Admit::Admitted { position } => {
+                self.guard.answered(&c.id, user_id, position);
+                self.issuers.wake(&c.id);
+                self.changes.bump(&c.id);
+            }
+            _ => {}
         }
         Ok(Admitted {
             outcome,

@@ -5,10 +5,16 @@ use std::time::Duration;
 
 use firstcome::admission::embedded::EmbeddedAdmission;
 use firstcome::admission::redis::RedisAdmission;
-use firstcome::admission::{Admission, Admit};
+use firstcome::admission::{Admission, Admit, Floor};
 use firstcome::campaign::{Campaign, CampaignSpec};
 
 use crate::helpers::{redis_url, spec, unique};
+
+/// No floor: the database has issued nothing.
+const NO_FLOOR: Floor = Floor {
+    issued: 0,
+    last_position: 0,
+};
 
 async fn redis() -> Arc<dyn Admission> {
     Arc::new(
@@ -19,7 +25,11 @@ async fn redis() -> Arc<dyn Admission> {
 }
 
 async fn embedded() -> Arc<dyn Admission> {
-    Arc::new(EmbeddedAdmission::new())
+    // The queue records its admissions in a database of its own, kept until the process ends.
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let url = format!("sqlite:{}", dir.path().join("queue.db").display());
+    let store = firstcome::store::Store::open(&url).await.unwrap();
+    Arc::new(EmbeddedAdmission::new(store))
 }
 
 fn campaign(spec: CampaignSpec) -> Campaign {
@@ -45,6 +55,7 @@ suite!(
     claims_fifo_and_acks,
     reclaims_idle_items,
     rebuilds_from_issued_users,
+    refuses_a_state_behind_the_database,
     campaigns_are_independent,
     forgets_refused_users,
     concurrent_admissions_never_pass_capacity,
@@ -57,7 +68,7 @@ async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
         "first sync builds"
     );
     for (i, user) in ["u1", "u2", "u3"].iter().enumerate() {
-        let got = q.admit(&c.id, user, "r", 0).await.unwrap();
+        let got = q.admit(&c.id, user, "r", 0, NO_FLOOR).await.unwrap();
         assert_eq!(
             got,
             Admit::Admitted {
@@ -65,7 +76,10 @@ async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
             }
         );
     }
-    assert_eq!(q.admit(&c.id, "u4", "r", 0).await.unwrap(), Admit::SoldOut);
+    assert_eq!(
+        q.admit(&c.id, "u4", "r", 0, NO_FLOOR).await.unwrap(),
+        Admit::SoldOut
+    );
     let counts = q.counts(&c.id).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (3, 3));
     assert_eq!(q.position(&c.id, "u2").await.unwrap(), Some(2));
@@ -76,11 +90,11 @@ async fn dedupes_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(10));
     q.sync_campaign(&c, &[], false).await.unwrap();
     assert_eq!(
-        q.admit(&c.id, "u", "r1", 0).await.unwrap(),
+        q.admit(&c.id, "u", "r1", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r2", 0).await.unwrap(),
+        q.admit(&c.id, "u", "r2", 0, NO_FLOOR).await.unwrap(),
         Admit::Duplicate { position: 1 }
     );
     assert_eq!(q.counts(&c.id).await.unwrap().admitted, 1);
@@ -95,15 +109,15 @@ async fn respects_the_window(q: Arc<dyn Admission>) {
     let opens = c.opens_at.unwrap();
     let closes = c.closes_at.unwrap();
     assert_eq!(
-        q.admit(&c.id, "u", "r", opens - 1).await.unwrap(),
+        q.admit(&c.id, "u", "r", opens - 1, NO_FLOOR).await.unwrap(),
         Admit::NotOpen
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r", closes).await.unwrap(),
+        q.admit(&c.id, "u", "r", closes, NO_FLOOR).await.unwrap(),
         Admit::Closed
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r", opens).await.unwrap(),
+        q.admit(&c.id, "u", "r", opens, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
@@ -115,15 +129,22 @@ async fn respects_the_window(q: Arc<dyn Admission>) {
 
 async fn unknown_until_synced(q: Arc<dyn Admission>) {
     let c = campaign(spec(1));
-    assert_eq!(q.admit(&c.id, "u", "r", 0).await.unwrap(), Admit::Unknown);
-    assert!(q.claim(&c.id, "h", 10, None).await.unwrap().is_empty());
+    assert_eq!(
+        q.admit(&c.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
+        Admit::Unknown
+    );
+    // The issuer is told, so that it has the campaign rebuilt.
+    assert!(matches!(
+        q.claim(&c.id, "h", 10, None).await,
+        Err(firstcome::admission::AdmissionError::Lost(id)) if id == c.id
+    ));
 }
 
 async fn claims_fifo_and_acks(q: Arc<dyn Admission>) {
     let c = campaign(spec(100));
     q.sync_campaign(&c, &[], false).await.unwrap();
     for i in 0..25 {
-        q.admit(&c.id, &format!("u{i:02}"), &format!("r{i}"), 7)
+        q.admit(&c.id, &format!("u{i:02}"), &format!("r{i}"), 7, NO_FLOOR)
             .await
             .unwrap();
     }
@@ -155,7 +176,9 @@ async fn reclaims_idle_items(q: Arc<dyn Admission>) {
     let c = campaign(spec(100));
     q.sync_campaign(&c, &[], false).await.unwrap();
     for i in 0..5 {
-        q.admit(&c.id, &format!("u{i}"), "r", 0).await.unwrap();
+        q.admit(&c.id, &format!("u{i}"), "r", 0, NO_FLOOR)
+            .await
+            .unwrap();
     }
     let dead = q.claim(&c.id, "dead-host", 10, None).await.unwrap();
     assert_eq!(dead.len(), 5);
@@ -190,26 +213,88 @@ async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
         "present: not rebuilt"
     );
     assert_eq!(
-        q.admit(&c.id, "a", "r", 0).await.unwrap(),
+        q.admit(&c.id, "a", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Duplicate { position: 1 }
     );
     assert_eq!(
-        q.admit(&c.id, "c", "r", 0).await.unwrap(),
+        q.admit(&c.id, "c", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 5 }
     );
     let counts = q.counts(&c.id).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (3, 1));
-    // Forcing drops what was queued and starts again from the database's word.
+    // Forcing starts again from the database's word: the coupons and, for the embedded queue,
+    // its durable record of admissions not yet issued. Redis's queue is its own record: what
+    // it queued is dropped.
+    let kept = q.kind() == "embedded";
     assert!(q.sync_campaign(&c, &issued, true).await.unwrap());
-    assert_eq!(q.counts(&c.id).await.unwrap().queued, 0);
-    assert_eq!(q.position(&c.id, "c").await.unwrap(), None);
+    assert_eq!(q.counts(&c.id).await.unwrap().queued, i64::from(kept));
+    assert_eq!(
+        q.position(&c.id, "c").await.unwrap(),
+        kept.then_some(5),
+        "{}",
+        q.kind()
+    );
     for u in ["c", "d", "e"] {
-        assert!(matches!(
-            q.admit(&c.id, u, "r", 0).await.unwrap(),
-            Admit::Admitted { .. }
-        ));
+        let outcome = q.admit(&c.id, u, "r", 0, NO_FLOOR).await.unwrap();
+        if kept && u == "c" {
+            assert_eq!(outcome, Admit::Duplicate { position: 5 });
+        } else {
+            assert!(
+                matches!(outcome, Admit::Admitted { .. }),
+                "{u}: {outcome:?}"
+            );
+        }
     }
-    assert_eq!(q.admit(&c.id, "f", "r", 0).await.unwrap(), Admit::SoldOut);
+    assert_eq!(
+        q.admit(&c.id, "f", "r", 0, NO_FLOOR).await.unwrap(),
+        Admit::SoldOut
+    );
+}
+
+/// A state older than the database (Redis restored from an earlier snapshot) admits nobody:
+/// it answers `Behind` below the floor, and a sync with the database's coupons rebuilds it.
+async fn refuses_a_state_behind_the_database(q: Arc<dyn Admission>) {
+    let c = campaign(spec(6));
+    let early = vec![("a".to_owned(), 1), ("b".to_owned(), 2)];
+    q.sync_campaign(&c, &early, false).await.unwrap();
+    // Since then the database issued two more; the queue never saw them.
+    let issued: Vec<(String, i64)> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.to_string(), i as i64 + 1))
+        .collect();
+    let floor = Floor::of_issued(&issued);
+    assert_eq!(
+        q.admit(&c.id, "x", "r", 0, floor).await.unwrap(),
+        Admit::Behind
+    );
+    assert_eq!(
+        q.admit(&c.id, "c", "r", 0, floor).await.unwrap(),
+        Admit::Behind,
+        "a holder is not told anything from the stale state"
+    );
+    // Either count behind is enough.
+    let by_position = Floor {
+        issued: 2,
+        last_position: 4,
+    };
+    assert_eq!(
+        q.admit(&c.id, "x", "r", 0, by_position).await.unwrap(),
+        Admit::Behind
+    );
+    assert!(
+        q.sync_campaign(&c, &issued, false).await.unwrap(),
+        "a sync below the database's coupons rebuilds"
+    );
+    assert!(!q.sync_campaign(&c, &issued, false).await.unwrap(), "once");
+    assert_eq!(
+        q.admit(&c.id, "c", "r", 0, floor).await.unwrap(),
+        Admit::Duplicate { position: 3 }
+    );
+    assert_eq!(
+        q.admit(&c.id, "x", "r", 0, floor).await.unwrap(),
+        Admit::Admitted { position: 5 }
+    );
 }
 
 async fn campaigns_are_independent(q: Arc<dyn Admission>) {
@@ -218,20 +303,23 @@ async fn campaigns_are_independent(q: Arc<dyn Admission>) {
     q.sync_campaign(&a, &[], false).await.unwrap();
     q.sync_campaign(&b, &[], false).await.unwrap();
     assert_eq!(
-        q.admit(&a.id, "u", "r", 0).await.unwrap(),
+        q.admit(&a.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.admit(&b.id, "u", "r", 0).await.unwrap(),
+        q.admit(&b.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
-    assert_eq!(q.admit(&a.id, "v", "r", 0).await.unwrap(), Admit::SoldOut);
+    assert_eq!(
+        q.admit(&a.id, "v", "r", 0, NO_FLOOR).await.unwrap(),
+        Admit::SoldOut
+    );
 }
 
 async fn forgets_refused_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(2));
     q.sync_campaign(&c, &[], false).await.unwrap();
-    q.admit(&c.id, "u", "r", 0).await.unwrap();
+    q.admit(&c.id, "u", "r", 0, NO_FLOOR).await.unwrap();
     q.forget(&c.id, &["u".to_owned()]).await.unwrap();
     assert_eq!(q.position(&c.id, "u").await.unwrap(), None);
 }
@@ -243,7 +331,7 @@ async fn concurrent_admissions_never_pass_capacity(q: Arc<dyn Admission>) {
     for i in 0..400 {
         let (q, id) = (q.clone(), c.id.clone());
         tasks.push(tokio::spawn(async move {
-            q.admit(&id, &format!("u{}", i % 200), "r", 0)
+            q.admit(&id, &format!("u{}", i % 200), "r", 0, NO_FLOOR)
                 .await
                 .unwrap()
         }));

@@ -124,7 +124,7 @@ impl Backends {
         let store = Store::open(&database_url).await.expect("migrations apply");
         let (admission, embedded, redis_url): (Arc<dyn Admission>, _, _) = match backend {
             Backend::Embedded => {
-                let e = Arc::new(EmbeddedAdmission::new());
+                let e = Arc::new(EmbeddedAdmission::new(store.clone()));
                 (e.clone(), Some(e), None)
             }
             _ => (
@@ -439,11 +439,12 @@ pub async fn storm(
     accepted
 }
 
-/// Makes the admission queue lose everything, as a Redis restart or FLUSHALL would (a restart,
-/// for the embedded queue). Only for tests whose Redis database is their own.
+/// Makes the admission queue lose its data, as a Redis restart without persistence or FLUSHALL
+/// would; for the embedded queue, as a restart would (what it recorded comes back). Only for
+/// tests whose Redis database is their own.
 pub async fn lose_queue_data(backends: &Backends) {
     match (&backends.embedded, &backends.redis_url) {
-        (Some(embedded), _) => embedded.clear(),
+        (Some(embedded), _) => embedded.clear().await,
         (None, Some(url)) => {
             let mut conn = redis::Client::open(url.as_str())
                 .unwrap()

@@ -6,6 +6,7 @@ mod bad_input;
 mod browser;
 mod campaigns;
 mod concurrency;
+mod durability;
 mod events;
 mod faults;
 mod helpers;

@@ -2,11 +2,17 @@
 -- KEYS[1] meta hash (capacity, opens_at, closes_at, admitted, seq)
 -- KEYS[2] users hash (user id -> position)
 -- KEYS[3] queue stream
--- ARGV[1] user id, ARGV[2] now (epoch ms), ARGV[3] request id
+-- ARGV[1] user id, ARGV[2] now (epoch ms), ARGV[3] request id,
+-- ARGV[4] the floor's issued count, ARGV[5] the floor's highest issued position: the database
+-- has seen that much; a state holding less went back in time (an older snapshot) and must be
+-- rebuilt before it hands out positions other users hold.
 -- Returns {outcome, position}.
-local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted')
+local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq')
 if not meta[1] then
   return {'unknown', 0}
+end
+if tonumber(meta[4] or '0') < tonumber(ARGV[4]) or tonumber(meta[5] or '0') < tonumber(ARGV[5]) then
+  return {'behind', 0}
 end
 local now = tonumber(ARGV[2])
 if meta[2] and meta[2] ~= '' and now < tonumber(meta[2]) then

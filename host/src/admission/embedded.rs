@@ -1,17 +1,48 @@
-//! The in-process admission queue: the Redis script's semantics behind one mutex.
+//! The in-process admission queue: the Redis script's semantics behind one mutex, made durable
+//! in the database before it answers.
 //!
-//! It lives in memory, so a restart empties it; the next `sync_campaign` rebuilds each
-//! campaign from the database exactly as after Redis lost its data. Requests admitted but not
-//! yet issued when the process stops are dropped, and their users may ask again.
+//! An admission is decided in memory (window, duplicate, capacity, position) and appended to
+//! the *unwritten* list. One writer task writes everything unwritten in one transaction to the
+//! store's `admissions` table (a group commit: concurrent admissions share one write and, on
+//! SQLite, one fsync), and only then are those requests answered `202` and handed to the
+//! issuer. The chunk transaction that issues a request deletes its row.
+//!
+//! A start (the first `sync_campaign` of a campaign) rebuilds the campaign from the database:
+//! the users holding a coupon, then every recorded, unissued admission at its original
+//! position. So a process killed at any moment loses only requests it never answered `202`.
+//!
+//! When the database does not take a write, the writer retries with a back-off and the
+//! requests waiting on it are answered `503` after [`DURABLE_WAIT`]; they keep their place and
+//! are written (and issued) once the database answers, which their status then shows.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Admission, Admit, QueueCounts, QueueItem, Result};
+use super::{Admission, AdmissionError, Admit, Floor, QueueCounts, QueueItem, Result};
 use crate::campaign::Campaign;
+use crate::store::{AdmissionRow, Store};
+
+/// How long an admission waits for its group commit before it is answered `503`.
+pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Admissions written per transaction at most; more wait for the next one.
+const WRITE_BATCH: usize = 2_000;
+
+/// Back-off between attempts of a write the database refused, doubling up to the maximum.
+const WRITE_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// A user's place: their position and the group-commit ticket that makes it durable (0 for
+/// places read back from the database).
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    position: i64,
+    ticket: u64,
+}
 
 #[derive(Debug, Default)]
 struct CampaignQueue {
@@ -20,7 +51,8 @@ struct CampaignQueue {
     closes_at: Option<i64>,
     admitted: i64,
     seq: i64,
-    users: HashMap<String, i64>,
+    users: HashMap<String, Held>,
+    /// Written, not yet claimed, in position order.
     waiting: VecDeque<QueueItem>,
     /// Claimed, not yet acknowledged, by position.
     pending: BTreeMap<i64, Pending>,
@@ -32,20 +64,190 @@ struct Pending {
     claimed_at: Instant,
 }
 
-/// Admission in process memory.
+/// An admitted request waiting for its write.
+#[derive(Clone, Debug)]
+struct Unwritten {
+    campaign_id: String,
+    item: QueueItem,
+    ticket: u64,
+}
+
 #[derive(Debug, Default)]
+struct State {
+    campaigns: HashMap<String, CampaignQueue>,
+    /// In ticket order: the writer always takes a prefix.
+    unwritten: VecDeque<Unwritten>,
+    last_ticket: u64,
+    /// Bumped by [`EmbeddedAdmission::clear`]: tickets of an earlier epoch were lost.
+    epoch: u64,
+}
+
+/// Every ticket up to `ticket` of `epoch` is on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Written {
+    epoch: u64,
+    ticket: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    state: Mutex<State>,
+    written: watch::Sender<Written>,
+    /// Tells the writer there is something to write.
+    wake: Notify,
+    /// Held while a batch is written, and by whatever must not run beside a write (a
+    /// rebuild reads the durable record; `clear` drops what is unwritten).
+    writing: tokio::sync::Mutex<()>,
+}
+
+/// Admission in process memory, recorded in the database before it answers.
+#[derive(Debug)]
 pub struct EmbeddedAdmission {
-    campaigns: Mutex<HashMap<String, CampaignQueue>>,
+    shared: Arc<Shared>,
+    /// Stops the writer task when the queue is dropped.
+    _writer: DropGuard,
 }
 
 impl EmbeddedAdmission {
-    pub fn new() -> Self {
-        Self::default()
+    /// A queue whose admissions are recorded in `store`; starts its writer task (so it must
+    /// be called inside a Tokio runtime).
+    pub fn new(store: Store) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            state: Mutex::default(),
+            written: watch::Sender::new(Written::default()),
+            wake: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(write_loop(shared.clone(), stop.clone()));
+        Self {
+            shared,
+            _writer: stop.drop_guard(),
+        }
     }
 
-    /// Forgets everything, as a restart would (for tests of the rebuild path).
-    pub fn clear(&self) {
-        self.campaigns.lock().unwrap().clear();
+    /// Forgets everything in memory, as a restart would: what was written stays in the
+    /// database and comes back with the next `sync_campaign`; admissions whose write had not
+    /// happened are lost (their requests are answered `503`, never `202`). For tests.
+    pub async fn clear(&self) {
+        let _writing = self.shared.writing.lock().await;
+        let mut state = self.shared.state.lock().unwrap();
+        state.campaigns.clear();
+        state.unwritten.clear();
+        state.epoch += 1;
+        self.shared.written.send_replace(Written {
+            epoch: state.epoch,
+            ticket: state.last_ticket,
+        });
+    }
+
+    /// Waits until `ticket` of `epoch` is written.
+    async fn written(&self, epoch: u64, ticket: u64) -> Result<()> {
+        let mut rx = self.shared.written.subscribe();
+        let done = tokio::time::timeout(DURABLE_WAIT, async {
+            rx.wait_for(|w| w.epoch != epoch || w.ticket >= ticket)
+                .await
+                .map(|w| *w)
+        })
+        .await;
+        match done {
+            Ok(Ok(w)) if w.epoch == epoch => Ok(()),
+            Ok(Ok(_)) => Err(AdmissionError::NotRecorded(
+                "the queue was reset before the write".into(),
+            )),
+            Ok(Err(_)) => Err(AdmissionError::NotRecorded("the queue stopped".into())),
+            Err(_) => Err(AdmissionError::NotRecorded(format!(
+                "the database took no write within {} ms",
+                DURABLE_WAIT.as_millis()
+            ))),
+        }
+    }
+}
+
+impl Shared {
+    fn is_written(&self, held: Held) -> bool {
+        held.ticket <= self.written.borrow().ticket
+    }
+
+    /// Writes everything unwritten, a batch per transaction, retrying a refused write until
+    /// it succeeds or the queue stops.
+    async fn write_all(&self, stop: &CancellationToken) {
+        let mut retry = WRITE_RETRY.0;
+        loop {
+            let writing = self.writing.lock().await;
+            let (epoch, batch): (u64, Vec<Unwritten>) = {
+                let state = self.state.lock().unwrap();
+                let batch = state.unwritten.iter().take(WRITE_BATCH).cloned().collect();
+                (state.epoch, batch)
+            };
+            let Some(last) = batch.last().map(|u| u.ticket) else {
+                return;
+            };
+            let rows: Vec<AdmissionRow<'_>> = batch
+                .iter()
+                .map(|u| AdmissionRow {
+                    campaign_id: &u.campaign_id,
+                    item: &u.item,
+                })
+                .collect();
+            let started = Instant::now();
+            match self.store.record_admissions(&rows).await {
+                Ok(()) => {
+                    metrics::histogram!("firstcome_admission_write_batch_size")
+                        .record(batch.len() as f64);
+                    metrics::histogram!("firstcome_admission_write_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    self.applied(epoch, batch.len(), last);
+                    retry = WRITE_RETRY.0;
+                }
+                Err(e) => {
+                    drop(writing);
+                    metrics::counter!("firstcome_admission_write_failures_total").increment(1);
+                    tracing::warn!(error = %e, requests = batch.len(),
+                        "cannot record admissions; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    retry = (retry * 2).min(WRITE_RETRY.1);
+                }
+            }
+        }
+    }
+
+    /// A batch of `n` unwritten admissions (the front of the list) is on disk: hand them to
+    /// the issuer and answer their requests.
+    fn applied(&self, epoch: u64, n: usize, last: u64) {
+        let mut state = self.state.lock().unwrap();
+        // `clear` waits for the write lock, which the caller holds: the epoch cannot have
+        // moved, and nothing but the writer takes from the front.
+        debug_assert_eq!(state.epoch, epoch);
+        let State {
+            campaigns,
+            unwritten,
+            ..
+        } = &mut *state;
+        for done in unwritten.drain(..n) {
+            if let Some(q) = campaigns.get_mut(&done.campaign_id) {
+                q.waiting.push_back(done.item);
+            }
+        }
+        self.written.send_replace(Written {
+            epoch,
+            ticket: last,
+        });
+    }
+}
+
+async fn write_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        shared.write_all(&stop).await;
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -61,23 +263,64 @@ impl Admission for EmbeddedAdmission {
         issued: &[(String, i64)],
         force: bool,
     ) -> Result<bool> {
-        let mut campaigns = self.campaigns.lock().unwrap();
-        let rebuild = force || !campaigns.contains_key(&campaign.id);
-        if rebuild {
-            let users: HashMap<String, i64> = issued.iter().cloned().collect();
-            let queue = CampaignQueue {
-                admitted: users.len() as i64,
-                seq: issued.iter().map(|(_, p)| *p).max().unwrap_or(0),
-                users,
-                ..CampaignQueue::default()
-            };
-            campaigns.insert(campaign.id.clone(), queue);
+        let floor = Floor::of_issued(issued);
+        let must_rebuild = |state: &State| {
+            state
+                .campaigns
+                .get(&campaign.id)
+                .is_none_or(|q| force || q.admitted < floor.issued || q.seq < floor.last_position)
+        };
+        let mut rebuilt = false;
+        if must_rebuild(&self.shared.state.lock().unwrap()) {
+            // No write runs while the durable record is read and the queue rebuilt from it:
+            // every admission is then either in the rows read or still unwritten.
+            let _writing = self.shared.writing.lock().await;
+            let recorded = self.shared.store.pending_admissions(&campaign.id).await?;
+            let mut state = self.shared.state.lock().unwrap();
+            if must_rebuild(&state) {
+                let mut queue = CampaignQueue::default();
+                for (user, position) in issued {
+                    let held = Held {
+                        position: *position,
+                        ticket: 0,
+                    };
+                    queue.users.insert(user.clone(), held);
+                }
+                for item in recorded {
+                    if queue.users.contains_key(&item.user_id) {
+                        continue;
+                    }
+                    let held = Held {
+                        position: item.position,
+                        ticket: 0,
+                    };
+                    queue.users.insert(item.user_id.clone(), held);
+                    queue.waiting.push_back(item);
+                }
+                for u in state.unwritten.iter() {
+                    if u.campaign_id == campaign.id {
+                        let held = Held {
+                            position: u.item.position,
+                            ticket: u.ticket,
+                        };
+                        queue.users.insert(u.item.user_id.clone(), held);
+                    }
+                }
+                queue.admitted = queue.users.len() as i64;
+                queue.seq = queue.users.values().map(|h| h.position).max().unwrap_or(0);
+                state.campaigns.insert(campaign.id.clone(), queue);
+                rebuilt = true;
+            }
         }
-        let q = campaigns.get_mut(&campaign.id).expect("inserted above");
+        let mut state = self.shared.state.lock().unwrap();
+        let q = state
+            .campaigns
+            .get_mut(&campaign.id)
+            .expect("rebuilt above when missing");
         q.capacity = campaign.capacity;
         q.opens_at = campaign.opens_at;
         q.closes_at = campaign.closes_at;
-        Ok(rebuild)
+        Ok(rebuilt)
     }
 
     async fn admit(
@@ -86,47 +329,89 @@ impl Admission for EmbeddedAdmission {
         user_id: &str,
         request_id: &str,
         now_ms: i64,
+        floor: Floor,
     ) -> Result<Admit> {
-        let mut campaigns = self.campaigns.lock().unwrap();
-        let Some(q) = campaigns.get_mut(campaign_id) else {
-            return Ok(Admit::Unknown);
+        let (outcome, wait) = {
+            let mut state = self.shared.state.lock().unwrap();
+            let State {
+                campaigns,
+                unwritten,
+                last_ticket,
+                epoch,
+            } = &mut *state;
+            let Some(q) = campaigns.get_mut(campaign_id) else {
+                return Ok(Admit::Unknown);
+            };
+            if q.admitted < floor.issued || q.seq < floor.last_position {
+                return Ok(Admit::Behind);
+            }
+            if q.opens_at.is_some_and(|t| now_ms < t) {
+                return Ok(Admit::NotOpen);
+            }
+            if q.closes_at.is_some_and(|t| now_ms >= t) {
+                return Ok(Admit::Closed);
+            }
+            if let Some(&held) = q.users.get(user_id) {
+                // A second request of a user whose first is still being written is answered
+                // with the first: once it is on disk.
+                let wait = (!self.shared.is_written(held)).then_some((*epoch, held.ticket));
+                (
+                    Admit::Duplicate {
+                        position: held.position,
+                    },
+                    wait,
+                )
+            } else if q.admitted >= q.capacity {
+                return Ok(Admit::SoldOut);
+            } else {
+                q.admitted += 1;
+                q.seq += 1;
+                *last_ticket += 1;
+                let held = Held {
+                    position: q.seq,
+                    ticket: *last_ticket,
+                };
+                q.users.insert(user_id.to_owned(), held);
+                unwritten.push_back(Unwritten {
+                    campaign_id: campaign_id.to_owned(),
+                    item: QueueItem {
+                        id: held.position.to_string(),
+                        user_id: user_id.to_owned(),
+                        position: held.position,
+                        request_id: request_id.to_owned(),
+                        admitted_at: now_ms,
+                    },
+                    ticket: held.ticket,
+                });
+                self.shared.wake.notify_one();
+                (
+                    Admit::Admitted {
+                        position: held.position,
+                    },
+                    Some((*epoch, held.ticket)),
+                )
+            }
         };
-        if q.opens_at.is_some_and(|t| now_ms < t) {
-            return Ok(Admit::NotOpen);
+        if let Some((epoch, ticket)) = wait {
+            self.written(epoch, ticket).await?;
         }
-        if q.closes_at.is_some_and(|t| now_ms >= t) {
-            return Ok(Admit::Closed);
-        }
-        if let Some(&position) = q.users.get(user_id) {
-            return Ok(Admit::Duplicate { position });
-        }
-        if q.admitted >= q.capacity {
-            return Ok(Admit::SoldOut);
-        }
-        q.admitted += 1;
-        q.seq += 1;
-        let position = q.seq;
-        q.users.insert(user_id.to_owned(), position);
-        q.waiting.push_back(QueueItem {
-            id: position.to_string(),
-            user_id: user_id.to_owned(),
-            position,
-            request_id: request_id.to_owned(),
-            admitted_at: now_ms,
-        });
-        Ok(Admit::Admitted { position })
+        Ok(outcome)
     }
 
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
-        let campaigns = self.campaigns.lock().unwrap();
-        Ok(campaigns
+        let state = self.shared.state.lock().unwrap();
+        Ok(state
+            .campaigns
             .get(campaign_id)
-            .and_then(|q| q.users.get(user_id).copied()))
+            .and_then(|q| q.users.get(user_id).copied())
+            .filter(|held| self.shared.is_written(*held))
+            .map(|held| held.position))
     }
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
-        let campaigns = self.campaigns.lock().unwrap();
-        Ok(campaigns
+        let state = self.shared.state.lock().unwrap();
+        Ok(state
+            .campaigns
             .get(campaign_id)
             .map_or_else(QueueCounts::default, |q| QueueCounts {
                 admitted: q.admitted,
@@ -141,9 +426,9 @@ impl Admission for EmbeddedAdmission {
         max: usize,
         reclaim_idle: Option<Duration>,
     ) -> Result<Vec<QueueItem>> {
-        let mut campaigns = self.campaigns.lock().unwrap();
-        let Some(q) = campaigns.get_mut(campaign_id) else {
-            return Ok(Vec::new());
+        let mut state = self.shared.state.lock().unwrap();
+        let Some(q) = state.campaigns.get_mut(campaign_id) else {
+            return Err(AdmissionError::Lost(campaign_id.to_owned()));
         };
         let now = Instant::now();
         let mut items = Vec::new();
@@ -177,8 +462,8 @@ impl Admission for EmbeddedAdmission {
     }
 
     async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()> {
-        let mut campaigns = self.campaigns.lock().unwrap();
-        if let Some(q) = campaigns.get_mut(campaign_id) {
+        let mut state = self.shared.state.lock().unwrap();
+        if let Some(q) = state.campaigns.get_mut(campaign_id) {
             for item in items {
                 q.pending.remove(&item.position);
             }
@@ -187,8 +472,8 @@ impl Admission for EmbeddedAdmission {
     }
 
     async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()> {
-        let mut campaigns = self.campaigns.lock().unwrap();
-        if let Some(q) = campaigns.get_mut(campaign_id) {
+        let mut state = self.shared.state.lock().unwrap();
+        if let Some(q) = state.campaigns.get_mut(campaign_id) {
             for user in user_ids {
                 q.users.remove(user);
             }
@@ -198,5 +483,16 @@ impl Admission for EmbeddedAdmission {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn durability(&self) -> String {
+        match self.shared.store.dialect() {
+            crate::store::Dialect::Sqlite => "a 202 is written to the SQLite database and \
+                fsynced before it is sent: it survives a crash of the process or the machine"
+                .into(),
+            _ => "a 202 is committed to the database before it is sent: it survives what \
+                the database's commits survive"
+                .into(),
+        }
     }
 }

@@ -10,6 +10,12 @@
 //! second coupon per user. When the queue loses its data, `sync_campaign` rebuilds a campaign
 //! from the coupons in the database (the users who hold one, and the admitted count).
 //!
+//! A queue can also come back *older* than the database (Redis restarted from an earlier
+//! snapshot, or a replica that lagged was promoted): every admission therefore carries the
+//! campaign's [`Floor`], the database's issue mark as the host last read it, and a queue below
+//! it answers [`Admit::Behind`] instead of handing out positions other users already hold; the
+//! host then rebuilds the campaign from the database.
+//!
 //! Layout: [`redis`] (one Lua script per operation over a stream with a consumer group) and
 //! [`embedded`] (the same semantics in process), both tested by one shared suite.
 
@@ -38,6 +44,35 @@ pub struct QueueItem {
     pub admitted_at: i64,
 }
 
+/// What the database has issued of a campaign: no admission queue may hold less. A queue that
+/// has admitted fewer than `issued` requests, or handed out no position as high as
+/// `last_position`, has gone back in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Floor {
+    /// Coupons issued.
+    pub issued: i64,
+    /// The highest position a coupon was issued at.
+    pub last_position: i64,
+}
+
+impl Floor {
+    /// The floor that a list of `(user, position)` holding coupons sets.
+    pub fn of_issued(issued: &[(String, i64)]) -> Self {
+        Self {
+            issued: issued.len() as i64,
+            last_position: issued.iter().map(|(_, p)| *p).max().unwrap_or(0),
+        }
+    }
+
+    /// The higher of two floors, field by field (floors only rise).
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            issued: self.issued.max(other.issued),
+            last_position: self.last_position.max(other.last_position),
+        }
+    }
+}
+
 /// The answer to one admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
@@ -53,6 +88,9 @@ pub enum Admit {
     NotOpen,
     /// The queue holds nothing for the campaign (never synced, or its data was lost).
     Unknown,
+    /// The queue's state of the campaign is older than the database's [`Floor`]: it must be
+    /// rebuilt before it admits anyone.
+    Behind,
 }
 
 /// Live counts of a campaign's queue.
@@ -70,6 +108,16 @@ pub enum AdmissionError {
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected reply from the admission queue: {0}")]
     Protocol(String),
+    /// The request could not be written to the durable record in time; it was not answered
+    /// `202` (it may still be admitted once the database answers: its status tells).
+    #[error("the admission could not be recorded: {0}")]
+    NotRecorded(String),
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The queue holds nothing for the campaign any more (Redis lost its data): it must be
+    /// rebuilt.
+    #[error("the admission queue lost campaign {0}")]
+    Lost(String),
 }
 
 pub type Result<T, E = AdmissionError> = std::result::Result<T, E>;
@@ -80,9 +128,12 @@ pub trait Admission: Send + Sync + Debug {
     /// "redis" or "embedded", for logs and readiness.
     fn kind(&self) -> &'static str;
 
-    /// Writes a campaign's capacity and window. When the queue holds nothing for it (or
-    /// `force`), first rebuilds it from `issued`: the users holding a coupon and their
-    /// positions, as the database has them. Returns whether it rebuilt.
+    /// Writes a campaign's capacity and window. When the queue holds nothing for it, holds less
+    /// than the [`Floor`] of `issued` (it went back in time), or `force`, first rebuilds it
+    /// from `issued`: the users holding a coupon and their positions, as the database has
+    /// them (and, for the embedded queue, its durable record of requests not yet issued).
+    /// The check and the rebuild are one atomic step, so that hosts finding the same stale
+    /// state rebuild it once. Returns whether it rebuilt.
     async fn sync_campaign(
         &self,
         campaign: &Campaign,
@@ -90,21 +141,27 @@ pub trait Admission: Send + Sync + Debug {
         force: bool,
     ) -> Result<bool>;
 
+    /// Admits one request, unless the queue's state of the campaign is below `floor`
+    /// ([`Admit::Behind`]). `Admitted` is answered only once the request is as durable as the
+    /// queue keeps anything.
     async fn admit(
         &self,
         campaign_id: &str,
         user_id: &str,
         request_id: &str,
         now_ms: i64,
+        floor: Floor,
     ) -> Result<Admit>;
 
-    /// The position at which a user was admitted, if they were.
+    /// The position at which a user was admitted, if they were (and their admission is
+    /// recorded: a request whose write is still in flight has no position yet).
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>>;
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts>;
 
     /// Claims up to `max` items for `consumer`, in queue order. With `reclaim_idle`, items
-    /// claimed by anyone at least that long ago and never acknowledged come first.
+    /// claimed by anyone at least that long ago and never acknowledged come first. Fails with
+    /// [`AdmissionError::Lost`] when the queue lost the campaign.
     async fn claim(
         &self,
         campaign_id: &str,
@@ -121,4 +178,8 @@ pub trait Admission: Send + Sync + Debug {
     async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()>;
 
     async fn ping(&self) -> Result<()>;
+
+    /// What an answered `202` survives with this queue as it is configured, in one sentence,
+    /// for the start-up log and readiness (Redis: read with `CONFIG GET` where allowed).
+    async fn durability(&self) -> String;
 }

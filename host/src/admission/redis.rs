@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
-use super::{Admission, AdmissionError, Admit, ISSUER_GROUP, QueueCounts, QueueItem, Result};
+use super::{
+    Admission, AdmissionError, Admit, Floor, ISSUER_GROUP, QueueCounts, QueueItem, Result,
+};
 use crate::campaign::Campaign;
 
 /// Admission on a Redis server.
@@ -128,6 +130,7 @@ impl Admission for RedisAdmission {
         user_id: &str,
         request_id: &str,
         now_ms: i64,
+        floor: Floor,
     ) -> Result<Admit> {
         let k = keys(campaign_id);
         let (outcome, position): (String, i64) = self
@@ -138,6 +141,8 @@ impl Admission for RedisAdmission {
             .arg(user_id)
             .arg(now_ms)
             .arg(request_id)
+            .arg(floor.issued)
+            .arg(floor.last_position)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match outcome.as_str() {
@@ -147,6 +152,7 @@ impl Admission for RedisAdmission {
             "closed" => Admit::Closed,
             "not_open" => Admit::NotOpen,
             "unknown" => Admit::Unknown,
+            "behind" => Admit::Behind,
             other => {
                 return Err(AdmissionError::Protocol(format!(
                     "admit returned {other:?}"
@@ -199,8 +205,8 @@ impl Admission for RedisAdmission {
                 .await;
             match reply {
                 Ok((_, claimed, _)) => entries = claimed,
-                // The queue was lost with Redis's data: nothing to claim until it is rebuilt.
-                Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
+                // The queue was lost with Redis's data: it must be rebuilt.
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -221,7 +227,7 @@ impl Admission for RedisAdmission {
                 Ok(streams) => {
                     entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
                 }
-                Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -265,5 +271,69 @@ impl Admission for RedisAdmission {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    async fn durability(&self) -> String {
+        let mut conn = self.conn.clone();
+        let mut settings = HashMap::new();
+        for name in ["appendonly", "appendfsync", "save"] {
+            let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(values) => settings.extend(values),
+                Err(e) => {
+                    return format!(
+                        "unknown: Redis refused CONFIG GET {name} ({e}); with appendonly yes a \
+                         202 survives a Redis restart, without it a restart loses the 202s not \
+                         yet issued (detected and counted)"
+                    );
+                }
+            }
+        }
+        guarantee(
+            settings.get("appendonly").map(String::as_str),
+            settings.get("appendfsync").map(String::as_str),
+            settings.get("save").map(String::as_str),
+        )
+    }
+}
+
+/// What a `202` survives on a Redis with these persistence settings (`CONFIG GET` values).
+/// Redis writes the AOF before it answers a command, so a killed Redis process loses nothing
+/// that was answered; `appendfsync` decides what a crash of the machine loses.
+pub fn guarantee(
+    appendonly: Option<&str>,
+    appendfsync: Option<&str>,
+    save: Option<&str>,
+) -> String {
+    let lost = "lost 202s are detected and counted (firstcome_admissions_lost_total); \
+                their users read status none and may ask again";
+    match (appendonly, appendfsync) {
+        (Some("yes"), Some("always")) => "Redis appendonly yes, appendfsync always: a 202 \
+            survives a restart or crash of Redis and of its machine"
+            .into(),
+        (Some("yes"), Some("everysec")) => format!(
+            "Redis appendonly yes, appendfsync everysec: a 202 survives a restart or crash of \
+             Redis; a crash of its machine can lose the last second of 202s ({lost})"
+        ),
+        (Some("yes"), fsync) => format!(
+            "Redis appendonly yes, appendfsync {}: a 202 survives a restart or crash of Redis; \
+             a crash of its machine can lose what the OS had not flushed ({lost})",
+            fsync.unwrap_or("unknown")
+        ),
+        _ => match save.map(str::trim) {
+            Some(save) if !save.is_empty() => format!(
+                "Redis RDB snapshots only (save {save:?}): a restart of Redis returns to the last \
+                 snapshot and loses the 202s answered since that are not yet issued ({lost}); \
+                 issued coupons are never lost or given twice"
+            ),
+            _ => format!(
+                "Redis keeps nothing on disk: a restart of Redis loses every 202 not yet issued \
+                 ({lost}); issued coupons are never lost or given twice"
+            ),
+        },
     }
 }

@@ -107,7 +107,18 @@ impl From<PlatformError> for ApiError {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
             PlatformError::Plugin(reason) => Self::unprocessable("invalid_plugin", reason),
-            PlatformError::Admission(_) | PlatformError::QueueUnstable(_) => {
+            PlatformError::Admission(crate::admission::AdmissionError::NotRecorded(_)) => {
+                tracing::error!(error = %e, "admission not recorded");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the request could not be recorded in time; it may still be admitted \
+                     (its status tells), else try again",
+                )
+            }
+            PlatformError::Admission(_)
+            | PlatformError::QueueUnstable(_)
+            | PlatformError::QueueBehind(_) => {
                 tracing::error!(error = %e, "admission queue unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -20,6 +20,10 @@ pub struct Health {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = BTreeMap<String, String>)]
     backends: BTreeMap<&'static str, String>,
+    /// Readiness only: what an answered `202` survives with the admission queue as it is
+    /// configured (for Redis, read from its persistence settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admission_guarantee: Option<String>,
 }
 
 /// Liveness: the process answers.
@@ -34,6 +38,7 @@ pub async fn live() -> Json<Health> {
     Json(Health {
         status: "ok",
         backends: BTreeMap::new(),
+        admission_guarantee: None,
     })
 }
 
@@ -49,10 +54,11 @@ pub async fn live() -> Json<Health> {
     )
 )]
 pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<Health>) {
-    let (db, queue, bus) = tokio::join!(
+    let (db, queue, bus, guarantee) = tokio::join!(
         platform.store.ping(),
         platform.admission.ping(),
-        platform.bus.ping()
+        platform.bus.ping(),
+        platform.admission.durability()
     );
     let mut backends = BTreeMap::new();
     let mut ok = true;
@@ -91,6 +97,7 @@ pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<H
         Json(Health {
             status: if ok { "ready" } else { "not_ready" },
             backends,
+            admission_guarantee: Some(guarantee),
         }),
     )
 }

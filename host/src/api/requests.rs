@@ -98,8 +98,10 @@ async fn admit(
         Admit::SoldOut => Err(gone("sold_out", "has no coupons left")),
         Admit::Closed => Err(gone("closed", "is closed")),
         Admit::NotOpen => Err(gone("not_open", "is not open yet")),
-        // `Platform::admit` rebuilds an unknown campaign or fails with `QueueUnstable`.
-        Admit::Unknown => unreachable!("Platform::admit never returns Unknown"),
+        // `Platform::admit` rebuilds an unknown or stale campaign, or fails.
+        Admit::Unknown | Admit::Behind => {
+            unreachable!("Platform::admit never returns Unknown or Behind")
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use firstcome::config::Config;
 use firstcome::config::{KafkaConfig, OutboxConfig};
 use firstcome::outbox::Relay;
 use firstcome::store::Store;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 
 #[derive(Debug, Parser)]
@@ -147,10 +147,16 @@ fn quiet_config(dir: &std::path::Path) -> Config {
 }
 
 /// HTTP admission vs. a trivial endpoint on one server.
-async fn http_phase(args: &Args, label: &str, admission: Arc<dyn Admission>) -> anyhow::Result<()> {
+/// Admission through HTTP against `/health/live` on one server: the embedded queue (recorded
+/// in the host's SQLite database), or Redis at `redis_url`.
+async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = quiet_config(dir.path());
     let store = Store::open(&config.database_url()).await?;
+    let admission: Arc<dyn Admission> = match redis_url {
+        Some(url) => Arc::new(RedisAdmission::connect(url).await?),
+        None => Arc::new(EmbeddedAdmission::new(store.clone())),
+    };
     let app = App::build_with(config, store, admission).await?;
     let base = format!("http://{}", app.local_addr());
     let platform = app.platform();
@@ -193,8 +199,12 @@ async fn http_phase(args: &Args, label: &str, admission: Arc<dyn Admission>) -> 
         200,
     )
     .await?;
+    let batches = match redis_url {
+        Some(_) => "-".to_owned(),
+        None => group_commits(&client, &base).await?,
+    };
     println!(
-        "| {label} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} |",
+        "| {label} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} | {batches} |",
         admit.per_second,
         admit.p50_ms,
         admit.p99_ms,
@@ -206,6 +216,37 @@ async fn http_phase(args: &Args, label: &str, admission: Arc<dyn Admission>) -> 
     stop.cancel();
     server.await??;
     Ok(())
+}
+
+/// The embedded queue's group commits as the host's `/metrics` counts them: how many, and
+/// admissions per commit (mean, and the histogram's median bucket bound).
+async fn group_commits(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("firstcome_admission_write_batch_size_count");
+    let sum = value("firstcome_admission_write_batch_size_sum");
+    let median = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("firstcome_admission_write_batch_size_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), n.trim().parse::<f64>().ok()?))
+        })
+        .find(|(_, n)| *n >= count / 2.0)
+        .map_or_else(|| "?".to_owned(), |(le, _)| le);
+    Ok(format!(
+        "{count:.0} commits, {:.1} per commit (median <= {median})",
+        sum / count.max(1.0)
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -340,7 +381,12 @@ async fn kafka_latency(brokers: &str, plugins: &std::path::Path) -> anyhow::Resu
         history.display()
     );
     let store = Store::open(&config.database_url()).await?;
-    let app = App::build_with(config, store.clone(), Arc::new(EmbeddedAdmission::new())).await?;
+    let app = App::build_with(
+        config,
+        store.clone(),
+        Arc::new(EmbeddedAdmission::new(store.clone())),
+    )
+    .await?;
     let platform = app.platform();
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -395,14 +441,25 @@ async fn issuer_phase(
     let mut config = quiet_config(dir.path());
     config.database_url = Some(database_url.to_owned());
     let store = Store::open(database_url).await?;
-    let admission: Arc<dyn Admission> = Arc::new(EmbeddedAdmission::new());
+    let admission: Arc<dyn Admission> = Arc::new(EmbeddedAdmission::new(store.clone()));
     let id = format!("issue-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let campaign = Campaign::new(&id, spec(args.coupons, chunk))?;
     store.upsert_campaign(&campaign).await?;
     admission.sync_campaign(&campaign, &[], false).await?;
-    for i in 0..args.coupons {
-        admission.admit(&id, &format!("user-{i}"), "r", 0).await?;
-    }
+    // Admitted concurrently, so that they are recorded in group commits as a storm would be.
+    futures::stream::iter(0..args.coupons)
+        .map(|i| {
+            let admission = admission.clone();
+            let id = id.clone();
+            async move {
+                admission
+                    .admit(&id, &format!("user-{i}"), "r", 0, Default::default())
+                    .await
+            }
+        })
+        .buffer_unordered(256)
+        .try_collect::<Vec<_>>()
+        .await?;
     let app = App::build_with(config, store.clone(), admission).await?;
     let platform = app.platform();
     let stop = app.shutdown_token();
@@ -429,7 +486,12 @@ async fn sse_phase(args: &Args, subscribers: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let config = quiet_config(dir.path());
     let store = Store::open(&config.database_url()).await?;
-    let app = App::build_with(config, store.clone(), Arc::new(EmbeddedAdmission::new())).await?;
+    let app = App::build_with(
+        config,
+        store.clone(),
+        Arc::new(EmbeddedAdmission::new(store.clone())),
+    )
+    .await?;
     let base = format!("http://{}", app.local_addr());
     let platform = app.platform();
     let stop = app.shutdown_token();
@@ -526,17 +588,12 @@ async fn main() -> anyhow::Result<()> {
     if args.runs("admission") {
         println!("Admission through HTTP vs. GET /health/live on the same server:\n");
         println!(
-            "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio |"
+            "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio | group commits |"
         );
-        println!("|---|---|---|---|---|---|");
-        http_phase(&args, "embedded", Arc::new(EmbeddedAdmission::new())).await?;
+        println!("|---|---|---|---|---|---|---|");
+        http_phase(&args, "embedded", None).await?;
         if let Some(url) = &args.redis_url {
-            http_phase(
-                &args,
-                "redis",
-                Arc::new(RedisAdmission::connect(url).await?),
-            )
-            .await?;
+            http_phase(&args, "redis", Some(url)).await?;
         }
     }
     if args.runs("issuer") {

@@ -6,7 +6,7 @@ use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
 use super::{Dialect, Result, Store, StoreError, placeholders};
-use crate::admission::QueueItem;
+use crate::admission::{Floor, QueueItem};
 use crate::clock::{now_ms, to_rfc3339};
 use crate::event::{CouponIssued, Envelope};
 use crate::store::OutboxEvent;
@@ -21,6 +21,8 @@ pub struct ChunkOutcome {
     /// Users refused because the campaign is full in the database even though the admission
     /// queue let them in, which happens only after the queue lost its data.
     pub refused: Vec<String>,
+    /// The campaign's issue mark after the commit.
+    pub mark: Floor,
 }
 
 /// A coupon as the API shows it.
@@ -57,6 +59,7 @@ fn coupon_code() -> String {
 
 struct CampaignLock {
     issued: i64,
+    last_position: i64,
     capacity: i64,
     name: String,
     value: i64,
@@ -65,9 +68,10 @@ struct CampaignLock {
 
 impl Store {
     /// Issues one chunk in one transaction: a coupon per item (unique per campaign and user),
-    /// the campaign's issued count advanced, one outbox row per coupon. Items are handled in
-    /// queue order; the campaign row is locked so that concurrent chunks from several hosts
-    /// serialise on it and `issued` never passes `capacity`.
+    /// the campaign's issued count and highest issued position advanced, one outbox row per
+    /// coupon, and the items' durable admission rows (embedded queue) deleted. Items are
+    /// handled in queue order; the campaign row is locked so that concurrent chunks from
+    /// several hosts serialise on it and `issued` never passes `capacity`.
     pub async fn issue_chunk(
         &self,
         campaign_id: &str,
@@ -77,6 +81,7 @@ impl Store {
     ) -> Result<ChunkOutcome> {
         let mut items: Vec<&QueueItem> = items.iter().collect();
         items.sort_by_key(|i| i.position);
+        let positions: Vec<i64> = items.iter().map(|i| i.position).collect();
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let campaign = self.lock_campaign(&mut tx, campaign_id).await?;
@@ -107,6 +112,14 @@ impl Store {
                 None => outcome.duplicates.push(item.user_id.clone()),
             }
         }
+        super::admissions::delete_handled(self, &mut tx, campaign_id, &positions).await?;
+        outcome.mark = Floor {
+            issued: campaign.issued + new_coupons.len() as i64,
+            last_position: new_coupons
+                .iter()
+                .map(|(item, _)| item.position)
+                .fold(campaign.last_position, i64::max),
+        };
         if !new_coupons.is_empty() {
             for (item, (coupon_id, code)) in &new_coupons {
                 let profile = profiles.iter().find(|p| p.user_id == item.user_id);
@@ -136,10 +149,12 @@ impl Store {
                 });
             }
             self.insert_outbox(&mut tx, &outcome.events).await?;
-            sqlx::query(
-                &self.sql("UPDATE campaigns SET issued = issued + ?, updated_at = ? WHERE id = ?"),
-            )
+            sqlx::query(&self.sql(
+                "UPDATE campaigns SET issued = issued + ?, last_position = ?, updated_at = ? \
+                 WHERE id = ?",
+            ))
             .bind(new_coupons.len() as i64)
+            .bind(outcome.mark.last_position)
             .bind(now)
             .bind(campaign_id)
             .execute(&mut *tx)
@@ -154,7 +169,7 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         campaign_id: &str,
     ) -> Result<CampaignLock> {
-        let select = "SELECT issued, capacity, name, value, coupon_expires_at \
+        let select = "SELECT issued, capacity, name, value, coupon_expires_at, last_position \
                       FROM campaigns WHERE id = ?";
         let row = match self.dialect {
             Dialect::Sqlite => {
@@ -183,6 +198,7 @@ impl Store {
             name: row.try_get(2)?,
             value: row.try_get(3)?,
             coupon_expires_at: row.try_get(4)?,
+            last_position: row.try_get(5)?,
         })
     }
 

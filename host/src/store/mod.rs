@@ -7,8 +7,10 @@
 //!
 //! Layout: `campaigns` (campaign rows and their issued count), `coupons` (the chunk transaction
 //! and coupon look-ups), `users`, `outbox` (claiming unpublished events), `eventlog` (the tables
-//! of the embedded event bus and its consumers), `plugins` (what consumer plugins keep).
+//! of the embedded event bus and its consumers), `plugins` (what consumer plugins keep),
+//! `admissions` (the embedded admission queue's durable record, and the issue mark).
 
+mod admissions;
 mod campaigns;
 mod coupons;
 mod eventlog;
@@ -24,6 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+pub use admissions::AdmissionRow;
 pub use campaigns::CampaignRow;
 pub use coupons::{ChunkOutcome, CouponView};
 pub use eventlog::{HistoryEntry, LogRecord};
@@ -118,6 +121,10 @@ impl Dialect {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// For writes that must be on disk before the host answers (admissions): on SQLite a
+    /// pool of one connection with `synchronous = FULL`, so that each commit fsyncs the WAL;
+    /// elsewhere the main pool (the server's own settings decide, both durable by default).
+    durable: AnyPool,
     dialect: Dialect,
 }
 
@@ -134,25 +141,39 @@ impl Store {
             _ => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10));
-        if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _| {
+        let pool_options = |connections: u32, synchronous: &'static str| {
+            let pool = AnyPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(10));
+            if dialect != Dialect::Sqlite {
+                return pool;
+            }
+            pool.after_connect(move |conn, _| {
                 Box::pin(async move {
                     // WAL lets readers run beside the one writer; NORMAL is durable in WAL
-                    // mode except for the last transactions on power loss (not process loss).
-                    conn.execute(sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                    ))
-                    .await?;
+                    // mode except for the last transactions on power loss (not process loss);
+                    // FULL fsyncs the WAL at every commit.
+                    let pragmas = format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                    );
+                    conn.execute(sqlx::raw_sql(&pragmas)).await?;
                     Ok(())
                 })
-            });
-        }
-        let pool = pool.connect_with(options).await?;
-        Ok(Self { pool, dialect })
+            })
+        };
+        let pool = pool_options(16, "NORMAL")
+            .connect_with(options.clone())
+            .await?;
+        let durable = match dialect {
+            Dialect::Sqlite => pool_options(1, "FULL").connect_with(options).await?,
+            Dialect::MySql | Dialect::Postgres => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            durable,
+            dialect,
+        })
     }
 
     /// Connects and applies the migrations of the engine behind `url`.
@@ -187,6 +208,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.durable.close().await;
         self.pool.close().await;
     }
 
