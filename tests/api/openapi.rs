@@ -108,8 +108,6 @@ async fn the_interactive_page_runs_a_route_in_a_real_browser() {
             assert!(clicked.is_some(), "nothing to click at {selector}");
         }
     };
-    click("#operations-campaigns-listCampaigns .opblock-summary-control").await;
-    click("#operations-campaigns-listCampaigns .execute").await;
     let answer = || async {
         browser
             .execute(
@@ -122,23 +120,40 @@ async fn the_interactive_page_runs_a_route_in_a_real_browser() {
             .to_owned()
     };
     // A click that lands while the panel is still rendering is lost: press again each second
-    // until the answer shows.
+    // until the answer shows. Now and then Swagger UI also enters its loading state on a click
+    // without sending the request (the host never sees it, nothing is thrown): then the page is
+    // loaded again, up to three times, each said in the output.
     let execute = "const e = document.querySelector('#operations-campaigns-listCampaigns .execute'); \
                    if (e) e.click();";
-    let mut polls = 0;
-    let shown = wait_for(20, || {
-        polls += 1;
-        let again = polls % 50 == 0;
-        let (browser, answer, id) = (&browser, &answer, &id);
-        async move {
-            let text = answer().await;
-            if again && text.is_empty() {
-                browser.execute(execute).await;
-            }
-            text.contains("200") && text.contains(id.as_str())
+    let mut shown = None;
+    for round in 1..=3 {
+        if round > 1 {
+            eprintln!(
+                "Swagger UI sent no request on Execute; loading the page again (round {round})"
+            );
+            browser.open(&app.url("/api/docs/")).await;
+            wait_for(30, || async { rendered().await == expected }).await;
         }
-    })
-    .await;
+        click("#operations-campaigns-listCampaigns .opblock-summary-control").await;
+        click("#operations-campaigns-listCampaigns .execute").await;
+        let mut polls = 0;
+        shown = wait_for(8, || {
+            polls += 1;
+            let again = polls % 50 == 0;
+            let (browser, answer, id) = (&browser, &answer, &id);
+            async move {
+                let text = answer().await;
+                if again && text.is_empty() {
+                    browser.execute(execute).await;
+                }
+                text.contains("200") && text.contains(id.as_str())
+            }
+        })
+        .await;
+        if shown.is_some() {
+            break;
+        }
+    }
     assert!(shown.is_some(), "the page shows: {}", answer().await);
 
     // Nothing was fetched from anywhere but the host: the page works offline.
