@@ -352,17 +352,18 @@ async fn embedded_process_killed_after_the_last_answer_honours_every_202() {
     embedded_process_killed(KillAt::AfterLastAnswer).await;
 }
 
-/// The embedded queue, dropped as a process would be, comes back from its record in order.
-#[tokio::test]
-async fn embedded_queue_comes_back_from_its_record_in_order() {
+/// The embedded queue on each database: 60 admitted at once (group commits), 10 issued, the
+/// queue dropped as a process would be; a new one comes back from the record with the other
+/// 50 in line, in order, the claimed-but-never-committed first, and the 10 holders known.
+async fn embedded_queue_comes_back_from_its_record(backend: Backend) {
+    use firstcome::admission::embedded::EmbeddedAdmission;
+    use firstcome::admission::{Admission, Admit, Floor};
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("q.db").display());
+    let url = crate::helpers::fresh_database(backend, dir.path()).await;
     let store = firstcome::store::Store::open(&url).await.unwrap();
     let campaign = firstcome::campaign::Campaign::new(&unique("c"), spec(100)).unwrap();
-    use firstcome::admission::{Admission, Admit, Floor};
-    let first = Arc::new(firstcome::admission::embedded::EmbeddedAdmission::new(
-        store.clone(),
-    ));
+    store.upsert_campaign(&campaign).await.unwrap();
+    let first = Arc::new(EmbeddedAdmission::new(store.clone()));
     first.sync_campaign(&campaign, &[], false).await.unwrap();
     let answers: Vec<Admit> = futures::stream::iter(0..60)
         .map(|i| {
@@ -377,28 +378,51 @@ async fn embedded_queue_comes_back_from_its_record_in_order() {
         .collect()
         .await;
     assert!(answers.iter().all(|a| matches!(a, Admit::Admitted { .. })));
+    let issued_chunk = first.claim(&campaign.id, "h", 10, None).await.unwrap();
+    let outcome = store
+        .issue_chunk(&campaign.id, &issued_chunk, "h", "coupon-issued")
+        .await
+        .unwrap();
+    assert_eq!(outcome.events.len(), 10);
+    first.ack(&campaign.id, &issued_chunk).await.unwrap();
     let claimed = first.claim(&campaign.id, "h", 5, None).await.unwrap();
     drop(first);
 
-    let second = firstcome::admission::embedded::EmbeddedAdmission::new(store.clone());
-    assert!(second.sync_campaign(&campaign, &[], false).await.unwrap());
+    let second = EmbeddedAdmission::new(store.clone());
+    let holders = store.issued_users(&campaign.id).await.unwrap();
+    assert!(
+        second
+            .sync_campaign(&campaign, &holders, false)
+            .await
+            .unwrap()
+    );
     let counts = second.counts(&campaign.id).await.unwrap();
-    assert_eq!((counts.admitted, counts.queued), (60, 60));
+    assert_eq!((counts.admitted, counts.queued), (60, 50), "{backend:?}");
     // Claimed but never committed: back in line, first.
     let again = second.claim(&campaign.id, "h", 100, None).await.unwrap();
-    assert_eq!(again[..5], claimed[..]);
+    assert_eq!(again[..5], claimed[..], "{backend:?}");
     let positions: Vec<i64> = again.iter().map(|i| i.position).collect();
-    assert_eq!(positions, (1..=60).collect::<Vec<_>>());
-    assert_eq!(
-        second
-            .admit(&campaign.id, "u7", "r", 0, Floor::default())
-            .await
-            .unwrap(),
-        Admit::Duplicate {
-            position: again.iter().find(|i| i.user_id == "u7").unwrap().position
-        }
-    );
+    assert_eq!(positions, (11..=60).collect::<Vec<_>>(), "{backend:?}");
+    for item in issued_chunk.iter().chain(&again[..3]) {
+        assert_eq!(
+            second
+                .admit(&campaign.id, &item.user_id, "r", 0, Floor::default())
+                .await
+                .unwrap(),
+            Admit::Duplicate {
+                position: item.position
+            }
+        );
+    }
+    // The chunk transaction deleted the record of what it handled: 50 rows are left.
+    let rows = store.pending_admissions(&campaign.id).await.unwrap();
+    assert_eq!(rows.len(), 50, "{backend:?}");
 }
+
+crate::on_all_backends!(
+    embedded_queue_record,
+    embedded_queue_comes_back_from_its_record
+);
 
 // --- Redis -------------------------------------------------------------------------------------
 
