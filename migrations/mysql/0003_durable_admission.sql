@@ -1,8 +1,8 @@
 -- Every 202 is honoured (durable admission, and a queue that notices it went back in time).
 
 -- The embedded admission queue's durable record: one row per request it admitted, written
--- (one transaction per group commit) before the request is answered 202, deleted by the
--- chunk transaction that handles it. A start rebuilds the queue from these rows.
+-- (one transaction per group commit) before the request is answered 202, deleted by a later
+-- group commit once its chunk has committed. A start rebuilds the queue from these rows.
 CREATE TABLE admissions (
     campaign_id VARCHAR(128) NOT NULL,
     position    BIGINT       NOT NULL,

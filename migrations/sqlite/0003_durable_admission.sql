@@ -1,16 +1,7 @@
 -- Every 202 is honoured (durable admission, and a queue that notices it went back in time).
 
--- The embedded admission queue's durable record: one row per request it admitted, written
--- (one transaction per group commit, fsynced) before the request is answered 202, deleted by
--- the chunk transaction that handles it. A start rebuilds the queue from these rows.
-CREATE TABLE admissions (
-    campaign_id TEXT   NOT NULL,
-    position    BIGINT NOT NULL,
-    user_id     TEXT   NOT NULL,
-    request_id  TEXT   NOT NULL,
-    admitted_at BIGINT NOT NULL,
-    PRIMARY KEY (campaign_id, position)
-);
+-- (The embedded admission queue's record lives in a database file of its own beside this one,
+-- `{name}-admissions.db`, written only by its group commits: see `store/mod.rs`.)
 
 -- The highest position any coupon of the campaign was issued at, written by the chunk
 -- transaction. An admission queue whose own counter is below it has gone back in time.

@@ -218,8 +218,9 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     Ok(())
 }
 
-/// The embedded queue's group commits as the host's `/metrics` counts them: how many, and
-/// admissions per commit (mean, and the histogram's median bucket bound).
+/// The embedded queue's group commits as the host's `/metrics` counts them: how many,
+/// admissions per commit (mean, and the histogram's median bucket bound), and the mean time
+/// of one (deletes of handled requests included).
 async fn group_commits(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let text = client
         .get(format!("{base}/metrics"))
@@ -243,9 +244,12 @@ async fn group_commits(client: &reqwest::Client, base: &str) -> anyhow::Result<S
         })
         .find(|(_, n)| *n >= count / 2.0)
         .map_or_else(|| "?".to_owned(), |(le, _)| le);
+    let seconds = value("firstcome_admission_write_seconds_sum")
+        / value("firstcome_admission_write_seconds_count").max(1.0);
     Ok(format!(
-        "{count:.0} commits, {:.1} per commit (median <= {median})",
-        sum / count.max(1.0)
+        "{count:.0} commits, {:.1} per commit (median <= {median}), {:.2} ms each",
+        sum / count.max(1.0),
+        seconds * 1000.0
     ))
 }
 

@@ -2,10 +2,13 @@
 //! requests (`admissions`), and each campaign's issue mark, the floor below which no admission
 //! queue may fall.
 //!
-//! A row of `admissions` is written before its request is answered `202` and deleted by the
-//! chunk transaction that handles the request (`issue_chunk`), so that at every moment an
-//! admitted request is either a row here or a coupon (or, after a refusal past capacity, which
-//! only a queue that lost its data can cause, neither and the user may ask again).
+//! A row of `admissions` is written (a group commit) before its request is answered `202`,
+//! and deleted by a later group commit once the request's chunk has committed. Between the
+//! chunk's commit and that delete a crash leaves the row of a user who already holds a coupon:
+//! the rebuild skips those (the coupon is the database's word) and deletes them.
+//!
+//! On SQLite the record is a database file of its own, written by nothing but the group
+//! commits (see [`Store`]'s `record`); on MySQL and PostgreSQL a table of the main database.
 
 use sqlx::Row;
 
@@ -24,55 +27,82 @@ pub struct AdmissionRow<'a> {
 }
 
 impl Store {
-    /// Writes admitted requests, all in one transaction (a group commit: one write and, on
-    /// SQLite, one fsync for however many requests arrived while the previous one ran). A
-    /// request whose (campaign, position) is already written is skipped, so a write that is
-    /// retried after an error whose outcome was unknown is harmless.
-    pub async fn record_admissions(&self, rows: &[AdmissionRow<'_>]) -> Result<()> {
-        if rows.is_empty() {
+    /// One group commit of the admission record, in one transaction: writes `admitted` (one
+    /// write and, on SQLite, one fsync for however many requests arrived while the previous
+    /// commit ran) and deletes `handled`, `(campaign, position)` of requests whose chunk has
+    /// committed. A row already written is skipped, so a commit retried after an error whose
+    /// outcome was unknown is harmless.
+    pub async fn commit_admissions(
+        &self,
+        admitted: &[AdmissionRow<'_>],
+        handled: &[(String, i64)],
+    ) -> Result<()> {
+        if admitted.is_empty() && handled.is_empty() {
             return Ok(());
         }
-        let mut tx = self.durable.begin().await?;
-        for part in rows.chunks(ROWS_PER_STATEMENT) {
-            let values = vec![placeholders(5); part.len()].join(", ");
-            let insert = self.dialect.insert_ignore(&format!(
-                "admissions (campaign_id, position, user_id, request_id, admitted_at) \
-                 VALUES {values}"
-            ));
-            let sql = self.sql(&insert);
-            let mut query = sqlx::query(&sql);
-            for row in part {
-                query = query
-                    .bind(row.campaign_id)
-                    .bind(row.item.position)
-                    .bind(&row.item.user_id)
-                    .bind(&row.item.request_id)
-                    .bind(row.item.admitted_at);
+        // The common case, admissions that fit one statement and nothing to delete: one
+        // statement is atomic on its own, and saves the round trips of BEGIN and COMMIT.
+        if handled.is_empty() && admitted.len() <= ROWS_PER_STATEMENT {
+            self.insert_admissions(&self.record, admitted).await?;
+            return Ok(());
+        }
+        let mut tx = self.record.begin().await?;
+        for part in admitted.chunks(ROWS_PER_STATEMENT) {
+            self.insert_admissions(&mut *tx, part).await?;
+        }
+        let mut by_campaign: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+        for (campaign_id, position) in handled {
+            by_campaign.entry(campaign_id).or_default().push(*position);
+        }
+        for (campaign_id, positions) in by_campaign {
+            for part in positions.chunks(ROWS_PER_STATEMENT) {
+                let delete = format!(
+                    "DELETE FROM admissions WHERE campaign_id = ? AND position IN {}",
+                    placeholders(part.len())
+                );
+                let sql = self.sql(&delete);
+                let mut query = sqlx::query(&sql).bind(campaign_id);
+                for position in part {
+                    query = query.bind(*position);
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// A campaign's recorded admissions not yet handled by a chunk, in position order. Rows of
-    /// users who already hold a coupon (their chunk committed elsewhere) are deleted, not
-    /// returned.
-    pub async fn pending_admissions(&self, campaign_id: &str) -> Result<Vec<QueueItem>> {
-        sqlx::query(&self.sql(
-            "DELETE FROM admissions WHERE campaign_id = ? AND user_id IN \
-             (SELECT user_id FROM coupons WHERE campaign_id = ?)",
-        ))
-        .bind(campaign_id)
-        .bind(campaign_id)
-        .execute(&self.pool)
-        .await?;
+    /// One multi-row `INSERT` of admissions, skipping rows already written.
+    async fn insert_admissions<'c, E>(&self, executor: E, rows: &[AdmissionRow<'_>]) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let values = vec![placeholders(5); rows.len()].join(", ");
+        let insert = self.dialect.insert_ignore(&format!(
+            "admissions (campaign_id, position, user_id, request_id, admitted_at) VALUES {values}"
+        ));
+        let sql = self.sql(&insert);
+        let mut query = sqlx::query(&sql);
+        for row in rows {
+            query = query
+                .bind(row.campaign_id)
+                .bind(row.item.position)
+                .bind(&row.item.user_id)
+                .bind(&row.item.request_id)
+                .bind(row.item.admitted_at);
+        }
+        query.execute(executor).await?;
+        Ok(())
+    }
+
+    /// A campaign's recorded admissions, in position order.
+    pub async fn recorded_admissions(&self, campaign_id: &str) -> Result<Vec<QueueItem>> {
         let rows = sqlx::query(&self.sql(
             "SELECT position, user_id, request_id, admitted_at FROM admissions \
              WHERE campaign_id = ? ORDER BY position",
         ))
         .bind(campaign_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.record)
         .await?;
         rows.iter()
             .map(|r| {
@@ -126,27 +156,4 @@ impl Store {
             None => Floor::default(),
         })
     }
-}
-
-/// Deletes the durable admission rows of a chunk's items inside its transaction.
-pub(super) async fn delete_handled(
-    store: &Store,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    campaign_id: &str,
-    positions: &[i64],
-) -> Result<()> {
-    if positions.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "DELETE FROM admissions WHERE campaign_id = ? AND position IN {}",
-        placeholders(positions.len())
-    );
-    let sql = store.sql(&sql);
-    let mut query = sqlx::query(&sql).bind(campaign_id);
-    for p in positions {
-        query = query.bind(*p);
-    }
-    query.execute(&mut **tx).await?;
-    Ok(())
 }

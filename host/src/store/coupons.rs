@@ -69,8 +69,7 @@ struct CampaignLock {
 impl Store {
     /// Issues one chunk in one transaction: a coupon per item (unique per campaign and user),
     /// the campaign's issued count and highest issued position advanced, one outbox row per
-    /// coupon, and the items' durable admission rows (embedded queue) deleted. Items are
-    /// handled in queue order; the campaign row is locked so that concurrent chunks from
+    /// coupon. Items are handled in queue order; the campaign row is locked so that concurrent chunks from
     /// several hosts serialise on it and `issued` never passes `capacity`.
     pub async fn issue_chunk(
         &self,
@@ -81,7 +80,6 @@ impl Store {
     ) -> Result<ChunkOutcome> {
         let mut items: Vec<&QueueItem> = items.iter().collect();
         items.sort_by_key(|i| i.position);
-        let positions: Vec<i64> = items.iter().map(|i| i.position).collect();
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let campaign = self.lock_campaign(&mut tx, campaign_id).await?;
@@ -112,7 +110,6 @@ impl Store {
                 None => outcome.duplicates.push(item.user_id.clone()),
             }
         }
-        super::admissions::delete_handled(self, &mut tx, campaign_id, &positions).await?;
         outcome.mark = Floor {
             issued: campaign.issued + new_coupons.len() as i64,
             last_position: new_coupons

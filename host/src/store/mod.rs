@@ -121,11 +121,51 @@ impl Dialect {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
-    /// For writes that must be on disk before the host answers (admissions): on SQLite a
-    /// pool of one connection with `synchronous = FULL`, so that each commit fsyncs the WAL;
-    /// elsewhere the main pool (the server's own settings decide, both durable by default).
-    durable: AnyPool,
+    /// The embedded admission queue's record (`admissions`), written only by its group
+    /// commits, which must be on disk before the host answers. On SQLite a database file of
+    /// its own beside the main one (`{name}-admissions.db`), one connection with
+    /// `synchronous = FULL` so that each commit fsyncs its WAL: the group commit then never
+    /// waits for the issuer's write lock. Elsewhere the main pool (the server's own settings
+    /// decide, both durable by default).
+    record: AnyPool,
     dialect: Dialect,
+}
+
+/// The record's table in its own SQLite file (MySQL and PostgreSQL have it from their
+/// migrations).
+const SQLITE_RECORD_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS admissions (
+    campaign_id TEXT   NOT NULL,
+    position    BIGINT NOT NULL,
+    user_id     TEXT   NOT NULL,
+    request_id  TEXT   NOT NULL,
+    admitted_at BIGINT NOT NULL,
+    PRIMARY KEY (campaign_id, position)
+)";
+
+/// The URL of the admission record's SQLite file beside the main database file
+/// (`sqlite:data/firstcome.db?mode=rwc` -> `sqlite:data/firstcome-admissions.db?mode=rwc`);
+/// `None` for an in-memory database, which keeps nothing anyway.
+fn sqlite_record_url(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let bare = path.trim_start_matches("//");
+    if bare.is_empty() || bare == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    let file = std::path::Path::new(bare);
+    let stem = file.file_stem()?.to_string_lossy();
+    let name = match file.extension() {
+        Some(ext) => format!("{stem}-admissions.{}", ext.to_string_lossy()),
+        None => format!("{stem}-admissions"),
+    };
+    let record = file.with_file_name(name);
+    let prefix = &path[..path.len() - bare.len()];
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Some(format!("sqlite:{prefix}{}{query}", record.display()))
 }
 
 impl Store {
@@ -162,16 +202,20 @@ impl Store {
                 })
             })
         };
-        let pool = pool_options(16, "NORMAL")
-            .connect_with(options.clone())
-            .await?;
-        let durable = match dialect {
-            Dialect::Sqlite => pool_options(1, "FULL").connect_with(options).await?,
-            Dialect::MySql | Dialect::Postgres => pool.clone(),
+        let pool = pool_options(16, "NORMAL").connect_with(options).await?;
+        let record = match sqlite_record_url(&url).filter(|_| dialect == Dialect::Sqlite) {
+            Some(record_url) => {
+                let record = pool_options(1, "FULL")
+                    .connect_with(AnyConnectOptions::from_str(&record_url)?)
+                    .await?;
+                sqlx::query(SQLITE_RECORD_SCHEMA).execute(&record).await?;
+                record
+            }
+            None => pool.clone(),
         };
         Ok(Self {
             pool,
-            durable,
+            record,
             dialect,
         })
     }
@@ -208,7 +252,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.durable.close().await;
+        self.record.close().await;
         self.pool.close().await;
     }
 
@@ -273,6 +317,25 @@ mod tests {
             Dialect::Postgres
         );
         assert!(Dialect::from_url("oracle://x").is_err());
+    }
+
+    #[test]
+    fn the_admission_record_sits_beside_the_sqlite_file() {
+        assert_eq!(
+            sqlite_record_url("sqlite:data/firstcome.db?mode=rwc").as_deref(),
+            Some("sqlite:data/firstcome-admissions.db?mode=rwc")
+        );
+        assert_eq!(
+            sqlite_record_url("sqlite:///tmp/x/db.sqlite3").as_deref(),
+            Some("sqlite:///tmp/x/db-admissions.sqlite3")
+        );
+        assert_eq!(
+            sqlite_record_url("sqlite:state").as_deref(),
+            Some("sqlite:state-admissions")
+        );
+        assert_eq!(sqlite_record_url("sqlite::memory:"), None);
+        assert_eq!(sqlite_record_url("sqlite:x.db?mode=memory"), None);
+        assert_eq!(sqlite_record_url("mysql://h/db"), None);
     }
 
     #[test]
