@@ -99,6 +99,7 @@ impl App {
         );
         let changes = Arc::new(crate::live::Changes::default());
         let guard = Arc::new(QueueGuard::new(store.clone(), admission.clone()));
+        tracker.spawn(guard.clone().run_sweeps(shutdown.clone()));
         let issuers = Issuers::new(
             IssuerContext {
                 store: store.clone(),

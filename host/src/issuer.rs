@@ -134,9 +134,17 @@ async fn drain(
                 // that the loss is audited and counted even when nobody asks any more.
                 ctx.guard.suspect();
                 let current = campaign.borrow().clone();
-                if let Err(e) = ctx.guard.resync(&current, false).await {
-                    tracing::warn!(campaign = %id, error = %e, "cannot rebuild the admission queue");
-                    pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                match ctx.guard.resync(&current, false).await {
+                    Ok(true) => {}
+                    // Nothing to rebuild: lost again at once, or it never was; no busy loop.
+                    Ok(false) => {
+                        pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(campaign = %id, error = %e,
+                            "cannot rebuild the admission queue");
+                        pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                    }
                 }
                 continue;
             }
@@ -190,12 +198,16 @@ async fn issue(
             }
         }
     };
-    ctx.guard.raise(id, outcome.mark);
-    ctx.guard.handled(id, items.iter().map(|i| i.position));
+    // The users now holding a coupon through this chunk, for the queue and the ledger.
+    let holders: Vec<(String, i64)> = items
+        .iter()
+        .filter(|i| !outcome.refused.contains(&i.user_id))
+        .map(|i| (i.user_id.clone(), i.position))
+        .collect();
     if !outcome.refused.is_empty() {
         // Answered 202 by some host, refused by the database: lost with the queue's data.
-        metrics::counter!("firstcome_admissions_lost_total", "campaign" => id.to_owned())
-            .increment(outcome.refused.len() as u64);
+        // The host that answered counts them when its ledger finds them neither issued nor
+        // queued.
         tracing::warn!(campaign = %id, refused = outcome.refused.len(),
             "the database refused admitted requests: the campaign is full (the admission \
              queue had lost its data)");
@@ -213,6 +225,18 @@ async fn issue(
     if let Err(e) = ctx.admission.forget(id, &outcome.refused).await {
         tracing::warn!(campaign = %id, error = %e, "cannot clear refused users");
     }
+    // Only now is the floor raised: a queue that lost its data while this chunk was in
+    // flight has been told about these holders, so it is not found behind for them.
+    match ctx.admission.settle(id, &holders).await {
+        Ok(0) => {}
+        Ok(added) => tracing::warn!(campaign = %id, added,
+            "a chunk claimed before the admission queue lost its data committed after the \
+             rebuild: its holders were added to the queue"),
+        Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot settle a committed chunk"),
+    }
+    ctx.guard.raise(id, outcome.mark);
+    ctx.guard
+        .issued(id, holders.iter().map(|(user, _)| user.as_str()));
     true
 }
 

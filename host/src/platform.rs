@@ -30,6 +30,9 @@ pub enum PlatformError {
     QueueUnstable(String),
     #[error("the admission queue fell behind the database again after each rebuild of {0}")]
     QueueBehind(String),
+    /// A new capacity below the requests already answered `202` would break their promise.
+    #[error("capacity {capacity} is below the {admitted} requests already admitted")]
+    CapacityBelowAdmitted { capacity: i64, admitted: i64 },
     #[error("{0}")]
     Plugin(String),
 }
@@ -135,8 +138,9 @@ impl Platform {
     }
 
     /// Makes a validated campaign active (or updates it): its plugins are loaded and checked
-    /// first, then its database row is written (which refuses a capacity below the coupons
-    /// already issued), then its admission state; only then are its plugins swapped in and
+    /// first, a capacity below the requests already admitted is refused, then its database row
+    /// is written (which refuses a capacity below the coupons already issued), then its
+    /// admission state; only then are its plugins swapped in and
     /// its issuer started. On error nothing changes in memory and the previous version stays.
     pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
         let plugins = self
@@ -144,6 +148,13 @@ impl Platform {
             .prepare(&campaign)
             .await
             .map_err(PlatformError::Plugin)?;
+        let admitted = self.admission.counts(&campaign.id).await?.admitted;
+        if campaign.capacity < admitted {
+            return Err(PlatformError::CapacityBelowAdmitted {
+                capacity: campaign.capacity,
+                admitted,
+            });
+        }
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
         let roles: Vec<String> = plugins.roles.keys().cloned().collect();

@@ -59,7 +59,7 @@ async fn campaign_files_apply_live() {
         ("name = \"Live\"\ncapacity = \n", "live.toml"),
         (
             "name = \"Live\"\ncapacity = 1\nvalue = 100\n",
-            "below the 3 coupons already issued",
+            "below the 3 requests already admitted",
         ),
     ] {
         app.wait_issued("live", 3, 10).await;

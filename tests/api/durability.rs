@@ -685,3 +685,133 @@ async fn redis_without_persistence_loses_its_queue_truthfully() {
         .expect("the host has seen every coupon it promised");
     app.stop().await;
 }
+
+/// Lowering a campaign's capacity below the requests already answered `202` would break their
+/// promise: refused with the reason, whether they are issued yet or still queued.
+async fn capacity_below_admitted_is_refused(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(backend, dir.path()).await;
+    let app = spawn_app_on(backends, dir, |_| {}).await;
+    let id = app.campaign(spec(10)).await;
+    app.platform.issuers.stop(&id);
+    for i in 0..5 {
+        assert_eq!(app.request(&id, &format!("u{i}")).await.0, 202);
+    }
+    let apply = |capacity: i64| {
+        app.platform
+            .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(capacity)).unwrap())
+    };
+    let refused = apply(4).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("capacity 4 is below the 5 requests already admitted"),
+        "{refused}"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/campaigns/{id}")).await.1["capacity"],
+        10
+    );
+    apply(5).await.unwrap();
+    app.platform
+        .issuers
+        .run(app.platform.campaign(&id).unwrap());
+    app.wait_issued(&id, 5, 20).await;
+    assert_eq!(app.request(&id, "late").await.1["code"], "sold_out");
+    app.stop().await;
+}
+
+crate::on_all_backends!(capacity_below_admitted, capacity_below_admitted_is_refused);
+
+/// The ledger of one host's `202`s against a Redis that loses a campaign while a chunk is in
+/// flight: the late chunk's holders are settled into the rebuilt state (a holder is told
+/// `409`, never a new place), they are not counted lost, and a user lost with the queue and
+/// answered again at a reused place is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_in_flight_across_a_loss_is_settled_and_the_ledger_counts_right() {
+    use firstcome::admission::redis::RedisAdmission;
+    use firstcome::admission::{Admission, Admit};
+    use firstcome::queue_guard::{QueueGuard, SETTLE};
+    // The process's metrics recorder, before anything counts.
+    let metrics = firstcome::monitoring::handle();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = OwnRedis::start(dir.path(), &[]).await;
+    let url = crate::helpers::fresh_database(Backend::RedisPostgres, dir.path()).await;
+    let store = firstcome::store::Store::open(&url).await.unwrap();
+    let queue: Arc<dyn Admission> = Arc::new(RedisAdmission::connect(&redis.url()).await.unwrap());
+    let guard = QueueGuard::new(store.clone(), queue.clone());
+    let campaign = firstcome::campaign::Campaign::new(&unique("c"), spec(5)).unwrap();
+    store.upsert_campaign(&campaign).await.unwrap();
+    guard.resync(&campaign, false).await.unwrap();
+    let id = campaign.id.clone();
+    let admit = |user: &str| {
+        let (queue, guard, id, user) = (queue.clone(), &guard, id.clone(), user.to_owned());
+        async move {
+            let floor = guard.floor(&id).await;
+            let outcome = queue.admit(&id, &user, "r", 0, floor).await.unwrap();
+            if let Admit::Admitted { position } = outcome {
+                guard.answered(&id, &user, position);
+            }
+            outcome
+        }
+    };
+    for user in ["a1", "a2", "lost"] {
+        assert!(matches!(admit(user).await, Admit::Admitted { .. }));
+    }
+    // A slow host claims a1 and a2; then Redis loses everything.
+    let in_flight = queue.claim(&id, "slow", 2, None).await.unwrap();
+    assert_eq!(in_flight.len(), 2);
+    assert_eq!(redis.cmd(&["FLUSHALL"]).await, redis::Value::Okay);
+    assert!(
+        guard.resync(&campaign, false).await.unwrap(),
+        "rebuilt from nothing issued"
+    );
+    // The lost user asks again before anything was swept: admitted at a reused place.
+    let again = admit("lost").await;
+    assert!(matches!(again, Admit::Admitted { .. }), "{again:?}");
+    // The slow chunk commits after the rebuild and is settled into the new state.
+    let outcome = store
+        .issue_chunk(&id, &in_flight, "slow", "t")
+        .await
+        .unwrap();
+    assert_eq!(outcome.events.len(), 2);
+    let holders: Vec<(String, i64)> = in_flight
+        .iter()
+        .map(|i| (i.user_id.clone(), i.position))
+        .collect();
+    assert_eq!(queue.settle(&id, &holders).await.unwrap(), 2);
+    guard.raise(&id, outcome.mark);
+    for item in &in_flight {
+        assert_eq!(
+            admit(&item.user_id).await,
+            Admit::Duplicate {
+                position: item.position
+            },
+            "a holder is told 409 at their place"
+        );
+    }
+    // Capacity 5: a1, a2 (issued), lost (again) and two more; the sixth is sold out, and no
+    // admitted request is refused by the database.
+    for user in ["b1", "b2"] {
+        assert!(matches!(admit(user).await, Admit::Admitted { .. }));
+    }
+    assert_eq!(admit("b3").await, Admit::SoldOut);
+    let rest = queue.claim(&id, "h", 10, None).await.unwrap();
+    let outcome = store.issue_chunk(&id, &rest, "h", "t").await.unwrap();
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+    guard.issued(&id, rest.iter().map(|i| i.user_id.as_str()));
+    // a1 and a2 are issued, not lost; `lost` was counted when answered again.
+    let swept = guard
+        .sweep(std::time::Instant::now() + SETTLE)
+        .await
+        .unwrap();
+    assert_eq!(swept, 0, "nothing more is lost");
+    assert_eq!(guard.unconfirmed(&id), 0);
+    let series = format!("firstcome_admissions_lost_total{{campaign=\"{id}\"}} ");
+    let counted: Vec<String> = metrics
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&series).map(str::to_owned))
+        .collect();
+    assert_eq!(counted, ["1"], "the lost user, once");
+}

@@ -355,10 +355,10 @@ impl Admission for EmbeddedAdmission {
             }
         }
         let mut state = self.shared.state.lock().unwrap();
-        let q = state
-            .campaigns
-            .get_mut(&campaign.id)
-            .expect("rebuilt above when missing");
+        // Gone again only if `clear` ran in between (a test's restart).
+        let Some(q) = state.campaigns.get_mut(&campaign.id) else {
+            return Err(AdmissionError::Lost(campaign.id.clone()));
+        };
         q.capacity = campaign.capacity;
         q.opens_at = campaign.opens_at;
         q.closes_at = campaign.closes_at;

@@ -128,12 +128,14 @@ pub trait Admission: Send + Sync + Debug {
     /// "redis" or "embedded", for logs and readiness.
     fn kind(&self) -> &'static str;
 
-    /// Writes a campaign's capacity and window. When the queue holds nothing for it, holds less
-    /// than the [`Floor`] of `issued` (it went back in time), or `force`, first rebuilds it
-    /// from `issued`: the users holding a coupon and their positions, as the database has
-    /// them (and, for the embedded queue, its durable record of requests not yet issued).
-    /// The check and the rebuild are one atomic step, so that hosts finding the same stale
-    /// state rebuild it once. Returns whether it rebuilt.
+    /// Writes a campaign's capacity and window. First, when the queue holds nothing for it
+    /// (or `force`), rebuilds it from `issued`: the users holding a coupon and their
+    /// positions, as the database has them (and, for the embedded queue, its durable record
+    /// of requests not yet issued). When it holds less than the [`Floor`] of `issued` (it
+    /// went back in time), brings it up to the database: Redis merges the holders it does
+    /// not know, keeping the requests it still queues. The check and the change are one
+    /// atomic step, so that hosts finding the same stale state change it once. Returns
+    /// whether it rebuilt or merged.
     async fn sync_campaign(
         &self,
         campaign: &Campaign,
@@ -172,6 +174,14 @@ pub trait Admission: Send + Sync + Debug {
 
     /// Removes committed items from the queue.
     async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()>;
+
+    /// Makes sure the queue knows users who now hold a coupon, `(user, position)`: a chunk
+    /// claimed before the queue lost its data and committed after the rebuild holds users the
+    /// rebuilt state never saw. Returns how many it added. A queue that cannot lose its data
+    /// has nothing to do.
+    async fn settle(&self, _campaign_id: &str, _holders: &[(String, i64)]) -> Result<u64> {
+        Ok(0)
+    }
 
     /// Drops users' admission marks (they were refused by the database): their status reads
     /// "none" again.

@@ -25,6 +25,7 @@ pub struct RedisAdmission {
     conn: ConnectionManager,
     admit: Script,
     sync: Script,
+    settle: Script,
 }
 
 impl std::fmt::Debug for RedisAdmission {
@@ -59,6 +60,7 @@ impl RedisAdmission {
             conn,
             admit: Script::new(include_str!("admit.lua")),
             sync: Script::new(include_str!("sync.lua")),
+            settle: Script::new(include_str!("settle.lua")),
         })
     }
 
@@ -120,8 +122,8 @@ impl Admission for RedisAdmission {
         for (user, position) in issued {
             inv.arg(user).arg(*position);
         }
-        let rebuilt: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(rebuilt == 1)
+        let changed: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(changed != 0)
     }
 
     async fn admit(
@@ -252,6 +254,20 @@ impl Admission for RedisAdmission {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    async fn settle(&self, campaign_id: &str, holders: &[(String, i64)]) -> Result<u64> {
+        if holders.is_empty() {
+            return Ok(0);
+        }
+        let k = keys(campaign_id);
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(&k.meta).key(&k.users);
+        for (user, position) in holders {
+            inv.arg(user).arg(*position);
+        }
+        let added: u64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(added)
     }
 
     async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()> {

@@ -103,7 +103,8 @@ impl From<QueryRejection> for ApiError {
 impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> Self {
         match e {
-            PlatformError::Store(StoreError::CapacityBelowIssued { .. }) => {
+            PlatformError::Store(StoreError::CapacityBelowIssued { .. })
+            | PlatformError::CapacityBelowAdmitted { .. } => {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
             PlatformError::Plugin(reason) => Self::unprocessable("invalid_plugin", reason),
