@@ -1,6 +1,7 @@
 //! A real headless browser for tests: Debian's Chromium driven through chromedriver's WebDriver
 //! API with plain HTTP. Screenshots are kept in `{target}/artifacts/`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -18,7 +19,10 @@ pub struct Browser {
 impl Browser {
     pub async fn start() -> Self {
         let port = crate::helpers::free_port();
+        // In a process group of its own, which Chromium's processes join, so that dropping
+        // the browser ends all of them (killing chromedriver alone leaves Chromium running).
         let driver = std::process::Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -129,6 +133,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -5,8 +5,8 @@
 //! the *unwritten* list. One writer task writes everything unwritten in one transaction to the
 //! store's admission record (a group commit: concurrent admissions share one write and, on
 //! SQLite, one fsync of a file nothing else writes), and only then are those requests answered
-//! `202` and handed to the issuer. Requests whose chunk committed (`ack`) are deleted from the
-//! record by the next group commit.
+//! `202` and handed to the issuer. About once a second the writer deletes from the record, per
+//! campaign, the rows below the first request not yet handled (its chunk not committed).
 //!
 //! A start (the first `sync_campaign` of a campaign) rebuilds the campaign from the database:
 //! the users holding a coupon, then every recorded, unissued admission at its original
@@ -34,6 +34,9 @@ pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// Admissions written per transaction at most; more wait for the next one.
 const WRITE_BATCH: usize = 2_000;
 
+/// How often the writer deletes handled requests from the record.
+const CLEANUP_EVERY: Duration = Duration::from_secs(1);
+
 /// Back-off between attempts of a write the database refused, doubling up to the maximum.
 const WRITE_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
@@ -57,6 +60,8 @@ struct CampaignQueue {
     waiting: VecDeque<QueueItem>,
     /// Claimed, not yet acknowledged, by position.
     pending: BTreeMap<i64, Pending>,
+    /// Every recorded request below this position is deleted from the record.
+    cleaned_below: i64,
 }
 
 #[derive(Debug)]
@@ -78,9 +83,6 @@ struct State {
     campaigns: HashMap<String, CampaignQueue>,
     /// In ticket order: the writer always takes a prefix.
     unwritten: VecDeque<Unwritten>,
-    /// `(campaign, position)` of requests whose chunk committed, to delete from the record;
-    /// the writer takes a prefix.
-    handled: Vec<(String, i64)>,
     last_ticket: u64,
     /// Every ticket up to this one is on disk.
     written: u64,
@@ -157,7 +159,6 @@ impl EmbeddedAdmission {
         let mut state = self.shared.state.lock().unwrap();
         state.campaigns.clear();
         state.unwritten.clear();
-        state.handled.clear();
         // Their requests are answered 503: dropped senders.
         state.waiters.clear();
         state.written = state.last_ticket;
@@ -188,15 +189,11 @@ impl Shared {
         let mut retry = WRITE_RETRY.0;
         loop {
             let writing = self.writing.lock().await;
-            let (batch, handled) = {
+            let batch: Vec<Unwritten> = {
                 let state = self.state.lock().unwrap();
-                let batch: Vec<Unwritten> =
-                    state.unwritten.iter().take(WRITE_BATCH).cloned().collect();
-                let handled: Vec<(String, i64)> =
-                    state.handled.iter().take(WRITE_BATCH).cloned().collect();
-                (batch, handled)
+                state.unwritten.iter().take(WRITE_BATCH).cloned().collect()
             };
-            if batch.is_empty() && handled.is_empty() {
+            if batch.is_empty() {
                 return;
             }
             let rows: Vec<AdmissionRow<'_>> = batch
@@ -207,15 +204,13 @@ impl Shared {
                 })
                 .collect();
             let started = Instant::now();
-            match self.store.commit_admissions(&rows, &handled).await {
+            match self.store.record_admissions(&rows).await {
                 Ok(()) => {
-                    if !batch.is_empty() {
-                        metrics::histogram!("firstcome_admission_write_batch_size")
-                            .record(batch.len() as f64);
-                    }
+                    metrics::histogram!("firstcome_admission_write_batch_size")
+                        .record(batch.len() as f64);
                     metrics::histogram!("firstcome_admission_write_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    self.applied(&batch, handled.len());
+                    self.applied(&batch);
                     retry = WRITE_RETRY.0;
                 }
                 Err(e) => {
@@ -234,9 +229,8 @@ impl Shared {
     }
 
     /// A group commit is on disk: its admissions (the front of the unwritten list) go to the
-    /// issuer and their requests are answered; its deletes (the front of the handled list)
-    /// are done.
-    fn applied(&self, batch: &[Unwritten], deleted: usize) {
+    /// issuer and their requests are answered.
+    fn applied(&self, batch: &[Unwritten]) {
         // `clear` waits for the write lock, which the caller holds, and nothing but the
         // writer takes from the fronts: they are still this batch.
         let told = {
@@ -244,12 +238,10 @@ impl Shared {
             let State {
                 campaigns,
                 unwritten,
-                handled,
                 written,
                 waiters,
                 ..
             } = &mut *state;
-            handled.drain(..deleted);
             for done in unwritten.drain(..batch.len()) {
                 if let Some(q) = campaigns.get_mut(&done.campaign_id) {
                     q.waiting.push_back(done.item);
@@ -269,11 +261,66 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Deletes, per campaign, the recorded requests below the first one not yet handled.
+    async fn clean_up(&self) {
+        let marks: Vec<(String, i64)> = {
+            let mut state = self.state.lock().unwrap();
+            let State {
+                campaigns,
+                unwritten,
+                ..
+            } = &mut *state;
+            campaigns
+                .iter_mut()
+                .filter_map(|(id, q)| {
+                    let first_open = [
+                        q.waiting.front().map(|i| i.position),
+                        q.pending.keys().next().copied(),
+                        unwritten
+                            .iter()
+                            .find(|u| u.campaign_id == *id)
+                            .map(|u| u.item.position),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(q.seq + 1);
+                    (first_open > q.cleaned_below).then(|| {
+                        q.cleaned_below = first_open;
+                        (id.clone(), first_open)
+                    })
+                })
+                .collect()
+        };
+        for (campaign_id, below) in marks {
+            if let Err(e) = self
+                .store
+                .forget_admissions_below(&campaign_id, below)
+                .await
+            {
+                // Harmless: the rows go with a later clean-up, and a rebuild skips holders.
+                tracing::warn!(campaign = %campaign_id, error = %e,
+                    "cannot delete handled admissions from the record");
+                if let Some(q) = self.state.lock().unwrap().campaigns.get_mut(&campaign_id) {
+                    q.cleaned_below = q.cleaned_below.min(below - 1);
+                }
+            }
+        }
+    }
+}
+
 async fn write_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_cleanup = Instant::now();
     loop {
         shared.write_all(&stop).await;
+        if last_cleanup.elapsed() >= CLEANUP_EVERY {
+            shared.clean_up().await;
+            last_cleanup = Instant::now();
+        }
         tokio::select! {
             () = shared.wake.notified() => {}
+            () = tokio::time::sleep(CLEANUP_EVERY) => {}
             () = stop.cancelled() => return,
         }
     }
@@ -306,13 +353,6 @@ impl Admission for EmbeddedAdmission {
             let recorded = self.shared.store.recorded_admissions(&campaign.id).await?;
             let mut state = self.shared.state.lock().unwrap();
             if must_rebuild(&state) {
-                let done: std::collections::HashSet<i64> = state
-                    .handled
-                    .iter()
-                    .filter(|(c, _)| *c == campaign.id)
-                    .map(|(_, p)| *p)
-                    .collect();
-                let mut stale = Vec::new();
                 let mut queue = CampaignQueue::default();
                 for (user, position) in issued {
                     let held = Held {
@@ -322,10 +362,9 @@ impl Admission for EmbeddedAdmission {
                     queue.users.insert(user.clone(), held);
                 }
                 for item in recorded {
-                    // A holder's row outlived its chunk (a crash before the delete): the
-                    // coupon is the database's word; the row goes with the next commit.
-                    if queue.users.contains_key(&item.user_id) || done.contains(&item.position) {
-                        stale.push((campaign.id.clone(), item.position));
+                    // A holder's row outlived its chunk (a crash before the clean-up): the
+                    // coupon is the database's word; the row goes with a later clean-up.
+                    if queue.users.contains_key(&item.user_id) {
                         continue;
                     }
                     let held = Held {
@@ -347,10 +386,6 @@ impl Admission for EmbeddedAdmission {
                 queue.admitted = queue.users.len() as i64;
                 queue.seq = queue.users.values().map(|h| h.position).max().unwrap_or(0);
                 state.campaigns.insert(campaign.id.clone(), queue);
-                if !stale.is_empty() {
-                    state.handled.extend(stale);
-                    self.shared.wake.notify_one();
-                }
                 rebuilt = true;
             }
         }
@@ -510,18 +545,13 @@ impl Admission for EmbeddedAdmission {
     }
 
     async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()> {
+        // Their rows leave the record with the writer's next clean-up.
         let mut state = self.shared.state.lock().unwrap();
         if let Some(q) = state.campaigns.get_mut(campaign_id) {
             for item in items {
                 q.pending.remove(&item.position);
             }
         }
-        state.handled.extend(
-            items
-                .iter()
-                .map(|item| (campaign_id.to_owned(), item.position)),
-        );
-        self.shared.wake.notify_one();
         Ok(())
     }
 

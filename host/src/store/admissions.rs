@@ -2,10 +2,11 @@
 //! requests (`admissions`), and each campaign's issue mark, the floor below which no admission
 //! queue may fall.
 //!
-//! A row of `admissions` is written (a group commit) before its request is answered `202`,
-//! and deleted by a later group commit once the request's chunk has committed. Between the
-//! chunk's commit and that delete a crash leaves the row of a user who already holds a coupon:
-//! the rebuild skips those (the coupon is the database's word) and deletes them.
+//! A row of `admissions` is written (a group commit) before its request is answered `202`;
+//! once every request of the campaign up to a position is handled (its chunk committed), the
+//! rows below it are deleted, about once a second. A row of a user who holds a coupon may
+//! therefore outlive its chunk (a crash before the delete): the rebuild skips those, the
+//! coupon being the database's word.
 //!
 //! On SQLite the record is a database file of its own, written by nothing but the group
 //! commits (see [`Store`]'s `record`); on MySQL and PostgreSQL a table of the main database.
@@ -27,48 +28,59 @@ pub struct AdmissionRow<'a> {
 }
 
 impl Store {
-    /// One group commit of the admission record, in one transaction: writes `admitted` (one
-    /// write and, on SQLite, one fsync for however many requests arrived while the previous
-    /// commit ran) and deletes `handled`, `(campaign, position)` of requests whose chunk has
-    /// committed. A row already written is skipped, so a commit retried after an error whose
-    /// outcome was unknown is harmless.
-    pub async fn commit_admissions(
-        &self,
-        admitted: &[AdmissionRow<'_>],
-        handled: &[(String, i64)],
-    ) -> Result<()> {
-        if admitted.is_empty() && handled.is_empty() {
+    /// One group commit of the admission record: writes `admitted` at once (one write and,
+    /// on SQLite, one fsync for however many requests arrived while the previous commit ran).
+    /// A row already written is skipped, so a commit retried after an error whose outcome
+    /// was unknown is harmless.
+    pub async fn record_admissions(&self, admitted: &[AdmissionRow<'_>]) -> Result<()> {
+        if admitted.is_empty() {
             return Ok(());
         }
-        // The common case, admissions that fit one statement and nothing to delete: one
-        // statement is atomic on its own, and saves the round trips of BEGIN and COMMIT.
-        if handled.is_empty() && admitted.len() <= ROWS_PER_STATEMENT {
-            self.insert_admissions(&self.record, admitted).await?;
+        if self.dialect == super::Dialect::Sqlite {
+            // One statement with one JSON parameter, the same text every time: prepared once,
+            // atomic on its own (no BEGIN and COMMIT round trips).
+            let rows: Vec<serde_json::Value> = admitted
+                .iter()
+                .map(|r| {
+                    serde_json::json!([
+                        r.campaign_id,
+                        r.item.position,
+                        r.item.user_id,
+                        r.item.request_id,
+                        r.item.admitted_at
+                    ])
+                })
+                .collect();
+            sqlx::query(
+                "INSERT OR IGNORE INTO admissions \
+                 (campaign_id, position, user_id, request_id, admitted_at) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+                 FROM json_each(?)",
+            )
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&self.record)
+            .await?;
             return Ok(());
+        }
+        if admitted.len() <= ROWS_PER_STATEMENT {
+            return self.insert_admissions(&self.record, admitted).await;
         }
         let mut tx = self.record.begin().await?;
         for part in admitted.chunks(ROWS_PER_STATEMENT) {
             self.insert_admissions(&mut *tx, part).await?;
         }
-        let mut by_campaign: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
-        for (campaign_id, position) in handled {
-            by_campaign.entry(campaign_id).or_default().push(*position);
-        }
-        for (campaign_id, positions) in by_campaign {
-            for part in positions.chunks(ROWS_PER_STATEMENT) {
-                let delete = format!(
-                    "DELETE FROM admissions WHERE campaign_id = ? AND position IN {}",
-                    placeholders(part.len())
-                );
-                let sql = self.sql(&delete);
-                let mut query = sqlx::query(&sql).bind(campaign_id);
-                for position in part {
-                    query = query.bind(*position);
-                }
-                query.execute(&mut *tx).await?;
-            }
-        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a campaign's recorded admissions below `position`: every one of them handled
+    /// (its chunk committed).
+    pub async fn forget_admissions_below(&self, campaign_id: &str, position: i64) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM admissions WHERE campaign_id = ? AND position < ?"))
+            .bind(campaign_id)
+            .bind(position)
+            .execute(&self.record)
+            .await?;
         Ok(())
     }
 
