@@ -89,6 +89,8 @@ pub struct QueueGuard {
 }
 
 impl QueueGuard {
+    /// A guard over `admission`, reading floors and holders from `store`. Its ledger is swept
+    /// only by [`QueueGuard::run_sweeps`], which the host starts.
     pub fn new(store: Store, admission: Arc<dyn Admission>) -> Self {
         Self {
             store,

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::helpers::{
     Backend, Backends, TestApp, coupons, free_port, spawn_app_on, spec, unique, wait_for,
+    wait_ready,
 };
 
 /// A `redis-server` of a test's own, on a free port, its data in a folder of the test's.
@@ -188,23 +189,9 @@ async fn embedded_process_killed(at: KillAt) {
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let ready = |base: String| {
-        let client = client.clone();
-        async move {
-            wait_for(60, || async {
-                client
-                    .get(format!("{base}/health/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            })
-            .await
-            .expect("the process becomes ready");
-        }
-    };
 
     let (mut first, base) = start();
-    ready(base.clone()).await;
+    wait_ready(&client, &base, 60).await;
     let store = firstcome::store::Store::connect(&format!(
         "sqlite:{}",
         data.join("firstcome.db").display()
@@ -288,7 +275,7 @@ async fn embedded_process_killed(at: KillAt) {
     }
 
     let (_second, base) = start();
-    ready(base).await;
+    wait_ready(&client, &base, 60).await;
     wait_for(120, || async {
         let issued: HashSet<String> = coupons(&store, &id)
             .await

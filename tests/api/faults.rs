@@ -11,6 +11,7 @@ use futures::StreamExt;
 
 use crate::helpers::{
     Backend, Backends, coupons, lose_queue_data, spawn_app_on, spec, storm, unique, wait_for,
+    wait_ready,
 };
 use crate::on_all_backends;
 
@@ -324,23 +325,9 @@ async fn killed_process_loses_nothing() {
         (child, format!("http://127.0.0.1:{port}"))
     };
     let client = reqwest::Client::new();
-    let ready = |base: String| {
-        let client = client.clone();
-        async move {
-            wait_for(30, || async {
-                client
-                    .get(format!("{base}/health/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            })
-            .await
-            .expect("the process becomes ready");
-        }
-    };
 
     let (mut first, base) = start();
-    ready(base.clone()).await;
+    wait_ready(&client, &base, 30).await;
     let store = backends.store.clone();
     let storm = futures::stream::iter(0..1500)
         .map(|i| {
@@ -382,7 +369,7 @@ async fn killed_process_loses_nothing() {
     );
 
     let (_second, base) = start();
-    ready(base).await;
+    wait_ready(&client, &base, 30).await;
     let admitted = backends.admission.counts(&id).await.unwrap().admitted;
     wait_for(60, || async {
         store.count_coupons(&id).await.unwrap() == admitted

@@ -357,6 +357,19 @@ impl TestApp {
     }
 }
 
+/// Waits up to `secs` for a host at `base` (a `firstcome serve` just started) to answer ready.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, secs: u64) {
+    wait_for(secs, || async {
+        client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+    .expect("the process becomes ready");
+}
+
 /// Polls `cond` every 20 ms for up to `secs`; `None` on timeout.
 pub async fn wait_for<F, Fut>(secs: u64, mut cond: F) -> Option<()>
 where

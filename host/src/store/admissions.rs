@@ -23,7 +23,9 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// One admitted request for the durable record.
 #[derive(Clone, Copy, Debug)]
 pub struct AdmissionRow<'a> {
+    /// The campaign the request was admitted to.
     pub campaign_id: &'a str,
+    /// The request at its place in line (position, user, request id, time in epoch ms).
     pub item: &'a QueueItem,
 }
 
