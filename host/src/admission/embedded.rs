@@ -2,9 +2,9 @@
 //! in the database before it answers.
 //!
 //! An admission is decided in memory (window, duplicate, capacity, position) and appended to
-//! the *unwritten* list. One writer task writes everything unwritten in one transaction to the
-//! store's admission record (a group commit: concurrent admissions share one write and, on
-//! SQLite, one fsync of a file nothing else writes), and only then are those requests answered
+//! the *unwritten* list. One writer (a thread of its own on SQLite) writes everything unwritten
+//! at once to the store's admission record (a group commit: concurrent admissions share one
+//! write and, on SQLite, one fsync of a file nothing else writes), and only then are they answered
 //! `202` and handed to the issuer. About once a second the writer deletes from the record, per
 //! campaign, the rows below the first request not yet handled (its chunk not committed).
 //!
