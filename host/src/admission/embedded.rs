@@ -101,6 +101,10 @@ impl State {
 struct Shared {
     store: Store,
     state: Mutex<State>,
+    /// On SQLite, the writer's own connection to the record file: the group commit runs on
+    /// the writer's thread without a hop through sqlx's worker thread. `None`: through the
+    /// store.
+    direct: Option<Mutex<rusqlite::Connection>>,
     /// Tells the writer there is something to write.
     wake: Notify,
     /// Held while a batch is written, and by whatever must not run beside a write (a
@@ -120,8 +124,19 @@ impl EmbeddedAdmission {
     /// A queue whose admissions are recorded in `store`; starts its writer (a thread of its
     /// own on SQLite, else a task, so it must be called inside a Tokio runtime).
     pub fn new(store: Store) -> Self {
+        let direct = store
+            .record_file()
+            .and_then(|file| match open_record(file) {
+                Ok(conn) => Some(Mutex::new(conn)),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e,
+                    "cannot open the admission record directly; writing through the pool");
+                    None
+                }
+            });
         let shared = Arc::new(Shared {
             store,
+            direct,
             state: Mutex::default(),
             wake: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
@@ -204,7 +219,17 @@ impl Shared {
                 })
                 .collect();
             let started = Instant::now();
-            match self.store.record_admissions(&rows).await {
+            let recorded = match &self.direct {
+                Some(conn) => {
+                    insert_direct(&mut conn.lock().unwrap(), &rows).map_err(|e| e.to_string())
+                }
+                None => self
+                    .store
+                    .record_admissions(&rows)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match recorded {
                 Ok(()) => {
                     metrics::histogram!("firstcome_admission_write_batch_size")
                         .record(batch.len() as f64);
@@ -294,11 +319,23 @@ impl Shared {
                 .collect()
         };
         for (campaign_id, below) in marks {
-            if let Err(e) = self
-                .store
-                .forget_admissions_below(&campaign_id, below)
-                .await
-            {
+            let deleted = match &self.direct {
+                Some(conn) => conn
+                    .lock()
+                    .unwrap()
+                    .execute(
+                        "DELETE FROM admissions WHERE campaign_id = ?1 AND position < ?2",
+                        rusqlite::params![campaign_id, below],
+                    )
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .store
+                    .forget_admissions_below(&campaign_id, below)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = deleted {
                 // Harmless: the rows go with a later clean-up, and a rebuild skips holders.
                 tracing::warn!(campaign = %campaign_id, error = %e,
                     "cannot delete handled admissions from the record");
@@ -308,6 +345,41 @@ impl Shared {
             }
         }
     }
+}
+
+/// Opens the record file for the writer: WAL, and every commit fsynced (`synchronous = FULL`).
+fn open_record(file: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(file)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
+    )?;
+    Ok(conn)
+}
+
+/// One group commit on the writer's own connection: one transaction, one prepared statement
+/// per row, one fsync. A row already written is skipped.
+fn insert_direct(
+    conn: &mut rusqlite::Connection,
+    rows: &[AdmissionRow<'_>],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO admissions \
+             (campaign_id, position, user_id, request_id, admitted_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for row in rows {
+            insert.execute(rusqlite::params![
+                row.campaign_id,
+                row.item.position,
+                row.item.user_id,
+                row.item.request_id,
+                row.item.admitted_at
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 async fn write_loop(shared: Arc<Shared>, stop: CancellationToken) {

@@ -128,6 +128,8 @@ pub struct Store {
     /// waits for the issuer's write lock. Elsewhere the main pool (the server's own settings
     /// decide, both durable by default).
     record: AnyPool,
+    /// On SQLite, the record's file, which the embedded queue's writer opens itself.
+    record_file: Option<std::path::PathBuf>,
     dialect: Dialect,
 }
 
@@ -142,10 +144,15 @@ const SQLITE_RECORD_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS admissions (
     PRIMARY KEY (campaign_id, position)
 )";
 
-/// The URL of the admission record's SQLite file beside the main database file
+#[cfg(test)]
+fn sqlite_record_url(url: &str) -> Option<String> {
+    sqlite_record(url).map(|(_, url)| url)
+}
+
+/// The admission record's SQLite file beside the main database file, and its URL
 /// (`sqlite:data/firstcome.db?mode=rwc` -> `sqlite:data/firstcome-admissions.db?mode=rwc`);
 /// `None` for an in-memory database, which keeps nothing anyway.
-fn sqlite_record_url(url: &str) -> Option<String> {
+fn sqlite_record(url: &str) -> Option<(std::path::PathBuf, String)> {
     let rest = url.strip_prefix("sqlite:")?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let bare = path.trim_start_matches("//");
@@ -165,7 +172,8 @@ fn sqlite_record_url(url: &str) -> Option<String> {
     } else {
         format!("?{query}")
     };
-    Some(format!("sqlite:{prefix}{}{query}", record.display()))
+    let url = format!("sqlite:{prefix}{}{query}", record.display());
+    Some((record, url))
 }
 
 impl Store {
@@ -203,7 +211,9 @@ impl Store {
             })
         };
         let pool = pool_options(16, "NORMAL").connect_with(options).await?;
-        let record = match sqlite_record_url(&url).filter(|_| dialect == Dialect::Sqlite) {
+        let sqlite_record = sqlite_record(&url).filter(|_| dialect == Dialect::Sqlite);
+        let record_file = sqlite_record.as_ref().map(|(file, _)| file.clone());
+        let record = match sqlite_record.map(|(_, url)| url) {
             Some(record_url) => {
                 let record = pool_options(1, "FULL")
                     .connect_with(AnyConnectOptions::from_str(&record_url)?)
@@ -216,6 +226,7 @@ impl Store {
         Ok(Self {
             pool,
             record,
+            record_file,
             dialect,
         })
     }
@@ -239,6 +250,11 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// On SQLite, the admission record's own file (created, with its table, by `connect`).
+    pub fn record_file(&self) -> Option<&std::path::Path> {
+        self.record_file.as_deref()
     }
 
     pub fn pool(&self) -> &AnyPool {
