@@ -30,38 +30,13 @@ pub struct AdmissionRow<'a> {
 }
 
 impl Store {
-    /// One group commit of the admission record: writes `admitted` at once (one write and,
-    /// on SQLite, one fsync for however many requests arrived while the previous commit ran).
+    /// One group commit of the admission record through the pool: writes `admitted` at once
+    /// (one write for however many requests arrived while the previous commit ran). On an
+    /// SQLite file the embedded queue's writer commits on a connection of its own instead.
     /// A row already written is skipped, so a commit retried after an error whose outcome
     /// was unknown is harmless.
     pub async fn record_admissions(&self, admitted: &[AdmissionRow<'_>]) -> Result<()> {
         if admitted.is_empty() {
-            return Ok(());
-        }
-        if self.dialect == super::Dialect::Sqlite {
-            // One statement with one JSON parameter, the same text every time: prepared once,
-            // atomic on its own (no BEGIN and COMMIT round trips).
-            let rows: Vec<serde_json::Value> = admitted
-                .iter()
-                .map(|r| {
-                    serde_json::json!([
-                        r.campaign_id,
-                        r.item.position,
-                        r.item.user_id,
-                        r.item.request_id,
-                        r.item.admitted_at
-                    ])
-                })
-                .collect();
-            sqlx::query(
-                "INSERT OR IGNORE INTO admissions \
-                 (campaign_id, position, user_id, request_id, admitted_at) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
-                 FROM json_each(?)",
-            )
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&self.record)
-            .await?;
             return Ok(());
         }
         if admitted.len() <= ROWS_PER_STATEMENT {
