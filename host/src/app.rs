@@ -179,10 +179,8 @@ impl App {
         let router = crate::api::router(self.platform.clone());
         let token = self.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "serving");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+        let limits = self.platform.config.http.clone();
+        crate::api::server::serve(self.listener, router, &limits, token).await;
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;

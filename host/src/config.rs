@@ -42,6 +42,34 @@ pub struct Config {
     pub push: PushConfig,
     /// How often the campaign folder is scanned for changes.
     pub campaigns_poll_ms: u64,
+    pub http: HttpConfig,
+}
+
+/// How the HTTP server treats slow and numerous clients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head (request line and headers) this
+    /// long after it opened, or after its previous response, is closed. It is therefore also
+    /// how long an idle keep-alive connection stays open: a load balancer's idle timeout
+    /// towards the hosts should be shorter.
+    pub header_read_timeout_ms: u64,
+    /// A request whose body has not arrived whole this long after its head is answered
+    /// `408 request_timeout`.
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; more wait in the listen backlog until one closes. Lowered at
+    /// start-up to fit the process's open-file limit (raised to its hard limit first).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// Limits of plugin calls; a campaign file may set its own per plugin, up to the maxima of
@@ -229,6 +257,7 @@ impl Default for Config {
             email: EmailConfig::default(),
             push: PushConfig::default(),
             campaigns_poll_ms: 500,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -288,10 +317,161 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment
+        let config: Self = figment
             .merge(Env::prefixed("FIRSTCOME_").ignore(&["config"]).split("__"))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        config
+            .check_numbers()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(config)
+    }
+
+    /// Checks that every number is within the range the host works in: a zero interval would
+    /// spin, a huge one would overflow a deadline or never fire. The message names the setting
+    /// and its range.
+    pub fn check_numbers(&self) -> Result<(), String> {
+        const DAY_MS: i128 = 86_400_000;
+        let plugin_timeout = i128::from(crate::plugin::spec::MAX_TIMEOUT_MS);
+        let plugin_memory = i128::from(crate::plugin::spec::MAX_MEMORY_MB);
+        let checks: [(&str, i128, i128, i128); 23] = [
+            (
+                "campaigns_poll_ms",
+                self.campaigns_poll_ms as i128,
+                10,
+                60_000,
+            ),
+            (
+                "plugins.timeout_ms",
+                self.plugins.timeout_ms as i128,
+                1,
+                plugin_timeout,
+            ),
+            (
+                "plugins.memory_mb",
+                self.plugins.memory_mb as i128,
+                1,
+                plugin_memory,
+            ),
+            (
+                "plugins.max_output_bytes",
+                self.plugins.max_output_bytes as i128,
+                1024,
+                64 << 20,
+            ),
+            (
+                "email.timeout_ms",
+                self.email.timeout_ms as i128,
+                100,
+                600_000,
+            ),
+            (
+                "push.timeout_ms",
+                self.push.timeout_ms as i128,
+                100,
+                600_000,
+            ),
+            ("issuer.poll_ms", self.issuer.poll_ms as i128, 1, 60_000),
+            (
+                "issuer.retry_backoff_ms",
+                self.issuer.retry_backoff_ms as i128,
+                1,
+                600_000,
+            ),
+            (
+                "issuer.reclaim_idle_ms",
+                self.issuer.reclaim_idle_ms as i128,
+                100,
+                DAY_MS,
+            ),
+            (
+                "outbox.republish_after_ms",
+                self.outbox.republish_after_ms as i128,
+                0,
+                DAY_MS,
+            ),
+            (
+                "outbox.relay_interval_ms",
+                self.outbox.relay_interval_ms as i128,
+                10,
+                600_000,
+            ),
+            (
+                "outbox.relay_batch",
+                self.outbox.relay_batch as i128,
+                1,
+                10_000,
+            ),
+            (
+                "outbox.retention_ms",
+                self.outbox.retention_ms as i128,
+                0,
+                3_650 * DAY_MS,
+            ),
+            ("kafka.partitions", self.kafka.partitions as i128, 1, 10_000),
+            (
+                "kafka.replication_factor",
+                self.kafka.replication_factor as i128,
+                1,
+                16,
+            ),
+            (
+                "kafka.delivery_timeout_ms",
+                self.kafka.delivery_timeout_ms as i128,
+                1_000,
+                600_000,
+            ),
+            (
+                "kafka.session_timeout_ms",
+                self.kafka.session_timeout_ms as i128,
+                1_000,
+                3_600_000,
+            ),
+            (
+                "consumers.retry_backoff_ms",
+                self.consumers.retry_backoff_ms as i128,
+                1,
+                600_000,
+            ),
+            (
+                "consumers.max_retries",
+                self.consumers.max_retries as i128,
+                0,
+                100,
+            ),
+            (
+                "consumers.poll_ms",
+                self.consumers.poll_ms as i128,
+                1,
+                60_000,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms as i128,
+                100,
+                600_000,
+            ),
+            (
+                "http.body_read_timeout_ms",
+                self.http.body_read_timeout_ms as i128,
+                100,
+                600_000,
+            ),
+            (
+                "http.max_connections",
+                self.http.max_connections as i128,
+                1,
+                1 << 20,
+            ),
+        ];
+        for (name, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "setting {name} = {value} is out of range: use {min} to {max}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn campaigns_dir(&self) -> PathBuf {

@@ -22,6 +22,7 @@
 pub mod admission;
 pub mod api;
 pub mod app;
+pub mod bounded;
 pub mod bus;
 pub mod campaign;
 pub mod clock;

@@ -188,16 +188,36 @@ pub struct ApiQuery<T>(pub T);
 pub const USER_ID_MAX_CHARS: usize = 128;
 
 /// [`check_user_id`]'s rule as a regular expression, for the OpenAPI document: no control
-/// characters (Unicode `Cc`), and neither first nor last a control or white-space character
-/// (Unicode `White_Space`, what `str::trim` removes). Written with explicit ranges so that
-/// JavaScript's and Python's regex engines read it alike.
+/// characters (Unicode `Cc`) or format characters (`Cf`: zero-width spaces and joiners, bidi
+/// marks, overrides and isolates, the byte-order mark, ...), and neither first nor last a
+/// white-space character (Unicode `White_Space`, what `str::trim` removes). Written with
+/// explicit ranges so that JavaScript's and Python's regex engines read it alike, which limits
+/// it to the Basic Multilingual Plane: the format characters above it (tags U+E0001 and
+/// U+E0020-E007F, and a few script-specific controls) are refused by the check alone.
 pub const USER_ID_PATTERN: &str = concat!(
-    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
-    r"(?:[^\x00-\x1f\x7f-\x9f]*",
-    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$",
+    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000",
+    r"\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e",
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]",
+    r"(?:[^\x00-\x1f\x7f-\x9f",
+    r"\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e",
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000",
+    r"\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e",
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb])?$",
 );
 
-/// Checks a user id: 1-128 characters, no control characters, no surrounding whitespace.
+/// Whether `c` is a Unicode format character (general category `Cf`): invisible, or
+/// changing how the text around it is shown (U+200B zero-width space, U+202E right-to-left
+/// override, U+2066-2069 bidi isolates, ...). Two ids that differ only by one look the same.
+fn is_format(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format
+}
+
+/// Checks a user id: 1-128 characters, no control or format characters, no surrounding
+/// whitespace. Ids are otherwise compared exactly as sent: no Unicode normalisation, so `jürgen`
+/// in NFC and in NFD are two users (a storefront that wants them to be one normalises before
+/// it calls).
 pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     let problem = if user_id.is_empty() {
         "must not be empty"
@@ -205,6 +225,15 @@ pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
         "must be at most 128 characters"
     } else if user_id.chars().any(char::is_control) {
         "must not contain control characters"
+    } else if let Some(c) = user_id.chars().find(|c| is_format(*c)) {
+        return Err(ApiError::unprocessable(
+            "invalid_user_id",
+            format!(
+                "user_id must not contain Unicode format characters (found U+{:04X}): \
+                 zero-width and bidi control characters make different ids look alike",
+                c as u32
+            ),
+        ));
     } else if user_id.trim() != user_id {
         "must not start or end with whitespace"
     } else {
@@ -259,8 +288,8 @@ mod tests {
             let by_pattern = pattern.is_match(s) && s.chars().count() <= USER_ID_MAX_CHARS;
             assert_eq!(by_check, by_pattern, "{s:?}");
         }
-        // Every single character, alone and between two letters.
-        for c in (0..=0x3100).filter_map(char::from_u32) {
+        // Every character of the Basic Multilingual Plane, alone and between two letters.
+        for c in (0..=0xffff).filter_map(char::from_u32) {
             for s in [c.to_string(), format!("a{c}b")] {
                 assert_eq!(check_user_id(&s).is_ok(), pattern.is_match(&s), "{s:?}");
             }
@@ -269,5 +298,24 @@ mod tests {
         assert!(check_user_id(&long).is_ok());
         assert!(check_user_id(&format!("{long}x")).is_err());
         assert!(check_user_id(&"é".repeat(USER_ID_MAX_CHARS)).is_ok());
+    }
+
+    #[test]
+    fn format_characters_are_refused_and_ids_are_not_normalised() {
+        for s in [
+            "a\u{200b}b",
+            "a\u{202e}b",
+            "a\u{2066}b",
+            "a\u{feff}",
+            "a\u{e0041}b",
+            "a\u{ad}b",
+        ] {
+            let e = check_user_id(s).unwrap_err();
+            assert_eq!(e.code, "invalid_user_id", "{s:?}");
+            assert!(e.message.contains("format characters"), "{}", e.message);
+        }
+        // NFC and NFD are both accepted, as two different ids.
+        assert!(check_user_id("j\u{fc}rgen").is_ok());
+        assert!(check_user_id("ju\u{308}rgen").is_ok());
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod requests;
 pub mod schema;
+pub mod server;
 pub mod streams;
 
 use std::sync::Arc;

@@ -7,7 +7,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivered, Handler, HandlerError, Message};
+use crate::bounded;
 use crate::clock::now_ms;
+
+/// Longest `dlt.error` of a [`minimal`] dead letter, in bytes.
+const MINIMAL_ERROR_BYTES: usize = 256;
 
 /// Fixed back-off between tries of one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +58,8 @@ pub async fn deliver(
                     .increment(1);
                 return Outcome::Handled;
             }
-            Err(e) => e,
+            // Bounded before it is logged or stored, whatever the handler put in it.
+            Err(e) => e.bounded(),
         };
         let permanent = matches!(error, HandlerError::Permanent(_));
         if permanent || attempts > policy.max_retries {
@@ -87,10 +92,43 @@ pub fn dead_letter(event: &Delivered, group: &str, error: &HandlerError, attempt
         event.timestamp_ms.to_string(),
     );
     h.insert("dlt.consumer_group".into(), group.to_owned());
-    h.insert("dlt.error".into(), error.to_string());
+    h.insert("dlt.error".into(), bounded::error_text(error.to_string()));
     h.insert("dlt.attempts".into(), attempts.to_string());
     h.insert("dlt.failed_at".into(), now_ms().to_string());
     message
+}
+
+/// The smallest dead letter that still lets an operator find and replay the event: its id, key
+/// and payload, where it came from, and the first bytes of the error. Written when the full
+/// dead letter is refused (a store or broker limit), so that the consumer group moves on
+/// instead of retrying a write that cannot succeed. Counted in
+/// `firstcome_dead_letters_minimal_total`.
+pub fn minimal(full: &Message) -> Message {
+    const KEPT: [&str; 6] = [
+        "dlt.original_topic",
+        "dlt.original_partition",
+        "dlt.original_offset",
+        "dlt.consumer_group",
+        "dlt.attempts",
+        "dlt.failed_at",
+    ];
+    let mut headers: std::collections::BTreeMap<String, String> = KEPT
+        .iter()
+        .filter_map(|k| full.headers.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect();
+    let error = full.headers.get("dlt.error").map_or("", String::as_str);
+    headers.insert(
+        "dlt.error".into(),
+        bounded::cut(error, MINIMAL_ERROR_BYTES).into_owned(),
+    );
+    headers.insert("dlt.minimal".into(), "true".into());
+    metrics::counter!("firstcome_dead_letters_minimal_total").increment(1);
+    Message {
+        event_id: full.event_id.clone(),
+        key: full.key.clone(),
+        payload: full.payload.clone(),
+        headers,
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +195,33 @@ mod tests {
         assert_eq!(m.headers["dlt.consumer_group"], "g");
         assert_eq!(m.headers["dlt.attempts"], "4");
         assert!(m.headers["dlt.error"].contains("down"));
+    }
+
+    #[derive(Debug)]
+    struct Huge;
+
+    #[async_trait]
+    impl Handler for Huge {
+        async fn handle(&self, _: &Delivered) -> Result<(), HandlerError> {
+            Err(HandlerError::Permanent("é".repeat(100_000)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_is_cut_before_it_is_dead_lettered() {
+        let Outcome::DeadLetter(m) =
+            deliver(&Huge, &event(), "g", FAST, &CancellationToken::new()).await
+        else {
+            panic!("expected a dead letter");
+        };
+        let error = &m.headers["dlt.error"];
+        assert!(error.len() <= bounded::MAX_ERROR_BYTES, "{}", error.len());
+        assert!(error.contains("[cut "), "{error}");
+        let small = minimal(&m);
+        assert!(small.headers["dlt.error"].len() <= MINIMAL_ERROR_BYTES);
+        assert_eq!(small.headers["dlt.minimal"], "true");
+        assert_eq!(small.headers["dlt.original_offset"], "7");
+        assert_eq!((small.event_id, small.payload), (m.event_id, m.payload));
     }
 
     #[tokio::test]

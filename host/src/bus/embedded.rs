@@ -113,6 +113,21 @@ impl EventBus for LogBus {
 }
 
 impl LogBus {
+    /// Writes a dead letter; if the store refuses it, writes its [`super::delivery::minimal`]
+    /// form so that the group moves on. Fails only when that is refused too (the database is
+    /// down): the batch is then tried again from this event.
+    async fn dead_letter(&self, dlt: &str, message: Message) -> Result<(), BusError> {
+        match self.publish(dlt, std::slice::from_ref(&message)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(topic = dlt, error = %e, event_id = %message.event_id,
+                    "dead letter refused; writing its minimal form");
+                self.publish(dlt, &[super::delivery::minimal(&message)])
+                    .await
+            }
+        }
+    }
+
     /// Handles one batch if this member holds the group's lease; returns how many events it
     /// moved past.
     async fn consume_batch(
@@ -146,7 +161,7 @@ impl LogBus {
                 };
                 match deliver(handler, &delivered, &spec.group, spec.retry, shutdown).await {
                     Outcome::Handled => handled = Some(event_id.as_str()),
-                    Outcome::DeadLetter(message) => self.publish(dlt, &[message]).await?,
+                    Outcome::DeadLetter(message) => self.dead_letter(dlt, message).await?,
                     Outcome::Interrupted => break,
                 }
             }

@@ -140,19 +140,26 @@ impl KafkaBus {
             .map_err(|e| BusError::Consume(e.to_string()))
     }
 
-    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown.
+    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After a
+    /// refusal the retries send its [`super::delivery::minimal`] form, so that a message the
+    /// broker will never take (over `message.max.bytes`) does not hold the group.
     async fn dead_letter(
         &self,
         dlt: &str,
-        message: Message,
+        mut message: Message,
         backoff: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
+        let mut minimal = false;
         loop {
             match self.publish(dlt, std::slice::from_ref(&message)).await {
                 Ok(()) => return true,
                 Err(e) => {
-                    tracing::warn!(topic = dlt, error = %e, "dead letter not written; retrying")
+                    tracing::warn!(topic = dlt, error = %e, "dead letter not written; retrying");
+                    if !minimal {
+                        message = super::delivery::minimal(&message);
+                        minimal = true;
+                    }
                 }
             }
             tokio::select! {

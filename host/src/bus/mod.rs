@@ -73,6 +73,16 @@ pub enum HandlerError {
     Permanent(String),
 }
 
+impl HandlerError {
+    /// The same error with its text cut to [`crate::bounded::MAX_ERROR_BYTES`].
+    pub fn bounded(self) -> Self {
+        match self {
+            Self::Retryable(m) => Self::Retryable(crate::bounded::error_text(m)),
+            Self::Permanent(m) => Self::Permanent(crate::bounded::error_text(m)),
+        }
+    }
+}
+
 /// What a consumer group does with each event.
 #[async_trait]
 pub trait Handler: Send + Sync + Debug {

@@ -12,6 +12,11 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 10;
 pub const MAX_CAPACITY: i64 = 100_000_000;
 pub const MAX_CHUNK_SIZE: u32 = 1_000;
 pub const MAX_NAME_CHARS: usize = 200;
+/// Earliest and latest time a campaign may name (`opens_at`, `closes_at`,
+/// `coupon_expires_at`): 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z, in epoch ms. Events
+/// carry times as RFC 3339 text, whose years have four digits, and as epoch milliseconds.
+pub const MIN_TIME_MS: i64 = 0;
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 /// The name's rule for the OpenAPI document: some character that is neither control nor white
 /// space, and no control characters (see `api::error::USER_ID_PATTERN` for the classes).
 pub const NAME_PATTERN: &str = concat!(
@@ -69,7 +74,8 @@ pub struct CampaignSpec {
     /// How many coupons the campaign issues in all.
     #[schema(minimum = 1, maximum = 100_000_000)] // MAX_CAPACITY
     pub capacity: i64,
-    /// The coupon's worth, an integer in the smallest currency unit.
+    /// The coupon's worth, an integer in the smallest currency unit; `value × capacity` must
+    /// fit in a signed 64-bit integer.
     #[schema(minimum = 0)]
     pub value: i64,
     /// When requests are first admitted (RFC 3339); absent: at once.
@@ -125,6 +131,32 @@ impl CampaignSpec {
         }
         if self.value < 0 {
             return Err(invalid("value", "must not be negative"));
+        }
+        // The campaign's revenue (`value` × coupons issued) is a signed 64-bit counter.
+        if self.value.checked_mul(self.capacity).is_none() {
+            return Err(invalid(
+                "value",
+                format!(
+                    "value × capacity must fit in a signed 64-bit integer (the revenue \
+                     counter): with capacity {} the largest value is {}",
+                    self.capacity,
+                    i64::MAX / self.capacity
+                ),
+            ));
+        }
+        for (field, time) in [
+            ("opens_at", self.opens_at),
+            ("closes_at", self.closes_at),
+            ("coupon_expires_at", self.coupon_expires_at),
+        ] {
+            if let Some(t) = time
+                && !(MIN_TIME_MS..=MAX_TIME_MS).contains(&t.timestamp_millis())
+            {
+                return Err(invalid(
+                    field,
+                    "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+                ));
+            }
         }
         if let Some(size) = self.chunk_size
             && !(1..=MAX_CHUNK_SIZE).contains(&size)
@@ -258,6 +290,23 @@ mod tests {
                 "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"tomorrow\"\n",
                 "opens_at",
             ),
+            // 2^62 × 3 does not fit in an i64.
+            (
+                "name = \"x\"\ncapacity = 3\nvalue = 4611686018427387904\n",
+                "value × capacity",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\ncoupon_expires_at = \"+10000-01-01T00:00:00Z\"\n",
+                "coupon_expires_at",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"1969-12-31T23:59:59Z\"\n",
+                "opens_at",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 9223372036854775808\n",
+                "value",
+            ),
         ];
         for (doc, needle) in cases {
             let err = CampaignSpec::from_toml(doc).unwrap_err().to_string();
@@ -266,6 +315,16 @@ mod tests {
                 "{doc:?} gave {err:?}, wanted {needle:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_largest_values_are_accepted() {
+        let max = i64::MAX / 3;
+        let doc = format!(
+            "name = \"x\"\ncapacity = 3\nvalue = {max}\nopens_at = \"1970-01-01T00:00:00Z\"\n\
+             closes_at = \"9999-12-31T23:59:59Z\"\n"
+        );
+        CampaignSpec::from_toml(&doc).unwrap();
     }
 
     #[test]

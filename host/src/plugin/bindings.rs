@@ -26,9 +26,35 @@ pub use exports::firstcome::plugin::handler::HandleError;
 use self::firstcome::plugin::delivery::DeliveryError;
 use self::firstcome::plugin::log::Level;
 
-/// Longest kv key, and largest kv value, a plugin may write.
-const MAX_KEY_LEN: usize = 255;
-const MAX_VALUE_LEN: usize = 64 * 1024;
+/// What a plugin may hand the host, in bytes unless said otherwise. Everything is checked
+/// before it is logged, stored or sent; `docs/plugins.md` lists the same figures.
+pub mod limits {
+    /// Longest kv key.
+    pub const KV_KEY: usize = 255;
+    /// Largest kv value.
+    pub const KV_VALUE: usize = 64 * 1024;
+    /// Longest log line; a longer one is logged cut, with a marker.
+    pub const LOG_LINE: usize = 4 * 1024;
+    /// Log bytes one call may write; later lines are dropped, and one line says how many.
+    pub const LOG_PER_CALL: usize = 16 * 1024;
+    /// Longest email address (RFC 5321, 4.5.3.1.3: a path is at most 256 octets, brackets
+    /// included).
+    pub const EMAIL_TO: usize = 254;
+    /// Longest email subject (RFC 5322, 2.1.1: a line is at most 998 characters).
+    pub const EMAIL_SUBJECT: usize = 998;
+    /// Largest email body.
+    pub const EMAIL_BODY: usize = 128 * 1024;
+    /// Longest push device token (the column that keeps users' tokens holds 4,096).
+    pub const PUSH_TOKEN: usize = 4096;
+    /// Largest push payload: title, body and every data key and value together (FCM refuses
+    /// messages over 4,096 bytes).
+    pub const PUSH_PAYLOAD: usize = 4000;
+    /// Longest history `user-id`, in characters (the API's user id limit).
+    pub const HISTORY_USER_ID_CHARS: usize = crate::api::error::USER_ID_MAX_CHARS;
+    /// Longest history `coupon-id`, `event-id` (a UUID's 36) and `coupon-code` (32).
+    pub const HISTORY_ID: usize = 36;
+    pub const HISTORY_CODE: usize = 32;
+}
 
 /// Why the host stopped a plugin's call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +85,10 @@ pub struct CallState {
     pub output_limit: usize,
     /// Epoch ticks spent in WebAssembly so far.
     pub epochs: u64,
+    /// Log bytes this call may still write ([`limits::LOG_PER_CALL`]).
+    pub log_left: usize,
+    /// Log bytes dropped because `log_left` ran out.
+    pub log_dropped: usize,
 }
 
 impl CallState {
@@ -143,6 +173,14 @@ impl self::firstcome::plugin::delivery::Host for CallCtx {}
 impl self::firstcome::plugin::log::Host for CallCtx {
     async fn log(&mut self, level: Level, message: String) -> WasmResult<()> {
         self.call.charge(message.len())?;
+        let message = crate::bounded::cut(&message, limits::LOG_LINE);
+        match self.call.log_left.checked_sub(message.len()) {
+            Some(left) => self.call.log_left = left,
+            None => {
+                self.call.log_dropped += message.len();
+                return Ok(());
+            }
+        }
         let c = &self.call;
         let (campaign, role, version) = (&c.scope.campaign_id, &c.scope.role, &c.version);
         match level {
@@ -196,10 +234,16 @@ impl self::firstcome::plugin::settings::Host for CallCtx {
 }
 
 fn check_key(key: &str) -> WasmResult<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Denied::Invalid(format!("kv keys are 1 to {MAX_KEY_LEN} bytes")).into());
+    if key.is_empty() || key.len() > limits::KV_KEY {
+        return Err(Denied::Invalid(format!("kv keys are 1 to {} bytes", limits::KV_KEY)).into());
     }
     Ok(())
+}
+
+/// A send the host refuses before it reaches the relay: the plugin sees `rejected`, as from a
+/// relay that refuses it (sending it again will not help).
+fn too_long(what: &str, len: usize, max: usize) -> Option<DeliveryError> {
+    (len > max).then(|| DeliveryError::Rejected(format!("{what} is {len} bytes; at most {max}")))
 }
 
 impl self::firstcome::plugin::kv::Host for CallCtx {
@@ -219,10 +263,12 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
     async fn set(&mut self, key: String, value: Vec<u8>) -> WasmResult<()> {
         self.call.require(Capability::Kv)?;
         check_key(&key)?;
-        if value.len() > MAX_VALUE_LEN {
-            return Err(
-                Denied::Invalid(format!("kv values are at most {MAX_VALUE_LEN} bytes")).into(),
-            );
+        if value.len() > limits::KV_VALUE {
+            return Err(Denied::Invalid(format!(
+                "kv values are at most {} bytes",
+                limits::KV_VALUE
+            ))
+            .into());
         }
         self.call.charge(key.len() + value.len())?;
         self.call.effects.kv.insert(key, Some(value));
@@ -266,6 +312,12 @@ impl self::firstcome::plugin::email::Host for CallCtx {
     ) -> WasmResult<Result<(), DeliveryError>> {
         self.call.require(Capability::Email)?;
         self.call.charge(to.len() + subject.len() + body.len())?;
+        let refused = too_long("the address", to.len(), limits::EMAIL_TO)
+            .or_else(|| too_long("the subject", subject.len(), limits::EMAIL_SUBJECT))
+            .or_else(|| too_long("the body", body.len(), limits::EMAIL_BODY));
+        if let Some(refused) = refused {
+            return Ok(Err(refused));
+        }
         let c = &self.call;
         Ok(c.services
             .send_email(&c.scope, &c.event_id, &to, &subject, &body)
@@ -286,6 +338,12 @@ impl self::firstcome::plugin::push::Host for CallCtx {
         let size = data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         self.call
             .charge(token.len() + title.len() + body.len() + size)?;
+        let payload = title.len() + body.len() + size;
+        let refused = too_long("the token", token.len(), limits::PUSH_TOKEN)
+            .or_else(|| too_long("the payload", payload, limits::PUSH_PAYLOAD));
+        if let Some(refused) = refused {
+            return Ok(Err(refused));
+        }
         let message = PushMessage {
             token,
             title,
@@ -308,8 +366,24 @@ impl self::firstcome::plugin::history::Host for CallCtx {
             + entry.coupon_id.len()
             + entry.coupon_code.len();
         self.call.charge(size)?;
-        if entry.event_id.is_empty() || entry.event_id.len() > 36 {
+        if entry.event_id.is_empty() || entry.event_id.len() > limits::HISTORY_ID {
             return Err(Denied::Invalid("history entries need the event's id".into()).into());
+        }
+        let user_chars = entry.user_id.chars().count();
+        if user_chars > limits::HISTORY_USER_ID_CHARS
+            || entry.coupon_id.len() > limits::HISTORY_ID
+            || entry.coupon_code.len() > limits::HISTORY_CODE
+        {
+            return Err(Denied::Invalid(format!(
+                "history fields are too long: user-id {user_chars} characters (at most {}), \
+                 coupon-id {} bytes (at most {}), coupon-code {} bytes (at most {})",
+                limits::HISTORY_USER_ID_CHARS,
+                entry.coupon_id.len(),
+                limits::HISTORY_ID,
+                entry.coupon_code.len(),
+                limits::HISTORY_CODE
+            ))
+            .into());
         }
         let c = &mut self.call;
         c.effects.history.push(HistoryEntry {

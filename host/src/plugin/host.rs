@@ -59,7 +59,7 @@ impl StatsSnapshot {
             campaign_id: campaign_id.to_owned(),
             capacity,
             issued,
-            remaining: (capacity - issued).max(0),
+            remaining: capacity.saturating_sub(issued).max(0),
             revenue: counters.get("revenue").copied().unwrap_or(0),
             by_gender: pick("gender."),
             by_age_group: pick("age_group."),
@@ -311,7 +311,15 @@ impl PluginHost {
                 now_ms(),
             )
             .await
-            .map_err(|e| HandlerError::Retryable(format!("applying the plugin's writes: {e}")))?;
+            .map_err(|e| {
+                let message = format!("applying the plugin's writes: {e}");
+                // An overflowing counter overflows again on every retry.
+                if matches!(e, crate::store::StoreError::Overflow { .. }) {
+                    HandlerError::Permanent(message)
+                } else {
+                    HandlerError::Retryable(message)
+                }
+            })?;
         if applied && effects.publish_stats {
             self.changes.bump(&campaign_id);
         }

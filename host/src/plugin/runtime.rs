@@ -26,6 +26,7 @@ use wasmtime::{
 use super::bindings::{CallCtx, CallState, ConsumerPre, Denied, Event, HandleError};
 use super::services::Services;
 use super::spec::{MAX_MEMORY_MB, PluginSpec};
+use crate::bounded::error_text;
 use crate::bus::HandlerError;
 use crate::config::PluginConfig;
 use crate::store::{Effects, Scope};
@@ -176,7 +177,7 @@ impl CallError {
     /// call (the same event would be refused again) go straight to the dead-letter topic;
     /// everything else is retried first.
     pub fn to_handler_error(&self, plugin: &str) -> HandlerError {
-        let message = format!("{plugin}: {self}");
+        let message = error_text(format!("{plugin}: {self}"));
         match self {
             Self::Permanent(_) | Self::Denied(Denied::Ungranted(_) | Denied::Invalid(_)) => {
                 HandlerError::Permanent(message)
@@ -417,6 +418,8 @@ impl Runtime {
             output_left: plugin.output_limit,
             output_limit: plugin.output_limit,
             epochs: 0,
+            log_left: super::bindings::limits::LOG_PER_CALL,
+            log_dropped: 0,
         }
     }
 
@@ -466,21 +469,23 @@ impl Runtime {
                 .instance_pre()
                 .instantiate_async(&mut store)
                 .await;
-            let instance = instance.map_err(|e| CallError::Start(format!("{e:#}")))?;
+            let instance = instance.map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
             let consumer = super::bindings::Consumer::new(&mut store, &instance)
-                .map_err(|e| CallError::Start(format!("{e:#}")))?;
+                .map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
             run_init(&mut store, &instance, plugin)
                 .await
                 .map_err(|e| classify(e, plugin))?
-                .map_err(|e| CallError::Retryable(format!("init refused its settings: {e}")))?;
+                .map_err(|e| {
+                    CallError::Retryable(error_text(format!("init refused its settings: {e}")))
+                })?;
             consumer
                 .firstcome_plugin_handler()
                 .call_handle(&mut store, event)
                 .await
                 .map_err(|e| classify(e, plugin))?
                 .map_err(|e| match e {
-                    HandleError::Retryable(m) => CallError::Retryable(m),
-                    HandleError::Permanent(m) => CallError::Permanent(m),
+                    HandleError::Retryable(m) => CallError::Retryable(error_text(m)),
+                    HandleError::Permanent(m) => CallError::Permanent(error_text(m)),
                 })
         };
         let result = match tokio::time::timeout(plugin.timeout, run).await {
@@ -493,6 +498,13 @@ impl Runtime {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         c.epochs
             .fetch_add(store.data().call.epochs, Ordering::Relaxed);
+        let dropped = store.data().call.log_dropped;
+        if dropped > 0 {
+            tracing::warn!(target: "plugin", campaign = %plugin.scope.campaign_id,
+                role = %plugin.scope.role, version = %plugin.version(), %event_id, dropped,
+                "plugin log lines dropped: a call may log {} bytes",
+                super::bindings::limits::LOG_PER_CALL);
+        }
         let counter = match &result {
             Ok(()) => None,
             Err(CallError::Retryable(_) | CallError::Permanent(_)) => Some(&c.errors),
@@ -528,7 +540,7 @@ fn classify(error: wasmtime::Error, plugin: &Plugin) -> CallError {
     if let Some(denied) = error.downcast_ref::<Denied>() {
         return CallError::Denied(denied.clone());
     }
-    let message = format!("{error:#}");
+    let message = error_text(format!("{error:#}"));
     if message.contains("forcing trap when growing memory") {
         return CallError::Memory {
             limit_mb: plugin.memory_bytes >> 20,

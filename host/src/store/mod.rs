@@ -47,6 +47,16 @@ pub enum StoreError {
     CapacityBelowIssued { capacity: i64, issued: i64 },
     #[error("campaign {0} is not in the database")]
     UnknownCampaign(String),
+    /// A counter would leave the signed 64-bit range; nothing was written.
+    #[error(
+        "{table} {key:?} would overflow: {stored} + {delta} does not fit in a signed 64-bit integer"
+    )]
+    Overflow {
+        table: &'static str,
+        key: String,
+        stored: i64,
+        delta: i64,
+    },
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]

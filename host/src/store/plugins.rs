@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::{Dialect, HistoryEntry, Result, Store};
+use super::{Dialect, HistoryEntry, Result, Store, StoreError};
 
 /// The writes of one successful plugin call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +40,29 @@ impl Effects {
 pub struct Scope {
     pub campaign_id: String,
     pub role: String,
+}
+
+/// Fails with [`StoreError::Overflow`] if adding any delta to its stored value leaves the
+/// signed 64-bit range. Checked here because the engines differ: SQLite turns an overflowing
+/// sum into a float, PostgreSQL and MySQL fail the statement with an error that would be
+/// retried as if the database were down.
+fn check_sums(
+    table: &'static str,
+    stored: &BTreeMap<String, i64>,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<()> {
+    for (key, delta) in deltas {
+        let now = stored.get(key).copied().unwrap_or(0);
+        if now.checked_add(*delta).is_none() {
+            return Err(StoreError::Overflow {
+                table,
+                key: key.clone(),
+                stored: now,
+                delta: *delta,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Dialect {
@@ -161,6 +184,17 @@ impl Store {
             "n",
             true,
         );
+        let stored = self
+            .current_values(
+                &mut tx,
+                "plugin_counters",
+                "k",
+                "n",
+                scope,
+                effects.counters.keys(),
+            )
+            .await?;
+        check_sums("plugin_counters", &stored, &effects.counters)?;
         for (key, delta) in &effects.counters {
             sqlx::query(&self.sql(&add_counter))
                 .bind(&scope.campaign_id)
@@ -177,6 +211,17 @@ impl Store {
             "value",
             true,
         );
+        let stored = self
+            .current_values(
+                &mut tx,
+                "campaign_stats",
+                "name",
+                "value",
+                scope,
+                effects.stats.keys(),
+            )
+            .await?;
+        check_sums("campaign_stats", &stored, &effects.stats)?;
         for (name, delta) in &effects.stats {
             sqlx::query(&self.sql(&add_stat))
                 .bind(&scope.campaign_id)
@@ -190,6 +235,51 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The stored values of `keys` in a counter table, locked until the transaction ends (on
+    /// SQLite the transaction already holds the database's write lock: its first statement
+    /// wrote the processed mark). `campaign_stats` is keyed by campaign only; the plugin
+    /// tables by campaign and role.
+    async fn current_values(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        table: &'static str,
+        key_column: &str,
+        value_column: &str,
+        scope: &Scope,
+        keys: impl ExactSizeIterator<Item = &String>,
+    ) -> Result<BTreeMap<String, i64>> {
+        if keys.len() == 0 {
+            return Ok(BTreeMap::new());
+        }
+        let role_filter = if table == "campaign_stats" {
+            ""
+        } else {
+            " AND role = ?"
+        };
+        let lock = if self.dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let q = format!(
+            "SELECT {key_column}, {value_column} FROM {table} WHERE campaign_id = ?{role_filter} \
+             AND {key_column} IN {}{lock}",
+            super::placeholders(keys.len())
+        );
+        let sql = self.sql(&q);
+        let mut query = sqlx::query(&sql).bind(&scope.campaign_id);
+        if !role_filter.is_empty() {
+            query = query.bind(&scope.role);
+        }
+        for key in keys {
+            query = query.bind(key);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| Ok((super::text(r, 0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// The campaign's statistics counters, by name.
