@@ -134,8 +134,9 @@ impl App {
         let dir = config.campaigns_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating campaign folder {}", dir.display()))?;
-        let mut watcher = Watcher::new(dir, platform.clone());
-        watcher.scan().await;
+        let settle = Duration::from_millis(config.campaigns_settle_ms);
+        let mut watcher = Watcher::new(dir, platform.clone(), settle);
+        watcher.start().await;
         // Every campaign file is applied: the consumer groups may start reading.
         platform.enable_consumers();
         tracing::info!(admission = platform.admission.kind(),

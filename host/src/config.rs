@@ -42,6 +42,9 @@ pub struct Config {
     pub push: PushConfig,
     /// How often the campaign folder is scanned for changes.
     pub campaigns_poll_ms: u64,
+    /// How long a campaign file's content must stay the same before it is applied (a file
+    /// last modified longer ago than this is applied when first read).
+    pub campaigns_settle_ms: u64,
     pub http: HttpConfig,
 }
 
@@ -257,6 +260,7 @@ impl Default for Config {
             email: EmailConfig::default(),
             push: PushConfig::default(),
             campaigns_poll_ms: 500,
+            campaigns_settle_ms: 2_000,
             http: HttpConfig::default(),
         }
     }
@@ -334,12 +338,18 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(crate::plugin::spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(crate::plugin::spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 23] = [
+        let checks: [(&str, i128, i128, i128); 24] = [
             (
                 "campaigns_poll_ms",
                 self.campaigns_poll_ms as i128,
                 10,
                 60_000,
+            ),
+            (
+                "campaigns_settle_ms",
+                self.campaigns_settle_ms as i128,
+                0,
+                600_000,
             ),
             (
                 "plugins.timeout_ms",

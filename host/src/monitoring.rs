@@ -186,6 +186,7 @@ pub fn group_started(group: &str) {
 
 /// Zeros for a campaign's counters.
 pub fn campaign_started(campaign: &str) {
+    counter!("firstcome_campaign_applies_total", "campaign" => campaign.to_owned()).increment(1);
     for name in [
         "firstcome_chunk_failures_total",
         "firstcome_admission_rebuilds_total",

@@ -162,6 +162,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         data_dir: dir.to_path_buf(),
         admin_token: Some(ADMIN_TOKEN.into()),
         campaigns_poll_ms: 100,
+        campaigns_settle_ms: 300,
         ..Config::default()
     };
     config.issuer.poll_ms = 20;

@@ -11,6 +11,7 @@ mod events;
 mod faults;
 mod helpers;
 mod kafka;
+mod limits;
 mod metrics;
 mod openapi;
 mod page;

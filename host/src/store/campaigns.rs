@@ -46,9 +46,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let insert = self.dialect.insert_ignore(
             "campaigns (id, name, value, capacity, issued, opens_at, closes_at, \
-             coupon_expires_at, chunk_size, active, updated_at) \
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1, ?)",
+             coupon_expires_at, chunk_size, active, updated_at, spec) \
+             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1, ?, ?)",
         );
+        let spec = serde_json::to_string(&c.spec).expect("a campaign spec always serialises");
         sqlx::query(&self.sql(&insert))
             .bind(&c.id)
             .bind(&c.name)
@@ -59,6 +60,7 @@ impl Store {
             .bind(c.coupon_expires_at)
             .bind(i64::from(c.chunk_size))
             .bind(now)
+            .bind(&spec)
             .execute(&mut *tx)
             .await?;
         let lock = match self.dialect {
@@ -80,7 +82,8 @@ impl Store {
         }
         sqlx::query(&self.sql(
             "UPDATE campaigns SET name = ?, value = ?, capacity = ?, opens_at = ?, closes_at = ?, \
-             coupon_expires_at = ?, chunk_size = ?, active = 1, updated_at = ? WHERE id = ?",
+             coupon_expires_at = ?, chunk_size = ?, active = 1, updated_at = ?, spec = ? \
+             WHERE id = ?",
         ))
         .bind(&c.name)
         .bind(c.value)
@@ -90,11 +93,38 @@ impl Store {
         .bind(c.coupon_expires_at)
         .bind(i64::from(c.chunk_size))
         .bind(now)
+        .bind(&spec)
         .bind(&c.id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The version in force of every active campaign: the document last applied, by id.
+    /// A row whose document no longer reads (written by another version of the host) is
+    /// left out, with a warning.
+    pub async fn applied_campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, spec FROM campaigns WHERE active = 1 AND spec IS NOT NULL ORDER BY id",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut applied = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = super::text(row, 0)?;
+            let spec = super::text(row, 1)?;
+            let campaign = serde_json::from_str(&spec)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| Campaign::new(&id, spec).map_err(|e| e.to_string()));
+            match campaign {
+                Ok(c) => applied.push(c),
+                Err(e) => {
+                    tracing::warn!(campaign = %id, error = %e, "the applied version does not read")
+                }
+            }
+        }
+        Ok(applied)
     }
 
     /// Marks a campaign inactive; its coupons and history stay.

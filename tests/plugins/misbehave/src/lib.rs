@@ -1,14 +1,15 @@
 //! A plugin that does what its `mode` setting says, for the host's fault tests:
 //! `ok` (records history and counts `seen` in kv), `trap`, `loop` (never returns), `alloc`
 //! (allocates without end), `permanent`, `retryable`, `ungranted` (emails without the grant),
-//! `flood` (logs past the output limit).
+//! `flood` (logs past the output limit), `huge` (a permanent error of `bytes` bytes, default
+//! 70,000), `big-stat` (adds 2^62 to the statistic `big`: the second event overflows it).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
 
 use exports::firstcome::plugin::handler::Guest;
 use firstcome::plugin::types::{Event, HandleError};
-use firstcome::plugin::{email, history, kv, log, settings};
+use firstcome::plugin::{email, history, kv, log, settings, stats};
 
 struct Misbehave;
 
@@ -55,6 +56,14 @@ impl Guest for Misbehave {
                 for _ in 0..1024 {
                     log::log(log::Level::Info, &line);
                 }
+                Ok(())
+            }
+            "huge" => {
+                let bytes = settings::get("bytes").and_then(|b| b.parse().ok()).unwrap_or(70_000);
+                Err(HandleError::Permanent("h".repeat(bytes)))
+            }
+            "big-stat" => {
+                stats::increment("big", 1 << 62);
                 Ok(())
             }
             other => Err(HandleError::Permanent(format!("unknown mode {other:?}"))),
