@@ -323,6 +323,7 @@ async fn slow_clients_are_cut_off_and_capped() {
     let backends = Backends::open(Backend::Embedded, dir.path()).await;
     let app = spawn_app_on(backends, dir, |c| {
         c.http.header_read_timeout_ms = 1_000;
+        c.http.body_read_timeout_ms = 1_000;
         c.http.max_connections = 400;
     })
     .await;
@@ -356,6 +357,19 @@ async fn slow_clients_are_cut_off_and_capped() {
     .await;
     let open = closed.iter().filter(|c| !**c).count();
     assert_eq!(open, 0, "{open} half requests still open after 5 s");
+
+    // A body that stops half-way is answered 408 with the usual error body.
+    let mut late = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/campaigns/{id}/requests HTTP/1.1\r\nHost: x\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"user_id\""
+    );
+    late.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), late.read_to_string(&mut answer));
+    let _ = read.await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
 
     // At the cap: the next client waits in the backlog until a slot frees, then is served.
     let mut hog = Vec::new();

@@ -3,7 +3,7 @@
 //! (its files are compiled into the binary, so the page works without the internet).
 //!
 //! The handlers document their own answers; [`complete`] adds the ones every route of a kind
-//! shares, from the extractors: a JSON body can be malformed (400), too large (413), of the
+//! shares, from the extractors: a JSON body can be malformed (400), late (408), too large (413), of the
 //! wrong media type (415) or of the wrong shape (422); a path segment can be undecodable (400);
 //! an admin route refuses a missing token (401); and every answer carries `x-request-id`.
 
@@ -164,6 +164,11 @@ pub fn complete(document: &mut OpenApi) {
             }
             if op.request_body.is_some() {
                 add_response(op, "400", "`malformed_body`: the body is not JSON");
+                add_response(
+                    op,
+                    "408",
+                    "`request_timeout`: the body did not arrive within the server's body read timeout",
+                );
                 add_response(op, "413", "`body_too_large`");
                 add_response(
                     op,
