@@ -21,7 +21,7 @@ use crate::helpers::{
 };
 
 /// A `redis-server` of a test's own, on a free port, its data in a folder of the test's.
-struct OwnRedis {
+pub struct OwnRedis {
     dir: PathBuf,
     port: u16,
     args: Vec<String>,
@@ -30,7 +30,7 @@ struct OwnRedis {
 
 impl OwnRedis {
     /// Starts one with the given persistence settings (`redis-server` options).
-    async fn start(dir: &Path, persistence: &[&str]) -> Self {
+    pub async fn start(dir: &Path, persistence: &[&str]) -> Self {
         let mut redis = Self {
             dir: dir.to_path_buf(),
             port: free_port(),
@@ -71,7 +71,7 @@ impl OwnRedis {
         .expect("redis-server answers");
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
@@ -84,7 +84,7 @@ impl OwnRedis {
     }
 
     /// Killed, then started again on the same data.
-    async fn crash_and_restart(&mut self) {
+    pub async fn crash_and_restart(&mut self) {
         self.kill();
         self.spawn().await;
     }

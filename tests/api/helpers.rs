@@ -37,7 +37,7 @@ pub fn redis_url() -> String {
     std::env::var("FC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
-fn mysql_url() -> String {
+pub fn mysql_url() -> String {
     std::env::var("FC_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 

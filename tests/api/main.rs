@@ -17,4 +17,5 @@ mod openapi;
 mod page;
 mod plugins;
 mod prometheus;
+mod soak;
 mod streams;
