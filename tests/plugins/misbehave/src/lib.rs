@@ -59,7 +59,9 @@ impl Guest for Misbehave {
                 Ok(())
             }
             "huge" => {
-                let bytes = settings::get("bytes").and_then(|b| b.parse().ok()).unwrap_or(70_000);
+                let bytes = settings::get("bytes")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(70_000);
                 Err(HandleError::Permanent("h".repeat(bytes)))
             }
             "big-stat" => {
