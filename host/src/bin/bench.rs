@@ -72,7 +72,10 @@ struct Args {
     /// Runs of the SSE phase, alternating without and with subscribers.
     #[arg(long, default_value_t = 10)]
     sse_rounds: usize,
-    /// Run only these phases (comma-separated: admission, issuer, sse, kafka, plugin).
+    /// Half-open connections in the slow-clients phase.
+    #[arg(long, default_value_t = 1_000)]
+    slow_clients: usize,
+    /// Run only these phases (comma-separated: admission, slow, issuer, sse, kafka, plugin).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -213,6 +216,77 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
         live.p99_ms,
         admit.per_second / live.per_second
     );
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// Admission with and without `--slow-clients` half-open connections held against the server,
+/// and how many of those the header read timeout has closed 3 s later.
+async fn slow_phase(args: &Args) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let mut config = quiet_config(dir.path());
+    config.http.header_read_timeout_ms = 2_000;
+    let store = Store::open(&config.database_url()).await?;
+    let admission: Arc<dyn Admission> = Arc::new(EmbeddedAdmission::new(store.clone()));
+    let app = App::build_with(config, store, admission).await?;
+    let addr = app.local_addr();
+    let base = format!("http://{addr}");
+    let platform = app.platform();
+    let stop = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    let id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    platform
+        .apply_campaign(Campaign::new(&id, spec(args.requests * 2, 10))?)
+        .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("{base}/api/v1/campaigns/{id}/requests");
+    let admit = |from: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            load(
+                &client,
+                args.requests / 2,
+                args.concurrency,
+                |c, i| {
+                    c.post(&url)
+                        .json(&serde_json::json!({ "user_id": format!("user-{}", from + i) }))
+                },
+                202,
+            )
+            .await
+        }
+    };
+    let calm = admit(0).await?;
+    let mut slow = Vec::with_capacity(args.slow_clients);
+    for _ in 0..args.slow_clients {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"POST /api/v1/campaigns/x/requests HTTP/1.1\r\nHost: x\r\nContent-")
+            .await?;
+        slow.push(s);
+    }
+    let besieged = admit(args.requests).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut open = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(std::time::Duration::from_millis(1), s.read(&mut buf));
+        if read.await.is_err() {
+            open += 1;
+        }
+    }
+    for (label, p, open) in [
+        ("calm", calm, "-".to_owned()),
+        ("besieged", besieged, open.to_string()),
+    ] {
+        println!(
+            "| {label} | {:.0} | {:.2} / {:.2} | {open} |",
+            p.per_second, p.p50_ms, p.p99_ms
+        );
+    }
     stop.cancel();
     server.await??;
     Ok(())
@@ -599,6 +673,16 @@ async fn main() -> anyhow::Result<()> {
         if let Some(url) = &args.redis_url {
             http_phase(&args, "redis", Some(url)).await?;
         }
+    }
+    if args.runs("slow") {
+        println!(
+            "\nEmbedded admission with {} connections that sent half a request head and stopped \
+             (header read timeout 2 s):\n",
+            args.slow_clients
+        );
+        println!("| phase | admit req/s | admit p50 / p99 ms | half requests still open |");
+        println!("|---|---|---|---|");
+        slow_phase(&args).await?;
     }
     if args.runs("issuer") {
         println!("\nChunk issuer draining a full queue:\n");
