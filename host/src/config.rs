@@ -338,7 +338,7 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(crate::plugin::spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(crate::plugin::spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 24] = [
+        let checks: [(&str, i128, i128, i128); 25] = [
             (
                 "campaigns_poll_ms",
                 self.campaigns_poll_ms as i128,
@@ -472,6 +472,12 @@ impl Config {
                 self.http.max_connections as i128,
                 1,
                 1 << 20,
+            ),
+            (
+                "email.smtp_port",
+                self.email.smtp_port.map_or(25, i128::from),
+                1,
+                65_535,
             ),
         ];
         for (name, value, min, max) in checks {

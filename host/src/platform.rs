@@ -83,9 +83,12 @@ pub struct Platform {
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
-    /// Held by an admin change of a campaign from applying it to writing its file, so that
-    /// concurrent changes are applied and written in the same order.
+    /// Held by an admin change of a campaign from applying it to writing its file, and by the
+    /// watcher while it applies a file, so that changes are applied and written in one order.
     campaign_writes: tokio::sync::Mutex<()>,
+    /// The text the admin API last wrote to each campaign file, whose document it applied:
+    /// the watcher does not apply it a second time.
+    admin_writes: Mutex<HashMap<String, String>>,
 }
 
 impl Platform {
@@ -118,7 +121,21 @@ impl Platform {
             campaigns: RwLock::default(),
             rejected: RwLock::default(),
             campaign_writes: tokio::sync::Mutex::default(),
+            admin_writes: Mutex::default(),
         }
+    }
+
+    /// Notes that the admin API wrote `text` to a campaign's file after applying it.
+    pub fn note_admin_write(&self, id: &str, text: &str) {
+        self.admin_writes
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), text.to_owned());
+    }
+
+    /// The text the admin API last wrote to a campaign's file, if it did.
+    pub fn admin_wrote(&self, id: &str) -> Option<String> {
+        self.admin_writes.lock().unwrap().get(id).cloned()
     }
 
     /// Serialises admin changes of campaigns (apply, then write the file) on this host.

@@ -371,6 +371,30 @@ async fn slow_clients_are_cut_off_and_capped() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
 
+    // A body dripped one byte at a time still has to arrive whole within the deadline.
+    let mut drip = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = r#"{"user_id":"drip"}"#;
+    let head = format!(
+        "POST /api/v1/campaigns/{id}/requests HTTP/1.1\r\nHost: x\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    drip.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for byte in body.as_bytes() {
+        if drip.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), drip.read_to_string(&mut answer));
+    let _ = read.await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "dripped body: {answer}");
+
     // At the cap: the next client waits in the backlog until a slot frees, then is served.
     let mut hog = Vec::new();
     for _ in 0..400 {
@@ -450,4 +474,71 @@ fn settings_out_of_range_are_refused_at_start() {
             "{name}: {err}"
         );
     }
+}
+
+/// What does not belong in a campaign folder changes nothing: a FIFO, a folder or a link to a
+/// device named `*.toml` is refused without blocking the host; the admin API refuses a
+/// campaign whose file name is taken by a folder before applying anything; and a folder that
+/// cannot be read (moved away, unmounted) stops no campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn odd_campaign_folder_contents_change_nothing() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let folder = dir.path().join("campaigns");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("ok.toml"),
+        "name = \"Ok\"\ncapacity = 5\nvalue = 1\n",
+    )
+    .unwrap();
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let app = spawn_app_on(backends, dir, |_| {}).await;
+    assert_eq!(app.get("/api/v1/campaigns/ok").await.0, 200);
+
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(folder.join("fifo.toml"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::create_dir(folder.join("dir.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", folder.join("zero.toml")).unwrap();
+    wait_for(10, || async {
+        let (_, files) = admin_campaigns(&app).await;
+        ["fifo", "dir", "zero"].iter().all(|id| {
+            files["rejected"][*id]
+                .as_str()
+                .is_some_and(|r| r.contains("not a regular file"))
+        })
+    })
+    .await
+    .expect("each is refused as not a regular file");
+    assert_eq!(app.get("/health/live").await.0, 200);
+    assert_eq!(app.request("ok", "still-served").await.0, 202);
+
+    let r = app
+        .client
+        .put(app.url("/api/v1/admin/campaigns/dir"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "Dir", "capacity": 5, "value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "campaign_file_conflict", "{body}");
+    assert_eq!(
+        app.get("/api/v1/campaigns/dir").await.0,
+        404,
+        "nothing applied"
+    );
+
+    let away = folder.with_extension("away");
+    std::fs::rename(&folder, &away).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        app.get("/api/v1/campaigns/ok").await.0,
+        200,
+        "an unreadable folder stops nothing"
+    );
+    std::fs::rename(&away, &folder).unwrap();
+    app.stop().await;
 }

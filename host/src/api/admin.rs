@@ -63,14 +63,48 @@ fn campaign_file(platform: &Platform, id: &str) -> std::path::PathBuf {
     platform.config.campaigns_dir().join(format!("{id}.toml"))
 }
 
-/// Writes a file whole or not at all: a temporary file of its own (the watcher reads only
-/// `*.toml`), renamed over it.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// A campaign file written beside its place (a temporary name the watcher does not read) and
+/// not yet renamed over it: the change is applied between [`stage`] and [`Staged::commit`], so
+/// that a file that cannot be written refuses the change before anything is applied.
+#[derive(Debug)]
+struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+/// Writes `text` to a temporary file beside `path`. Refused when `path` is taken by something
+/// that is not a file (a folder, a FIFO): the rename would fail after the change was applied.
+fn stage(path: &Path, text: &str) -> Result<Staged, ApiError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !(meta.is_file() || meta.is_symlink())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "campaign_file_conflict",
+            format!("{} exists and is not a file; remove it", path.display()),
+        ));
+    }
     let tmp = path.with_extension(format!("toml.{}.tmp", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    std::fs::write(&tmp, text).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
+        ApiError::internal(&format!("writing {}: {e}", tmp.display()))
+    })?;
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
     })
+}
+
+impl Staged {
+    fn commit(self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&self.tmp);
+        })
+    }
+
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// The `{campaign_id}` path parameter of the admin routes.
@@ -98,6 +132,7 @@ pub struct CampaignIdParam {
         (status = 200, description = "Changed", body = CampaignView),
         (status = 201, description = "Created", body = CampaignView),
         (status = 400, description = "`invalid_campaign_id`", body = ErrorBody),
+        (status = 409, description = "`campaign_file_conflict`: the campaign's file name is taken by a folder or another non-file", body = ErrorBody),
         (status = 422, description = "`invalid_campaign` (a field, or capacity below coupons issued), `invalid_plugin` (a plugin that cannot load), or `invalid_body`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
     )
@@ -113,9 +148,14 @@ pub async fn put_campaign(
         .map_err(|e| ApiError::unprocessable("invalid_campaign", e.to_string()))?;
     let _writing = platform.campaign_writes().await;
     let existed = platform.campaign(&id).is_some();
-    platform.apply_campaign(campaign).await?;
-    let path = campaign_file(&platform, &id);
-    write_atomically(&path, &spec.to_toml()).map_err(|e| ApiError::internal(&e))?;
+    let text = spec.to_toml();
+    let staged = stage(&campaign_file(&platform, &id), &text)?;
+    if let Err(e) = platform.apply_campaign(campaign).await {
+        staged.discard();
+        return Err(e.into());
+    }
+    staged.commit().map_err(|e| ApiError::internal(&e))?;
+    platform.note_admin_write(&id, &text);
     platform.clear_rejection(&id);
     let c = platform
         .campaign(&id)

@@ -81,7 +81,7 @@ impl IntoResponse for ApiError {
 fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.is::<tower_http::timeout::TimeoutError>() {
+        if e.is::<super::server::BodyDeadline>() {
             return true;
         }
         next = e.source();

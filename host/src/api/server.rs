@@ -4,17 +4,23 @@
 //!
 //! - a request head (line and headers) must arrive within `header_read_timeout_ms` of the
 //!   connection opening or of its previous response, or the connection is closed;
-//! - a request body must arrive within `body_read_timeout_ms`, or the request is answered
-//!   `408`;
+//! - a request body must arrive whole within `body_read_timeout_ms` of the request head, or
+//!   the request is answered `408` (a deadline for the whole body, not a gap between chunks: a
+//!   client sending one byte a second cannot hold a connection for hours);
 //! - at most `max_connections` are open; the next waits in the kernel's listen backlog.
 //!
 //! HTTP/2 and TLS belong to the load balancer in front of the hosts.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -69,9 +75,10 @@ pub async fn serve(
 ) {
     let cap = fit_connection_cap(limits.max_connections);
     let permits = Arc::new(Semaphore::new(cap));
-    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        Duration::from_millis(limits.body_read_timeout_ms),
-    ));
+    let body_deadline = Duration::from_millis(limits.body_read_timeout_ms);
+    let router = router.layer(axum::middleware::map_request(move |request: Request| {
+        std::future::ready(with_body_deadline(request, body_deadline))
+    }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
@@ -110,6 +117,59 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Why a request body stopped: it had not arrived whole by its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive whole within {0:?}")]
+pub struct BodyDeadline(pub Duration);
+
+/// The request with a body that fails with [`BodyDeadline`] once `limit` has passed.
+fn with_body_deadline(request: Request, limit: Duration) -> Request {
+    if request.body().is_end_stream() {
+        return request;
+    }
+    request.map(|inner| {
+        Body::new(DeadlineBody {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        })
+    })
+}
+
+/// A body with a deadline for all of it (tower-http's body timeout restarts at every chunk).
+struct DeadlineBody {
+    inner: Body,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let limit = self.limit;
+            return Poll::Ready(Some(Err(axum::Error::new(BodyDeadline(limit)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A connection that ended in error: a timed-out or broken client, worth a debug line.

@@ -113,12 +113,14 @@ impl EventBus for LogBus {
 }
 
 impl LogBus {
-    /// Writes a dead letter; if the store refuses it, writes its [`super::delivery::minimal`]
-    /// form so that the group moves on. Fails only when that is refused too (the database is
-    /// down): the batch is then tried again from this event.
+    /// Writes a dead letter; if the store refuses the message itself (a value too long for its
+    /// column), writes its [`super::delivery::minimal`] form so that the group moves on. Any
+    /// other failure (the database is down) fails the batch, which is tried again from this
+    /// event.
     async fn dead_letter(&self, dlt: &str, message: Message) -> Result<(), BusError> {
         match self.publish(dlt, std::slice::from_ref(&message)).await {
             Ok(()) => Ok(()),
+            Err(e) if !e.is_refusal() => Err(e),
             Err(e) => {
                 tracing::warn!(topic = dlt, error = %e, event_id = %message.event_id,
                     "dead letter refused; writing its minimal form");

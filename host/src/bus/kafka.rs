@@ -57,7 +57,15 @@ impl std::fmt::Debug for KafkaBus {
 }
 
 fn kafka_error(e: KafkaError) -> BusError {
-    BusError::Publish(e.to_string())
+    use RDKafkaErrorCode as Code;
+    match e.rdkafka_error_code() {
+        // MessageSizeTooLarge is also what librdkafka reports for a message over its own
+        // `message.max.bytes`, before sending.
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::InvalidRecord) => {
+            BusError::Refused(e.to_string())
+        }
+        _ => BusError::Publish(e.to_string()),
+    }
 }
 
 impl KafkaBus {
@@ -140,9 +148,10 @@ impl KafkaBus {
             .map_err(|e| BusError::Consume(e.to_string()))
     }
 
-    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After a
-    /// refusal the retries send its [`super::delivery::minimal`] form, so that a message the
-    /// broker will never take (over `message.max.bytes`) does not hold the group.
+    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After the
+    /// broker refuses the message itself, the retries send its [`super::delivery::minimal`]
+    /// form, so that a message the broker will never take (over `message.max.bytes`) does not
+    /// hold the group.
     async fn dead_letter(
         &self,
         dlt: &str,
@@ -156,7 +165,7 @@ impl KafkaBus {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(topic = dlt, error = %e, "dead letter not written; retrying");
-                    if !minimal {
+                    if !minimal && e.is_refusal() {
                         message = super::delivery::minimal(&message);
                         minimal = true;
                     }

@@ -59,8 +59,29 @@ pub enum BusError {
     Publish(String),
     #[error("consume failed: {0}")]
     Consume(String),
+    /// The bus refused this message itself (over the broker's message size): sending it
+    /// again unchanged cannot succeed.
+    #[error("message refused: {0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+impl BusError {
+    /// Whether the message itself was refused (too large for the broker, a column or the
+    /// database), rather than the bus being unreachable: the cue for a smaller dead letter.
+    pub fn is_refusal(&self) -> bool {
+        use crate::store::StoreError;
+        match self {
+            Self::Refused(_) => true,
+            // SQLSTATE 22001 (value too long: MySQL 1406, PostgreSQL), 54000 (PostgreSQL's
+            // program limits), and SQLite's SQLITE_TOOBIG (18).
+            Self::Store(StoreError::Sqlx(sqlx::Error::Database(db))) => {
+                matches!(db.code().as_deref(), Some("22001" | "54000" | "18"))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How a handler failed. A retryable failure is tried again after the back-off; a permanent

@@ -173,11 +173,13 @@ impl self::firstcome::plugin::delivery::Host for CallCtx {}
 impl self::firstcome::plugin::log::Host for CallCtx {
     async fn log(&mut self, level: Level, message: String) -> WasmResult<()> {
         self.call.charge(message.len())?;
+        let whole = message.len();
         let message = crate::bounded::cut(&message, limits::LOG_LINE);
+        // Once a line does not fit, it and every later line are dropped.
         match self.call.log_left.checked_sub(message.len()) {
-            Some(left) => self.call.log_left = left,
-            None => {
-                self.call.log_dropped += message.len();
+            Some(left) if self.call.log_dropped == 0 => self.call.log_left = left,
+            _ => {
+                self.call.log_dropped += whole;
                 return Ok(());
             }
         }

@@ -122,8 +122,35 @@ impl Store {
 
     /// Applies a plugin's writes for `event_id` and marks the event processed for `group`,
     /// in one transaction. Returns `false` (and writes nothing) when the group had already
-    /// processed the event.
+    /// processed the event. A transaction the database rolls back to break a deadlock (two
+    /// events of one campaign adding their first counters at once, on MySQL) is run again.
     pub async fn commit_effects(
+        &self,
+        group: &str,
+        event_id: &str,
+        scope: &Scope,
+        effects: &Effects,
+        now: i64,
+    ) -> Result<bool> {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            match self
+                .try_commit_effects(group, event_id, scope, effects, now)
+                .await
+            {
+                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                    tracing::debug!(%event_id, attempt, error = %e, "plugin writes retried");
+                    let pause = rand::random_range(1..=10 * u64::from(attempt));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_commit_effects(
         &self,
         group: &str,
         event_id: &str,
