@@ -179,6 +179,7 @@ pub fn group_started(group: &str) {
         "firstcome_events_handled_total",
         "firstcome_events_retried_total",
         "firstcome_events_dead_lettered_total",
+        "firstcome_consumer_restarts_total",
     ] {
         counter!(name, "group" => group.to_owned()).increment(0);
     }

@@ -46,6 +46,9 @@ impl From<GuardError> for PlatformError {
     }
 }
 
+/// Pause before a failed consumer group member is started again.
+const MEMBER_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
 const REBUILD_ATTEMPTS: usize = 3;
 
@@ -326,8 +329,27 @@ impl Platform {
         tracing::info!(group = %role, "consumer group started");
         crate::monitoring::group_started(&role);
         self.consumers.tracker.spawn(async move {
-            if let Err(e) = bus.run_consumer(spec, handler, token).await {
-                tracing::error!(group = %role, error = %e, "consumer group stopped");
+            // A member that fails (the database or the broker went away mid-batch) is started
+            // again: it rejoins the group and resumes from the committed positions, and the
+            // events it had not committed come back and are dropped as already handled.
+            while !token.is_cancelled() {
+                let result = bus
+                    .run_consumer(spec.clone(), handler.clone(), token.clone())
+                    .await;
+                if token.is_cancelled() {
+                    break;
+                }
+                let reason = match result {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(group = %role, %reason, "consumer group member failed; restarting it");
+                metrics::counter!("firstcome_consumer_restarts_total", "group" => role.clone())
+                    .increment(1);
+                tokio::select! {
+                    () = tokio::time::sleep(MEMBER_RESTART_PAUSE) => {}
+                    () = token.cancelled() => {}
+                }
             }
         });
     }

@@ -13,7 +13,8 @@
 //! `issued` statistic equals the coupons), every group's lag 0, the faulty plugin's events all
 //! dead-lettered, and no host log line over 16 KiB nor a round's log growth over 1 MB.
 //!
-//! `FC_SOAK_ROUNDS` (default 1) rounds per fault kind; `FC_SOAK_SEED` replays a run.
+//! `FC_SOAK_ROUNDS` (default 2) rounds per fault kind; `FC_SOAK_SEED` replays a run;
+//! `FC_SOAK_FAULTS` (e.g. `FreezeBroker,KillHost`) runs only those kinds.
 //! `bash tests/soak.sh --rounds N` runs it alone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -134,7 +135,10 @@ impl Rig {
     }
 
     async fn start(name: &'static str, backend: Backend, hosts: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("firstcome-soak-")
+            .tempdir()
+            .unwrap();
         let campaigns = dir.path().join("campaigns");
         std::fs::create_dir_all(&campaigns).unwrap();
         let database_url = fresh_database(backend, dir.path()).await;
@@ -212,7 +216,18 @@ impl Rig {
         rig
     }
 
+    /// The fault kinds this set-up can inject, narrowed to `FC_SOAK_FAULTS` (comma-separated
+    /// names as the table prints them) when set.
     fn faults(&self) -> Vec<Fault> {
+        let mut faults = self.possible_faults();
+        if let Ok(only) = std::env::var("FC_SOAK_FAULTS") {
+            let only: Vec<String> = only.split(',').map(|f| f.trim().to_lowercase()).collect();
+            faults.retain(|f| only.contains(&format!("{f:?}").to_lowercase()));
+        }
+        faults
+    }
+
+    fn possible_faults(&self) -> Vec<Fault> {
         let mut faults = vec![Fault::KillHost];
         if self.redis.is_some() {
             faults.extend([Fault::KillRedis, Fault::KillDbSessions]);
@@ -545,13 +560,13 @@ fn check_log(host: &Host, before: u64, violations: &mut Vec<String>) {
     }
 }
 
-/// The soak; a short version runs with the suite (one round per fault kind and set-up).
+/// The soak; a short version runs with the suite (two rounds per fault kind and set-up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_soak() {
     let rounds: usize = std::env::var("FC_SOAK_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(2);
     let seed: u64 = std::env::var("FC_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -590,6 +605,11 @@ async fn fault_soak() {
         }
         if let Some(broker) = rig.broker.as_mut() {
             broker.stop().await;
+        }
+        if all.iter().any(|v| v.starts_with(rig.name)) {
+            // The hosts' logs (and Redis's) are what explain a violation.
+            let kept = rig.dir.keep();
+            eprintln!("{}: logs kept in {}", rig.name, kept.display());
         }
     }
     eprintln!(
