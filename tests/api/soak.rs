@@ -377,7 +377,7 @@ impl Rig {
 
     /// One round: a storm with `fault` at a random moment, then every check. Returns the
     /// violations found.
-    async fn round(&mut self, fault: Fault, rng: &mut rand::rngs::StdRng) -> Vec<String> {
+    async fn round(&mut self, fault: Fault, rng: &mut rand::rngs::StdRng) -> (Vec<String>, usize) {
         let logs_before: Vec<u64> = self.hosts.iter().map(Host::log_size).collect();
         let campaign = self.campaign(fault).await;
         let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
@@ -414,10 +414,12 @@ impl Rig {
         }
         self.check_round(&campaign, fault, &answers, &mut violations)
             .await;
+        let mut restarts = 0;
         for (host, before) in self.hosts.iter().zip(logs_before) {
             check_log(host, before, &mut violations);
+            restarts += member_restarts(host, before);
         }
-        violations
+        (violations, restarts)
     }
 
     async fn check_round(
@@ -560,6 +562,16 @@ fn check_log(host: &Host, before: u64, violations: &mut Vec<String>) {
     }
 }
 
+/// Consumer group members the host restarted since byte `from` of its log (a member that
+/// failed, or left a stuck group to rejoin it).
+fn member_restarts(host: &Host, from: u64) -> usize {
+    let text = std::fs::read(&host.log).unwrap_or_default();
+    let from = (from as usize).min(text.len());
+    String::from_utf8_lossy(&text[from..])
+        .matches("consumer group member failed; restarting it")
+        .count()
+}
+
 /// The soak; a short version runs with the suite (two rounds per fault kind and set-up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_soak() {
@@ -573,15 +585,15 @@ async fn fault_soak() {
         .unwrap_or_else(rand::random);
     eprintln!("fault soak: {rounds} round(s) per fault kind, FC_SOAK_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // (set-up, fault) → (rounds, violations)
-    let mut table: BTreeMap<(&str, Fault), (usize, usize)> = BTreeMap::new();
+    // (set-up, fault) → (rounds, violations, consumer group members restarted)
+    let mut table: BTreeMap<(&str, Fault), (usize, usize, usize)> = BTreeMap::new();
     let mut all = Vec::new();
     let started = Instant::now();
     for mut rig in [Rig::embedded().await, Rig::redis_mariadb().await] {
         for _ in 0..rounds {
             for fault in rig.faults() {
                 let round = Instant::now();
-                let violations = rig.round(fault, &mut rng).await;
+                let (violations, restarts) = rig.round(fault, &mut rng).await;
                 eprintln!(
                     "  {:<14} {:<16} {:>5.1} s  {}",
                     rig.name,
@@ -596,6 +608,7 @@ async fn fault_soak() {
                 let entry = table.entry((rig.name, fault)).or_default();
                 entry.0 += 1;
                 entry.1 += violations.len();
+                entry.2 += restarts;
                 all.extend(
                     violations
                         .into_iter()
@@ -616,9 +629,11 @@ async fn fault_soak() {
         "\nfault soak, seed {seed}, {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    eprintln!("| set-up | fault | rounds | violations |\n|---|---|---:|---:|");
-    for ((rig, fault), (n, bad)) in &table {
-        eprintln!("| {rig} | {fault:?} | {n} | {bad} |");
+    eprintln!(
+        "| set-up | fault | rounds | violations | group members restarted |\n|---|---|---:|---:|---:|"
+    );
+    for ((rig, fault), (n, bad, restarts)) in &table {
+        eprintln!("| {rig} | {fault:?} | {n} | {bad} | {restarts} |");
     }
     assert!(all.is_empty(), "violations:\n{}", all.join("\n"));
 }

@@ -38,6 +38,19 @@ use crate::store::Store;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most messages handled between two dedupe round trips to the database.
 const CONSUME_BATCH: usize = 500;
+/// How long a member waits for a message before it looks at its group's progress.
+const STALL_CHECK: Duration = Duration::from_secs(10);
+/// A group whose lag has not gone down for this long while its members receive nothing is
+/// stuck (a partition left without an owner after a rebalance): its idle members leave and
+/// rejoin, which makes the coordinator assign every partition again.
+const STALL: Duration = Duration::from_secs(30);
+
+/// What a member has seen of its group's lag while it received nothing.
+#[derive(Debug, Default)]
+struct StallWatch {
+    /// The lowest lag seen, and since when the lag has not gone below it.
+    lowest: Option<(i64, std::time::Instant)>,
+}
 
 /// The Kafka bus.
 #[derive(Clone)]
@@ -146,6 +159,30 @@ impl KafkaBus {
             )
             .create()
             .map_err(|e| BusError::Consume(e.to_string()))
+    }
+
+    /// Whether the group is stuck, as far as an idle member can tell: events wait (lag > 0)
+    /// and the lag has not gone down for [`STALL`].
+    async fn stalled(&self, spec: &ConsumerSpec, watch: &mut StallWatch) -> bool {
+        let lag = match self.lag(&spec.group, &spec.topic).await {
+            Ok(lag) => lag,
+            Err(e) => {
+                tracing::debug!(group = %spec.group, error = %e, "cannot read the group's lag");
+                return false;
+            }
+        };
+        let now = std::time::Instant::now();
+        match watch.lowest {
+            _ if lag == 0 => {
+                watch.lowest = None;
+                false
+            }
+            Some((lowest, since)) if lag >= lowest => now.duration_since(since) >= STALL,
+            _ => {
+                watch.lowest = Some((lag, now));
+                false
+            }
+        }
     }
 
     /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After the
@@ -287,14 +324,28 @@ impl EventBus for KafkaBus {
             .subscribe(&[&spec.topic])
             .map_err(|e| BusError::Consume(e.to_string()))?;
         let dlt = dlt_topic(&spec.topic);
+        let mut watch = StallWatch::default();
         loop {
             let first = tokio::select! {
-                m = consumer.recv() => m,
+                m = tokio::time::timeout(STALL_CHECK, consumer.recv()) => m,
                 () = shutdown.cancelled() => break,
             };
             let first = match first {
-                Ok(msg) => msg,
-                Err(e) => {
+                Err(_idle) => {
+                    if self.stalled(&spec, &mut watch).await {
+                        return Err(BusError::Consume(format!(
+                            "group {} has had events waiting and made no progress for {STALL:?}; \
+                             rejoining",
+                            spec.group
+                        )));
+                    }
+                    continue;
+                }
+                Ok(Ok(msg)) => {
+                    watch.lowest = None;
+                    msg
+                }
+                Ok(Err(e)) => {
                     tracing::warn!(group = %spec.group, error = %e, "consume error");
                     tokio::time::sleep(spec.poll_interval).await;
                     continue;
