@@ -66,10 +66,15 @@ struct CampaignLock {
     coupon_expires_at: Option<i64>,
 }
 
+/// Rows per multi-row `INSERT` (9 bind parameters each: well under every engine's limit).
+const ROWS_PER_INSERT: usize = 500;
+
 impl Store {
     /// Issues one chunk in one transaction: a coupon per item (unique per campaign and user),
     /// the campaign's issued count and highest issued position advanced, one outbox row per
-    /// coupon. Items are handled in queue order; the campaign row is locked so that concurrent chunks from
+    /// coupon. A fixed number of statements whatever the chunk's size: the lock, one look-up of
+    /// the users who already hold a coupon, one multi-row `INSERT` per table (per 500 rows),
+    /// one update. Items are handled in queue order; the campaign row is locked so that concurrent chunks from
     /// several hosts serialise on it and `issued` never passes `capacity`.
     pub async fn issue_chunk(
         &self,
@@ -86,30 +91,26 @@ impl Store {
         let mut remaining = campaign.capacity - campaign.issued;
         let profiles = self.profiles_in(&mut tx, &items).await?;
         let mut outcome = ChunkOutcome::default();
-        let mut new_coupons = Vec::new();
+        // Who already holds a coupon, in one look-up. Exact: every coupon is written here,
+        // under the campaign row lock taken above.
+        let holders = self.holders_among(&mut tx, campaign_id, &items).await?;
+        let mut taking: Vec<&QueueItem> = Vec::with_capacity(items.len());
+        let mut in_chunk = std::collections::HashSet::new();
         for item in items {
-            if remaining <= 0 {
-                if self
-                    .holds_coupon(&mut tx, campaign_id, &item.user_id)
-                    .await?
-                {
-                    outcome.duplicates.push(item.user_id.clone());
-                } else {
-                    outcome.refused.push(item.user_id.clone());
-                }
-                continue;
-            }
-            match self
-                .insert_coupon(&mut tx, campaign_id, item, &campaign, issued_by, now)
-                .await?
-            {
-                Some(coupon) => {
-                    remaining -= 1;
-                    new_coupons.push((item, coupon));
-                }
-                None => outcome.duplicates.push(item.user_id.clone()),
+            if holders.contains(&item.user_id) || !in_chunk.insert(item.user_id.as_str()) {
+                outcome.duplicates.push(item.user_id.clone());
+            } else if remaining <= 0 {
+                outcome.refused.push(item.user_id.clone());
+            } else {
+                remaining -= 1;
+                taking.push(item);
             }
         }
+        let codes = self
+            .insert_coupons(&mut tx, campaign_id, &taking, &campaign, issued_by, now)
+            .await?;
+        let new_coupons: Vec<(&QueueItem, (String, String))> =
+            taking.into_iter().zip(codes).collect();
         outcome.mark = Floor {
             issued: campaign.issued + new_coupons.len() as i64,
             last_position: new_coupons
@@ -199,63 +200,73 @@ impl Store {
         })
     }
 
-    /// Inserts the coupon unless the user holds one; `None` means they do.
-    async fn insert_coupon(
+    /// Inserts one coupon per item with multi-row `INSERT`s (up to [`ROWS_PER_INSERT`] rows
+    /// each) and returns each coupon's (id, code), in the items' order. The items hold no
+    /// coupon yet (checked under the campaign lock); a unique key that still refuses a row (a
+    /// code colliding with another coupon's, about once in 10^18) fails the transaction, and
+    /// the issuer retries the chunk with new codes.
+    async fn insert_coupons(
         &self,
         tx: &mut Transaction<'static, Any>,
         campaign_id: &str,
-        item: &QueueItem,
+        items: &[&QueueItem],
         campaign: &CampaignLock,
         issued_by: &str,
         now: i64,
-    ) -> Result<Option<(String, String)>> {
-        let insert = self.dialect.insert_ignore(
-            "coupons (id, campaign_id, user_id, code, request_id, position, issued_at, \
-             expires_at, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        );
-        let insert = self.sql(&insert);
-        // A skipped insert is either this user's existing coupon or, once in ~10^18, a
-        // code that collides with another coupon's: only the first is a duplicate.
-        for _ in 0..4 {
-            let id = Uuid::now_v7().to_string();
-            let code = coupon_code();
-            let done = sqlx::query(&insert)
-                .bind(&id)
-                .bind(campaign_id)
-                .bind(&item.user_id)
-                .bind(&code)
-                .bind(&item.request_id)
-                .bind(item.position)
-                .bind(now)
-                .bind(campaign.coupon_expires_at)
-                .bind(issued_by)
-                .execute(&mut **tx)
-                .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Some((id, code)));
+    ) -> Result<Vec<(String, String)>> {
+        let coupons: Vec<(String, String)> = items
+            .iter()
+            .map(|_| (Uuid::now_v7().to_string(), coupon_code()))
+            .collect();
+        let rows: Vec<(&&QueueItem, &(String, String))> = items.iter().zip(&coupons).collect();
+        for slice in rows.chunks(ROWS_PER_INSERT) {
+            let values = vec![super::placeholders(9); slice.len()].join(", ");
+            let q = format!(
+                "INSERT INTO coupons (id, campaign_id, user_id, code, request_id, position, \
+                 issued_at, expires_at, issued_by) VALUES {values}"
+            );
+            let sql = self.sql(&q);
+            let mut query = sqlx::query(&sql);
+            for (item, (id, code)) in slice {
+                query = query
+                    .bind(id)
+                    .bind(campaign_id)
+                    .bind(&item.user_id)
+                    .bind(code)
+                    .bind(&item.request_id)
+                    .bind(item.position)
+                    .bind(now)
+                    .bind(campaign.coupon_expires_at)
+                    .bind(issued_by);
             }
-            if self.holds_coupon(tx, campaign_id, &item.user_id).await? {
-                return Ok(None);
-            }
+            query.execute(&mut **tx).await?;
         }
-        Err(StoreError::Sqlx(sqlx::Error::Protocol(
-            "could not find a unique coupon code in 4 tries".into(),
-        )))
+        Ok(coupons)
     }
 
-    async fn holds_coupon(
+    /// Which of the items' users already hold a coupon of the campaign.
+    async fn holders_among(
         &self,
         tx: &mut Transaction<'static, Any>,
         campaign_id: &str,
-        user_id: &str,
-    ) -> Result<bool> {
-        let row =
-            sqlx::query(&self.sql("SELECT 1 FROM coupons WHERE campaign_id = ? AND user_id = ?"))
-                .bind(campaign_id)
-                .bind(user_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(row.is_some())
+        items: &[&QueueItem],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut holders = std::collections::HashSet::new();
+        for slice in items.chunks(ROWS_PER_INSERT) {
+            let q = format!(
+                "SELECT user_id FROM coupons WHERE campaign_id = ? AND user_id IN {}",
+                super::placeholders(slice.len())
+            );
+            let sql = self.sql(&q);
+            let mut query = sqlx::query(&sql).bind(campaign_id);
+            for item in slice {
+                query = query.bind(&item.user_id);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                holders.insert(super::text(&row, 0)?);
+            }
+        }
+        Ok(holders)
     }
 
     /// The coupon a user holds in a campaign, if any.
