@@ -511,7 +511,9 @@ async fn redis_restored_from_an_older_snapshot_is_rebuilt_on_postgres() {
 }
 
 /// Redis with an append-only file, killed with SIGKILL in the middle of a storm and started
-/// again: every request answered `202` is issued, and nothing is counted lost.
+/// again: with `always`, every request answered `202` is issued and nothing is counted lost;
+/// with `everysec` the same, unless Redis postponed its AOF write behind a slow fsync, and then
+/// every lost answer is counted.
 async fn redis_with_aof_killed_mid_storm(appendfsync: &str) {
     const USERS: usize = 1_500;
     const CAPACITY: i64 = 1_000;
@@ -576,20 +578,41 @@ async fn redis_with_aof_killed_mid_storm(appendfsync: &str) {
     assert_eq!(issued.len() as i64, CAPACITY);
     let holders: HashMap<&String, i64> = issued.iter().map(|(u, p)| (u, *p)).collect();
     assert_eq!(holders.len(), issued.len(), "a user holds two coupons");
-    for (user, position) in &accepted {
+    let missing: Vec<(&String, &i64)> = accepted
+        .iter()
+        .filter(|(user, position)| holders.get(user) != Some(*position))
+        .collect();
+    if appendfsync == "always" || missing.is_empty() {
+        assert!(
+            missing.is_empty(),
+            "appendfsync {appendfsync}: answered 202 and not issued at their place: {missing:?}"
+        );
         assert_eq!(
-            holders.get(user),
-            Some(position),
-            "appendfsync {appendfsync}: {user} was answered 202 at {position}"
+            metric(&app, "firstcome_admissions_lost_total", &id).await,
+            0
+        );
+    } else {
+        // With `everysec`, Redis postpones its AOF write (for up to 2 s) while a background
+        // fsync is still running on a busy disk, and answers meanwhile: a SIGKILL then loses
+        // those answers. The promise is then that every such loss is detected and counted.
+        let counted = wait_for(30, || async {
+            metric(&app, "firstcome_admissions_lost_total", &id).await >= missing.len() as u64
+        })
+        .await;
+        assert!(
+            counted.is_some(),
+            "appendfsync everysec: {} answered 202 were lost and not all counted: {missing:?}",
+            missing.len()
+        );
+        eprintln!(
+            "appendfsync everysec: Redis postponed its AOF write; {} answered 202 lost, all counted",
+            missing.len()
         );
     }
-    assert_eq!(
-        metric(&app, "firstcome_admissions_lost_total", &id).await,
-        0
-    );
     eprintln!(
-        "appendfsync {appendfsync}: {} answered 202 before and after the kill, none lost",
-        accepted.len()
+        "appendfsync {appendfsync}: {} answered 202 before and after the kill, {} lost",
+        accepted.len(),
+        missing.len()
     );
     app.stop().await;
 }
