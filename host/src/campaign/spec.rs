@@ -25,6 +25,31 @@ pub const NAME_PATTERN: &str = concat!(
     r"[^\x00-\x1f\x7f-\x9f]*$",
 );
 
+/// A time as RFC 3339 text (JSON, or a quoted TOML string) or as a TOML date-time written
+/// without quotes (`opens_at = 2026-03-01T10:00:00+09:00`), which TOML parses as a value of its
+/// own. Either needs an offset: a local time names no moment.
+fn time_text_or_toml<'de, D>(deserializer: D) -> Result<Option<DateTime<FixedOffset>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Text(String),
+        Toml(toml::value::Datetime),
+    }
+    let text = match Option::<Time>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Time::Text(text)) => text,
+        Some(Time::Toml(datetime)) => datetime.to_string(),
+    };
+    DateTime::parse_from_rfc3339(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an RFC 3339 time with an offset (such as 2026-03-01T10:00:00+09:00): {e}"
+        ))
+    })
+}
+
 /// Why a campaign document or id was refused. The message says what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -79,15 +104,27 @@ pub struct CampaignSpec {
     #[schema(minimum = 0)]
     pub value: i64,
     /// When requests are first admitted (RFC 3339); absent: at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub opens_at: Option<DateTime<FixedOffset>>,
     /// When admission stops (RFC 3339, after `opens_at`); absent: when sold out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub closes_at: Option<DateTime<FixedOffset>>,
     /// When issued coupons expire (RFC 3339, after `opens_at`); absent: never.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub coupon_expires_at: Option<DateTime<FixedOffset>>,
     /// Requests issued per database transaction (default 10).
@@ -325,6 +362,37 @@ mod tests {
              closes_at = \"9999-12-31T23:59:59Z\"\n"
         );
         CampaignSpec::from_toml(&doc).unwrap();
+    }
+
+    #[test]
+    fn unquoted_toml_times_are_read() {
+        let spec = CampaignSpec::from_toml(
+            "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = 2026-03-01T10:00:00+09:00\n\
+             closes_at = \"2026-03-02T10:00:00Z\"\n",
+        )
+        .unwrap();
+        assert_eq!(spec.opens_at.unwrap().timestamp_millis(), 1_772_326_800_000);
+        let err = CampaignSpec::from_toml(
+            "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = 2026-03-01T10:00:00\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("with an offset"), "{err}");
+        let json: CampaignSpec = serde_json::from_str(
+            r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": "2026-03-01T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(json.opens_at.is_some());
+        let null: CampaignSpec =
+            serde_json::from_str(r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": null}"#)
+                .unwrap();
+        assert!(null.opens_at.is_none());
+        assert!(
+            serde_json::from_str::<CampaignSpec>(
+                r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": "tomorrow"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]
