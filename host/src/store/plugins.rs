@@ -46,7 +46,7 @@ pub struct Scope {
 /// signed 64-bit range. Checked here because the engines differ: SQLite turns an overflowing
 /// sum into a float, PostgreSQL and MySQL fail the statement with an error that would be
 /// retried as if the database were down.
-fn check_sums(
+fn overflow_of(
     table: &'static str,
     stored: &BTreeMap<String, i64>,
     deltas: &BTreeMap<String, i64>,
@@ -211,17 +211,15 @@ impl Store {
             "n",
             true,
         );
-        let stored = self
-            .current_values(
-                &mut tx,
-                "plugin_counters",
-                "k",
-                "n",
-                scope,
-                effects.counters.keys(),
-            )
-            .await?;
-        check_sums("plugin_counters", &stored, &effects.counters)?;
+        self.check_sums(
+            &mut tx,
+            "plugin_counters",
+            "k",
+            "n",
+            scope,
+            &effects.counters,
+        )
+        .await?;
         for (key, delta) in &effects.counters {
             sqlx::query(&self.sql(&add_counter))
                 .bind(&scope.campaign_id)
@@ -238,17 +236,15 @@ impl Store {
             "value",
             true,
         );
-        let stored = self
-            .current_values(
-                &mut tx,
-                "campaign_stats",
-                "name",
-                "value",
-                scope,
-                effects.stats.keys(),
-            )
-            .await?;
-        check_sums("campaign_stats", &stored, &effects.stats)?;
+        self.check_sums(
+            &mut tx,
+            "campaign_stats",
+            "name",
+            "value",
+            scope,
+            &effects.stats,
+        )
+        .await?;
         for (name, delta) in &effects.stats {
             sqlx::query(&self.sql(&add_stat))
                 .bind(&scope.campaign_id)
@@ -264,22 +260,24 @@ impl Store {
         Ok(true)
     }
 
-    /// The stored values of `keys` in a counter table, locked until the transaction ends (on
+    /// Fails with [`StoreError::Overflow`] if adding `deltas` to a counter table would leave
+    /// the signed 64-bit range. Reads the stored values locked until the transaction ends (on
     /// SQLite the transaction already holds the database's write lock: its first statement
     /// wrote the processed mark). `campaign_stats` is keyed by campaign only; the plugin
     /// tables by campaign and role.
-    async fn current_values(
+    async fn check_sums(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         table: &'static str,
         key_column: &str,
         value_column: &str,
         scope: &Scope,
-        keys: impl ExactSizeIterator<Item = &String>,
-    ) -> Result<BTreeMap<String, i64>> {
-        if keys.len() == 0 {
-            return Ok(BTreeMap::new());
+        deltas: &BTreeMap<String, i64>,
+    ) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
         }
+        let keys = deltas.keys();
         let role_filter = if table == "campaign_stats" {
             ""
         } else {
@@ -304,9 +302,11 @@ impl Store {
             query = query.bind(key);
         }
         let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
+        let stored = rows
+            .iter()
             .map(|r| Ok((super::text(r, 0)?, r.try_get(1)?)))
-            .collect()
+            .collect::<Result<BTreeMap<String, i64>>>()?;
+        overflow_of(table, &stored, deltas)
     }
 
     /// The campaign's statistics counters, by name.
