@@ -1,5 +1,8 @@
 //! The chunk issuer: one task per campaign per host that drains the campaign's queue in FIFO
-//! order, a chunk (default 10) per database transaction. An item is acknowledged only after its
+//! order, a chunk per database transaction: whatever waits, up to the campaign's `chunk_size`
+//! (default [`DEFAULT_CHUNK_SIZE`](crate::campaign::spec::DEFAULT_CHUNK_SIZE)), so chunks grow
+//! with the backlog. The next chunk is claimed while the previous one commits; commits stay
+//! one at a time, in queue order. An item is acknowledged only after its
 //! chunk committed; a failed chunk is retried with the same items, and a chunk that committed
 //! but was never acknowledged (the host died) is reclaimed by another host and found to be
 //! already issued. Several hosts may drain one campaign: the campaign row lock serialises
@@ -120,40 +123,56 @@ async fn drain(
     // reclaim period, not on every poll.
     let reclaim_every = (reclaim_idle / 4).max(Duration::from_millis(100));
     let mut last_reclaim = Instant::now() - reclaim_every;
-    tracing::debug!(campaign = %id, "issuer started");
-    while !stop.is_cancelled() {
-        let chunk = campaign.borrow().chunk_size as usize;
-        let reclaim = (last_reclaim.elapsed() >= reclaim_every).then_some(reclaim_idle);
-        if reclaim.is_some() {
+    let mut reclaim = move || {
+        let due = last_reclaim.elapsed() >= reclaim_every;
+        if due {
             last_reclaim = Instant::now();
         }
-        let items = match ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim).await {
-            Ok(items) => items,
-            Err(AdmissionError::Lost(_)) => {
-                // Redis lost its data: rebuild now rather than at the next admission, so
-                // that the loss is audited and counted even when nobody asks any more.
-                ctx.guard.suspect();
-                let current = campaign.borrow().clone();
-                match ctx.guard.resync(&current, false).await {
-                    Ok(true) => {}
-                    // Nothing to rebuild: lost again at once, or it never was; no busy loop.
-                    Ok(false) => {
-                        pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+        due.then_some(reclaim_idle)
+    };
+    // A chunk claimed while the previous one committed: the queue's round trip overlaps the
+    // database's. Commits stay one at a time and in queue order.
+    let mut next: Vec<QueueItem> = Vec::new();
+    tracing::debug!(campaign = %id, "issuer started");
+    while !stop.is_cancelled() {
+        // The operator's maximum per transaction: a chunk is whatever waits, up to it, so it
+        // grows with the backlog and stays small (quick) when requests trickle in.
+        let chunk = campaign.borrow().chunk_size as usize;
+        let items = if next.is_empty() {
+            match ctx
+                .admission
+                .claim(&id, &ctx.host_id, chunk, reclaim())
+                .await
+            {
+                Ok(items) => items,
+                Err(AdmissionError::Lost(_)) => {
+                    // Redis lost its data: rebuild now rather than at the next admission, so
+                    // that the loss is audited and counted even when nobody asks any more.
+                    ctx.guard.suspect();
+                    let current = campaign.borrow().clone();
+                    match ctx.guard.resync(&current, false).await {
+                        Ok(true) => {}
+                        // Nothing to rebuild: lost again at once, or it never was; no busy loop.
+                        Ok(false) => {
+                            pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(campaign = %id, error = %e,
+                                "cannot rebuild the admission queue");
+                            pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(campaign = %id, error = %e,
-                            "cannot rebuild the admission queue");
-                        pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
-                    }
+                    continue;
                 }
-                continue;
+                Err(e) => {
+                    ctx.guard.suspect();
+                    tracing::warn!(campaign = %id, error = %e, "cannot read the admission queue");
+                    pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
+                    continue;
+                }
             }
-            Err(e) => {
-                ctx.guard.suspect();
-                tracing::warn!(campaign = %id, error = %e, "cannot read the admission queue");
-                pause(&stop, Duration::from_millis(ctx.config.retry_backoff_ms)).await;
-                continue;
-            }
+        } else {
+            std::mem::take(&mut next)
         };
         if items.is_empty() {
             tokio::select! {
@@ -163,7 +182,12 @@ async fn drain(
             }
             continue;
         }
-        if !issue(&ctx, &id, &items, &stop).await {
+        let prefetch = ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim());
+        let (committed, prefetched) = tokio::join!(issue(&ctx, &id, &items, &stop), prefetch);
+        // A failed look-ahead is left to the next regular claim, which handles the error.
+        next = prefetched.unwrap_or_default();
+        if !committed {
+            // Stopped: what was claimed ahead stays pending and is reclaimed like the rest.
             break;
         }
     }

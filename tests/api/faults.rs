@@ -107,8 +107,8 @@ async fn failing_chunk_is_retried_whole(backend: Backend) {
     let backends = Backends::open(backend, dir.path()).await;
     poison(&backends.store, "poisoned-user").await;
     let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
-    // The poisoned user is 5th in the first chunk of 10: the queue is filled before the
-    // issuer starts, so that chunk is whole.
+    // The poisoned user is 5th in the first chunk (all 30: the default chunk takes up to
+    // 500): the queue is filled before the issuer starts, so that chunk is whole.
     let mut users: Vec<String> = (1..=30).map(|i| format!("u{i}")).collect();
     users[4] = "poisoned-user".into();
     let id = queue_before_issuing(&backends, 30, &users).await;

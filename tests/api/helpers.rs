@@ -283,6 +283,7 @@ pub fn with_plugin(
             .collect(),
         timeout_ms: None,
         memory_mb: None,
+        reuse: None,
     };
     spec.plugins.insert(role.to_owned(), plugin);
     spec

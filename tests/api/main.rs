@@ -17,5 +17,6 @@ mod openapi;
 mod page;
 mod plugins;
 mod prometheus;
+mod reuse;
 mod soak;
 mod streams;

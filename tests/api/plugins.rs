@@ -600,8 +600,22 @@ async fn a_swap_under_load_loses_and_repeats_nothing(backend: Backend) {
             app.url("/api/v1/coupons/request"),
             id.clone(),
         );
+        let (platform, new_version) = (app.platform.clone(), new_version.clone());
         tokio::spawn(async move {
             for i in 0..300 {
+                // Half the requests, then wait for the new version to be in service, so that
+                // the swap lands while events flow however fast the group keeps up.
+                if i == 150 {
+                    let swapped = || async {
+                        platform
+                            .plugins
+                            .plugin(&id, "history")
+                            .is_some_and(|p| p.version() == new_version)
+                    };
+                    wait_for(60, swapped)
+                        .await
+                        .expect("the new version in service");
+                }
                 let r = client
                     .post(&url)
                     .json(&json!({"userId": format!("u{i}"), "promotionId": id}))

@@ -1,35 +1,50 @@
--- Admits one request to a campaign, atomically.
+-- Admits a batch of requests to one campaign, atomically and in the order given.
 -- KEYS[1] meta hash (capacity, opens_at, closes_at, admitted, seq)
 -- KEYS[2] users hash (user id -> position)
 -- KEYS[3] queue stream
--- ARGV[1] user id, ARGV[2] now (epoch ms), ARGV[3] request id,
--- ARGV[4] the floor's issued count, ARGV[5] the floor's highest issued position: the database
+-- ARGV[1] the floor's issued count, ARGV[2] the floor's highest issued position: the database
 -- has seen that much; a state holding less went back in time (an older snapshot) and must be
 -- rebuilt before it hands out positions other users hold.
--- Returns {outcome, position}.
+-- Then three arguments per request: user id, now (epoch ms), request id.
+-- Returns {'unknown'} or {'behind'} for the whole batch, else {outcome, position, ...}: one
+-- pair per request, in order.
 local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq')
 if not meta[1] then
-  return {'unknown', 0}
+  return {'unknown'}
 end
-if tonumber(meta[4] or '0') < tonumber(ARGV[4]) or tonumber(meta[5] or '0') < tonumber(ARGV[5]) then
-  return {'behind', 0}
+local capacity = tonumber(meta[1])
+local admitted = tonumber(meta[4] or '0')
+local seq = tonumber(meta[5] or '0')
+if admitted < tonumber(ARGV[1]) or seq < tonumber(ARGV[2]) then
+  return {'behind'}
 end
-local now = tonumber(ARGV[2])
-if meta[2] and meta[2] ~= '' and now < tonumber(meta[2]) then
-  return {'not_open', 0}
+local opens = (meta[2] and meta[2] ~= '') and tonumber(meta[2]) or nil
+local closes = (meta[3] and meta[3] ~= '') and tonumber(meta[3]) or nil
+local out = {}
+local changed = false
+for i = 3, #ARGV, 3 do
+  local user, now, request = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if opens and now < opens then
+    out[#out + 1] = 'not_open'; out[#out + 1] = 0
+  elseif closes and now >= closes then
+    out[#out + 1] = 'closed'; out[#out + 1] = 0
+  else
+    local existing = redis.call('HGET', KEYS[2], user)
+    if existing then
+      out[#out + 1] = 'duplicate'; out[#out + 1] = tonumber(existing)
+    elseif admitted >= capacity then
+      out[#out + 1] = 'sold_out'; out[#out + 1] = 0
+    else
+      admitted = admitted + 1
+      seq = seq + 1
+      changed = true
+      redis.call('HSET', KEYS[2], user, seq)
+      redis.call('XADD', KEYS[3], '*', 'u', user, 'p', seq, 'r', request, 't', now)
+      out[#out + 1] = 'admitted'; out[#out + 1] = seq
+    end
+  end
 end
-if meta[3] and meta[3] ~= '' and now >= tonumber(meta[3]) then
-  return {'closed', 0}
+if changed then
+  redis.call('HSET', KEYS[1], 'admitted', admitted, 'seq', seq)
 end
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then
-  return {'duplicate', tonumber(existing)}
-end
-if tonumber(meta[4] or '0') >= tonumber(meta[1]) then
-  return {'sold_out', 0}
-end
-redis.call('HINCRBY', KEYS[1], 'admitted', 1)
-local position = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[2], ARGV[1], position)
-redis.call('XADD', KEYS[3], '*', 'u', ARGV[1], 'p', position, 'r', ARGV[3], 't', ARGV[2])
-return {'admitted', position}
+return out

@@ -108,6 +108,10 @@ pub enum AdmissionError {
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected reply from the admission queue: {0}")]
     Protocol(String),
+    /// The script call that carried this request with others failed (Redis's error, as text:
+    /// every request of the batch gets it).
+    #[error("redis: {0}")]
+    Batch(String),
     /// The request could not be written to the durable record in time; it was not answered
     /// `202` (it may still be admitted once the database answers: its status tells).
     #[error("the admission could not be recorded: {0}")]

@@ -49,10 +49,78 @@ pub async fn deliver(
     policy: RetryPolicy,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    deliver_after(handler, event, group, policy, shutdown, None).await
+}
+
+/// Whether [`deliver_batch`] goes on after an event that failed in its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Every event is tried (a Kafka fetch: the rest is already taken off the stream).
+    GoOn,
+    /// Stop after the failed event's outcome, so that the caller records its progress (and
+    /// renews a lease) before the next retry chain.
+    Stop,
+}
+
+/// Delivers events in order, in batches ([`Handler::handle_batch`]): the events a batch
+/// handles count as handled; the first that fails is retried alone under the policy
+/// ([`deliver`], its failed try in the batch counting as the first), and the next batch
+/// starts after it. Returns one outcome per event, in order, up to and including an
+/// [`Outcome::Interrupted`] (the events after it are not tried), or up to the first failed
+/// event's outcome with [`AfterFailure::Stop`].
+pub async fn deliver_batch(
+    handler: &dyn Handler,
+    events: &[Delivered],
+    group: &str,
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+    after_failure: AfterFailure,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut rest = events;
+    while !rest.is_empty() {
+        let (handled, failed) = handler.handle_batch(rest).await;
+        let handled = handled.min(rest.len());
+        if handled > 0 {
+            metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
+                .increment(handled as u64);
+            outcomes.extend((0..handled).map(|_| Outcome::Handled));
+        }
+        rest = &rest[handled..];
+        let Some(first) = rest.first() else {
+            break;
+        };
+        let error = failed.unwrap_or_else(|| {
+            HandlerError::Retryable("the handler stopped the batch without an error".into())
+        });
+        let outcome = deliver_after(handler, first, group, policy, shutdown, Some(error)).await;
+        let interrupted = outcome == Outcome::Interrupted;
+        outcomes.push(outcome);
+        if interrupted || after_failure == AfterFailure::Stop {
+            break;
+        }
+        rest = &rest[1..];
+    }
+    outcomes
+}
+
+/// [`deliver`], when the first try already happened and failed with `first`.
+async fn deliver_after(
+    handler: &dyn Handler,
+    event: &Delivered,
+    group: &str,
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+    mut first: Option<HandlerError>,
+) -> Outcome {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let error = match handler.handle(event).await {
+        let result = match first.take() {
+            Some(e) => Err(e),
+            None => handler.handle(event).await,
+        };
+        let error = match result {
             Ok(()) => {
                 metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
                     .increment(1);
@@ -222,6 +290,120 @@ mod tests {
         assert_eq!(small.headers["dlt.minimal"], "true");
         assert_eq!(small.headers["dlt.original_offset"], "7");
         assert_eq!((small.event_id, small.payload), (m.event_id, m.payload));
+    }
+
+    /// Fails the events whose id is in `bad` (permanently when `permanent`), handles the rest
+    /// in batches, and records every call.
+    #[derive(Debug, Default)]
+    struct Batches {
+        bad: Vec<&'static str>,
+        permanent: bool,
+        batches: std::sync::Mutex<Vec<Vec<String>>>,
+        singles: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Handler for Batches {
+        async fn handle(&self, e: &Delivered) -> Result<(), HandlerError> {
+            self.singles
+                .lock()
+                .unwrap()
+                .push(e.message.event_id.clone());
+            self.fails(e)
+        }
+
+        async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
+            let ids = events.iter().map(|e| e.message.event_id.clone()).collect();
+            self.batches.lock().unwrap().push(ids);
+            for (i, e) in events.iter().enumerate() {
+                if let Err(error) = self.fails(e) {
+                    return (i, Some(error));
+                }
+            }
+            (events.len(), None)
+        }
+    }
+
+    impl Batches {
+        fn fails(&self, e: &Delivered) -> Result<(), HandlerError> {
+            if !self.bad.contains(&e.message.event_id.as_str()) {
+                Ok(())
+            } else if self.permanent {
+                Err(HandlerError::Permanent("bad".into()))
+            } else {
+                Err(HandlerError::Retryable("down".into()))
+            }
+        }
+    }
+
+    fn events(ids: &[&str]) -> Vec<Delivered> {
+        ids.iter()
+            .map(|id| {
+                let mut e = event();
+                e.message.event_id = (*id).to_owned();
+                e
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_a_failure_retries_it_alone_and_goes_on_after_it() {
+        let h = Batches {
+            bad: vec!["c"],
+            ..Batches::default()
+        };
+        let out = deliver_batch(
+            &h,
+            &events(&["a", "b", "c", "d", "e"]),
+            "g",
+            FAST,
+            &CancellationToken::new(),
+            AfterFailure::GoOn,
+        )
+        .await;
+        assert_eq!(out.len(), 5);
+        assert!(matches!(out[2], Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "4"));
+        for i in [0, 1, 3, 4] {
+            assert_eq!(out[i], Outcome::Handled, "{i}");
+        }
+        assert_eq!(
+            *h.batches.lock().unwrap(),
+            [vec!["a", "b", "c", "d", "e"], vec!["d", "e"]]
+        );
+        // The batch's try was the first; three retries alone.
+        assert_eq!(*h.singles.lock().unwrap(), ["c", "c", "c"]);
+
+        let h = Batches {
+            bad: vec!["a"],
+            permanent: true,
+            ..Batches::default()
+        };
+        let never = CancellationToken::new();
+        let ab = events(&["a", "b"]);
+        let out = deliver_batch(&h, &ab, "g", FAST, &never, AfterFailure::GoOn).await;
+        assert!(matches!(out[0], Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "1"));
+        assert_eq!(out[1], Outcome::Handled);
+        assert!(h.singles.lock().unwrap().is_empty());
+        // Stopping after a failure: its outcome is the last.
+        let out = deliver_batch(&h, &ab, "g", FAST, &never, AfterFailure::Stop).await;
+        assert!(matches!(out[..], [Outcome::DeadLetter(_)]));
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_a_retry_ends_the_batch_there() {
+        let h = Batches {
+            bad: vec!["b"],
+            ..Batches::default()
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let slow = RetryPolicy {
+            backoff: Duration::from_secs(60),
+            max_retries: 3,
+        };
+        let abc = events(&["a", "b", "c"]);
+        let out = deliver_batch(&h, &abc, "g", slow, &stop, AfterFailure::GoOn).await;
+        assert_eq!(out, [Outcome::Handled, Outcome::Interrupted]);
     }
 
     #[tokio::test]

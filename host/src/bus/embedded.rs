@@ -12,14 +12,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::delivery::{Outcome, deliver};
+use super::delivery::{AfterFailure, Outcome, deliver_batch};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use crate::clock::now_ms;
 use crate::store::Store;
 
 /// How long a group member's claim on its group lasts without renewal.
 const LEASE: Duration = Duration::from_secs(15);
-const BATCH: i64 = 100;
+/// Records a group member reads and handles per step (one transaction for their effects when
+/// the handler batches, and one for the group's position).
+const BATCH: i64 = 500;
 
 /// The database-backed bus.
 #[derive(Debug, Clone)]
@@ -131,7 +133,10 @@ impl LogBus {
     }
 
     /// Handles one batch if this member holds the group's lease; returns how many events it
-    /// moved past.
+    /// moved past. The events the handler handles in one unit of work ([`deliver_batch`]);
+    /// the group's position, its lease and the handled events' processed marks move in one
+    /// transaction after them. A batch ends after an event that failed, so that the lease is
+    /// renewed between retry chains.
     async fn consume_batch(
         &self,
         spec: &ConsumerSpec,
@@ -149,41 +154,78 @@ impl LogBus {
             return Ok(0);
         };
         let records = store.read_log(&spec.topic, next, BATCH).await?;
-        let mut done = 0;
-        for record in records {
-            let event_id = record.message.event_id.clone();
-            let mut handled = None;
-            if !store.is_processed(&spec.group, &event_id).await? {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = records
+            .iter()
+            .map(|r| r.message.event_id.as_str())
+            .collect();
+        let done = store.processed_among(&spec.group, &ids).await?;
+        let mut seen = std::collections::HashSet::new();
+        let (places, todo): (Vec<usize>, Vec<Delivered>) = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                let id = r.message.event_id.as_str();
+                !done.contains(id) && seen.insert(id)
+            })
+            .map(|(i, r)| {
                 let delivered = Delivered {
-                    topic: record.topic,
+                    topic: r.topic.clone(),
                     partition: 0,
-                    offset: record.offset,
-                    timestamp_ms: record.created_at,
-                    message: record.message,
+                    offset: r.offset,
+                    timestamp_ms: r.created_at,
+                    message: r.message.clone(),
                 };
-                match deliver(handler, &delivered, &spec.group, spec.retry, shutdown).await {
-                    Outcome::Handled => handled = Some(event_id.as_str()),
-                    Outcome::DeadLetter(message) => self.dead_letter(dlt, message).await?,
-                    Outcome::Interrupted => break,
+                (i, delivered)
+            })
+            .unzip();
+        let outcomes = deliver_batch(
+            handler,
+            &todo,
+            &spec.group,
+            spec.retry,
+            shutdown,
+            AfterFailure::Stop,
+        )
+        .await;
+        // The group moves past every record before `finished`: those already processed, the
+        // handled and the dead-lettered ones.
+        let mut finished = match places.get(outcomes.len()) {
+            Some(&place) => place,
+            None => records.len(),
+        };
+        let mut handled: Vec<&str> = Vec::new();
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            let id = records[places[k]].message.event_id.as_str();
+            match outcome {
+                Outcome::Handled => handled.push(id),
+                Outcome::DeadLetter(message) => self.dead_letter(dlt, message).await?,
+                Outcome::Interrupted => {
+                    finished = places[k];
+                    break;
                 }
             }
-            let kept = store
-                .commit_offset(
-                    &spec.group,
-                    &spec.topic,
-                    owner,
-                    record.offset,
-                    handled,
-                    now_ms(),
-                    lease_ms,
-                )
-                .await?;
-            if !kept {
-                tracing::info!(group = %spec.group, "lease lost to another member");
-                break;
-            }
-            done += 1;
         }
-        Ok(done)
+        if finished == 0 {
+            return Ok(0);
+        }
+        let kept = store
+            .commit_offset(
+                &spec.group,
+                &spec.topic,
+                owner,
+                records[finished - 1].offset,
+                &handled,
+                now_ms(),
+                lease_ms,
+            )
+            .await?;
+        if !kept {
+            tracing::info!(group = %spec.group, "lease lost to another member");
+            return Ok(0);
+        }
+        Ok(finished)
     }
 }

@@ -29,7 +29,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{Outcome, deliver};
+use super::delivery::{AfterFailure, Outcome, deliver_batch};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use crate::clock::now_ms;
 use crate::config::KafkaConfig;
@@ -363,27 +363,45 @@ impl EventBus for KafkaBus {
             let events: Vec<Delivered> = batch.iter().map(delivered).collect();
             let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
             let done = self.store.processed_among(&spec.group, &ids).await?;
+            // The events to hand over, each id once (a re-sent event can sit twice in a fetch),
+            // with where each sits in the batch.
+            let mut seen = std::collections::HashSet::new();
+            let (places, todo): (Vec<usize>, Vec<Delivered>) = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    let id = e.message.event_id.as_str();
+                    !done.contains(id) && seen.insert(id)
+                })
+                .map(|(i, e)| (i, e.clone()))
+                .unzip();
+            let outcomes = deliver_batch(
+                &*handler,
+                &todo,
+                &spec.group,
+                spec.retry,
+                &shutdown,
+                AfterFailure::GoOn,
+            )
+            .await;
             let mut handled: Vec<&str> = Vec::new();
             // Offsets are stored for the events before `finished` only.
             let mut finished = events.len();
-            for (i, event) in events.iter().enumerate() {
-                let id = event.message.event_id.as_str();
-                if done.contains(id) || handled.contains(&id) {
-                    continue;
-                }
-                match deliver(&*handler, event, &spec.group, spec.retry, &shutdown).await {
-                    Outcome::Handled => handled.push(id),
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                let place = places[i];
+                match outcome {
+                    Outcome::Handled => handled.push(events[place].message.event_id.as_str()),
                     Outcome::DeadLetter(dead) => {
                         if !self
                             .dead_letter(&dlt, dead, spec.retry.backoff, &shutdown)
                             .await
                         {
-                            finished = i;
+                            finished = place;
                             break;
                         }
                     }
                     Outcome::Interrupted => {
-                        finished = i;
+                        finished = place;
                         break;
                     }
                 }

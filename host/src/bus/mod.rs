@@ -108,6 +108,21 @@ impl HandlerError {
 #[async_trait]
 pub trait Handler: Send + Sync + Debug {
     async fn handle(&self, event: &Delivered) -> Result<(), HandlerError>;
+
+    /// Handles events in order, as one unit of work where the handler can (one database
+    /// transaction for a whole batch, say), and stops at the first that fails. Returns how
+    /// many of the first events were handled, and the error of the next one when it failed
+    /// (the bus then retries that one alone, under its policy, and goes on after it). A
+    /// handler that cannot finish the unit of work handles nothing and fails the first.
+    /// By default: [`Self::handle`], one event after another.
+    async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
+        for (i, event) in events.iter().enumerate() {
+            if let Err(e) = self.handle(event).await {
+                return (i, Some(e));
+            }
+        }
+        (events.len(), None)
+    }
 }
 
 /// Settings of one consumer group.

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugin::PluginSpec;
 
-/// Chunk size when a campaign does not set one.
-pub const DEFAULT_CHUNK_SIZE: u32 = 10;
+/// Most requests one issuing transaction takes when a campaign does not say. A chunk is
+/// whatever waits in the queue up to this many, so a trickle is issued a request or two at a
+/// time and a storm in chunks this large (one multi-row `INSERT` per table: see
+/// `store::coupons`). Measured in BENCHMARKS.md ("Issuing at the database's speed").
+pub const DEFAULT_CHUNK_SIZE: u32 = 500;
 pub const MAX_CAPACITY: i64 = 100_000_000;
 pub const MAX_CHUNK_SIZE: u32 = 1_000;
 pub const MAX_NAME_CHARS: usize = 200;
@@ -91,7 +94,7 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
 #[schema(example = json!({
     "name": "Spring sale", "capacity": 1000, "value": 5000,
     "opens_at": "2026-03-01T10:00:00+09:00", "closes_at": "2026-03-01T22:00:00+09:00",
-    "chunk_size": 10
+    "chunk_size": 500
 }))]
 pub struct CampaignSpec {
     #[schema(value_type = crate::api::schema::CampaignName)]
@@ -127,7 +130,9 @@ pub struct CampaignSpec {
     )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub coupon_expires_at: Option<DateTime<FixedOffset>>,
-    /// Requests issued per database transaction (default 10).
+    /// The most requests one database transaction issues (default 500). A chunk takes whatever
+    /// waits in the queue up to this many: small while requests trickle in, this large in a
+    /// storm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000)] // MAX_CHUNK_SIZE
     pub chunk_size: Option<u32>,

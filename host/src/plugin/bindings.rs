@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::services::{PushMessage, SendError, Services};
 use super::spec::{Capability, PluginSpec};
-use crate::store::{Effects, HistoryEntry, Scope};
+use crate::store::{Effects, HistoryEntry, Pending, Scope};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -89,6 +89,9 @@ pub struct CallState {
     pub log_left: usize,
     /// Log bytes dropped because `log_left` ran out.
     pub log_dropped: usize,
+    /// Writes of earlier events of the same batch to this scope, not yet committed: kv reads
+    /// and counters see them.
+    pub pending: Option<Arc<Pending>>,
 }
 
 impl CallState {
@@ -255,6 +258,9 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
         if let Some(written) = self.call.effects.kv.get(&key) {
             return Ok(written.clone());
         }
+        if let Some(written) = self.call.pending.as_ref().and_then(|p| p.kv.get(&key)) {
+            return Ok(written.clone());
+        }
         let c = &self.call;
         c.services
             .kv_get(&c.scope, &key)
@@ -295,12 +301,19 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
             .kv_counter(&c.scope, &key)
             .await
             .map_err(Denied::Unavailable)?;
+        let earlier = self
+            .call
+            .pending
+            .as_ref()
+            .and_then(|p| p.counters.get(&key).copied())
+            .unwrap_or(0);
         let pending = self.call.effects.counters.entry(key).or_default();
         *pending = pending
             .checked_add(delta)
             .ok_or_else(|| Denied::Invalid("counter overflow".into()))?;
         stored
-            .checked_add(*pending)
+            .checked_add(earlier)
+            .and_then(|n| n.checked_add(*pending))
             .ok_or_else(|| Denied::Invalid("counter overflow".into()).into())
     }
 }

@@ -21,7 +21,7 @@ use crate::bus::{Delivered, Handler, HandlerError};
 use crate::campaign::Campaign;
 use crate::clock::now_ms;
 use crate::event::{COUPON_ISSUED, CouponIssued, Envelope};
-use crate::store::{Scope, Store};
+use crate::store::{Effects, Pending, PluginWrites, Scope, Store};
 
 /// One campaign's plugins, by role.
 #[derive(Debug, Default)]
@@ -79,6 +79,10 @@ pub struct PluginStatus {
     pub grants: Vec<Capability>,
     pub timeout_ms: u64,
     pub memory_mb: usize,
+    /// Events one instance may serve (`reuse`; 1: a fresh instance per event).
+    pub reuse: u32,
+    /// Instances kept for the next events right now.
+    pub warm_instances: usize,
     pub counters: CounterSnapshot,
 }
 
@@ -244,6 +248,8 @@ impl PluginHost {
                 grants: p.spec.grants.iter().copied().collect(),
                 timeout_ms: p.timeout.as_millis() as u64,
                 memory_mb: p.memory_bytes >> 20,
+                reuse: p.reuse,
+                warm_instances: p.warm_instances(),
                 counters: p.counters.snapshot(),
             })
             .collect();
@@ -260,9 +266,17 @@ impl PluginHost {
         ))
     }
 
-    /// Handles one event for one role: runs the event's campaign's plugin for the role, then
-    /// applies what it wrote together with the group's processed mark.
-    pub async fn handle(&self, role: &str, delivered: &Delivered) -> Result<(), HandlerError> {
+    /// Runs the plugin the event's campaign names for `role` on one event, applying nothing:
+    /// what it wrote, with where it goes, or `None` when the campaign has no plugin for the
+    /// role (nothing to do).
+    /// `pending` holds, per scope, what earlier events of the same batch wrote (the plugin
+    /// reads it as committed); this event's writes are added to it.
+    async fn run(
+        &self,
+        role: &str,
+        delivered: &Delivered,
+        pending: &mut HashMap<Scope, Arc<Pending>>,
+    ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
         let envelope: Envelope<serde_json::Value> =
             serde_json::from_str(&delivered.message.payload)
                 .map_err(|e| HandlerError::Permanent(format!("undecodable event: {e}")))?;
@@ -281,25 +295,40 @@ impl PluginHost {
                 )));
             }
             // The campaign has no plugin for this role: nothing to do.
-            return Ok(());
+            return Ok(None);
         };
         let event = wit_event(envelope, capacity)?;
         let result = self
             .runtime
-            .call(
+            .call_after(
                 &plugin,
                 &delivered.message.event_id,
                 &event,
                 self.services.clone(),
+                pending.get(&plugin.scope).cloned(),
             )
             .await;
-        let effects = match result {
-            Ok(effects) => effects,
+        match result {
+            Ok(effects) => {
+                if !effects.kv.is_empty() || !effects.counters.is_empty() {
+                    let earlier = pending.entry(plugin.scope.clone()).or_default();
+                    Arc::make_mut(earlier).absorb(&effects);
+                }
+                Ok(Some((plugin, effects)))
+            }
             Err(e) => {
                 tracing::warn!(campaign = %campaign_id, %role, version = %plugin.version(),
                     event_id = %delivered.message.event_id, error = %e, "plugin call failed");
-                return Err(e.to_handler_error(&format!("{role} plugin {}", plugin.version())));
+                Err(e.to_handler_error(&format!("{role} plugin {}", plugin.version())))
             }
+        }
+    }
+
+    /// Handles one event for one role: runs the event's campaign's plugin for the role, then
+    /// applies what it wrote together with the group's processed mark.
+    pub async fn handle(&self, role: &str, delivered: &Delivered) -> Result<(), HandlerError> {
+        let Some((plugin, effects)) = self.run(role, delivered, &mut HashMap::new()).await? else {
+            return Ok(());
         };
         let applied = self
             .store
@@ -311,19 +340,96 @@ impl PluginHost {
                 now_ms(),
             )
             .await
-            .map_err(|e| {
-                let message = format!("applying the plugin's writes: {e}");
-                // An overflowing counter overflows again on every retry.
-                if matches!(e, crate::store::StoreError::Overflow { .. }) {
-                    HandlerError::Permanent(message)
-                } else {
-                    HandlerError::Retryable(message)
-                }
-            })?;
+            .map_err(write_error)?;
         if applied && effects.publish_stats {
-            self.changes.bump(&campaign_id);
+            self.changes.bump(&plugin.scope.campaign_id);
         }
         Ok(())
+    }
+
+    /// Handles events for one role as one unit of work: runs each event's plugin in order up
+    /// to the first failure, then applies what the ones before it wrote, with their processed
+    /// marks, in one transaction. When that transaction fails (a counter that the batch's sum
+    /// would overflow, say), the events are applied one by one instead, so that only the event
+    /// at fault fails. See [`Handler::handle_batch`].
+    pub async fn handle_batch(
+        &self,
+        role: &str,
+        events: &[Delivered],
+    ) -> (usize, Option<HandlerError>) {
+        let mut ran = Vec::with_capacity(events.len());
+        let mut failed = None;
+        let mut pending = HashMap::new();
+        for delivered in events {
+            match self.run(role, delivered, &mut pending).await {
+                Ok(done) => ran.push((delivered.message.event_id.as_str(), done)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let writes: Vec<PluginWrites<'_>> = ran
+            .iter()
+            .filter_map(|(event_id, done)| {
+                let (plugin, effects) = done.as_ref()?;
+                Some(PluginWrites {
+                    event_id,
+                    scope: &plugin.scope,
+                    effects,
+                })
+            })
+            .collect();
+        if writes.is_empty() {
+            return (ran.len(), failed);
+        }
+        match self
+            .store
+            .commit_effects_batch(role, &writes, now_ms())
+            .await
+        {
+            Ok(applied) => {
+                for (w, applied) in writes.iter().zip(applied) {
+                    if applied && w.effects.publish_stats {
+                        self.changes.bump(&w.scope.campaign_id);
+                    }
+                }
+                (ran.len(), failed)
+            }
+            Err(e) => {
+                tracing::debug!(%role, events = writes.len(), error = %e,
+                    "a batch's plugin writes failed together; applying them one by one");
+                for (i, (event_id, done)) in ran.iter().enumerate() {
+                    let Some((plugin, effects)) = done else {
+                        continue;
+                    };
+                    match self
+                        .store
+                        .commit_effects(role, event_id, &plugin.scope, effects, now_ms())
+                        .await
+                    {
+                        Ok(applied) => {
+                            if applied && effects.publish_stats {
+                                self.changes.bump(&plugin.scope.campaign_id);
+                            }
+                        }
+                        Err(e) => return (i, Some(write_error(e))),
+                    }
+                }
+                (ran.len(), failed)
+            }
+        }
+    }
+}
+
+/// What a failed write of a plugin's effects means for its event.
+fn write_error(e: crate::store::StoreError) -> HandlerError {
+    let message = format!("applying the plugin's writes: {e}");
+    // An overflowing counter overflows again on every retry.
+    if matches!(e, crate::store::StoreError::Overflow { .. }) {
+        HandlerError::Permanent(message)
+    } else {
+        HandlerError::Retryable(message)
     }
 }
 
@@ -379,5 +485,9 @@ pub struct RoleHandler {
 impl Handler for RoleHandler {
     async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
         self.host.handle(&self.role, event).await
+    }
+
+    async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
+        self.host.handle_batch(&self.role, events).await
     }
 }

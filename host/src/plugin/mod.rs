@@ -4,7 +4,9 @@
 //! of the operator's), a component, the capabilities it is granted and its settings. Each
 //! role is one consumer group on the bus; for every event, the group runs the plugin that the
 //! event's campaign names for that role, in a fresh sandboxed instance (no filesystem, no
-//! network, no environment; memory, time and output limits), and applies what the plugin
+//! network, no environment; memory, time and output limits) or, with `reuse = N` in its
+//! section, in an instance kept for up to N events of that campaign and version, and applies
+//! what the plugin
 //! wrote (key-value, counters, statistics, history) in one transaction with the group's
 //! processed mark. Changing a campaign file loads, checks and compiles the new component
 //! (cached by content hash) and swaps it in at once: an event already running finishes on the
@@ -26,6 +28,8 @@ pub mod scaffold;
 pub mod services;
 pub mod spec;
 
+/// The event a plugin's `handle` receives (the WIT `event` variant).
+pub use bindings::Event;
 pub use host::{PluginHost, PluginStatus, StatsSnapshot};
 pub use runtime::{CallError, Compiled, LoadError, Plugin, Runtime};
 pub use spec::{Capability, PluginSpec};

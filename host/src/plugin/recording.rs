@@ -136,6 +136,8 @@ pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<
         settings: run.settings,
         timeout_ms: run.timeout_ms,
         memory_mb: run.memory_mb,
+        // One event: nothing to reuse an instance for.
+        reuse: None,
     };
     let services = Arc::new(Recording::default());
     println!("init:");

@@ -2,8 +2,12 @@
 //! cache of compiled components by content hash, the checks a component must pass to load,
 //! and one sandboxed call.
 //!
-//! Every call gets a fresh store from the pre-instantiated component: nothing a plugin keeps
-//! in memory survives to the next event, and one event's failure cannot leak into another.
+//! By default every call gets a fresh store from the pre-instantiated component: nothing a
+//! plugin keeps in memory survives to the next event, and one event's failure cannot leak into
+//! another. A plugin section with `reuse = N` opts into keeping an instance for up to N events
+//! of its campaign and version, one at a time ([`Warm`]); the instance is dropped after any
+//! failed call, and a new version or campaign file section is a new [`Plugin`] with no
+//! instances, so nothing crosses campaigns or versions.
 //! A call is bounded in memory ([`StoreLimits`]: growing past the limit traps), in time (the
 //! engine's epoch ticks every [`TICK`]; the plugin yields to the executor at each tick, so
 //! the wall-clock timeout can stop even a plugin that never returns, without holding a
@@ -23,19 +27,35 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-use super::bindings::{CallCtx, CallState, ConsumerPre, Denied, Event, HandleError};
+use super::bindings::{
+    CallCtx, CallState, Consumer, ConsumerIndices, ConsumerPre, Denied, Event, HandleError,
+};
 use super::services::Services;
 use super::spec::{MAX_MEMORY_MB, PluginSpec};
 use crate::bounded::error_text;
 use crate::bus::HandlerError;
 use crate::config::PluginConfig;
-use crate::store::{Effects, Scope};
+use crate::store::{Effects, Pending, Scope};
 
 /// How often the engine's epoch advances: the granularity of the CPU accounting and of how
 /// soon a runaway plugin yields.
 pub const TICK: Duration = Duration::from_millis(10);
-/// Instances that can be live at once in the pooling allocator (one per event being handled).
+/// Instances that can be live at once in the pooling allocator (one per event being handled,
+/// plus the kept ones).
 const POOL_INSTANCES: u32 = 256;
+/// Kept instances (`reuse`) in the whole process: the rest of the pool stays free for calls.
+const MAX_WARM: usize = POOL_INSTANCES as usize / 2;
+/// Kept instances per plugin: about one per event a consumer group handles at once.
+const MAX_WARM_PER_PLUGIN: usize = 8;
+/// Bytes of each linear memory the pooling allocator keeps resident between instances (a Rust
+/// plugin's shadow stack alone is its first 1 MiB). With `PAGEMAP_SCAN` (Linux 6.7+) only the
+/// pages an instance touched are reset, by `memset`, instead of being returned to the kernel
+/// and faulted in again by the next instance; a plugin that touches more pays `madvise` for
+/// the rest, as before. Measured in BENCHMARKS.md ("Consumer plugins").
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+/// The same for each table and async stack, which small plugins touch little of: scanning a
+/// larger range measured slower.
+const KEEP_RESIDENT_SMALL: usize = 64 << 10;
 /// The largest component file the host reads; the reference plugins are about 100 KiB.
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 const HANDLER_EXPORT: &str = "firstcome:plugin/handler@0.1.0";
@@ -79,6 +99,8 @@ pub struct Compiled {
     /// `sha256:{hex}` of the file: the plugin's version.
     pub version: String,
     pre: ConsumerPre<CallCtx>,
+    /// Where the handler's exports are, found once: a call only loads them.
+    indices: ConsumerIndices,
     init: Option<ComponentExportIndex>,
 }
 
@@ -145,11 +167,57 @@ pub struct Plugin {
     pub memory_bytes: usize,
     pub output_limit: usize,
     pub counters: Arc<Counters>,
+    /// Events one instance may serve (`reuse`; 1: a fresh instance per event).
+    pub reuse: u32,
+    /// Instances kept for the next events (only with `reuse` > 1).
+    warm: Mutex<Vec<Warm>>,
 }
 
 impl Plugin {
     pub fn version(&self) -> &str {
         &self.compiled.version
+    }
+
+    /// Instances kept for reuse right now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().unwrap().len()
+    }
+}
+
+/// An instance kept between events, with the store it lives in.
+struct Warm {
+    store: Store<CallCtx>,
+    consumer: Consumer,
+    /// Events it has served.
+    served: u32,
+    _slot: WarmSlot,
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm")
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One of the process's [`MAX_WARM`] places for a kept instance, given back when dropped.
+struct WarmSlot;
+
+static WARM: AtomicU64 = AtomicU64::new(0);
+
+impl WarmSlot {
+    fn take() -> Option<Self> {
+        let taken = WARM.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_WARM as u64).then_some(n + 1)
+        });
+        taken.ok().map(|_| Self)
+    }
+}
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        WARM.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -200,7 +268,11 @@ fn shared_engine() -> &'static Engine {
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 2)
             .total_stacks(POOL_INSTANCES)
-            .max_memory_size((MAX_MEMORY_MB as usize) << 20);
+            .max_memory_size((MAX_MEMORY_MB as usize) << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_SMALL)
+            .async_stack_keep_resident(KEEP_RESIDENT_SMALL)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut pooled = config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // The pool reserves address space up front; where that is refused (a tight
@@ -323,6 +395,8 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let indices =
+            ConsumerIndices::new(&pre).map_err(|e| LoadError::NoHandler(format!("{e:#}")))?;
         let pre = ConsumerPre::new(pre).map_err(|e| LoadError::NoHandler(format!("{e:#}")))?;
         let init = component
             .get_export_index(None, INIT_EXPORT)
@@ -330,6 +404,7 @@ impl Runtime {
         let compiled = Arc::new(Compiled {
             version: version.clone(),
             pre,
+            indices,
             init,
         });
         self.cache.lock().unwrap().insert(version, compiled.clone());
@@ -384,11 +459,13 @@ impl Runtime {
             scope,
             path,
             compiled,
-            spec: Arc::new(spec),
             timeout,
             memory_bytes: (memory_mb as usize) << 20,
             output_limit: self.limits.max_output_bytes,
             counters: Arc::new(Counters::default()),
+            reuse: spec.reuse.unwrap_or(1),
+            warm: Mutex::new(Vec::new()),
+            spec: Arc::new(spec),
         }
     }
 
@@ -407,7 +484,12 @@ impl Runtime {
         store
     }
 
-    fn call_state(plugin: &Plugin, event_id: &str, services: Arc<dyn Services>) -> CallState {
+    fn call_state(
+        plugin: &Plugin,
+        event_id: &str,
+        services: Arc<dyn Services>,
+        pending: Option<Arc<Pending>>,
+    ) -> CallState {
         CallState {
             scope: plugin.scope.clone(),
             event_id: event_id.to_owned(),
@@ -420,6 +502,7 @@ impl Runtime {
             epochs: 0,
             log_left: super::bindings::limits::LOG_PER_CALL,
             log_dropped: 0,
+            pending,
         }
     }
 
@@ -430,7 +513,7 @@ impl Runtime {
         plugin: &Plugin,
         services: Arc<dyn Services>,
     ) -> Result<(), LoadError> {
-        let mut store = self.store(plugin, Self::call_state(plugin, "", services));
+        let mut store = self.store(plugin, Self::call_state(plugin, "", services, None));
         let run = async {
             let instance = plugin
                 .compiled
@@ -451,8 +534,9 @@ impl Runtime {
         }
     }
 
-    /// Handles one event in a fresh instance. On success, returns what the plugin wrote
-    /// (to be applied by the caller); on failure, nothing it wrote survives.
+    /// Handles one event in a fresh instance, or in a kept one when the plugin's `reuse`
+    /// allows. On success, returns what the plugin wrote (to be applied by the caller); on
+    /// failure, nothing it wrote survives, and neither does the instance.
     pub async fn call(
         &self,
         plugin: &Plugin,
@@ -460,24 +544,68 @@ impl Runtime {
         event: &Event,
         services: Arc<dyn Services>,
     ) -> Result<Effects, CallError> {
+        self.call_after(plugin, event_id, event, services, None)
+            .await
+    }
+
+    /// [`Self::call`] for an event of a batch whose earlier events wrote `pending` to the
+    /// plugin's scope, not yet committed: the plugin's kv reads and counters see it.
+    pub async fn call_after(
+        &self,
+        plugin: &Plugin,
+        event_id: &str,
+        event: &Event,
+        services: Arc<dyn Services>,
+        pending: Option<Arc<Pending>>,
+    ) -> Result<Effects, CallError> {
         let started = Instant::now();
-        let mut store = self.store(plugin, Self::call_state(plugin, event_id, services));
+        let call = Self::call_state(plugin, event_id, services, pending);
+        let kept = if plugin.reuse > 1 {
+            plugin.warm.lock().unwrap().pop()
+        } else {
+            None
+        };
+        let (mut store, kept, served, slot) = match kept {
+            Some(warm) => {
+                let Warm {
+                    mut store,
+                    consumer,
+                    served,
+                    _slot: slot,
+                } = warm;
+                store.data_mut().call = call;
+                store.set_epoch_deadline(1);
+                (store, Some(consumer), served, Some(slot))
+            }
+            None => (self.store(plugin, call), None, 0, None),
+        };
         let run = async {
-            let instance = plugin
-                .compiled
-                .pre
-                .instance_pre()
-                .instantiate_async(&mut store)
-                .await;
-            let instance = instance.map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
-            let consumer = super::bindings::Consumer::new(&mut store, &instance)
-                .map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
-            run_init(&mut store, &instance, plugin)
-                .await
-                .map_err(|e| classify(e, plugin))?
-                .map_err(|e| {
-                    CallError::Retryable(error_text(format!("init refused its settings: {e}")))
-                })?;
+            let consumer = match kept {
+                Some(consumer) => consumer,
+                None => {
+                    let instance = plugin
+                        .compiled
+                        .pre
+                        .instance_pre()
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
+                    let consumer = plugin
+                        .compiled
+                        .indices
+                        .load(&mut store, &instance)
+                        .map_err(|e| CallError::Start(error_text(format!("{e:#}"))))?;
+                    run_init(&mut store, &instance, plugin)
+                        .await
+                        .map_err(|e| classify(e, plugin))?
+                        .map_err(|e| {
+                            CallError::Retryable(error_text(format!(
+                                "init refused its settings: {e}"
+                            )))
+                        })?;
+                    consumer
+                }
+            };
             consumer
                 .firstcome_plugin_handler()
                 .call_handle(&mut store, event)
@@ -486,7 +614,8 @@ impl Runtime {
                 .map_err(|e| match e {
                     HandleError::Retryable(m) => CallError::Retryable(error_text(m)),
                     HandleError::Permanent(m) => CallError::Permanent(error_text(m)),
-                })
+                })?;
+            Ok(consumer)
         };
         let result = match tokio::time::timeout(plugin.timeout, run).await {
             Ok(result) => result,
@@ -506,7 +635,7 @@ impl Runtime {
                 super::bindings::limits::LOG_PER_CALL);
         }
         let counter = match &result {
-            Ok(()) => None,
+            Ok(_) => None,
             Err(CallError::Retryable(_) | CallError::Permanent(_)) => Some(&c.errors),
             Err(CallError::Denied(Denied::Ungranted(_) | Denied::Invalid(_))) => Some(&c.denied),
             Err(CallError::Timeout(_)) => Some(&c.timeouts),
@@ -515,7 +644,29 @@ impl Runtime {
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        result.map(|()| std::mem::take(&mut store.data_mut().call.effects))
+        let consumer = result?;
+        let effects = std::mem::take(&mut store.data_mut().call.effects);
+        // A kept instance must not hold the batch's pending writes (nor keep them shared).
+        store.data_mut().call.pending = None;
+        // Kept for the next event only after a clean call, while it has events left to serve
+        // and the process has room; a failed call drops the store above, and with it the
+        // instance.
+        let served = served + 1;
+        if served < plugin.reuse {
+            let slot = slot.or_else(WarmSlot::take);
+            let mut warm = plugin.warm.lock().unwrap();
+            if let Some(slot) = slot
+                && warm.len() < MAX_WARM_PER_PLUGIN
+            {
+                warm.push(Warm {
+                    store,
+                    consumer,
+                    served,
+                    _slot: slot,
+                });
+            }
+        }
+        Ok(effects)
     }
 }
 

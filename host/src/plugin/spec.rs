@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// the defaults below them).
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_MEMORY_MB: u32 = 1_024;
+/// Most events one instance may serve with `reuse` (a bound on how long a plugin's memory
+/// lives and on what a leak in it can grow to).
+pub const MAX_REUSE: u32 = 10_000;
 const MAX_SETTINGS: usize = 100;
 const MAX_SETTING_LEN: usize = 16 * 1024;
 
@@ -88,6 +91,13 @@ pub struct PluginSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_024)] // MAX_MEMORY_MB
     pub memory_mb: Option<u32>,
+    /// Events one instance may serve, one after another, before it is thrown away (default 1:
+    /// a fresh instance per event). An instance is also thrown away after any failed call
+    /// (error, trap, timeout, memory or output limit) and when its campaign's plugin changes;
+    /// its memory and globals persist between the events it serves. See docs/plugins.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10_000)] // MAX_REUSE
+    pub reuse: Option<u32>,
 }
 
 impl PluginSpec {
@@ -118,6 +128,13 @@ impl PluginSpec {
         {
             return Err(format!(
                 "plugins.{role}.memory_mb: must be between 1 and {MAX_MEMORY_MB}"
+            ));
+        }
+        if let Some(n) = self.reuse
+            && !(1..=MAX_REUSE).contains(&n)
+        {
+            return Err(format!(
+                "plugins.{role}.reuse: must be between 1 and {MAX_REUSE} (events per instance)"
             ));
         }
         if self.settings.len() > MAX_SETTINGS {
@@ -182,6 +199,8 @@ mod tests {
             ("path = \"n.wasm\"\nsha256 = \"abc\"\n", "sha256"),
             ("path = \"n.wasm\"\ntimeout_ms = 0\n", "timeout_ms"),
             ("path = \"n.wasm\"\nmemory_mb = 100000\n", "memory_mb"),
+            ("path = \"n.wasm\"\nreuse = 0\n", "reuse"),
+            ("path = \"n.wasm\"\nreuse = 10001\n", "reuse"),
             ("path = \"\"\n", "path"),
             ("path = \"n.wasm\"\nfuel = 3\n", "unknown field `fuel`"),
             (

@@ -1,5 +1,7 @@
 //! Coupons: the chunk transaction that issues them, and the look-ups the API serves.
 
+use std::collections::HashMap;
+
 use rand::Rng;
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
@@ -86,7 +88,7 @@ impl Store {
         let mut items: Vec<&QueueItem> = items.iter().collect();
         items.sort_by_key(|i| i.position);
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.issuing.begin().await?;
         let campaign = self.lock_campaign(&mut tx, campaign_id).await?;
         let mut remaining = campaign.capacity - campaign.issued;
         let profiles = self.profiles_in(&mut tx, &items).await?;
@@ -119,8 +121,12 @@ impl Store {
                 .fold(campaign.last_position, i64::max),
         };
         if !new_coupons.is_empty() {
+            let profiles: HashMap<&str, &super::users::UserProfile> =
+                profiles.iter().map(|p| (p.user_id.as_str(), p)).collect();
+            let issued_at = to_rfc3339(now);
+            let expires_at = campaign.coupon_expires_at.map(to_rfc3339);
             for (item, (coupon_id, code)) in &new_coupons {
-                let profile = profiles.iter().find(|p| p.user_id == item.user_id);
+                let profile = profiles.get(item.user_id.as_str());
                 let payload = CouponIssued {
                     user_id: item.user_id.clone(),
                     email: profile.and_then(|p| p.email.clone()),
@@ -133,8 +139,8 @@ impl Store {
                     coupon_code: code.clone(),
                     position: item.position,
                     request_id: item.request_id.clone(),
-                    issued_at: to_rfc3339(now),
-                    expires_at: campaign.coupon_expires_at.map(to_rfc3339),
+                    issued_at: issued_at.clone(),
+                    expires_at: expires_at.clone(),
                 };
                 let envelope = Envelope::coupon_issued(campaign_id, now, payload);
                 outcome.events.push(OutboxEvent {

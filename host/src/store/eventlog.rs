@@ -165,10 +165,10 @@ impl Store {
             .transpose()?)
     }
 
-    /// Moves the group past `offset` and renews the lease, if this owner still holds it; with
-    /// `handled`, also records that event id as processed by the group (a dead-lettered event
-    /// is not, so that a replay reaches the group again). Returns false when the lease was
-    /// lost: the caller stops and re-leases.
+    /// Moves the group past `offset` and renews the lease, if this owner still holds it, and
+    /// records the `handled` event ids as processed by the group (a dead-lettered event is
+    /// not, so that a replay reaches the group again), in one transaction. Returns false when
+    /// the lease was lost: the caller stops and re-leases.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_offset(
         &self,
@@ -176,7 +176,7 @@ impl Store {
         topic: &str,
         owner: &str,
         offset: i64,
-        handled: Option<&str>,
+        handled: &[&str],
         now: i64,
         lease_ms: i64,
     ) -> Result<bool> {
@@ -196,10 +196,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        if let Some(event_id) = handled {
-            self.mark_processed_in(&mut tx, group, event_id, now)
-                .await?;
-        }
+        self.mark_processed_in(&mut tx, group, handled, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -210,18 +207,8 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in event_ids.chunks(200) {
-            let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-            let insert = self.dialect.insert_ignore(&format!(
-                "processed_events (group_id, event_id, processed_at) VALUES {rows}"
-            ));
-            let sql = self.sql(&insert);
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(group).bind(*id).bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        self.mark_processed_in(&mut tx, group, event_ids, now)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -250,23 +237,29 @@ impl Store {
         Ok(done)
     }
 
-    async fn mark_processed_in(
+    /// Marks events processed by a group inside a transaction (ids already marked are left
+    /// as they are), 200 per multi-row statement. Returns how many marks it added.
+    pub(super) async fn mark_processed_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         group: &str,
-        event_id: &str,
+        event_ids: &[&str],
         now: i64,
-    ) -> Result<()> {
-        let mark = self
-            .dialect
-            .insert_ignore("processed_events (group_id, event_id, processed_at) VALUES (?, ?, ?)");
-        sqlx::query(&self.sql(&mark))
-            .bind(group)
-            .bind(event_id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+    ) -> Result<u64> {
+        let mut added = 0;
+        for chunk in event_ids.chunks(200) {
+            let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let insert = self.dialect.insert_ignore(&format!(
+                "processed_events (group_id, event_id, processed_at) VALUES {rows}"
+            ));
+            let sql = self.sql(&insert);
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(group).bind(*id).bind(now);
+            }
+            added += query.execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(added)
     }
 
     /// Gives a group's lease up (clean shutdown) so another host takes over at once.
@@ -295,40 +288,36 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(1))
     }
 
-    pub async fn is_processed(&self, group: &str, event_id: &str) -> Result<bool> {
-        let row = sqlx::query(
-            &self.sql("SELECT 1 FROM processed_events WHERE group_id = ? AND event_id = ?"),
-        )
-        .bind(group)
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
-    }
-
-    /// Records an issuance in the history, once per event id, inside a plugin's transaction.
+    /// Records issuances in the history, once per event id (an id recorded before is left as
+    /// it is), inside a plugin's transaction, 100 per multi-row statement.
     pub(super) async fn record_history_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        entry: &HistoryEntry,
+        entries: &[&HistoryEntry],
         now: i64,
-    ) -> Result<bool> {
-        let insert = self.dialect.insert_ignore(
-            "history (event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, \
-             recorded_at, handled_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        );
-        let done = sqlx::query(&self.sql(&insert))
-            .bind(&entry.event_id)
-            .bind(&entry.campaign_id)
-            .bind(&entry.user_id)
-            .bind(&entry.coupon_id)
-            .bind(&entry.coupon_code)
-            .bind(entry.issued_at)
-            .bind(now)
-            .bind(&entry.handled_by)
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    ) -> Result<()> {
+        for chunk in entries.chunks(100) {
+            let rows = vec![super::placeholders(8); chunk.len()].join(", ");
+            let insert = self.dialect.insert_ignore(&format!(
+                "history (event_id, campaign_id, user_id, coupon_id, coupon_code, issued_at, \
+                 recorded_at, handled_by) VALUES {rows}"
+            ));
+            let sql = self.sql(&insert);
+            let mut query = sqlx::query(&sql);
+            for entry in chunk {
+                query = query
+                    .bind(&entry.event_id)
+                    .bind(&entry.campaign_id)
+                    .bind(&entry.user_id)
+                    .bind(&entry.coupon_id)
+                    .bind(&entry.coupon_code)
+                    .bind(entry.issued_at)
+                    .bind(now)
+                    .bind(&entry.handled_by);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     pub async fn history_of_campaign(&self, campaign_id: &str) -> Result<Vec<HistoryEntry>> {

@@ -31,7 +31,7 @@ pub use campaigns::CampaignRow;
 pub use coupons::{ChunkOutcome, CouponView};
 pub use eventlog::{HistoryEntry, LogRecord};
 pub use outbox::{OutboxClaim, OutboxEvent};
-pub use plugins::{Effects, Scope};
+pub use plugins::{Effects, Pending, PluginWrites, Scope};
 pub use users::UserProfile;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -57,6 +57,10 @@ pub enum StoreError {
         stored: i64,
         delta: i64,
     },
+    /// Other members of a consumer group kept marking the same events processed while this
+    /// one tried to apply them; the caller retries.
+    #[error("consumer group {0}: the events' processed marks kept changing under the transaction")]
+    Contended(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
@@ -140,6 +144,12 @@ pub struct Store {
     record: AnyPool,
     /// On SQLite, the record's file, which the embedded queue's writer opens itself.
     record_file: Option<std::path::PathBuf>,
+    /// The chunk transactions' connections. On SQLite two connections to the main file with
+    /// `synchronous = FULL`: a committed coupon is the platform's promise kept, so its commit
+    /// fsyncs the WAL (one fsync per chunk of up to `chunk_size` coupons), while the many small
+    /// commits of consumers and the relay keep `NORMAL` (safe against a process crash; their
+    /// work is redone from the bus after a power loss). Elsewhere the main pool.
+    issuing: AnyPool,
     dialect: Dialect,
 }
 
@@ -220,7 +230,13 @@ impl Store {
                 })
             })
         };
-        let pool = pool_options(16, "NORMAL").connect_with(options).await?;
+        let pool = pool_options(16, "NORMAL")
+            .connect_with(options.clone())
+            .await?;
+        let issuing = match dialect {
+            Dialect::Sqlite => pool_options(2, "FULL").connect_with(options).await?,
+            _ => pool.clone(),
+        };
         let sqlite_record = sqlite_record(&url).filter(|_| dialect == Dialect::Sqlite);
         let record_file = sqlite_record.as_ref().map(|(file, _)| file.clone());
         let record = match sqlite_record.map(|(_, url)| url) {
@@ -237,6 +253,7 @@ impl Store {
             pool,
             record,
             record_file,
+            issuing,
             dialect,
         })
     }
@@ -279,6 +296,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.record.close().await;
+        self.issuing.close().await;
         self.pool.close().await;
     }
 

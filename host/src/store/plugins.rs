@@ -6,7 +6,7 @@
 //! with the consumer group's processed mark for the event: a failed attempt changes nothing,
 //! and a re-delivered event that was already applied is not applied twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 
@@ -33,6 +33,60 @@ impl Effects {
             && self.stats.is_empty()
             && self.history.is_empty()
     }
+}
+
+/// What the earlier events of a batch wrote to one plugin scope's kv store and counters, not
+/// yet committed: a later event of the batch reads them as if they were (its consumer group
+/// commits the batch's writes together).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Last value of each key written (`None`: deleted).
+    pub kv: BTreeMap<String, Option<Vec<u8>>>,
+    /// Sum of the increments of each counter (saturating: the commit itself refuses an
+    /// overflowing sum).
+    pub counters: BTreeMap<String, i64>,
+}
+
+impl Pending {
+    /// Adds one more event's writes.
+    pub fn absorb(&mut self, effects: &Effects) {
+        for (key, value) in &effects.kv {
+            self.kv.insert(key.clone(), value.clone());
+        }
+        for (key, delta) in &effects.counters {
+            let sum = self.counters.entry(key.clone()).or_default();
+            *sum = sum.saturating_add(*delta);
+        }
+    }
+}
+
+/// One event's plugin writes, for [`Store::commit_effects_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct PluginWrites<'a> {
+    pub event_id: &'a str,
+    pub scope: &'a Scope,
+    pub effects: &'a Effects,
+}
+
+/// Adds `deltas` into `sums`, failing with [`StoreError::Overflow`] when a sum of one batch's
+/// increments leaves the signed 64-bit range (`stored` then holds the sum so far).
+fn add_up(
+    table: &'static str,
+    sums: &mut BTreeMap<String, i64>,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<()> {
+    for (key, delta) in deltas {
+        let sum = sums.entry(key.clone()).or_default();
+        *sum = sum
+            .checked_add(*delta)
+            .ok_or_else(|| StoreError::Overflow {
+                table,
+                key: key.clone(),
+                stored: *sum,
+                delta: *delta,
+            })?;
+    }
+    Ok(())
 }
 
 /// Where a plugin's state lives.
@@ -122,8 +176,7 @@ impl Store {
 
     /// Applies a plugin's writes for `event_id` and marks the event processed for `group`,
     /// in one transaction. Returns `false` (and writes nothing) when the group had already
-    /// processed the event. A transaction the database rolls back to break a deadlock (two
-    /// events of one campaign adding their first counters at once, on MySQL) is run again.
+    /// processed the event. See [`Self::commit_effects_batch`].
     pub async fn commit_effects(
         &self,
         group: &str,
@@ -132,45 +185,92 @@ impl Store {
         effects: &Effects,
         now: i64,
     ) -> Result<bool> {
+        let writes = PluginWrites {
+            event_id,
+            scope,
+            effects,
+        };
+        let applied = self
+            .commit_effects_batch(group, std::slice::from_ref(&writes), now)
+            .await?;
+        Ok(applied[0])
+    }
+
+    /// Applies the writes of several events' plugin calls (in order: a later kv write wins,
+    /// counter and statistic increments add up) and marks the events processed for `group`,
+    /// all in one transaction. Events the group had already processed (and an id given
+    /// twice, after its first) write nothing: their flag in the answer is `false`. Fails with
+    /// [`StoreError::Overflow`] when the sum would overflow a counter, whichever event's share
+    /// does it (the caller then commits the events one by one to find it). A transaction the
+    /// database rolls back to break a deadlock (two events of one campaign adding their first
+    /// counters at once, on MySQL) is run again.
+    pub async fn commit_effects_batch(
+        &self,
+        group: &str,
+        writes: &[PluginWrites<'_>],
+        now: i64,
+    ) -> Result<Vec<bool>> {
         const ATTEMPTS: u32 = 5;
         let mut attempt = 1;
         loop {
-            match self
-                .try_commit_effects(group, event_id, scope, effects, now)
-                .await
-            {
+            match self.try_commit_effects(group, writes, now).await {
+                Ok(Some(applied)) => return Ok(applied),
+                // Another member marked one of the events meanwhile: look again.
+                Ok(None) if attempt < ATTEMPTS => attempt += 1,
                 Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                    tracing::debug!(%event_id, attempt, error = %e, "plugin writes retried");
+                    tracing::debug!(group, attempt, error = %e, "plugin writes retried");
                     let pause = rand::random_range(1..=10 * u64::from(attempt));
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                     attempt += 1;
                 }
-                result => return result,
+                Ok(None) => return Err(StoreError::Contended(group.to_owned())),
+                Err(e) => return Err(e),
             }
         }
     }
 
+    /// One try of [`Self::commit_effects_batch`]; `None` when the processed marks changed
+    /// under it.
     async fn try_commit_effects(
         &self,
         group: &str,
-        event_id: &str,
-        scope: &Scope,
-        effects: &Effects,
+        writes: &[PluginWrites<'_>],
         now: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<Vec<bool>>> {
+        let mut seen = HashSet::new();
+        let mut ids: Vec<&str> = writes
+            .iter()
+            .map(|w| w.event_id)
+            .filter(|id| seen.insert(*id))
+            .collect();
         let mut tx = self.pool.begin().await?;
-        let mark = self
-            .dialect
-            .insert_ignore("processed_events (group_id, event_id, processed_at) VALUES (?, ?, ?)");
-        let marked = sqlx::query(&self.sql(&mark))
-            .bind(group)
-            .bind(event_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        if marked.rows_affected() == 0 {
+        // Usually none was processed before: mark them all at once and count.
+        if self.mark_processed_in(&mut tx, group, &ids, now).await? != ids.len() as u64 {
             tx.rollback().await?;
-            return Ok(false);
+            let done = self.processed_among(group, &ids).await?;
+            ids.retain(|id| !done.contains(*id));
+            tx = self.pool.begin().await?;
+            if self.mark_processed_in(&mut tx, group, &ids, now).await? != ids.len() as u64 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        // Each new event's writes, once, in order.
+        let mut fresh: HashSet<&str> = ids.into_iter().collect();
+        let applied: Vec<bool> = writes.iter().map(|w| fresh.remove(w.event_id)).collect();
+        let mut kv: BTreeMap<(&Scope, &str), Option<&Vec<u8>>> = BTreeMap::new();
+        let mut counters: BTreeMap<&Scope, BTreeMap<String, i64>> = BTreeMap::new();
+        let mut stats: BTreeMap<&str, BTreeMap<String, i64>> = BTreeMap::new();
+        let mut history: Vec<&HistoryEntry> = Vec::new();
+        for (w, _) in writes.iter().zip(&applied).filter(|(_, new)| **new) {
+            for (key, value) in &w.effects.kv {
+                kv.insert((w.scope, key.as_str()), value.as_ref());
+            }
+            let sums = counters.entry(w.scope).or_default();
+            add_up("plugin_counters", sums, &w.effects.counters)?;
+            let sums = stats.entry(w.scope.campaign_id.as_str()).or_default();
+            add_up("campaign_stats", sums, &w.effects.stats)?;
+            history.extend(&w.effects.history);
         }
         let set_kv = self.dialect.upsert(
             "plugin_kv",
@@ -179,7 +279,7 @@ impl Store {
             "v",
             false,
         );
-        for (key, value) in &effects.kv {
+        for ((scope, key), value) in kv {
             match value {
                 Some(v) => {
                     sqlx::query(&self.sql(&set_kv))
@@ -211,23 +311,18 @@ impl Store {
             "n",
             true,
         );
-        self.check_sums(
-            &mut tx,
-            "plugin_counters",
-            "k",
-            "n",
-            scope,
-            &effects.counters,
-        )
-        .await?;
-        for (key, delta) in &effects.counters {
-            sqlx::query(&self.sql(&add_counter))
-                .bind(&scope.campaign_id)
-                .bind(&scope.role)
-                .bind(key)
-                .bind(*delta)
-                .execute(&mut *tx)
+        for (scope, sums) in &counters {
+            self.check_sums(&mut tx, "plugin_counters", "k", "n", scope, sums)
                 .await?;
+            for (key, delta) in sums {
+                sqlx::query(&self.sql(&add_counter))
+                    .bind(&scope.campaign_id)
+                    .bind(&scope.role)
+                    .bind(key)
+                    .bind(*delta)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         let add_stat = self.dialect.upsert(
             "campaign_stats",
@@ -236,28 +331,25 @@ impl Store {
             "value",
             true,
         );
-        self.check_sums(
-            &mut tx,
-            "campaign_stats",
-            "name",
-            "value",
-            scope,
-            &effects.stats,
-        )
-        .await?;
-        for (name, delta) in &effects.stats {
-            sqlx::query(&self.sql(&add_stat))
-                .bind(&scope.campaign_id)
-                .bind(name)
-                .bind(*delta)
-                .execute(&mut *tx)
+        for (campaign_id, sums) in &stats {
+            let scope = Scope {
+                campaign_id: (*campaign_id).to_owned(),
+                role: String::new(),
+            };
+            self.check_sums(&mut tx, "campaign_stats", "name", "value", &scope, sums)
                 .await?;
+            for (name, delta) in sums {
+                sqlx::query(&self.sql(&add_stat))
+                    .bind(campaign_id)
+                    .bind(name)
+                    .bind(*delta)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
-        for entry in &effects.history {
-            self.record_history_in(&mut tx, entry, now).await?;
-        }
+        self.record_history_in(&mut tx, &history, now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(applied))
     }
 
     /// Fails with [`StoreError::Overflow`] if adding `deltas` to a counter table would leave

@@ -2,7 +2,10 @@
 //! `ok` (records history and counts `seen` in kv), `trap`, `loop` (never returns), `alloc`
 //! (allocates without end), `permanent`, `retryable`, `ungranted` (emails without the grant),
 //! `flood` (logs past the output limit), `huge` (a permanent error of `bytes` bytes, default
-//! 70,000), `big-stat` (adds 2^62 to the statistic `big`: the second event overflows it).
+//! 70,000), `big-stat` (adds 2^62 to the statistic `big`: the second event overflows it),
+//! `remember` (counts the events this instance has served in memory and adds 1 to the kv
+//! counter `served.{n}` for its n-th; with `fail_at` / `trap_at` / `loop_at` = n it returns a
+//! retryable error / traps / never returns on its n-th event instead).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
@@ -12,6 +15,10 @@ use firstcome::plugin::types::{Event, HandleError};
 use firstcome::plugin::{email, history, kv, log, settings, stats};
 
 struct Misbehave;
+
+/// Events this instance has served (`remember`): survives between events only when the host
+/// reuses the instance.
+static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Guest for Misbehave {
     fn handle(event: Event) -> Result<(), HandleError> {
@@ -63,6 +70,26 @@ impl Guest for Misbehave {
                     .and_then(|b| b.parse().ok())
                     .unwrap_or(70_000);
                 Err(HandleError::Permanent("h".repeat(bytes)))
+            }
+            "remember" => {
+                let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let at = |name: &str| settings::get(name).and_then(|v| v.parse::<u32>().ok());
+                if at("trap_at") == Some(n) {
+                    panic!("misbehave: trap on the instance's event {n}");
+                }
+                if at("loop_at") == Some(n) {
+                    let mut spin: u64 = 0;
+                    loop {
+                        spin = std::hint::black_box(spin.wrapping_add(1));
+                    }
+                }
+                if at("fail_at") == Some(n) {
+                    return Err(HandleError::Retryable(format!(
+                        "misbehave: fails the instance's event {n}"
+                    )));
+                }
+                kv::increment(&format!("served.{n}"), 1);
+                Ok(())
             }
             "big-stat" => {
                 stats::increment("big", 1 << 62);

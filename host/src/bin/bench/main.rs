@@ -3,17 +3,21 @@
 //! 1. Admission through the HTTP API against `GET /health/live` on the same server (the ratio
 //!    is the figure), with p50/p99 latency; for the in-process queue and, with `--redis-url`,
 //!    for Redis.
-//! 2. Coupons per second by the chunk issuer draining a full queue into SQLite and, with
-//!    `--mysql-url`, into MariaDB/MySQL.
-//! 3. With `--kafka-brokers`: events per second from the outbox through Kafka into a consumer
+//! 2. Issuing ([`issuing`]): a storm of distinct users through HTTP, timed from the first
+//!    request to the last coupon committed, the issuer draining a full queue, and raw
+//!    multi-row `INSERT`s of the same rows on the same server (the ratio is the figure); into
+//!    SQLite and, with `--mysql-url` / `--postgres-url`, MariaDB/MySQL and PostgreSQL.
+//! 3. With `--plugins DIR`: the three reference plugins behind a storm, on the embedded bus
+//!    and, with `--kafka-brokers`, on Kafka: how far the consumer groups trail the issuer.
+//! 4. With `--kafka-brokers`: events per second from the outbox through Kafka into a consumer
 //!    group against `kcat` reading the same topic from the same broker (the ratio is the
 //!    figure), and end-to-end latency from commit to handled under a steady trickle.
-//! 4. Issuance with 1,000 idle subscribers on the campaign's statistics stream (SSE) against
+//! 5. Issuance with 1,000 idle subscribers on the campaign's statistics stream (SSE) against
 //!    none (the ratio is the figure).
-//! 5. With `--plugins DIR` (the built reference plugins): events per second through the stats
-//!    plugin as a sandboxed component (fresh instance per event, as the host runs it) against
+//! 6. With `--plugins DIR` (the built reference plugins): events per second through the stats
+//!    plugin as a sandboxed component (a fresh instance per event, then `reuse = 128`) against
 //!    the same logic compiled natively into this harness (the ratio is the figure), with the
-//!    instantiation-plus-call time p50/p99 per event.
+//!    time of one call (instantiation included) p50/p99.
 //!
 //! Run: see BENCHMARKS.md.
 
@@ -33,8 +37,11 @@ use firstcome::config::Config;
 use firstcome::config::{KafkaConfig, OutboxConfig};
 use firstcome::outbox::Relay;
 use firstcome::store::Store;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
+
+mod issuing;
+mod plugin;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks admission and issuance")]
@@ -45,15 +52,20 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Coupons per issuer run.
-    #[arg(long, default_value_t = 5_000)]
+    /// Coupons per issuing run (storm, drain, raw inserts) and per SSE round.
+    #[arg(long, default_value_t = 20_000)]
     coupons: usize,
     /// Also measure admission on this Redis.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Also measure issuing into this MySQL/MariaDB server (a scratch database is created).
+    /// Also measure issuing into this MySQL/MariaDB server (a scratch database is created),
+    /// e.g. `mysql://root@127.0.0.1:3306`.
     #[arg(long)]
     mysql_url: Option<String>,
+    /// Also measure issuing into this PostgreSQL server (a scratch database is created), e.g.
+    /// `postgres://postgres@127.0.0.1:5432`.
+    #[arg(long)]
+    postgres_url: Option<String>,
     /// Also measure the event path through this Kafka cluster (needs `kcat` on the PATH).
     #[arg(long)]
     kafka_brokers: Option<String>,
@@ -75,7 +87,8 @@ struct Args {
     /// Half-open connections in the slow-clients phase.
     #[arg(long, default_value_t = 1_000)]
     slow_clients: usize,
-    /// Run only these phases (comma-separated: admission, slow, issuer, sse, kafka, plugin).
+    /// Run only these phases (comma-separated: admission, slow, issuer, consumers, sse, kafka,
+    /// plugin).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -302,11 +315,7 @@ async fn group_commits(client: &reqwest::Client, base: &str) -> anyhow::Result<S
         .await?
         .text()
         .await?;
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |series: &str| metric(&text, series);
     let count = value("firstcome_admission_write_batch_size_count");
     let sum = value("firstcome_admission_write_batch_size_sum");
     let median = text
@@ -325,6 +334,126 @@ async fn group_commits(client: &reqwest::Client, base: &str) -> anyhow::Result<S
         sum / count.max(1.0),
         seconds * 1000.0
     ))
+}
+
+/// The three reference plugins (`reuse = 128`) behind a storm: on the embedded bus over SQLite,
+/// and with `--kafka-brokers` on Kafka over MariaDB (`--mysql-url`, else SQLite) and Redis
+/// admission (`--redis-url`, else embedded). How far the consumer groups trail the issuer.
+async fn consumers_phase(args: &Args, plugins: &std::path::Path) -> anyhow::Result<()> {
+    let n = args.coupons;
+    println!(
+        "\nConsumer groups (notification, history, stats; reuse = 128) behind a storm of {n} \
+         coupons: per coupon, from its chunk's commit to the last group having handled it:\n"
+    );
+    println!(
+        "| bus | database | last commit s | every group done s | issuer coupons/s | groups events/s | commit → all handled p50 / p99 / max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut runs = vec![(None, None)];
+    if let Some(brokers) = args.kafka_brokers.as_deref() {
+        runs.push((Some(brokers), args.mysql_url.as_deref()));
+    }
+    for (brokers, server) in runs {
+        let scratch = issuing::Scratch::new(server).await?;
+        let setup = issuing::Setup {
+            database_url: &scratch.url,
+            redis_url: brokers.and(args.redis_url.as_deref()),
+            kafka_brokers: brokers,
+            plugins: Some(plugins),
+            coupons: n,
+        };
+        let storm = issuing::storm(args, &setup).await?;
+        let c = storm.consumers.context("consumers measured")?;
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} / {} / {} |",
+            if brokers.is_some() {
+                "Kafka"
+            } else {
+                "embedded"
+            },
+            scratch.label,
+            storm.issued.as_secs_f64(),
+            c.handled.as_secs_f64(),
+            c.issuer_rate,
+            c.slowest_group_rate,
+            c.lag_p50_ms,
+            c.lag_p99_ms,
+            c.lag_max_ms,
+        );
+        scratch.drop().await?;
+    }
+    Ok(())
+}
+
+/// A series' value in Prometheus text, summed over its labels (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Issuing into each database given: a storm through the host (Redis admission when
+/// `--redis-url` is given), the issuer draining a full queue, and the raw-INSERT baseline,
+/// each database's three back to back.
+async fn issuing_phase(args: &Args) -> anyhow::Result<()> {
+    let n = args.coupons;
+    let queue = if args.redis_url.is_some() {
+        "redis"
+    } else {
+        "embedded"
+    };
+    println!(
+        "\nIssuing {n} coupons at the default chunk size ({}): a storm of {n} distinct users \
+         ({queue} admission, {} in flight) timed from the first request to the last commit; the \
+         issuer draining {n} queued requests; raw multi-row INSERTs of the same rows (100 per \
+         transaction, one connection):\n",
+        firstcome::campaign::spec::DEFAULT_CHUNK_SIZE,
+        args.concurrency
+    );
+    println!(
+        "| database | storm admit req/s (p50 / p99 ms) | last 202 s | last commit s | storm coupons/s | chunks | drain coupons/s | raw rows/s | storm / raw | drain / raw |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let servers = [
+        Some(None),
+        args.mysql_url.as_deref().map(Some),
+        args.postgres_url.as_deref().map(Some),
+    ];
+    for server in servers.into_iter().flatten() {
+        let scratch = issuing::Scratch::new(server).await?;
+        let setup = issuing::Setup {
+            database_url: &scratch.url,
+            redis_url: args.redis_url.as_deref(),
+            kafka_brokers: None,
+            plugins: None,
+            coupons: n,
+        };
+        let storm = issuing::storm(args, &setup).await?;
+        let drain = issuing::drain(&scratch.url, n).await?;
+        let raw = issuing::raw_inserts(&scratch.url, n).await?;
+        let storm_rate = n as f64 / storm.issued.as_secs_f64();
+        println!(
+            "| {} | {:.0} ({:.2} / {:.2}) | {:.2} | {:.2} | **{storm_rate:.0}** | {:.0} | {drain:.0} | {raw:.0} | **{:.2}** | {:.2} |",
+            scratch.label,
+            storm.admit_per_second,
+            storm.admit_p50_ms,
+            storm.admit_p99_ms,
+            storm.admitted.as_secs_f64(),
+            storm.issued.as_secs_f64(),
+            storm.chunks,
+            storm_rate / raw,
+            drain / raw,
+        );
+        scratch.drop().await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -508,57 +637,6 @@ async fn kafka_latency(brokers: &str, plugins: &std::path::Path) -> anyhow::Resu
     Ok(())
 }
 
-/// The issuer draining `coupons` queued requests into one database.
-async fn issuer_phase(
-    args: &Args,
-    label: &str,
-    database_url: &str,
-    chunk: u32,
-) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = quiet_config(dir.path());
-    config.database_url = Some(database_url.to_owned());
-    let store = Store::open(database_url).await?;
-    let admission: Arc<dyn Admission> = Arc::new(EmbeddedAdmission::new(store.clone()));
-    let id = format!("issue-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let campaign = Campaign::new(&id, spec(args.coupons, chunk))?;
-    store.upsert_campaign(&campaign).await?;
-    admission.sync_campaign(&campaign, &[], false).await?;
-    // Admitted concurrently, so that they are recorded in group commits as a storm would be.
-    futures::stream::iter(0..args.coupons)
-        .map(|i| {
-            let admission = admission.clone();
-            let id = id.clone();
-            async move {
-                admission
-                    .admit(&id, &format!("user-{i}"), "r", 0, Default::default())
-                    .await
-            }
-        })
-        .buffer_unordered(256)
-        .try_collect::<Vec<_>>()
-        .await?;
-    let app = App::build_with(config, store.clone(), admission).await?;
-    let platform = app.platform();
-    let stop = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
-    let started = Instant::now();
-    platform.apply_campaign(campaign).await?;
-    while store.count_coupons(&id).await? < args.coupons as i64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = started.elapsed();
-    println!(
-        "| {label} | {chunk} | {} | {:.2} | {:.0} |",
-        args.coupons,
-        elapsed.as_secs_f64(),
-        args.coupons as f64 / elapsed.as_secs_f64()
-    );
-    stop.cancel();
-    server.await??;
-    Ok(())
-}
-
 /// Coupons per second issued while `subscribers` clients hold the statistics stream open.
 async fn sse_phase(args: &Args, subscribers: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
@@ -640,20 +718,6 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
-async fn scratch_mysql(url: &str) -> anyhow::Result<(String, Store)> {
-    let name = format!(
-        "fcbench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let admin = Store::connect(&format!("{url}/test"))
-        .await
-        .context("connecting to MySQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin.pool())
-        .await?;
-    Ok((format!("{url}/{name}"), admin))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -685,25 +749,10 @@ async fn main() -> anyhow::Result<()> {
         slow_phase(&args).await?;
     }
     if args.runs("issuer") {
-        println!("\nChunk issuer draining a full queue:\n");
-        println!("| database | chunk | coupons | seconds | coupons/s |");
-        println!("|---|---|---|---|---|");
-        let dir = tempfile::tempdir()?;
-        for chunk in [10, 100] {
-            let sqlite = format!(
-                "sqlite:{}",
-                dir.path().join(format!("bench-{chunk}.db")).display()
-            );
-            issuer_phase(&args, "sqlite", &sqlite, chunk).await?;
-            if let Some(url) = &args.mysql_url {
-                let (db, admin) = scratch_mysql(url).await?;
-                issuer_phase(&args, "mariadb", &db, chunk).await?;
-                let name = db.rsplit('/').next().unwrap_or_default();
-                sqlx::query(&format!("DROP DATABASE {name}"))
-                    .execute(admin.pool())
-                    .await?;
-            }
-        }
+        issuing_phase(&args).await?;
+    }
+    if let Some(plugins) = args.plugins.as_ref().filter(|_| args.runs("consumers")) {
+        consumers_phase(&args, plugins).await?;
     }
     if args.runs("sse") {
         println!(
@@ -740,122 +789,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(plugins) = args.plugins.as_ref().filter(|_| args.runs("plugin")) {
         println!(
-            "\nStats plugin: sandboxed component (fresh instance per event) vs. the same logic native:\n"
+            "\nStats plugin: sandboxed component (fresh instance per event, and reuse = 128) vs. the same logic native:\n"
         );
-        plugin_phase(&args, plugins).await?;
+        plugin::phase(&args, plugins).await?;
     }
-    Ok(())
-}
-
-/// A map as the native harness's stats sink.
-#[derive(Default)]
-struct Counts(std::collections::HashMap<String, i64>);
-
-impl stats::Sink for Counts {
-    fn increment(&mut self, name: &str, delta: i64) {
-        *self.0.entry(name.to_owned()).or_default() += delta;
-    }
-}
-
-/// The stats plugin as a component against its logic compiled natively.
-async fn plugin_phase(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
-    use firstcome::plugin::recording::Recording;
-    use firstcome::plugin::{Capability, PluginSpec, Runtime};
-    use firstcome::store::Scope;
-
-    const GENDERS: [&str; 3] = ["f", "m", "x"];
-    const AGES: [&str; 5] = ["10s", "20s", "30s", "40s", "50s"];
-    let n = args.plugin_events;
-    let path = dir.join("stats.wasm");
-    let runtime = Arc::new(Runtime::new(Default::default())?);
-    let compiled = runtime.compile(&Runtime::read(&path, None)?)?;
-    let spec = PluginSpec {
-        path: path.clone(),
-        sha256: None,
-        grants: [Capability::Stats].into_iter().collect(),
-        settings: Default::default(),
-        timeout_ms: None,
-        memory_mb: None,
-    };
-    let scope = Scope {
-        campaign_id: "bench".into(),
-        role: "stats".into(),
-    };
-    let plugin = runtime.bind(scope, path, compiled, spec);
-    let services: Arc<dyn firstcome::plugin::services::Services> = Arc::new(Recording::default());
-    let events: Vec<_> = (0..n)
-        .map(|i| {
-            let envelope = serde_json::json!({
-                "event_id": uuid::Uuid::now_v7().to_string(),
-                "event_type": "coupon.issued",
-                "schema_version": 1,
-                "campaign_id": "bench",
-                "occurred_at": "2026-11-24T00:00:00Z",
-                "payload": {
-                    "user_id": format!("user-{i}"), "email": null, "fcm_token": null,
-                    "gender": GENDERS[i % 3], "age_group": AGES[i % 5],
-                    "campaign_name": "Bench", "campaign_value": 1000,
-                    "coupon_id": format!("c-{i}"), "coupon_code": format!("CODE{i}"),
-                    "position": i as i64 + 1, "request_id": "r",
-                    "issued_at": "2026-11-24T00:00:00Z", "expires_at": null
-                }
-            });
-            let id = envelope["event_id"].as_str().unwrap_or_default().to_owned();
-            let event =
-                firstcome::plugin::host::wit_event(serde_json::from_value(envelope)?, n as i64)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok((id, event))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // Warm up: the first instances fault their pool slots in.
-    for (id, event) in events.iter().take(1_000) {
-        runtime.call(&plugin, id, event, services.clone()).await?;
-    }
-    let mut wasm_counts = Counts::default();
-    let mut per_call = Histogram::<u64>::new(3)?;
-    let started = Instant::now();
-    for (id, event) in &events {
-        let t = Instant::now();
-        let effects = runtime.call(&plugin, id, event, services.clone()).await?;
-        per_call.record(t.elapsed().as_nanos().max(1) as u64)?;
-        for (name, delta) in effects.stats {
-            stats::Sink::increment(&mut wasm_counts, &name, delta);
-        }
-    }
-    let wasm = started.elapsed();
-
-    let inputs: Vec<(i64, &str, &str)> = (0..n)
-        .map(|i| (1000, GENDERS[i % 3], AGES[i % 5]))
-        .collect();
-    let mut native_counts = Counts::default();
-    let started = Instant::now();
-    for (value, gender, age) in &inputs {
-        let issued = stats::Issued {
-            value: *value,
-            gender: Some(gender),
-            age_group: Some(age),
-        };
-        stats::count_issued(std::hint::black_box(&issued), &mut native_counts);
-    }
-    let native = started.elapsed();
-    anyhow::ensure!(
-        wasm_counts.0 == native_counts.0,
-        "the component and the native logic disagree"
-    );
-
-    let (w, nat) = (
-        n as f64 / wasm.as_secs_f64(),
-        n as f64 / native.as_secs_f64(),
-    );
-    println!(
-        "| events | component events/s | native events/s | component / native | instantiate+call p50 µs | p99 µs |"
-    );
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| {n} | {w:.0} | {nat:.0} | {:.4} | {:.1} | {:.1} |",
-        w / nat,
-        per_call.value_at_quantile(0.5) as f64 / 1000.0,
-        per_call.value_at_quantile(0.99) as f64 / 1000.0
-    );
     Ok(())
 }
