@@ -133,8 +133,7 @@ pub async fn storm(args: &Args, setup: &Setup<'_>) -> anyhow::Result<Storm> {
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let id = unique("storm");
-    let mut campaign = spec(coupons, 1);
-    campaign.chunk_size = None;
+    let mut campaign = spec(coupons);
     const ROLES: [(&str, &str); 3] = [
         ("notification", r#"["email", "push"]"#),
         ("history", r#"["history"]"#),
@@ -290,8 +289,7 @@ pub async fn drain(database_url: &str, coupons: usize) -> anyhow::Result<f64> {
     let store = Store::open(database_url).await?;
     let admission: Arc<dyn Admission> = Arc::new(EmbeddedAdmission::new(store.clone()));
     let id = unique("drain");
-    let mut campaign = spec(coupons, 1);
-    campaign.chunk_size = None;
+    let campaign = spec(coupons);
     let campaign = Campaign::new(&id, campaign)?;
     store.upsert_campaign(&campaign).await?;
     admission.sync_campaign(&campaign, &[], false).await?;
@@ -382,9 +380,7 @@ pub async fn raw_inserts(database_url: &str, n: usize) -> anyhow::Result<f64> {
     const PER_TRANSACTION: usize = 100;
     let store = Store::open(database_url).await?;
     let id = unique("raw");
-    store
-        .upsert_campaign(&Campaign::new(&id, spec(n, 100))?)
-        .await?;
+    store.upsert_campaign(&Campaign::new(&id, spec(n))?).await?;
     store.close().await;
     let dialect = Dialect::from_url(database_url)?;
     let now = firstcome::clock::now_ms();

@@ -107,7 +107,8 @@ struct Phase {
     p99_ms: f64,
 }
 
-fn spec(capacity: usize, chunk: u32) -> CampaignSpec {
+/// A campaign of `capacity` coupons at the default chunk size.
+fn spec(capacity: usize) -> CampaignSpec {
     CampaignSpec {
         name: "Bench".into(),
         capacity: capacity as i64,
@@ -115,7 +116,7 @@ fn spec(capacity: usize, chunk: u32) -> CampaignSpec {
         opens_at: None,
         closes_at: None,
         coupon_expires_at: None,
-        chunk_size: Some(chunk),
+        chunk_size: None,
         plugins: Default::default(),
     }
 }
@@ -180,7 +181,7 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     let server = tokio::spawn(app.run_until_stopped());
     let id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     platform
-        .apply_campaign(Campaign::new(&id, spec(args.requests, 10))?)
+        .apply_campaign(Campaign::new(&id, spec(args.requests))?)
         .await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -251,7 +252,7 @@ async fn slow_phase(args: &Args) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until_stopped());
     let id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     platform
-        .apply_campaign(Campaign::new(&id, spec(args.requests * 2, 10))?)
+        .apply_campaign(Campaign::new(&id, spec(args.requests * 2))?)
         .await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -487,7 +488,7 @@ async fn kafka_throughput(args: &Args, brokers: &str) -> anyhow::Result<()> {
     bus.ensure_topics(&[&topic]).await?;
     // The outbox, filled the way the issuer fills it.
     let id = unique("k");
-    let campaign = Campaign::new(&id, spec(args.events, 500))?;
+    let campaign = Campaign::new(&id, spec(args.events))?;
     store.upsert_campaign(&campaign).await?;
     for start in (0..args.events).step_by(500) {
         let items: Vec<firstcome::admission::QueueItem> = (start..(start + 500).min(args.events))
@@ -598,7 +599,7 @@ async fn kafka_latency(brokers: &str, plugins: &std::path::Path) -> anyhow::Resu
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let id = unique("lat");
-    let mut with_history = spec(REQUESTS, 10);
+    let mut with_history = spec(REQUESTS);
     with_history.plugins.insert(
         "history".into(),
         toml::from_str(&format!(
@@ -653,7 +654,7 @@ async fn sse_phase(args: &Args, subscribers: usize) -> anyhow::Result<f64> {
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let id = format!("sse-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let campaign = Campaign::new(&id, spec(args.coupons, 10))?;
+    let campaign = Campaign::new(&id, spec(args.coupons))?;
     platform.apply_campaign(campaign.clone()).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(subscribers)
