@@ -495,3 +495,62 @@ on_all_backends!(
     log_retention,
     event_log_keeps_entries_for_the_retention_only
 );
+
+/// A batch of plugin writes in which one event was processed already (another member of the
+/// group handled it): the events before it are applied, it writes nothing, and the answer
+/// ends there, so that the events after it (which read its writes as pending) run again.
+async fn a_batch_stops_at_an_event_processed_elsewhere(backend: Backend) {
+    use firstcome::store::{Effects, PluginWrites, Scope};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Backends::open(backend, dir.path()).await.store;
+    let group = unique("g");
+    let scope = Scope {
+        campaign_id: unique("c"),
+        role: group.clone(),
+    };
+    let count = |n: i64| Effects {
+        counters: [("n".to_owned(), n)].into_iter().collect(),
+        ..Effects::default()
+    };
+    let (one, two, three) = (count(1), count(10), count(100));
+    // "b" was handled by another member.
+    assert!(
+        store
+            .commit_effects(&group, "b", &scope, &two, 1)
+            .await
+            .unwrap()
+    );
+    let writes =
+        [("a", &one), ("b", &two), ("c", &three)].map(|(event_id, effects)| PluginWrites {
+            event_id,
+            scope: &scope,
+            effects,
+        });
+    let applied = store
+        .commit_effects_batch(&group, &writes, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        [true, false],
+        "a applied, b done elsewhere, c to run again"
+    );
+    assert_eq!(store.kv_counter(&scope, "n").await.unwrap(), 11);
+    let done = store
+        .processed_among(&group, &["a", "b", "c"])
+        .await
+        .unwrap();
+    assert!(done.contains("a") && done.contains("b") && !done.contains("c"));
+    // Run again, c alone is applied.
+    let again = store
+        .commit_effects_batch(&group, &writes[2..], 3)
+        .await
+        .unwrap();
+    assert_eq!(again, [true]);
+    assert_eq!(store.kv_counter(&scope, "n").await.unwrap(), 111);
+}
+
+on_all_backends!(
+    batch_after_elsewhere,
+    a_batch_stops_at_an_event_processed_elsewhere
+);

@@ -52,13 +52,14 @@ pub async fn deliver(
     deliver_after(handler, event, group, policy, shutdown, None).await
 }
 
-/// Whether [`deliver_batch`] goes on after an event that failed in its batch.
+/// Whether [`deliver_batch`] goes on after an event that failed in its batch, or after a
+/// batch the handler ended early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterFailure {
     /// Every event is tried (a Kafka fetch: the rest is already taken off the stream).
     GoOn,
-    /// Stop after the failed event's outcome, so that the caller records its progress (and
-    /// renews a lease) before the next retry chain.
+    /// Stop after the failed event's outcome (or the short batch), so that the caller records
+    /// its progress (and renews a lease) before going on.
     Stop,
 }
 
@@ -90,9 +91,14 @@ pub async fn deliver_batch(
         let Some(first) = rest.first() else {
             break;
         };
-        let error = failed.unwrap_or_else(|| {
-            HandlerError::Retryable("the handler stopped the batch without an error".into())
-        });
+        let Some(error) = failed else {
+            // The handler ended its batch early (its time budget): the rest is the next batch,
+            // after the caller has recorded its progress when it asked to.
+            if after_failure == AfterFailure::Stop {
+                break;
+            }
+            continue;
+        };
         let outcome = deliver_after(handler, first, group, policy, shutdown, Some(error)).await;
         let interrupted = outcome == Outcome::Interrupted;
         outcomes.push(outcome);

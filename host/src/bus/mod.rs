@@ -112,9 +112,9 @@ pub trait Handler: Send + Sync + Debug {
     /// Handles events in order, as one unit of work where the handler can (one database
     /// transaction for a whole batch, say), and stops at the first that fails. Returns how
     /// many of the first events were handled, and the error of the next one when it failed
-    /// (the bus then retries that one alone, under its policy, and goes on after it). A
-    /// handler that cannot finish the unit of work handles nothing and fails the first.
-    /// By default: [`Self::handle`], one event after another.
+    /// (the bus then retries that one alone, under its policy, and goes on after it). Without
+    /// an error, fewer than all means the handler ended the batch early (a time budget): the
+    /// bus hands it the rest next. By default: [`Self::handle`], one event after another.
     async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
         for (i, event) in events.iter().enumerate() {
             if let Err(e) = self.handle(event).await {

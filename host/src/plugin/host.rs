@@ -348,79 +348,119 @@ impl PluginHost {
     }
 
     /// Handles events for one role as one unit of work: runs each event's plugin in order up
-    /// to the first failure, then applies what the ones before it wrote, with their processed
-    /// marks, in one transaction. When that transaction fails (a counter that the batch's sum
-    /// would overflow, say), the events are applied one by one instead, so that only the event
-    /// at fault fails. See [`Handler::handle_batch`].
+    /// to the first failure (or until [`BATCH_TIME`] is spent), then applies what the ones
+    /// before it wrote, with their processed marks, in one transaction. When that transaction
+    /// fails (a counter that the batch's sum would overflow, say), the events are applied one
+    /// by one instead, so that only the event at fault fails. When an event turns out to be
+    /// processed already (another member of the group handled it), the events after it ran on
+    /// its writes as if pending: they run again. See [`Handler::handle_batch`].
     pub async fn handle_batch(
         &self,
         role: &str,
         events: &[Delivered],
     ) -> (usize, Option<HandlerError>) {
-        let mut ran = Vec::with_capacity(events.len());
-        let mut failed = None;
-        let mut pending = HashMap::new();
-        for delivered in events {
-            match self.run(role, delivered, &mut pending).await {
-                Ok(done) => ran.push((delivered.message.event_id.as_str(), done)),
-                Err(e) => {
-                    failed = Some(e);
+        let started = std::time::Instant::now();
+        let mut start = 0;
+        'batches: while start < events.len() {
+            let mut ran = Vec::new();
+            let mut failed = None;
+            let mut pending = HashMap::new();
+            for delivered in &events[start..] {
+                if !ran.is_empty() && started.elapsed() >= BATCH_TIME {
                     break;
                 }
-            }
-        }
-        let writes: Vec<PluginWrites<'_>> = ran
-            .iter()
-            .filter_map(|(event_id, done)| {
-                let (plugin, effects) = done.as_ref()?;
-                Some(PluginWrites {
-                    event_id,
-                    scope: &plugin.scope,
-                    effects,
-                })
-            })
-            .collect();
-        if writes.is_empty() {
-            return (ran.len(), failed);
-        }
-        match self
-            .store
-            .commit_effects_batch(role, &writes, now_ms())
-            .await
-        {
-            Ok(applied) => {
-                for (w, applied) in writes.iter().zip(applied) {
-                    if applied && w.effects.publish_stats {
-                        self.changes.bump(&w.scope.campaign_id);
+                match self.run(role, delivered, &mut pending).await {
+                    Ok(done) => ran.push((delivered.message.event_id.as_str(), done)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
                 }
-                (ran.len(), failed)
             }
-            Err(e) => {
-                tracing::debug!(%role, events = writes.len(), error = %e,
-                    "a batch's plugin writes failed together; applying them one by one");
-                for (i, (event_id, done)) in ran.iter().enumerate() {
-                    let Some((plugin, effects)) = done else {
-                        continue;
+            // Which of `ran` each write belongs to.
+            let (places, writes): (Vec<usize>, Vec<PluginWrites<'_>>) = ran
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (event_id, done))| {
+                    let (plugin, effects) = done.as_ref()?;
+                    let write = PluginWrites {
+                        event_id,
+                        scope: &plugin.scope,
+                        effects,
                     };
-                    match self
-                        .store
-                        .commit_effects(role, event_id, &plugin.scope, effects, now_ms())
-                        .await
-                    {
-                        Ok(applied) => {
-                            if applied && effects.publish_stats {
-                                self.changes.bump(&plugin.scope.campaign_id);
-                            }
+                    Some((i, write))
+                })
+                .unzip();
+            let outcome = if writes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store
+                    .commit_effects_batch(role, &writes, now_ms())
+                    .await
+            };
+            match outcome {
+                Ok(applied) => {
+                    for (w, applied) in writes.iter().zip(&applied) {
+                        if *applied && w.effects.publish_stats {
+                            self.changes.bump(&w.scope.campaign_id);
                         }
-                        Err(e) => return (i, Some(write_error(e))),
                     }
+                    if applied.len() < writes.len() {
+                        // Done up to an event processed elsewhere; the rest run again.
+                        let last = applied.len().saturating_sub(1);
+                        start += places.get(last).map_or(1, |place| place + 1);
+                        continue 'batches;
+                    }
+                    let done = start + ran.len();
+                    if failed.is_some() || done == events.len() {
+                        return (done, failed);
+                    }
+                    // Out of time: the caller goes on with the rest.
+                    return (done, None);
                 }
-                (ran.len(), failed)
+                Err(e) => {
+                    tracing::debug!(%role, events = writes.len(), error = %e,
+                        "a batch's plugin writes failed together; applying them one by one");
+                    // What the instances remember of these events was never applied.
+                    for (_, done) in &ran {
+                        if let Some((plugin, _)) = done {
+                            plugin.drop_warm();
+                        }
+                    }
+                    for (i, (event_id, done)) in ran.iter().enumerate() {
+                        let Some((plugin, effects)) = done else {
+                            continue;
+                        };
+                        let now = now_ms();
+                        match self
+                            .store
+                            .commit_effects(role, event_id, &plugin.scope, effects, now)
+                            .await
+                        {
+                            Ok(true) => {
+                                if effects.publish_stats {
+                                    self.changes.bump(&plugin.scope.campaign_id);
+                                }
+                            }
+                            // Processed elsewhere: the events after it run again.
+                            Ok(false) => {
+                                start += i + 1;
+                                continue 'batches;
+                            }
+                            Err(e) => return (start + i, Some(write_error(e))),
+                        }
+                    }
+                    return (start + ran.len(), failed);
+                }
             }
         }
+        (events.len(), None)
     }
 }
+
+/// How long a batch runs plugins before it commits what it has: bounds how long a group
+/// member holds its events (and, on the embedded bus, its lease) between commits.
+pub const BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a failed write of a plugin's effects means for its event.
 fn write_error(e: crate::store::StoreError) -> HandlerError {

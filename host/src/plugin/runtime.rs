@@ -182,6 +182,12 @@ impl Plugin {
     pub fn warm_instances(&self) -> usize {
         self.warm.lock().unwrap().len()
     }
+
+    /// Drops the kept instances (what they remember of events whose writes were not applied
+    /// must not be seen by the retries of those events).
+    pub fn drop_warm(&self) {
+        self.warm.lock().unwrap().clear();
+    }
 }
 
 /// An instance kept between events, with the store it lives in.

@@ -198,8 +198,10 @@ impl Store {
 
     /// Applies the writes of several events' plugin calls (in order: a later kv write wins,
     /// counter and statistic increments add up) and marks the events processed for `group`,
-    /// all in one transaction. Events the group had already processed (and an id given
-    /// twice, after its first) write nothing: their flag in the answer is `false`. Fails with
+    /// all in one transaction. Returns a flag per event it went through: `true` applied,
+    /// `false` for an event the group had already processed (another member handled it, or
+    /// its id came twice), which writes nothing and ends the answer there: the events after it
+    /// read its writes as pending when they ran, so the caller runs them again. Fails with
     /// [`StoreError::Overflow`] when the sum would overflow a counter, whichever event's share
     /// does it (the caller then commits the events one by one to find it). A transaction the
     /// database rolls back to break a deadlock (two events of one campaign adding their first
@@ -237,32 +239,45 @@ impl Store {
         writes: &[PluginWrites<'_>],
         now: i64,
     ) -> Result<Option<Vec<bool>>> {
-        let mut seen = HashSet::new();
-        let mut ids: Vec<&str> = writes
-            .iter()
-            .map(|w| w.event_id)
-            .filter(|id| seen.insert(*id))
-            .collect();
+        let ids: Vec<&str> = writes.iter().map(|w| w.event_id).collect();
         let mut tx = self.pool.begin().await?;
         // Usually none was processed before: mark them all at once and count.
+        let mut writes = writes;
+        let mut done_at = None;
         if self.mark_processed_in(&mut tx, group, &ids, now).await? != ids.len() as u64 {
             tx.rollback().await?;
+            // The first event processed already (or given twice): the ones before it are
+            // applied; it counts as done; the later ones read its writes as pending and must
+            // run again on what is committed.
             let done = self.processed_among(group, &ids).await?;
-            ids.retain(|id| !done.contains(*id));
+            let mut seen = HashSet::new();
+            let first = ids
+                .iter()
+                .position(|id| done.contains(*id) || !seen.insert(*id))
+                .unwrap_or(ids.len());
+            writes = &writes[..first];
+            done_at = Some(first);
             tx = self.pool.begin().await?;
-            if self.mark_processed_in(&mut tx, group, &ids, now).await? != ids.len() as u64 {
+            if self
+                .mark_processed_in(&mut tx, group, &ids[..first], now)
+                .await?
+                != first as u64
+            {
                 tx.rollback().await?;
                 return Ok(None);
             }
         }
-        // Each new event's writes, once, in order.
-        let mut fresh: HashSet<&str> = ids.into_iter().collect();
-        let applied: Vec<bool> = writes.iter().map(|w| fresh.remove(w.event_id)).collect();
+        let mut applied = vec![true; writes.len()];
+        if let Some(first) = done_at
+            && first < ids.len()
+        {
+            applied.push(false);
+        }
         let mut kv: BTreeMap<(&Scope, &str), Option<&Vec<u8>>> = BTreeMap::new();
         let mut counters: BTreeMap<&Scope, BTreeMap<String, i64>> = BTreeMap::new();
         let mut stats: BTreeMap<&str, BTreeMap<String, i64>> = BTreeMap::new();
         let mut history: Vec<&HistoryEntry> = Vec::new();
-        for (w, _) in writes.iter().zip(&applied).filter(|(_, new)| **new) {
+        for w in writes {
             for (key, value) in &w.effects.kv {
                 kv.insert((w.scope, key.as_str()), value.as_ref());
             }
