@@ -195,6 +195,9 @@ impl Platform {
         let removed = self.campaigns.write().unwrap().remove(id).is_some();
         if removed {
             self.issuers.stop(id);
+            // Its plugins stay for the events still on their way, on fresh instances: the
+            // kept ones would hold pool slots for a campaign that is over.
+            self.plugins.drop_warm(id);
             self.store.deactivate_campaign(id).await?;
         }
         Ok(removed)

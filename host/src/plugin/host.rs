@@ -230,6 +230,15 @@ impl PluginHost {
             .and_then(|c| c.roles.get(role).cloned())
     }
 
+    /// Drops the instances a campaign's plugins keep (`reuse`); later events get fresh ones.
+    pub fn drop_warm(&self, campaign_id: &str) {
+        if let Some(c) = self.active.read().unwrap().get(campaign_id) {
+            for plugin in c.roles.values() {
+                plugin.drop_warm();
+            }
+        }
+    }
+
     /// How many times a running plugin was replaced by another version.
     pub fn swaps(&self) -> u64 {
         self.swaps.load(Ordering::Relaxed)
