@@ -440,7 +440,7 @@ async fn reference_plugins_notify_record_and_count(backend: Backend) {
 crate::on_all_backends!(reference_plugins, reference_plugins_notify_record_and_count);
 
 /// What the admin API says about each plugin.
-async fn plugin_statuses(app: &crate::helpers::TestApp) -> Vec<Value> {
+pub(crate) async fn plugin_statuses(app: &crate::helpers::TestApp) -> Vec<Value> {
     let body: Value = app
         .client
         .get(app.url("/api/v1/admin/plugins"))

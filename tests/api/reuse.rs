@@ -172,23 +172,11 @@ async fn a_consumer_group_reuses_instances_up_to_the_bound(backend: Backend) {
         assert_eq!(served(n).await, 0, "an instance served more than 4 events");
     }
     assert!(served(2).await > 0, "no instance was reused");
-    let statuses: serde_json::Value = app
-        .client
-        .get(app.url("/api/v1/admin/plugins"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .send()
+    let status = crate::plugins::plugin_statuses(&app)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let status = statuses["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .find(|p| p["campaign_id"] == id.as_str())
-        .unwrap()
-        .clone();
+        .unwrap();
     assert_eq!(status["reuse"], 4, "{status}");
     assert!(status["warm_instances"].as_u64().unwrap() <= 1, "{status}");
     // A campaign that is over keeps its plugins for late events, but no instances.

@@ -16,7 +16,7 @@ use firstcome::store::{Dialect, Store};
 use futures::{StreamExt, TryStreamExt};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{Args, load, metric, quiet_config, spec, unique};
+use super::{Args, load, metric, quiet_config, spec, unique, warmed_client};
 
 /// A database made for one run and dropped after it (MySQL/MariaDB, PostgreSQL), or an SQLite
 /// file in a temporary folder.
@@ -159,17 +159,7 @@ pub async fn storm(args: &Args, setup: &Setup<'_>) -> anyhow::Result<Storm> {
     platform
         .apply_campaign(Campaign::new(&id, campaign)?)
         .await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    load(
-        &client,
-        500,
-        args.concurrency,
-        |c, _| c.get(format!("{base}/health/live")),
-        200,
-    )
-    .await?;
+    let client = warmed_client(args, &base).await?;
     if setup.kafka_brokers.is_some() {
         // Let the consumer groups join before the storm.
         tokio::time::sleep(Duration::from_secs(3)).await;

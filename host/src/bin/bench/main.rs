@@ -155,6 +155,23 @@ async fn load(
     })
 }
 
+/// A client with `args.concurrency` pooled connections to the host at `base`, warmed (and the
+/// host's code paths with it) by 500 requests to the trivial route.
+async fn warmed_client(args: &Args, base: &str) -> anyhow::Result<reqwest::Client> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    load(
+        &client,
+        500,
+        args.concurrency,
+        |c, _| c.get(format!("{base}/health/live")),
+        200,
+    )
+    .await?;
+    Ok(client)
+}
+
 fn quiet_config(dir: &std::path::Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -183,18 +200,7 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     platform
         .apply_campaign(Campaign::new(&id, spec(args.requests))?)
         .await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    // Warm the connection pool and the code paths.
-    load(
-        &client,
-        500,
-        args.concurrency,
-        |c, _| c.get(format!("{base}/health/live")),
-        200,
-    )
-    .await?;
+    let client = warmed_client(args, &base).await?;
 
     let url = format!("{base}/api/v1/campaigns/{id}/requests");
     let admit = load(
