@@ -43,6 +43,7 @@ impl Store {
 
     async fn try_upsert_campaign(&self, c: &Campaign) -> Result<()> {
         let now = now_ms();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let insert = self.dialect.insert_ignore(
             "campaigns (id, name, value, capacity, issued, opens_at, closes_at, \
@@ -129,6 +130,7 @@ impl Store {
 
     /// Marks a campaign inactive; its coupons and history stay.
     pub async fn deactivate_campaign(&self, id: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(&self.sql("UPDATE campaigns SET active = 0, updated_at = ? WHERE id = ?"))
             .bind(now_ms())
             .bind(id)

@@ -88,6 +88,7 @@ impl Store {
         let mut items: Vec<&QueueItem> = items.iter().collect();
         items.sort_by_key(|i| i.position);
         let now = now_ms();
+        let _turn = self.write_turn().await;
         let mut tx = self.issuing.begin().await?;
         let campaign = self.lock_campaign(&mut tx, campaign_id).await?;
         let mut remaining = campaign.capacity - campaign.issued;

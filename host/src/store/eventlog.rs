@@ -34,6 +34,7 @@ impl Store {
     /// transaction, so offsets are gapless and become visible in order: a reader that has seen
     /// offset n never later finds a smaller one appear.
     pub async fn append_log(&self, topic: &str, messages: &[Message], now: i64) -> Result<i64> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let ensure = self
             .dialect
@@ -105,6 +106,7 @@ impl Store {
     /// Deletes log entries written before `before`, every topic; returns how many. Offsets
     /// stay as they were: a group behind the retention continues at the oldest entry left.
     pub async fn purge_log(&self, before: i64) -> Result<u64> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(&self.sql("DELETE FROM event_log WHERE created_at < ?"))
             .bind(before)
             .execute(&self.pool)
@@ -131,6 +133,7 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>> {
+        let _turn = self.write_turn().await;
         let ensure = self
             .dialect
             .insert_ignore("consumer_offsets (group_id, topic, next_offset) VALUES (?, ?, 1)");
@@ -180,6 +183,7 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(&self.sql(
             "UPDATE consumer_offsets SET next_offset = ?, lease_until = ? WHERE group_id = ? \
@@ -206,6 +210,7 @@ impl Store {
         if event_ids.is_empty() {
             return Ok(());
         }
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         self.mark_processed_in(&mut tx, group, event_ids, now)
             .await?;
@@ -264,6 +269,7 @@ impl Store {
 
     /// Gives a group's lease up (clean shutdown) so another host takes over at once.
     pub async fn release_group(&self, group: &str, topic: &str, owner: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(&self.sql(
             "UPDATE consumer_offsets SET owner = NULL, lease_until = NULL WHERE group_id = ? \
              AND topic = ? AND owner = ?",

@@ -150,6 +150,8 @@ pub struct Store {
     /// commits of consumers and the relay keep `NORMAL` (safe against a process crash; their
     /// work is redone from the bus after a power loss). Elsewhere the main pool.
     issuing: AnyPool,
+    /// On SQLite, the turn to write to the main file (see [`Store::write_turn`]).
+    write_turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     dialect: Dialect,
 }
 
@@ -254,6 +256,7 @@ impl Store {
             record,
             record_file,
             issuing,
+            write_turn: (dialect == Dialect::Sqlite).then(Default::default),
             dialect,
         })
     }
@@ -298,6 +301,22 @@ impl Store {
         self.record.close().await;
         self.issuing.close().await;
         self.pool.close().await;
+    }
+
+    /// On SQLite, waits for this process's turn to write to the main database file; the turn
+    /// lasts while the guard lives, so hold it from `begin` to `commit`. SQLite lets one
+    /// connection write at a time. Left to its busy handler, a waiting writer sleeps in steps
+    /// of up to 100 ms however soon the lock frees, and a deferred transaction whose read
+    /// snapshot went stale fails at once (`SQLITE_BUSY`); with the issuer, the relay and every
+    /// consumer group writing, that kept the embedded bus seconds behind. The queue here is
+    /// fair (first come, first served) and hands the turn over the moment a commit ends.
+    /// `None` on MySQL and PostgreSQL, whose row locks let writers run side by side. Writes
+    /// from another process (tests, a second host on one file) still meet the busy handler.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        }
     }
 
     fn sql<'a>(&self, query: &'a str) -> Cow<'a, str> {

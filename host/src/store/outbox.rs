@@ -89,6 +89,7 @@ impl Store {
 
     /// Marks events published; only ever called after the bus acknowledged them.
     pub async fn mark_published(&self, event_ids: &[&str], now: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         self.mark_published_in(&mut tx, event_ids, now).await?;
         tx.commit().await?;
@@ -150,6 +151,7 @@ impl Store {
             }
             Dialect::Sqlite => {
                 // One UPDATE .. RETURNING is atomic under SQLite's single writer.
+                let _turn = self.write_turn().await;
                 let rows = sqlx::query(
                     "UPDATE outbox SET claimed_until = ?, attempts = attempts + 1 \
                      WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
@@ -179,6 +181,7 @@ impl Store {
 
     /// Deletes published rows older than `before`; returns how many.
     pub async fn purge_published(&self, before: i64) -> Result<u64> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             &self.sql("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?"),
         )

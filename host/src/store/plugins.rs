@@ -240,6 +240,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<Vec<bool>>> {
         let ids: Vec<&str> = writes.iter().map(|w| w.event_id).collect();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         // Usually none was processed before: mark them all at once and count.
         let mut writes = writes;
@@ -459,6 +460,7 @@ impl Store {
         target_hash: &str,
         now: i64,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         let insert = self.dialect.insert_ignore(
             "plugin_deliveries (event_id, role, channel, target_hash, sent_at) VALUES (?, ?, ?, ?, ?)",
         );

@@ -46,6 +46,7 @@ impl Store {
         };
         let upsert = self.sql(upsert);
         let now = now_ms();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         for u in users {
             sqlx::query(&upsert)
