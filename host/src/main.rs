@@ -12,6 +12,11 @@ use firstcome::bus::{DLT_SUFFIX, Message, dlt_topic};
 use firstcome::campaign::watcher::load_file;
 use firstcome::config::Config;
 
+/// mimalloc instead of glibc's malloc: the host allocates per request, per event and per
+/// plugin call from many threads (see the workspace's `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// First-come-first-served coupon issuance.
 #[derive(Debug, Parser)]
 #[command(version, about)]

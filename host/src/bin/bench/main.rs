@@ -2,7 +2,8 @@
 //!
 //! 1. Admission through the HTTP API against `GET /health/live` on the same server (the ratio
 //!    is the figure), with p50/p99 latency; for the in-process queue and, with `--redis-url`,
-//!    for Redis.
+//!    for Redis. Then the same path once the campaign has sold out and its last coupon is
+//!    committed (every answer `410`): admission with nothing issued behind it.
 //! 2. Issuing ([`issuing`]): a storm of distinct users through HTTP, timed from the first
 //!    request to the last coupon committed, the issuer draining a full queue, and raw
 //!    multi-row `INSERT`s of the same rows on the same server (the ratio is the figure); into
@@ -42,6 +43,10 @@ use hdrhistogram::Histogram;
 
 mod issuing;
 mod plugin;
+
+/// The same allocator as the `firstcome` binary, so that the figures are the host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks admission and issuance")]
@@ -222,19 +227,52 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
         200,
     )
     .await?;
+    // The campaign is sold out now (capacity = requests). Once its last coupon is committed,
+    // the same path again with new users, then the trivial route again: every answer is
+    // `410 sold_out`, so nothing is written, issued or published — the admission path alone,
+    // with no pipeline working beside it.
+    while platform
+        .store
+        .campaign_row(&id)
+        .await?
+        .is_none_or(|c| c.issued < c.capacity)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sold_out = load(
+        &client,
+        args.requests,
+        args.concurrency,
+        |c, i| {
+            c.post(&url)
+                .json(&serde_json::json!({ "user_id": format!("late-{i}") }))
+        },
+        410,
+    )
+    .await?;
+    let quiet_live = load(
+        &client,
+        args.requests,
+        args.concurrency,
+        |c, _| c.get(format!("{base}/health/live")),
+        200,
+    )
+    .await?;
     let batches = match redis_url {
         Some(_) => "-".to_owned(),
         None => group_commits(&client, &base).await?,
     };
     println!(
-        "| {label} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} | {batches} |",
+        "| {label} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} | {:.0} | {:.2} | {batches} |",
         admit.per_second,
         admit.p50_ms,
         admit.p99_ms,
         live.per_second,
         live.p50_ms,
         live.p99_ms,
-        admit.per_second / live.per_second
+        admit.per_second / live.per_second,
+        sold_out.per_second,
+        sold_out.per_second / quiet_live.per_second,
     );
     stop.cancel();
     server.await??;
@@ -735,11 +773,15 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency
     );
     if args.runs("admission") {
-        println!("Admission through HTTP vs. GET /health/live on the same server:\n");
         println!(
-            "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio | group commits |"
+            "Admission through HTTP vs. GET /health/live on the same server; `admit` while the \
+             issuer, the relay and the history group work behind it, `sold out` the same path \
+             with nothing behind it, against the trivial route measured right after it:\n"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| queue | admit req/s | admit p50 / p99 ms | live req/s | live p50 / p99 ms | ratio | sold-out req/s | sold-out ratio | group commits |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
         http_phase(&args, "embedded", None).await?;
         if let Some(url) = &args.redis_url {
             http_phase(&args, "redis", Some(url)).await?;
