@@ -312,6 +312,7 @@ impl Store {
     /// fair (first come, first served) and hands the turn over the moment a commit ends.
     /// `None` on MySQL and PostgreSQL, whose row locks let writers run side by side. Writes
     /// from another process (tests, a second host on one file) still meet the busy handler.
+    /// The turn is not re-entrant: a method holding it calls no other method that takes it.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.write_turn {
             Some(turn) => Some(turn.lock().await),
