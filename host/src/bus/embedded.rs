@@ -19,9 +19,23 @@ use crate::store::Store;
 
 /// How long a group member's claim on its group lasts without renewal.
 const LEASE: Duration = Duration::from_secs(15);
+/// How long after renewing its lease (by taking it, or by storing the group's position, which
+/// renews it too) a member goes on from the position it stored without taking the lease again:
+/// a member that keeps up then takes the lease about once a second instead of before each of
+/// its batches (tens per second in a storm). Small against [`LEASE`], so that a batch started
+/// without taking the lease still has 14 s of it, as good as the 15 s it had before.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
 /// Records a group member reads and handles per step (one transaction for their effects when
 /// the handler batches, and one for the group's position).
 const BATCH: i64 = 500;
+
+/// What a member knows of its group after storing its position: where it goes on from, and
+/// when that renewed its lease.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    next: i64,
+    renewed: std::time::Instant,
+}
 
 /// The database-backed bus.
 #[derive(Debug, Clone)]
@@ -64,10 +78,13 @@ impl EventBus for LogBus {
         let owner = Uuid::new_v4().to_string();
         let lease_ms = LEASE.as_millis() as i64;
         let dlt = dlt_topic(&spec.topic);
+        let mut held = None;
         while !shutdown.is_cancelled() {
             // Registered before reading, so a publish between the read and the wait wakes us.
             let woken = self.published.notified();
-            let step = self.consume_batch(&spec, &*handler, &owner, lease_ms, &dlt, &shutdown);
+            let step = self.consume_batch(
+                &spec, &*handler, &owner, lease_ms, &dlt, &shutdown, &mut held,
+            );
             let progressed = match step.await {
                 Ok(n) => n > 0,
                 Err(e) => {
@@ -134,9 +151,16 @@ impl LogBus {
 
     /// Handles one batch if this member holds the group's lease; returns how many events it
     /// moved past. The events the handler handles in one unit of work ([`deliver_batch`]);
-    /// the group's position, its lease and the handled events' processed marks move in one
-    /// transaction after them. A batch ends after an event that failed, so that the lease is
+    /// the group's position, its lease and the handled events' processed marks (unless the
+    /// handler [records them itself](Handler::records_processed)) move in one transaction
+    /// after them. A batch ends after an event that failed, so that the lease is
     /// renewed between retry chains.
+    ///
+    /// `held` is what the last stored position told this member: within [`RENEW_AFTER`] of it,
+    /// the member reads on from there without taking the lease again. Safe if another member
+    /// took the group meanwhile: the events it handled are skipped as processed, and storing
+    /// the position, which requires the lease, fails and sends this member back to the lease.
+    #[allow(clippy::too_many_arguments)]
     async fn consume_batch(
         &self,
         spec: &ConsumerSpec,
@@ -145,16 +169,26 @@ impl LogBus {
         lease_ms: i64,
         dlt: &str,
         shutdown: &CancellationToken,
+        held: &mut Option<Held>,
     ) -> Result<usize, BusError> {
         let store = &self.store;
-        let Some(next) = store
-            .lease_group(&spec.group, &spec.topic, owner, now_ms(), lease_ms)
-            .await?
-        else {
-            return Ok(0);
+        let known = match held.take() {
+            Some(h) if h.renewed.elapsed() < RENEW_AFTER => h,
+            _ => {
+                let renewed = std::time::Instant::now();
+                match store
+                    .lease_group(&spec.group, &spec.topic, owner, now_ms(), lease_ms)
+                    .await?
+                {
+                    Some(next) => Held { next, renewed },
+                    None => return Ok(0),
+                }
+            }
         };
+        let next = known.next;
         let records = store.read_log(&spec.topic, next, BATCH).await?;
         if records.is_empty() {
+            *held = Some(known);
             return Ok(0);
         }
         let ids: Vec<&str> = records
@@ -200,6 +234,8 @@ impl LogBus {
         for (k, outcome) in outcomes.into_iter().enumerate() {
             let id = records[places[k]].message.event_id.as_str();
             match outcome {
+                // A handler that records its events itself did so with its writes.
+                Outcome::Handled if handler.records_processed() => {}
                 Outcome::Handled => handled.push(id),
                 Outcome::DeadLetter(message) => self.dead_letter(dlt, message).await?,
                 Outcome::Interrupted => {
@@ -209,8 +245,10 @@ impl LogBus {
             }
         }
         if finished == 0 {
+            *held = Some(known);
             return Ok(0);
         }
+        let renewed = std::time::Instant::now();
         let kept = store
             .commit_offset(
                 &spec.group,
@@ -226,6 +264,10 @@ impl LogBus {
             tracing::info!(group = %spec.group, "lease lost to another member");
             return Ok(0);
         }
+        *held = Some(Held {
+            next: records[finished - 1].offset + 1,
+            renewed,
+        });
         Ok(finished)
     }
 }

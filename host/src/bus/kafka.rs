@@ -406,9 +406,11 @@ impl EventBus for KafkaBus {
                     }
                 }
             }
-            self.store
-                .mark_processed(&spec.group, &handled, now_ms())
-                .await?;
+            if !handler.records_processed() {
+                self.store
+                    .mark_processed(&spec.group, &handled, now_ms())
+                    .await?;
+            }
             for msg in &batch[..finished] {
                 // Fails for a partition taken away by a rebalance during the batch: its new
                 // owner gets these events again and drops them as already handled.

@@ -123,6 +123,15 @@ pub trait Handler: Send + Sync + Debug {
         }
         (events.len(), None)
     }
+
+    /// Whether the handler records what it handled itself, in the same transaction as its
+    /// writes ([`crate::store::Store::commit_effects_batch`]), so that the bus need not record
+    /// the same events processed a second time. Such a handler must record every event whose
+    /// second run would do something again; an event it left unrecorded may reach it again
+    /// after a redelivery. By default `false`: the bus records every handled event.
+    fn records_processed(&self) -> bool {
+        false
+    }
 }
 
 /// Settings of one consumer group.

@@ -539,4 +539,12 @@ impl Handler for RoleHandler {
     async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
         self.host.handle_batch(&self.role, events).await
     }
+
+    /// An event with a plugin is recorded with the plugin's writes; one whose campaign has no
+    /// plugin for the role writes nothing and is not recorded. If it comes again (a
+    /// redelivery after a crash or a rebalance), it runs under the campaign's plugins as they
+    /// are then: nothing again, or a plugin the campaign gained meanwhile.
+    fn records_processed(&self) -> bool {
+        true
+    }
 }

@@ -32,7 +32,8 @@ pub struct HistoryEntry {
 impl Store {
     /// Appends messages to a topic. The topic row is locked (an UPDATE) for the length of the
     /// transaction, so offsets are gapless and become visible in order: a reader that has seen
-    /// offset n never later finds a smaller one appear.
+    /// offset n never later finds a smaller one appear. Returns the offset of the last message
+    /// (the topic's new head); the first is `head - messages.len() + 1`.
     pub async fn append_log(&self, topic: &str, messages: &[Message], now: i64) -> Result<i64> {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;

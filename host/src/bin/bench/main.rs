@@ -231,12 +231,17 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     // the same path again with new users, then the trivial route again: every answer is
     // `410 sold_out`, so nothing is written, issued or published — the admission path alone,
     // with no pipeline working beside it.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while platform
         .store
         .campaign_row(&id)
         .await?
         .is_none_or(|c| c.issued < c.capacity)
     {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the campaign's coupons were not all issued within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let sold_out = load(
