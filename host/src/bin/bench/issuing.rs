@@ -16,7 +16,7 @@ use firstcome::store::{Dialect, Store};
 use futures::{StreamExt, TryStreamExt};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{Args, load, metric, quiet_config, spec, unique, warmed_client};
+use super::{Args, admit_users, metric, quiet_config, spec, unique, warmed_client};
 
 /// A database made for one run and dropped after it (MySQL/MariaDB, PostgreSQL), or an SQLite
 /// file in a temporary folder.
@@ -177,17 +177,7 @@ pub async fn storm(args: &Args, setup: &Setup<'_>) -> anyhow::Result<Storm> {
         })
     };
     let url = format!("{base}/api/v1/campaigns/{id}/requests");
-    let admit = load(
-        &client,
-        coupons,
-        args.concurrency,
-        |c, i| {
-            c.post(&url)
-                .json(&serde_json::json!({ "user_id": format!("user-{i}") }))
-        },
-        202,
-    )
-    .await?;
+    let admit = admit_users(args, &client, &url, ("user", 0, coupons), 202).await?;
     let admitted = started.elapsed();
     let issued = watcher.await??;
     let consumers = match setup.plugins {

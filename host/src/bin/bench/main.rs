@@ -160,20 +160,40 @@ async fn load(
     })
 }
 
+/// `n` admission requests to `url` (a campaign's `…/requests`) from users `{prefix}-{i}`, `i`
+/// from `first`, each expected to answer `expect`.
+async fn admit_users(
+    args: &Args,
+    client: &reqwest::Client,
+    url: &str,
+    (prefix, first, n): (&str, usize, usize),
+    expect: u16,
+) -> anyhow::Result<Phase> {
+    let request = |c: &reqwest::Client, i: usize| {
+        c.post(url)
+            .json(&serde_json::json!({ "user_id": format!("{prefix}-{}", first + i) }))
+    };
+    load(client, n, args.concurrency, request, expect).await
+}
+
+/// `n` requests to the trivial route `GET /health/live` of the host at `base`.
+async fn live_route(
+    args: &Args,
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<Phase> {
+    let request = |c: &reqwest::Client, _| c.get(format!("{base}/health/live"));
+    load(client, n, args.concurrency, request, 200).await
+}
+
 /// A client with `args.concurrency` pooled connections to the host at `base`, warmed (and the
 /// host's code paths with it) by 500 requests to the trivial route.
 async fn warmed_client(args: &Args, base: &str) -> anyhow::Result<reqwest::Client> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    load(
-        &client,
-        500,
-        args.concurrency,
-        |c, _| c.get(format!("{base}/health/live")),
-        200,
-    )
-    .await?;
+    live_route(args, &client, base, 500).await?;
     Ok(client)
 }
 
@@ -208,61 +228,23 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     let client = warmed_client(args, &base).await?;
 
     let url = format!("{base}/api/v1/campaigns/{id}/requests");
-    let admit = load(
-        &client,
-        args.requests,
-        args.concurrency,
-        |c, i| {
-            c.post(&url)
-                .json(&serde_json::json!({ "user_id": format!("user-{i}") }))
-        },
-        202,
-    )
-    .await?;
-    let live = load(
-        &client,
-        args.requests,
-        args.concurrency,
-        |c, _| c.get(format!("{base}/health/live")),
-        200,
-    )
-    .await?;
+    let n = args.requests;
+    let admit = admit_users(args, &client, &url, ("user", 0, n), 202).await?;
+    let live = live_route(args, &client, &base, n).await?;
     // The campaign is sold out now (capacity = requests). Once its last coupon is committed,
     // the same path again with new users, then the trivial route again: every answer is
     // `410 sold_out`, so nothing is written, issued or published — the admission path alone,
     // with no pipeline working beside it.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while platform
-        .store
-        .campaign_row(&id)
-        .await?
-        .is_none_or(|c| c.issued < c.capacity)
-    {
+    while platform.store.issued_count(&id).await? < n as i64 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the campaign's coupons were not all issued within 120 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sold_out = load(
-        &client,
-        args.requests,
-        args.concurrency,
-        |c, i| {
-            c.post(&url)
-                .json(&serde_json::json!({ "user_id": format!("late-{i}") }))
-        },
-        410,
-    )
-    .await?;
-    let quiet_live = load(
-        &client,
-        args.requests,
-        args.concurrency,
-        |c, _| c.get(format!("{base}/health/live")),
-        200,
-    )
-    .await?;
+    let sold_out = admit_users(args, &client, &url, ("late", 0, n), 410).await?;
+    let quiet_live = live_route(args, &client, &base, n).await?;
     let batches = match redis_url {
         Some(_) => "-".to_owned(),
         None => group_commits(&client, &base).await?,
@@ -309,19 +291,7 @@ async fn slow_phase(args: &Args) -> anyhow::Result<()> {
     let url = format!("{base}/api/v1/campaigns/{id}/requests");
     let admit = |from: usize| {
         let (client, url) = (client.clone(), url.clone());
-        async move {
-            load(
-                &client,
-                args.requests / 2,
-                args.concurrency,
-                |c, i| {
-                    c.post(&url)
-                        .json(&serde_json::json!({ "user_id": format!("user-{}", from + i) }))
-                },
-                202,
-            )
-            .await
-        }
+        async move { admit_users(args, &client, &url, ("user", from, args.requests / 2), 202).await }
     };
     let calm = admit(0).await?;
     let mut slow = Vec::with_capacity(args.slow_clients);
