@@ -34,6 +34,6 @@ if [[ -z "${KAFKA_BROKERS:-}" ]]; then
   sleep 2
 fi
 
-cargo build --release --locked --bin firstcome-bench
+cargo build --release --locked -p firstcome-bench
 LD_LIBRARY_PATH="$lib/lib" "$CARGO_TARGET_DIR/release/firstcome-bench" \
   --requests 2000 --coupons 1000 --kafka-brokers "$KAFKA_BROKERS" "$@"

@@ -9,5 +9,5 @@ command -v rustup >/dev/null && rustup target add wasm32-wasip2 >/dev/null
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --locked --manifest-path plugins/Cargo.toml --target wasm32-wasip2 \
   --target-dir "$target"
-cargo run --release --locked --bin firstcome-bench -- --only plugin \
+cargo run --release --locked -p firstcome-bench -- --only plugin \
   --plugins "$target/wasm32-wasip2/release" "$@"

@@ -14,23 +14,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::admission::Admission;
-use crate::admission::embedded::EmbeddedAdmission;
-use crate::admission::redis::RedisAdmission;
-use crate::bus::EventBus;
-use crate::bus::embedded::LogBus;
-use crate::bus::kafka::KafkaBus;
-use crate::campaign::watcher::Watcher;
-use crate::config::Config;
-use crate::issuer::{IssuerContext, Issuers};
-use crate::outbox::{Relay, spawn_publisher};
-use crate::platform::Platform;
-use crate::plugin::email::Mailer;
-use crate::plugin::fcm::Pusher;
-use crate::plugin::services::LiveServices;
-use crate::plugin::{PluginHost, Runtime};
-use crate::queue_guard::QueueGuard;
-use crate::store::Store;
+use firstcome_admission::Admission;
+use firstcome_admission::embedded::EmbeddedAdmission;
+use firstcome_admission::redis::RedisAdmission;
+use firstcome_bus::EventBus;
+use firstcome_bus::embedded::LogBus;
+use firstcome_bus::kafka::KafkaBus;
+use firstcome_platform::Platform;
+use firstcome_platform::config::Config;
+use firstcome_platform::issuer::{IssuerContext, Issuers};
+use firstcome_platform::outbox::{Relay, spawn_publisher};
+use firstcome_platform::queue_guard::QueueGuard;
+use firstcome_platform::watcher::Watcher;
+use firstcome_plugin::email::Mailer;
+use firstcome_plugin::fcm::Pusher;
+use firstcome_plugin::services::LiveServices;
+use firstcome_plugin::{PluginHost, Runtime};
+use firstcome_store::Store;
 
 /// A built host, ready to serve.
 #[derive(Debug)]
@@ -48,16 +48,21 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
-    let store = Store::open(&url)
-        .await
-        .with_context(|| format!("opening database {}", crate::config::redact_url(&url)))?;
-    let admission: Arc<dyn Admission> =
-        match &config.redis_url {
-            Some(url) => Arc::new(RedisAdmission::connect(url).await.with_context(|| {
-                format!("connecting to Redis {}", crate::config::redact_url(url))
-            })?),
-            None => Arc::new(EmbeddedAdmission::new(store.clone())),
-        };
+    let store = Store::open(&url).await.with_context(|| {
+        format!(
+            "opening database {}",
+            firstcome_platform::config::redact_url(&url)
+        )
+    })?;
+    let admission: Arc<dyn Admission> = match &config.redis_url {
+        Some(url) => Arc::new(RedisAdmission::connect(url).await.with_context(|| {
+            format!(
+                "connecting to Redis {}",
+                firstcome_platform::config::redact_url(url)
+            )
+        })?),
+        None => Arc::new(EmbeddedAdmission::new(store.clone())),
+    };
     Ok((store, admission))
 }
 
@@ -87,7 +92,7 @@ impl App {
         admission: Arc<dyn Admission>,
     ) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything counts.
-        crate::monitoring::handle();
+        firstcome_platform::monitoring::handle();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus = open_bus(&config, &store).await?;
@@ -97,7 +102,7 @@ impl App {
             hostname(),
             &Uuid::new_v4().simple().to_string()[..8]
         );
-        let changes = Arc::new(crate::live::Changes::default());
+        let changes = Arc::new(firstcome_platform::live::Changes::default());
         let guard = Arc::new(QueueGuard::new(store.clone(), admission.clone()));
         tracker.spawn(guard.clone().run_sweeps(shutdown.clone()));
         let issuers = Issuers::new(
@@ -177,11 +182,11 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let router = crate::api::router(self.platform.clone());
+        let router = firstcome_api::router(self.platform.clone());
         let token = self.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "serving");
         let limits = self.platform.config.http.clone();
-        crate::api::server::serve(self.listener, router, &limits, token).await;
+        firstcome_api::server::serve(self.listener, router, &limits, token).await;
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -195,7 +200,7 @@ impl App {
 pub fn plugin_host(
     config: &Config,
     store: &Store,
-    changes: Arc<crate::live::Changes>,
+    changes: Arc<firstcome_platform::live::Changes>,
 ) -> anyhow::Result<PluginHost> {
     let mailer = Mailer::from_config(&config.email, config.data_dir.join("mail"))?;
     let pusher = Pusher::from_config(&config.push)?;

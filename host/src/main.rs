@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use firstcome::app::{App, open_backends, open_bus};
-use firstcome::bus::{DLT_SUFFIX, Message, dlt_topic};
-use firstcome::campaign::watcher::load_file;
-use firstcome::config::Config;
+use firstcome_bus::{DLT_SUFFIX, Message, dlt_topic};
+use firstcome_platform::config::Config;
+use firstcome_platform::watcher::load_file;
 
 /// mimalloc instead of glibc's malloc: the host allocates per request, per event and per
 /// plugin call from many threads (see the workspace's `Cargo.toml`).
@@ -150,12 +150,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Openapi = cli.command {
-        println!("{}", firstcome::api::openapi().to_pretty_json()?);
+        println!("{}", firstcome_api::openapi().to_pretty_json()?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut config = Config::load(cli.config.as_deref()).context("reading configuration")?;
     if let Command::Plugin(PluginCommand::New { name, dir }) = &cli.command {
-        return match firstcome::plugin::scaffold::create(name, dir) {
+        return match firstcome_plugin::scaffold::create(name, dir) {
             Ok(path) => {
                 println!(
                     "created {}; see its README.md to build and test it",
@@ -235,14 +235,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .transpose()?;
                 let event = std::fs::read_to_string(&event)
                     .with_context(|| format!("reading the event {}", event.display()))?;
-                let run = firstcome::plugin::recording::TestRun {
+                let run = firstcome_plugin::recording::TestRun {
                     settings: settings.into_iter().collect(),
                     grants,
                     timeout_ms,
                     memory_mb,
                     capacity,
                 };
-                let outcome = firstcome::plugin::recording::run(&plugin, &event, run).await?;
+                let outcome = firstcome_plugin::recording::run(&plugin, &event, run).await?;
                 Ok(if outcome.result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             Command::Plugin(PluginCommand::New { .. }) | Command::Openapi => {
@@ -260,7 +260,7 @@ async fn validate(files: &[PathBuf]) -> ExitCode {
         let checked = match load_file(file) {
             Ok(c) => {
                 let base = file.parent().map(PathBuf::from).unwrap_or_default();
-                firstcome::plugin::recording::check_plugins(&c, &base)
+                firstcome_plugin::recording::check_plugins(&c, &base)
                     .await
                     .map(|plugins| (c, plugins))
                     .map_err(|e| format!("{}: {e}", file.display()))

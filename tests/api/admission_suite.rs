@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use firstcome::admission::embedded::EmbeddedAdmission;
-use firstcome::admission::redis::RedisAdmission;
-use firstcome::admission::{Admission, Admit, Floor};
-use firstcome::campaign::{Campaign, CampaignSpec};
+use firstcome_admission::embedded::EmbeddedAdmission;
+use firstcome_admission::redis::RedisAdmission;
+use firstcome_admission::{Admission, Admit, Floor};
+use firstcome_core::campaign::{Campaign, CampaignSpec};
 
 use crate::helpers::{redis_url, spec, unique};
 
@@ -28,7 +28,7 @@ async fn embedded() -> Arc<dyn Admission> {
     // The queue records its admissions in a database of its own, kept until the process ends.
     let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
     let url = format!("sqlite:{}", dir.path().join("queue.db").display());
-    let store = firstcome::store::Store::open(&url).await.unwrap();
+    let store = firstcome_store::Store::open(&url).await.unwrap();
     Arc::new(EmbeddedAdmission::new(store))
 }
 
@@ -136,7 +136,7 @@ async fn unknown_until_synced(q: Arc<dyn Admission>) {
     // The issuer is told, so that it has the campaign rebuilt.
     assert!(matches!(
         q.claim(&c.id, "h", 10, None).await,
-        Err(firstcome::admission::AdmissionError::Lost(id)) if id == c.id
+        Err(firstcome_admission::AdmissionError::Lost(id)) if id == c.id
     ));
 }
 

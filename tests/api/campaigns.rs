@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use firstcome::campaign::{Campaign, CampaignSpec};
+use firstcome_core::campaign::{Campaign, CampaignSpec};
 
 use crate::helpers::{ADMIN_TOKEN, Backend, spawn_app, wait_for};
 use crate::on_all_backends;
@@ -273,7 +273,7 @@ async fn concurrent_changes_of_one_campaign(backend: Backend) {
     );
 
     // Other hosts: their own connections to the same database, applying at once.
-    let other = firstcome::store::Store::open(&app.backends.database_url)
+    let other = firstcome_store::Store::open(&app.backends.database_url)
         .await
         .unwrap();
     let changes = (0..16).map(|i| {

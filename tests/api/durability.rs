@@ -192,12 +192,10 @@ async fn embedded_process_killed(at: KillAt) {
 
     let (mut first, base) = start();
     wait_ready(&client, &base, 60).await;
-    let store = firstcome::store::Store::connect(&format!(
-        "sqlite:{}",
-        data.join("firstcome.db").display()
-    ))
-    .await
-    .unwrap();
+    let store =
+        firstcome_store::Store::connect(&format!("sqlite:{}", data.join("firstcome.db").display()))
+            .await
+            .unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
     let storm = futures::stream::iter(0..USERS)
         .map(|i| {
@@ -339,12 +337,12 @@ async fn embedded_process_killed_after_the_last_answer_honours_every_202() {
 /// queue dropped as a process would be; a new one comes back from the record with the other
 /// 50 in line, in order, the claimed-but-never-committed first, and the 10 holders known.
 async fn embedded_queue_comes_back_from_its_record(backend: Backend) {
-    use firstcome::admission::embedded::EmbeddedAdmission;
-    use firstcome::admission::{Admission, Admit, Floor};
+    use firstcome_admission::embedded::EmbeddedAdmission;
+    use firstcome_admission::{Admission, Admit, Floor};
     let dir = tempfile::tempdir().unwrap();
     let url = crate::helpers::fresh_database(backend, dir.path()).await;
-    let store = firstcome::store::Store::open(&url).await.unwrap();
-    let campaign = firstcome::campaign::Campaign::new(&unique("c"), spec(100)).unwrap();
+    let store = firstcome_store::Store::open(&url).await.unwrap();
+    let campaign = firstcome_core::campaign::Campaign::new(&unique("c"), spec(100)).unwrap();
     store.upsert_campaign(&campaign).await.unwrap();
     let first = Arc::new(EmbeddedAdmission::new(store.clone()));
     first.sync_campaign(&campaign, &[], false).await.unwrap();
@@ -435,7 +433,7 @@ async fn redis_restored_from_an_older_snapshot(backend: Backend) {
     let other = spawn_app_on(backends.reopen().await, dir.clone(), |_| {}).await;
     other
         .platform
-        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(20)).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec(20)).unwrap())
         .await
         .unwrap();
     for i in 0..10 {
@@ -709,7 +707,7 @@ async fn capacity_below_admitted_is_refused(backend: Backend) {
     }
     let apply = |capacity: i64| {
         app.platform
-            .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(capacity)).unwrap())
+            .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec(capacity)).unwrap())
     };
     let refused = apply(4).await.unwrap_err();
     assert!(
@@ -739,18 +737,18 @@ crate::on_all_backends!(capacity_below_admitted, capacity_below_admitted_is_refu
 /// answered again at a reused place is counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_in_flight_across_a_loss_is_settled_and_the_ledger_counts_right() {
-    use firstcome::admission::redis::RedisAdmission;
-    use firstcome::admission::{Admission, Admit};
-    use firstcome::queue_guard::{QueueGuard, SETTLE};
+    use firstcome_admission::redis::RedisAdmission;
+    use firstcome_admission::{Admission, Admit};
+    use firstcome_platform::queue_guard::{QueueGuard, SETTLE};
     // The process's metrics recorder, before anything counts.
-    let metrics = firstcome::monitoring::handle();
+    let metrics = firstcome_platform::monitoring::handle();
     let dir = tempfile::tempdir().unwrap();
     let redis = OwnRedis::start(dir.path(), &[]).await;
     let url = crate::helpers::fresh_database(Backend::RedisPostgres, dir.path()).await;
-    let store = firstcome::store::Store::open(&url).await.unwrap();
+    let store = firstcome_store::Store::open(&url).await.unwrap();
     let queue: Arc<dyn Admission> = Arc::new(RedisAdmission::connect(&redis.url()).await.unwrap());
     let guard = QueueGuard::new(store.clone(), queue.clone());
-    let campaign = firstcome::campaign::Campaign::new(&unique("c"), spec(5)).unwrap();
+    let campaign = firstcome_core::campaign::Campaign::new(&unique("c"), spec(5)).unwrap();
     store.upsert_campaign(&campaign).await.unwrap();
     guard.resync(&campaign, false).await.unwrap();
     let id = campaign.id.clone();

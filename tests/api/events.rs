@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use firstcome::admission::QueueItem;
-use firstcome::bus::embedded::LogBus;
-use firstcome::bus::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, RetryPolicy};
-use firstcome::config::OutboxConfig;
-use firstcome::outbox::Relay;
-use firstcome::store::Store;
+use firstcome_admission::QueueItem;
+use firstcome_bus::embedded::LogBus;
+use firstcome_bus::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, RetryPolicy};
+use firstcome_platform::config::OutboxConfig;
+use firstcome_platform::outbox::Relay;
+use firstcome_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, Backends, Recorder, spawn_app, spec, unique, wait_for};
@@ -63,7 +63,7 @@ impl EventBus for RecordingBus {
 /// Issues `n` coupons straight through the store: `n` unpublished outbox rows.
 async fn unpublished_rows(store: &Store, n: usize) -> Vec<String> {
     let id = unique("c");
-    let campaign = firstcome::campaign::Campaign::new(&id, spec(n as i64)).unwrap();
+    let campaign = firstcome_core::campaign::Campaign::new(&id, spec(n as i64)).unwrap();
     store.upsert_campaign(&campaign).await.unwrap();
     let items: Vec<QueueItem> = (0..n)
         .map(|i| QueueItem {
@@ -146,7 +146,7 @@ async fn unacknowledged_publish_stays_unpublished(backend: Backend) {
     assert_eq!(backends.store.outbox_backlog().await.unwrap().0, 15);
     // The broker comes back; on SQLite the failed claim's lease must lapse first.
     bus.fail.store(false, Ordering::SeqCst);
-    if backends.store.dialect() == firstcome::store::Dialect::Sqlite {
+    if backends.store.dialect() == firstcome_store::Dialect::Sqlite {
         sqlx::query("UPDATE outbox SET claimed_until = NULL")
             .execute(backends.store.pool())
             .await
@@ -500,7 +500,7 @@ on_all_backends!(
 /// group handled it): the events before it are applied, it writes nothing, and the answer
 /// ends there, so that the events after it (which read its writes as pending) run again.
 async fn a_batch_stops_at_an_event_processed_elsewhere(backend: Backend) {
-    use firstcome::store::{Effects, PluginWrites, Scope};
+    use firstcome_store::{Effects, PluginWrites, Scope};
     let dir = tempfile::tempdir().unwrap();
     let store = Backends::open(backend, dir.path()).await.store;
     let group = unique("g");

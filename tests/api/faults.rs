@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firstcome::admission::Admission;
-use firstcome::store::Dialect;
+use firstcome_admission::Admission;
+use firstcome_store::Dialect;
 use futures::StreamExt;
 
 use crate::helpers::{
@@ -29,11 +29,11 @@ async fn two_hosts_drain_one_campaign(backend: Backend) {
     let mut spec = spec(300);
     spec.chunk_size = Some(7);
     one.platform
-        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec.clone()).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec.clone()).unwrap())
         .await
         .unwrap();
     two.platform
-        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec).unwrap())
         .await
         .unwrap();
 
@@ -58,7 +58,7 @@ on_all_backends!(two_hosts, two_hosts_drain_one_campaign);
 /// Creates a campaign and admits `users` straight into its queue, before any issuer runs.
 async fn queue_before_issuing(backends: &Backends, capacity: i64, users: &[String]) -> String {
     let id = unique("c");
-    let campaign = firstcome::campaign::Campaign::new(&id, spec(capacity)).unwrap();
+    let campaign = firstcome_core::campaign::Campaign::new(&id, spec(capacity)).unwrap();
     backends.store.upsert_campaign(&campaign).await.unwrap();
     backends
         .admission
@@ -73,14 +73,14 @@ async fn queue_before_issuing(backends: &Backends, capacity: i64, users: &[Strin
             .unwrap();
         assert!(matches!(
             admitted,
-            firstcome::admission::Admit::Admitted { .. }
+            firstcome_admission::Admit::Admitted { .. }
         ));
     }
     id
 }
 
 /// Makes every outbox insert for `user` fail, inside the chunk transaction.
-async fn poison(store: &firstcome::store::Store, user: &str) {
+async fn poison(store: &firstcome_store::Store, user: &str) {
     let sql = match store.dialect() {
         Dialect::Sqlite => format!(
             "CREATE TRIGGER poison BEFORE INSERT ON outbox WHEN NEW.event_key = '{user}' \
@@ -93,7 +93,7 @@ async fn poison(store: &firstcome::store::Store, user: &str) {
     sqlx::raw_sql(&sql).execute(store.pool()).await.unwrap();
 }
 
-async fn cure(store: &firstcome::store::Store) {
+async fn cure(store: &firstcome_store::Store) {
     let sql = match store.dialect() {
         Dialect::Sqlite => "DROP TRIGGER poison",
         Dialect::MySql => "ALTER TABLE outbox DROP CONSTRAINT poison",
@@ -113,7 +113,7 @@ async fn failing_chunk_is_retried_whole(backend: Backend) {
     users[4] = "poisoned-user".into();
     let id = queue_before_issuing(&backends, 30, &users).await;
     app.platform
-        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(30)).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec(30)).unwrap())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -146,7 +146,7 @@ async fn dead_hosts_claims_are_reclaimed(backend: Backend) {
     // A second "host" claims half the queue before this one's issuer starts, and dies.
     let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
     let id = queue_before_issuing(&backends, 20, &users).await;
-    let campaign = firstcome::campaign::Campaign::new(&id, spec(20)).unwrap();
+    let campaign = firstcome_core::campaign::Campaign::new(&id, spec(20)).unwrap();
     let dead: &Arc<dyn Admission> = &backends.admission;
     let claimed = dead.claim(&id, "dead-host", 10, None).await.unwrap();
     assert_eq!(claimed.len(), 10);
@@ -254,7 +254,7 @@ async fn late_chunk_after_data_loss_is_refused(backend: Backend) {
     lose_queue_data(&backends).await;
     let app = spawn_app_on(backends.clone(), dir, |_| {}).await;
     app.platform
-        .apply_campaign(firstcome::campaign::Campaign::new(&id, spec(10)).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&id, spec(10)).unwrap())
         .await
         .unwrap();
     for i in 0..10 {

@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firstcome::admission::Admission;
-use firstcome::admission::embedded::EmbeddedAdmission;
-use firstcome::admission::redis::RedisAdmission;
 use firstcome::app::App;
-use firstcome::campaign::{Campaign, CampaignSpec};
-use firstcome::config::Config;
-use firstcome::platform::Platform;
-use firstcome::store::Store;
+use firstcome_admission::Admission;
+use firstcome_admission::embedded::EmbeddedAdmission;
+use firstcome_admission::redis::RedisAdmission;
+use firstcome_core::campaign::{Campaign, CampaignSpec};
+use firstcome_platform::Platform;
+use firstcome_platform::config::Config;
+use firstcome_store::Store;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -212,7 +212,7 @@ pub async fn spawn_app_on(
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        firstcome::telemetry::init(firstcome::config::LogFormat::Text);
+        firstcome::telemetry::init(firstcome_platform::config::LogFormat::Text);
     }
 }
 
@@ -270,7 +270,7 @@ pub fn with_plugin(
     grants: &[&str],
     settings: &[(&str, &str)],
 ) -> CampaignSpec {
-    let plugin = firstcome::plugin::PluginSpec {
+    let plugin = firstcome_plugin::PluginSpec {
         path: wasm.to_owned(),
         sha256: None,
         grants: grants
@@ -482,14 +482,14 @@ pub struct Recorder {
 }
 
 #[async_trait::async_trait]
-impl firstcome::bus::Handler for Recorder {
+impl firstcome_bus::Handler for Recorder {
     async fn handle(
         &self,
-        event: &firstcome::bus::Delivered,
-    ) -> Result<(), firstcome::bus::HandlerError> {
+        event: &firstcome_bus::Delivered,
+    ) -> Result<(), firstcome_bus::HandlerError> {
         use std::sync::atomic::Ordering;
         if self.tries.fetch_add(1, Ordering::SeqCst) < self.fail {
-            return Err(firstcome::bus::HandlerError::Retryable(
+            return Err(firstcome_bus::HandlerError::Retryable(
                 "downstream unavailable".into(),
             ));
         }

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firstcome::bus::kafka::KafkaBus;
-use firstcome::bus::{ConsumerSpec, EventBus, Message, RetryPolicy};
-use firstcome::config::KafkaConfig;
-use firstcome::store::Store;
+use firstcome_bus::kafka::KafkaBus;
+use firstcome_bus::{ConsumerSpec, EventBus, Message, RetryPolicy};
+use firstcome_platform::config::KafkaConfig;
+use firstcome_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, Backends, Recorder, spawn_app_on, spec, unique, wait_for};
@@ -452,7 +452,7 @@ async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
     let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
     let stop = CancellationToken::new();
     let config = crate::helpers::test_config(dir.path());
-    let handler = Arc::new(firstcome::plugin::host::RoleHandler {
+    let handler = Arc::new(firstcome_plugin::host::RoleHandler {
         host: Arc::new(
             firstcome::app::plugin_host(&config, &backends.store, Default::default()).unwrap(),
         ),

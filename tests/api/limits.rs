@@ -14,7 +14,7 @@ use crate::helpers::{
 };
 
 /// The dead letters of the embedded event log's topic.
-async fn dead_letters(app: &TestApp) -> Vec<firstcome::bus::Delivered> {
+async fn dead_letters(app: &TestApp) -> Vec<firstcome_bus::Delivered> {
     app.platform
         .bus
         .fetch("coupon-issued.DLT", 100)

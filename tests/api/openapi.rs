@@ -46,7 +46,7 @@ async fn the_document_is_served_and_printed_by_the_cli_alike() {
         "{} operations",
         operations(&served)
     );
-    let generated = serde_json::to_value(firstcome::api::openapi()).unwrap();
+    let generated = serde_json::to_value(firstcome_api::openapi()).unwrap();
     assert_eq!(served, generated);
     let printed: Value = serde_json::from_str(&firstcome(&["openapi"], &[])).unwrap();
     assert_eq!(printed, served);
@@ -327,7 +327,7 @@ async fn fuzz(backend: Backend, redis_db: u8) {
         &[],
     );
     app.platform
-        .apply_campaign(firstcome::campaign::Campaign::new("spring-sale", campaign).unwrap())
+        .apply_campaign(firstcome_core::campaign::Campaign::new("spring-sale", campaign).unwrap())
         .await
         .unwrap();
     let mut fuzzed = schemathesis(&app.address, &format!("{backend:?}")).await;

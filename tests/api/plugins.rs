@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Form, Json, Router};
-use firstcome::campaign::Campaign;
-use firstcome::store::UserProfile;
+use firstcome_core::campaign::Campaign;
+use firstcome_store::UserProfile;
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -97,10 +97,10 @@ impl SmtpServer {
 
 impl SmtpServer {
     /// Points a host's email capability at this server (plain SMTP on loopback).
-    fn configure(&self, c: &mut firstcome::config::Config) {
+    fn configure(&self, c: &mut firstcome_platform::config::Config) {
         c.email.smtp_host = Some("127.0.0.1".into());
         c.email.smtp_port = Some(self.port);
-        c.email.tls = firstcome::config::SmtpTls::None;
+        c.email.tls = firstcome_platform::config::SmtpTls::None;
     }
 }
 
@@ -420,7 +420,7 @@ async fn reference_plugins_notify_record_and_count(backend: Backend) {
     );
 
     let history = store.history_of_campaign(&id).await.unwrap();
-    let version = firstcome::plugin::runtime::version_of(&std::fs::read(wasm("history")).unwrap());
+    let version = firstcome_plugin::runtime::version_of(&std::fs::read(wasm("history")).unwrap());
     assert!(
         history.iter().all(|h| h.handled_by == version),
         "the version that handled each event"
@@ -579,8 +579,8 @@ async fn a_swap_under_load_loses_and_repeats_nothing(backend: Backend) {
     let old = wasm("history");
     let new = second_version(&old, files.path(), "v2");
     let (old_version, new_version) = (
-        firstcome::plugin::runtime::version_of(&std::fs::read(&old).unwrap()),
-        firstcome::plugin::runtime::version_of(&std::fs::read(&new).unwrap()),
+        firstcome_plugin::runtime::version_of(&std::fs::read(&old).unwrap()),
+        firstcome_plugin::runtime::version_of(&std::fs::read(&new).unwrap()),
     );
     let id = unique("swap");
     let other = app.campaign(with_history(spec(50))).await;
@@ -1030,7 +1030,7 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
             .any(|s| s.contains("4 coupons went to addresses at farm.test")),
         "{subjects:?}"
     );
-    let scope = firstcome::store::Scope {
+    let scope = firstcome_store::Scope {
         campaign_id: id.clone(),
         role: "fraud-watch".into(),
     };
@@ -1041,7 +1041,7 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
         store.kv_counter(&scope, "domain:farm.test").await.unwrap(),
         4
     );
-    let other = firstcome::store::Scope {
+    let other = firstcome_store::Scope {
         campaign_id: id.clone(),
         role: "history".into(),
     };

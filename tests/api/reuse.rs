@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use firstcome::plugin::recording::Recording;
-use firstcome::plugin::services::Services;
-use firstcome::plugin::{CallError, Capability, Event, Plugin, PluginSpec, Runtime};
-use firstcome::store::Scope;
+use firstcome_plugin::recording::Recording;
+use firstcome_plugin::services::Services;
+use firstcome_plugin::{CallError, Capability, Event, Plugin, PluginSpec, Runtime};
+use firstcome_store::Scope;
 use serde_json::json;
 
 use crate::helpers::{Backend, spawn_app, spec, wait_for, wasm, with_plugin};
@@ -27,7 +27,7 @@ fn event(i: usize) -> (String, Event) {
         }
     });
     let event =
-        firstcome::plugin::host::wit_event(serde_json::from_value(envelope).unwrap(), 10).unwrap();
+        firstcome_plugin::host::wit_event(serde_json::from_value(envelope).unwrap(), 10).unwrap();
     (id, event)
 }
 

@@ -110,7 +110,7 @@ struct Rig {
     dir: tempfile::TempDir,
     campaigns: PathBuf,
     database_url: String,
-    store: firstcome::store::Store,
+    store: firstcome_store::Store,
     redis: Option<OwnRedis>,
     broker: Option<crate::kafka::Broker>,
     topic: String,
@@ -142,7 +142,7 @@ impl Rig {
         let campaigns = dir.path().join("campaigns");
         std::fs::create_dir_all(&campaigns).unwrap();
         let database_url = fresh_database(backend, dir.path()).await;
-        let store = firstcome::store::Store::open(&database_url).await.unwrap();
+        let store = firstcome_store::Store::open(&database_url).await.unwrap();
         let topic = unique("soak");
         let mut env = vec![
             (
@@ -287,7 +287,7 @@ impl Rig {
             }
             Fault::KillDbSessions => {
                 let name = self.database_url.rsplit('/').next().unwrap().to_owned();
-                let admin = firstcome::store::Store::connect(&format!("{}/test", mysql_url()))
+                let admin = firstcome_store::Store::connect(&format!("{}/test", mysql_url()))
                     .await
                     .unwrap();
                 let ids: Vec<i64> = sqlx::query_scalar(
@@ -340,16 +340,16 @@ impl Rig {
 
     /// Dead letters of the round's campaign.
     async fn dead_letters(&self, campaign: &str) -> usize {
-        let dlt = firstcome::bus::dlt_topic(&self.topic);
-        let letters: Vec<firstcome::bus::Message> = match &self.broker {
+        let dlt = firstcome_bus::dlt_topic(&self.topic);
+        let letters: Vec<firstcome_bus::Message> = match &self.broker {
             Some(broker) => {
-                let bus = firstcome::bus::kafka::KafkaBus::new(
+                let bus = firstcome_bus::kafka::KafkaBus::new(
                     &broker.address,
-                    firstcome::config::KafkaConfig::default(),
+                    firstcome_platform::config::KafkaConfig::default(),
                     self.store.clone(),
                 )
                 .unwrap();
-                use firstcome::bus::EventBus;
+                use firstcome_bus::EventBus;
                 match bus.fetch(&dlt, 10_000).await {
                     Ok(d) => d.into_iter().map(|d| d.message).collect(),
                     Err(_) => Vec::new(),

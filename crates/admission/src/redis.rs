@@ -1,0 +1,486 @@
+//! The Redis admission queue. A campaign's keys share the hash tag `{campaign_id}`, so a
+//! campaign lives in one Redis Cluster slot and campaigns are independent:
+//! `fc:{id}:meta` (hash: capacity, window, admitted, seq), `fc:{id}:users` (hash: user ->
+//! position, the per-user guard) and `fc:{id}:queue` (a stream read by the consumer group
+//! [`ISSUER_GROUP`]; XACK + XDEL after commit, XAUTOCLAIM for items a dead host left pending).
+//!
+//! Admission is one Lua script called with EVALSHA; `redis::Script` loads it on first use and
+//! again when Redis answers NOSCRIPT (after a restart). Requests of one campaign that arrive
+//! while its previous call is in flight go together in the next call (a group commit, as the
+//! embedded queue's record does): one script call admits them all, in arrival order, so a
+//! storm costs Redis and this host one round trip per batch instead of per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::oneshot;
+
+use super::{
+    Admission, AdmissionError, Admit, Floor, ISSUER_GROUP, QueueCounts, QueueItem, Result,
+};
+use firstcome_core::campaign::Campaign;
+
+/// Most requests one admission script call takes.
+const MAX_BATCH: usize = 256;
+
+/// Admission on a Redis server.
+#[derive(Clone)]
+pub struct RedisAdmission {
+    conn: ConnectionManager,
+    admit: Arc<Script>,
+    sync: Script,
+    settle: Script,
+    /// Per campaign, the requests waiting for the next script call.
+    batches: Arc<Mutex<HashMap<String, Batch>>>,
+}
+
+/// Requests of one campaign waiting for their script call, and whether a call is in flight.
+#[derive(Default)]
+struct Batch {
+    waiting: Vec<Waiting>,
+    in_flight: bool,
+}
+
+/// One request waiting to be admitted.
+struct Waiting {
+    user_id: String,
+    request_id: String,
+    now_ms: i64,
+    floor: Floor,
+    answer: oneshot::Sender<Result<Admit>>,
+}
+
+impl std::fmt::Debug for RedisAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAdmission").finish_non_exhaustive()
+    }
+}
+
+struct Keys {
+    meta: String,
+    users: String,
+    queue: String,
+}
+
+fn keys(campaign_id: &str) -> Keys {
+    Keys {
+        meta: format!("fc:{{{campaign_id}}}:meta"),
+        users: format!("fc:{{{campaign_id}}}:users"),
+        queue: format!("fc:{{{campaign_id}}}:queue"),
+    }
+}
+
+fn opt_ms(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl RedisAdmission {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            admit: Arc::new(Script::new(include_str!("admit.lua"))),
+            sync: Script::new(include_str!("sync.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+            batches: Arc::default(),
+        })
+    }
+
+    /// Sends the campaign's waiting requests in script calls, one call at a time, until none
+    /// waits. Runs as a task of its own: a request whose caller went away is still answered
+    /// by Redis, and the next call is never left waiting for it.
+    async fn send_batches(self, campaign_id: String) {
+        let k = keys(&campaign_id);
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut batches = self.batches.lock().unwrap();
+                let Some(b) = batches.get_mut(&campaign_id) else {
+                    return;
+                };
+                if b.waiting.is_empty() {
+                    b.in_flight = false;
+                    batches.remove(&campaign_id);
+                    return;
+                }
+                let n = b.waiting.len().min(MAX_BATCH);
+                b.waiting.drain(..n).collect()
+            };
+            // Floors only rise: the highest any request carries holds for all of them.
+            let floor = batch.iter().fold(Floor::default(), |f, w| f.max(w.floor));
+            let mut call = self.admit.key(&k.meta);
+            call.key(&k.users)
+                .key(&k.queue)
+                .arg(floor.issued)
+                .arg(floor.last_position);
+            for w in &batch {
+                call.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
+            }
+            let reply: redis::RedisResult<Vec<Value>> =
+                call.invoke_async(&mut self.conn.clone()).await;
+            match reply.map_err(AdmissionError::from).and_then(answers) {
+                Ok(Answers::All(outcome)) => {
+                    for w in batch {
+                        let _ = w.answer.send(Ok(outcome));
+                    }
+                }
+                Ok(Answers::Each(outcomes)) if outcomes.len() == batch.len() => {
+                    for (w, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = w.answer.send(Ok(outcome));
+                    }
+                }
+                Ok(Answers::Each(outcomes)) => {
+                    let message = format!(
+                        "admit returned {} answers for {} requests",
+                        outcomes.len(),
+                        batch.len()
+                    );
+                    for w in batch {
+                        let _ = w
+                            .answer
+                            .send(Err(AdmissionError::Protocol(message.clone())));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for w in batch {
+                        let _ = w.answer.send(Err(AdmissionError::Batch(message.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The admission script's reply: one outcome for the whole batch, or one per request.
+enum Answers {
+    All(Admit),
+    Each(Vec<Admit>),
+}
+
+fn answers(reply: Vec<Value>) -> Result<Answers> {
+    let text = |v: &Value| -> Result<String> {
+        redis::from_redis_value(v).map_err(|e| AdmissionError::Protocol(e.to_string()))
+    };
+    if reply.len() == 1 {
+        return match text(&reply[0])?.as_str() {
+            "unknown" => Ok(Answers::All(Admit::Unknown)),
+            "behind" => Ok(Answers::All(Admit::Behind)),
+            other => Err(AdmissionError::Protocol(format!(
+                "admit returned {other:?}"
+            ))),
+        };
+    }
+    reply
+        .chunks(2)
+        .map(|pair| {
+            let [outcome, position] = pair else {
+                return Err(AdmissionError::Protocol(
+                    "admit returned an odd list".into(),
+                ));
+            };
+            let position: i64 = redis::from_redis_value(position)
+                .map_err(|e| AdmissionError::Protocol(e.to_string()))?;
+            Ok(match text(outcome)?.as_str() {
+                "admitted" => Admit::Admitted { position },
+                "duplicate" => Admit::Duplicate { position },
+                "sold_out" => Admit::SoldOut,
+                "closed" => Admit::Closed,
+                "not_open" => Admit::NotOpen,
+                other => {
+                    return Err(AdmissionError::Protocol(format!(
+                        "admit returned {other:?}"
+                    )));
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Answers::Each)
+}
+
+impl RedisAdmission {
+    /// The connection, for tests that need to break things (FLUSHDB, DEL).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// One stream entry `[id, [field, value, ...]]` as a queue item.
+fn item_from_entry(id: String, fields: HashMap<String, String>) -> Result<QueueItem> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AdmissionError::Protocol(format!("queue entry {id} lacks {name}")))
+    };
+    let number = |name: &str| {
+        field(name)?
+            .parse::<i64>()
+            .map_err(|_| AdmissionError::Protocol(format!("queue entry {id}: bad {name}")))
+    };
+    Ok(QueueItem {
+        user_id: field("u")?,
+        position: number("p")?,
+        request_id: field("r")?,
+        admitted_at: number("t")?,
+        id,
+    })
+}
+
+type Entries = Vec<(String, HashMap<String, String>)>;
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+#[async_trait]
+impl Admission for RedisAdmission {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn sync_campaign(
+        &self,
+        campaign: &Campaign,
+        issued: &[(String, i64)],
+        force: bool,
+    ) -> Result<bool> {
+        let k = keys(&campaign.id);
+        let mut inv = self.sync.prepare_invoke();
+        inv.key(&k.meta).key(&k.users).key(&k.queue);
+        inv.arg(if force { "1" } else { "0" })
+            .arg(campaign.capacity)
+            .arg(opt_ms(campaign.opens_at))
+            .arg(opt_ms(campaign.closes_at))
+            .arg(ISSUER_GROUP)
+            .arg(issued.len());
+        for (user, position) in issued {
+            inv.arg(user).arg(*position);
+        }
+        let changed: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(changed != 0)
+    }
+
+    async fn admit(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+        request_id: &str,
+        now_ms: i64,
+        floor: Floor,
+    ) -> Result<Admit> {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut batches = self.batches.lock().unwrap();
+            let b = batches.entry(campaign_id.to_owned()).or_default();
+            b.waiting.push(Waiting {
+                user_id: user_id.to_owned(),
+                request_id: request_id.to_owned(),
+                now_ms,
+                floor,
+                answer,
+            });
+            !std::mem::replace(&mut b.in_flight, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_batches(campaign_id.to_owned()));
+        }
+        answered
+            .await
+            .map_err(|_| AdmissionError::Protocol("the admission call was dropped".into()))?
+    }
+
+    async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .clone()
+            .hget(keys(campaign_id).users, user_id)
+            .await?)
+    }
+
+    async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
+        let k = keys(campaign_id);
+        let (admitted, queued): (Option<i64>, i64) = redis::pipe()
+            .hget(&k.meta, "admitted")
+            .xlen(&k.queue)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(QueueCounts {
+            admitted: admitted.unwrap_or(0),
+            queued,
+        })
+    }
+
+    async fn claim(
+        &self,
+        campaign_id: &str,
+        consumer: &str,
+        max: usize,
+        reclaim_idle: Option<Duration>,
+    ) -> Result<Vec<QueueItem>> {
+        let k = keys(campaign_id);
+        let mut conn = self.conn.clone();
+        let mut entries: Entries = Vec::new();
+        if let Some(idle) = reclaim_idle {
+            let reply: redis::RedisResult<(String, Entries, Value)> = redis::cmd("XAUTOCLAIM")
+                .arg(&k.queue)
+                .arg(ISSUER_GROUP)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok((_, claimed, _)) => entries = claimed,
+                // The queue was lost with Redis's data: it must be rebuilt.
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if entries.is_empty() {
+            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> =
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(ISSUER_GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&k.queue)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await;
+            match reply {
+                Ok(streams) => {
+                    entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
+                }
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut items = entries
+            .into_iter()
+            .map(|(id, fields)| item_from_entry(id, fields))
+            .collect::<Result<Vec<_>>>()?;
+        items.sort_by_key(|i| i.position);
+        Ok(items)
+    }
+
+    async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let k = keys(campaign_id);
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let _: (i64, i64) = redis::pipe()
+            .atomic()
+            .xack(&k.queue, ISSUER_GROUP, &ids)
+            .xdel(&k.queue, &ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn settle(&self, campaign_id: &str, holders: &[(String, i64)]) -> Result<u64> {
+        if holders.is_empty() {
+            return Ok(0);
+        }
+        let k = keys(campaign_id);
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(&k.meta).key(&k.users);
+        for (user, position) in holders {
+            inv.arg(user).arg(*position);
+        }
+        let added: u64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(added)
+    }
+
+    async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()> {
+        if user_ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .conn
+            .clone()
+            .hdel(keys(campaign_id).users, user_ids)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn durability(&self) -> String {
+        let mut conn = self.conn.clone();
+        let mut settings = HashMap::new();
+        for name in ["appendonly", "appendfsync", "save"] {
+            let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(values) => settings.extend(values),
+                Err(e) => {
+                    return format!(
+                        "unknown: Redis refused CONFIG GET {name} ({e}); with appendonly yes a \
+                         202 survives a Redis restart, without it a restart loses the 202s not \
+                         yet issued (detected and counted)"
+                    );
+                }
+            }
+        }
+        guarantee(
+            settings.get("appendonly").map(String::as_str),
+            settings.get("appendfsync").map(String::as_str),
+            settings.get("save").map(String::as_str),
+        )
+    }
+}
+
+/// What a `202` survives on a Redis with these persistence settings (`CONFIG GET` values).
+/// Redis writes the AOF before it answers a command, so a killed Redis process loses nothing
+/// that was answered; `appendfsync` decides what a crash of the machine loses.
+pub fn guarantee(
+    appendonly: Option<&str>,
+    appendfsync: Option<&str>,
+    save: Option<&str>,
+) -> String {
+    let lost = "lost 202s are detected and counted (firstcome_admissions_lost_total); \
+                their users read status none and may ask again";
+    match (appendonly, appendfsync) {
+        (Some("yes"), Some("always")) => "Redis appendonly yes, appendfsync always: a 202 \
+            survives a restart or crash of Redis and of its machine"
+            .into(),
+        (Some("yes"), Some("everysec")) => format!(
+            "Redis appendonly yes, appendfsync everysec: a 202 survives a restart or crash of \
+             Redis; a crash of its machine can lose the last second of 202s ({lost})"
+        ),
+        (Some("yes"), fsync) => format!(
+            "Redis appendonly yes, appendfsync {}: a 202 survives a restart or crash of Redis; \
+             a crash of its machine can lose what the OS had not flushed ({lost})",
+            fsync.unwrap_or("unknown")
+        ),
+        _ => match save.map(str::trim) {
+            Some(save) if !save.is_empty() => format!(
+                "Redis RDB snapshots only (save {save:?}): a restart of Redis returns to the last \
+                 snapshot and loses the 202s answered since that are not yet issued ({lost}); \
+                 issued coupons are never lost or given twice"
+            ),
+            _ => format!(
+                "Redis keeps nothing on disk: a restart of Redis loses every 202 not yet issued \
+                 ({lost}); issued coupons are never lost or given twice"
+            ),
+        },
+    }
+}

@@ -1,0 +1,153 @@
+//! # firstcome-api
+//!
+//! The REST API (axum). Every body is JSON; every error is `{"code", "message"}`
+//! ([`error::ApiError`]), including rejected JSON, unknown routes and wrong methods.
+//!
+//! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
+//! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
+//! (bearer-token routes), `health`, `observe` (request ids, latency, `/metrics`), `server`
+//! (the HTTP/1 connection loop with its limits), `doc` (the OpenAPI document and its interactive page), and
+//! `page/index.html`, the live campaign page at `/`.
+//!
+//! Every route is registered through [`utoipa_axum::routes!`], which takes its path and method
+//! from the handler's `#[utoipa::path]`: the router and the document cannot disagree.
+
+pub mod admin;
+pub mod campaigns;
+pub mod doc;
+pub mod error;
+pub mod health;
+pub mod observe;
+pub mod requests;
+pub mod schema;
+pub mod server;
+pub mod streams;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use error::ApiError;
+use firstcome_platform::Platform;
+
+/// Request bodies are small JSON documents; anything larger is refused with 413.
+const BODY_LIMIT: usize = 16 * 1024;
+/// Except the bulk user upload: 1,000 profiles.
+const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The versioned API under `/api/v1`.
+fn api_v1() -> OpenApiRouter<Arc<Platform>> {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::list_campaigns))
+        .routes(routes!(admin::consumers))
+        .routes(routes!(admin::plugins))
+        .routes(routes!(admin::put_campaign, admin::delete_campaign))
+        .routes(routes!(admin::put_user))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(admin::put_users))
+                .layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        );
+    OpenApiRouter::new()
+        .routes(routes!(campaigns::list))
+        .routes(routes!(campaigns::get))
+        .routes(routes!(campaigns::stats))
+        .routes(routes!(streams::stats))
+        .routes(routes!(streams::request))
+        .routes(routes!(requests::create))
+        .routes(routes!(requests::status))
+        .routes(routes!(requests::user_coupons))
+        .routes(routes!(requests::legacy_request))
+        .routes(routes!(requests::legacy_my))
+        .nest("/admin", admin)
+}
+
+/// Every route of the host with its documentation.
+fn routes() -> OpenApiRouter<Arc<Platform>> {
+    OpenApiRouter::with_openapi(doc::base())
+        .nest("/api/v1", api_v1())
+        .routes(routes!(page))
+        .routes(routes!(dashboard))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(observe::metrics))
+        .routes(routes!(doc::openapi_json))
+}
+
+/// The OpenAPI document of every route (what `/api/openapi.json` serves).
+pub fn openapi() -> OpenApi {
+    let (_, mut document) = routes().split_for_parts();
+    doc::complete(&mut document);
+    document
+}
+
+/// The host's routes before the state is given: the documented routes, the interactive page
+/// for the document, the fallbacks and the layers. Separate from [`router`] so that a test can
+/// read what it serves.
+fn stateless() -> (Router<Arc<Platform>>, OpenApi) {
+    let (routes, mut document) = routes().split_for_parts();
+    doc::complete(&mut document);
+    let json = doc::Document::new(&document);
+    let router = routes
+        .merge(doc::interactive_page())
+        .route_layer(middleware::from_fn(observe::tag_route))
+        .layer(axum::Extension(json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(observe::observe_request));
+    (router, document)
+}
+
+pub fn router(platform: Arc<Platform>) -> Router {
+    stateless().0.with_state(platform)
+}
+
+/// The live campaign page: one self-contained HTML file (no build step), fed by the
+/// statistics stream, `/api/v1/campaigns` and `/metrics`.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "livePage",
+    tag = "pages",
+    responses((status = 200, description = "The live campaign page", content_type = "text/html", body = String))
+)]
+async fn page() -> impl axum::response::IntoResponse {
+    (
+        [("cache-control", "no-cache")],
+        axum::response::Html(include_str!("page/index.html")),
+    )
+}
+
+/// The live campaign page, under the name operators look for.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    operation_id = "dashboardPage",
+    tag = "pages",
+    responses((status = 200, description = "The live campaign page", content_type = "text/html", body = String))
+)]
+async fn dashboard() -> impl axum::response::IntoResponse {
+    page().await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,378 @@
+//! Coupon requests: admission, a user's request status, a user's coupons, and the routes of
+//! the replaced system mapped onto them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, check_user_id};
+use super::schema::UserId;
+use firstcome_admission::Admit;
+use firstcome_core::campaign::Campaign;
+use firstcome_core::clock::now_ms;
+use firstcome_platform::Platform;
+use firstcome_store::CouponView;
+
+/// The `{campaign_id}` path parameter (for the document; handlers take `ApiPath`).
+#[allow(dead_code)]
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CampaignParam {
+    /// The campaign's id: 1-64 of `a-z`, `0-9`, `-` and `_`.
+    #[param(example = "spring-sale")]
+    campaign_id: String,
+}
+
+/// The `{user_id}` path parameter (for the document; handlers take `ApiPath`).
+#[allow(dead_code)]
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserParam {
+    /// The user: 1-128 characters, no control characters, no surrounding white space.
+    #[param(value_type = UserId)]
+    user_id: String,
+}
+
+/// A request for one coupon of a campaign.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    /// Who asks: 1-128 characters, no control characters, no surrounding white space.
+    #[schema(value_type = UserId)]
+    user_id: String,
+}
+
+/// An admitted request: the user holds a place in line and will get a coupon.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Queued {
+    /// Identifies this request in logs and in the `coupon.issued` event.
+    request_id: String,
+    /// Always `queued`.
+    #[schema(value_type = String, example = "queued")]
+    status: &'static str,
+    /// The place in line, from 1; the coupon's position once issued.
+    #[schema(minimum = 1)]
+    position: i64,
+}
+
+fn active(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
+    platform
+        .campaign(campaign_id)
+        .ok_or_else(|| ApiError::unknown_campaign(campaign_id))
+}
+
+async fn admit(
+    platform: &Platform,
+    campaign_id: &str,
+    user_id: &str,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    check_user_id(user_id)?;
+    let campaign = active(platform, campaign_id)?;
+    let admitted = platform.admit(&campaign, user_id, now_ms()).await?;
+    let gone = |code, what: &str| {
+        ApiError::new(
+            StatusCode::GONE,
+            code,
+            format!("campaign {campaign_id:?} {what}"),
+        )
+    };
+    match admitted.outcome {
+        Admit::Admitted { position } => Ok((
+            StatusCode::ACCEPTED,
+            Json(Queued {
+                request_id: admitted.request_id,
+                status: "queued",
+                position,
+            }),
+        )),
+        Admit::Duplicate { position } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_request",
+            format!(
+                "user {user_id:?} already requested a coupon of {campaign_id:?} (position {position})"
+            ),
+        )),
+        Admit::SoldOut => Err(gone("sold_out", "has no coupons left")),
+        Admit::Closed => Err(gone("closed", "is closed")),
+        Admit::NotOpen => Err(gone("not_open", "is not open yet")),
+        // `Platform::admit` rebuilds an unknown or stale campaign, or fails.
+        Admit::Unknown | Admit::Behind => {
+            unreachable!("Platform::admit never returns Unknown or Behind")
+        }
+    }
+}
+
+/// Ask for a coupon: one request per user and campaign, admitted in arrival order while
+/// coupons remain. An admitted request is issued a coupon shortly after; follow it with
+/// `GET .../requests/{user_id}` or its stream.
+#[utoipa::path(
+    post,
+    path = "/campaigns/{campaign_id}/requests",
+    operation_id = "createRequest",
+    tag = "requests",
+    params(CampaignParam),
+    request_body = RequestBody,
+    responses(
+        (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 409, description = "`duplicate_request`: this user already asked", body = ErrorBody),
+        (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
+    )
+)]
+pub async fn create(
+    State(platform): State<Arc<Platform>>,
+    ApiPath(campaign_id): ApiPath<String>,
+    ApiJson(body): ApiJson<RequestBody>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    admit(&platform, &campaign_id, &body.user_id).await
+}
+
+/// Where a user's request stands.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Status {
+    /// `queued` (waiting for its coupon), `issued`, or `none` (no request).
+    #[schema(value_type = super::schema::RequestState)]
+    status: &'static str,
+    /// The place in line (queued or issued).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    position: Option<i64>,
+    /// The coupon, once issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coupon: Option<CouponView>,
+}
+
+/// A user's request for a coupon of a campaign: queued, issued (with the coupon) or none.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{campaign_id}/requests/{user_id}",
+    operation_id = "getRequest",
+    tag = "requests",
+    params(CampaignParam, UserParam),
+    responses(
+        (status = 200, description = "The request's state", body = Status),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
+    )
+)]
+pub async fn status(
+    State(platform): State<Arc<Platform>>,
+    ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
+) -> Result<Json<Status>, ApiError> {
+    check_user_id(&user_id)?;
+    active(&platform, &campaign_id)?;
+    Ok(Json(status_of(&platform, &campaign_id, &user_id).await?))
+}
+
+impl Status {
+    /// Nothing more will happen to this request: issued, or no request at all.
+    pub fn is_final(&self) -> bool {
+        self.status != "queued"
+    }
+}
+
+/// Where a user's request stands: issued (with the coupon), queued (with its position), or none.
+pub async fn status_of(
+    platform: &Platform,
+    campaign_id: &str,
+    user_id: &str,
+) -> Result<Status, ApiError> {
+    if let Some(coupon) = platform.store.coupon_of(campaign_id, user_id).await? {
+        return Ok(Status {
+            status: "issued",
+            position: Some(coupon.position),
+            coupon: Some(coupon),
+        });
+    }
+    Ok(
+        match platform.admission.position(campaign_id, user_id).await? {
+            Some(position) => Status {
+                status: "queued",
+                position: Some(position),
+                coupon: None,
+            },
+            None => Status {
+                status: "none",
+                position: None,
+                coupon: None,
+            },
+        },
+    )
+}
+
+/// Every coupon a user was issued, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Coupons {
+    user_id: String,
+    coupons: Vec<CouponView>,
+}
+
+async fn coupons_of(platform: &Platform, user_id: String) -> Result<Json<Coupons>, ApiError> {
+    check_user_id(&user_id)?;
+    let coupons = platform.store.coupons_of_user(&user_id).await?;
+    Ok(Json(Coupons { user_id, coupons }))
+}
+
+/// Every coupon a user holds, across campaigns.
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/coupons",
+    operation_id = "listUserCoupons",
+    tag = "requests",
+    params(UserParam),
+    responses(
+        (status = 200, description = "The user's coupons", body = Coupons),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+    )
+)]
+pub async fn user_coupons(
+    State(platform): State<Arc<Platform>>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Json<Coupons>, ApiError> {
+    coupons_of(&platform, user_id).await
+}
+
+/// An id the replaced system sent as a number or a string. A number must be a whole number
+/// from 0 to 2^53 - 1, which every JSON reader holds exactly (`12.0` is `12`); larger ids are
+/// sent as text.
+#[derive(Debug)]
+pub enum LegacyId {
+    Number(u64),
+    Text(String),
+}
+
+/// The largest id number: 2^53 - 1, beyond which JSON numbers lose digits in most readers.
+pub const LEGACY_ID_MAX: u64 = (1 << 53) - 1;
+
+impl<'de> Deserialize<'de> for LegacyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self::Text(s)),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=LEGACY_ID_MAX as f64).contains(f))
+                        .map(|f| f as u64)
+                })
+                .filter(|id| *id <= LEGACY_ID_MAX)
+                .map(Self::Number)
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "an id number must be a whole number from 0 to {LEGACY_ID_MAX}; send larger ids as text"
+                    ))
+                }),
+            _ => Err(D::Error::custom("an id is a number or a string")),
+        }
+    }
+}
+
+impl LegacyId {
+    fn into_string(self) -> String {
+        match self {
+            Self::Number(n) => n.to_string(),
+            Self::Text(s) => s,
+        }
+    }
+}
+
+/// The replaced system's request body: ids as numbers or strings.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LegacyRequest {
+    /// The user: a number, or text following the rules of `UserId`.
+    #[schema(schema_with = legacy_user_id)]
+    user_id: LegacyId,
+    /// The campaign's id, as a number or as text.
+    #[schema(schema_with = legacy_campaign_id)]
+    promotion_id: LegacyId,
+}
+
+fn legacy_number() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(LEGACY_ID_MAX))
+        .build()
+}
+
+fn legacy_user_id() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(legacy_number())
+        .item(utoipa::openapi::Ref::from_schema_name("UserId"))
+        .build()
+        .into()
+}
+
+fn legacy_campaign_id() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(legacy_number())
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .examples(["spring-sale"]),
+        )
+        .build()
+        .into()
+}
+
+/// The replaced system's route, kept for its clients: the same admission as
+/// `POST /campaigns/{campaign_id}/requests`.
+#[utoipa::path(
+    post,
+    path = "/coupons/request",
+    operation_id = "legacyRequestCoupon",
+    tag = "legacy",
+    request_body = LegacyRequest,
+    responses(
+        (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 409, description = "`duplicate_request`", body = ErrorBody),
+        (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
+    )
+)]
+pub async fn legacy_request(
+    State(platform): State<Arc<Platform>>,
+    ApiJson(body): ApiJson<LegacyRequest>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let user_id = body.user_id.into_string();
+    admit(&platform, &body.promotion_id.into_string(), &user_id).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct LegacyMy {
+    /// The user (a number or text).
+    #[param(value_type = UserId)]
+    user_id: LegacyId,
+}
+
+/// The replaced system's route, kept for its clients: a user's coupons.
+#[utoipa::path(
+    get,
+    path = "/coupons/my",
+    operation_id = "legacyMyCoupons",
+    tag = "legacy",
+    params(LegacyMy),
+    responses(
+        (status = 200, description = "The user's coupons", body = Coupons),
+        (status = 400, description = "`invalid_query`: `userId` is missing", body = ErrorBody),
+        (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+    )
+)]
+pub async fn legacy_my(
+    State(platform): State<Arc<Platform>>,
+    ApiQuery(query): ApiQuery<LegacyMy>,
+) -> Result<Json<Coupons>, ApiError> {
+    coupons_of(&platform, query.user_id.into_string()).await
+}

@@ -1,0 +1,523 @@
+//! Kafka as the event bus, through rdkafka (librdkafka).
+//!
+//! Producing: an idempotent producer with `acks=all`; [`KafkaBus::publish`] returns `Ok` only
+//! when every message's delivery report is a success, so the outbox marks a row published only
+//! then; a failed or timed-out delivery leaves it to the relay. The key is the user id: one
+//! user's events stay in order while a hot campaign spreads over partitions. `event_id` and
+//! `event_type` also travel as headers.
+//!
+//! Consuming: one consumer group per role; offsets are stored only after an event was handled
+//! or dead-lettered (`enable.auto.offset.store=false`; stored offsets are committed in the
+//! background and on shutdown), so a rebalance or a crash redelivers instead of losing. Event
+//! ids a group handled are recorded in the database (`processed_events`), so redeliveries and
+//! re-sends are dropped. Failures follow [`super::delivery`]; the dead letter is written to
+//! `{topic}.DLT` and acknowledged before the source offset is stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{AfterFailure, Outcome, deliver_batch};
+use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
+use crate::config::KafkaConfig;
+use firstcome_core::clock::now_ms;
+use firstcome_store::Store;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most messages handled between two dedupe round trips to the database.
+const CONSUME_BATCH: usize = 500;
+/// How long a member waits for a message before it looks at its group's progress.
+const STALL_CHECK: Duration = Duration::from_secs(10);
+/// A group whose lag has not gone down for this long while its members receive nothing is
+/// stuck (a partition left without an owner after a rebalance): its idle members leave and
+/// rejoin, which makes the coordinator assign every partition again.
+const STALL: Duration = Duration::from_secs(30);
+
+/// What a member has seen of its group's lag while it received nothing.
+#[derive(Debug, Default)]
+struct StallWatch {
+    /// The lowest lag seen, and since when the lag has not gone below it.
+    lowest: Option<(i64, std::time::Instant)>,
+}
+
+/// The Kafka bus.
+#[derive(Clone)]
+pub struct KafkaBus {
+    brokers: String,
+    settings: KafkaConfig,
+    producer: FutureProducer,
+    store: Store,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kafka_error(e: KafkaError) -> BusError {
+    use RDKafkaErrorCode as Code;
+    match e.rdkafka_error_code() {
+        // MessageSizeTooLarge is also what librdkafka reports for a message over its own
+        // `message.max.bytes`, before sending.
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::InvalidRecord) => {
+            BusError::Refused(e.to_string())
+        }
+        _ => BusError::Publish(e.to_string()),
+    }
+}
+
+impl KafkaBus {
+    /// Creates the producer; `store` keeps each group's processed event ids.
+    pub fn new(brokers: &str, settings: KafkaConfig, store: Store) -> Result<Self, BusError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            )
+            .set("linger.ms", "5")
+            .create()
+            .map_err(kafka_error)?;
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            settings,
+            producer,
+            store,
+        })
+    }
+
+    fn base_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
+    /// Creates each topic and its `.DLT` twin when absent, the twin with as many partitions.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.base_config().create().map_err(kafka_error)?;
+        let names: Vec<String> = topics
+            .iter()
+            .flat_map(|t| [t.to_string(), dlt_topic(t)])
+            .collect();
+        let new: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.settings.partitions,
+                    TopicReplication::Fixed(self.settings.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(METADATA_TIMEOUT)));
+        let results = admin
+            .create_topics(&new, &options)
+            .await
+            .map_err(kafka_error)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Publish(format!("creating topic {topic}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A consumer of `group` configured for at-least-once delivery.
+    fn consumer<C: rdkafka::config::FromClientConfig>(&self, group: &str) -> Result<C, BusError> {
+        self.base_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Events are few and latency matters: do not let a fetch idle long on the broker.
+            .set("fetch.wait.max.ms", "100")
+            .set(
+                "session.timeout.ms",
+                self.settings.session_timeout_ms.to_string(),
+            )
+            .create()
+            .map_err(|e| BusError::Consume(e.to_string()))
+    }
+
+    /// Whether the group is stuck, as far as an idle member can tell: events wait (lag > 0)
+    /// and the lag has not gone down for [`STALL`].
+    async fn stalled(&self, spec: &ConsumerSpec, watch: &mut StallWatch) -> bool {
+        let lag = match self.lag(&spec.group, &spec.topic).await {
+            Ok(lag) => lag,
+            Err(e) => {
+                tracing::debug!(group = %spec.group, error = %e, "cannot read the group's lag");
+                return false;
+            }
+        };
+        let now = std::time::Instant::now();
+        match watch.lowest {
+            _ if lag == 0 => {
+                watch.lowest = None;
+                false
+            }
+            Some((lowest, since)) if lag >= lowest => now.duration_since(since) >= STALL,
+            _ => {
+                watch.lowest = Some((lag, now));
+                false
+            }
+        }
+    }
+
+    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After the
+    /// broker refuses the message itself, the retries send its [`super::delivery::minimal`]
+    /// form, so that a message the broker will never take (over `message.max.bytes`) does not
+    /// hold the group.
+    async fn dead_letter(
+        &self,
+        dlt: &str,
+        mut message: Message,
+        backoff: Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut minimal = false;
+        loop {
+            match self.publish(dlt, std::slice::from_ref(&message)).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(topic = dlt, error = %e, "dead letter not written; retrying");
+                    if !minimal && e.is_refusal() {
+                        message = super::delivery::minimal(&message);
+                        minimal = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
+    }
+}
+
+/// The partition ids of a topic, from the cluster's metadata (blocking).
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BusError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| BusError::Consume(e.to_string()))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+/// A received message as the bus hands it to handlers. A message without an `event_id`
+/// header or field gets one from its position, so it can still be deduped and dead-lettered.
+fn delivered(msg: &BorrowedMessage<'_>) -> Delivered {
+    let mut headers = BTreeMap::new();
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            let value = header
+                .value
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            headers.insert(header.key.to_owned(), value.into_owned());
+        }
+    }
+    let payload = msg
+        .payload()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+        .into_owned();
+    let event_id = headers
+        .get("event_id")
+        .cloned()
+        .or_else(|| {
+            serde_json::from_str::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("event_id")
+                        .and_then(|id| id.as_str())
+                        .map(str::to_owned)
+                })
+        })
+        .unwrap_or_else(|| format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()));
+    Delivered {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis().unwrap_or(0),
+        message: Message {
+            event_id,
+            key: msg
+                .key()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned(),
+            payload,
+            headers,
+        },
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, topic: &str, messages: &[Message]) -> Result<(), BusError> {
+        let timeout = Timeout::After(Duration::from_millis(self.settings.delivery_timeout_ms));
+        let sends = messages.iter().map(|m| {
+            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 1);
+            if !m.headers.contains_key("event_id") {
+                headers = headers.insert(Header {
+                    key: "event_id",
+                    value: Some(&m.event_id),
+                });
+            }
+            for (key, value) in &m.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let record = FutureRecord::to(topic)
+                .key(&m.key)
+                .payload(&m.payload)
+                .headers(headers);
+            self.producer.send(record, timeout)
+        });
+        for result in futures::future::join_all(sends).await {
+            if let Err((e, _)) = result {
+                return Err(kafka_error(e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_consumer(
+        &self,
+        spec: ConsumerSpec,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let consumer: StreamConsumer = self.consumer(&spec.group)?;
+        consumer
+            .subscribe(&[&spec.topic])
+            .map_err(|e| BusError::Consume(e.to_string()))?;
+        let dlt = dlt_topic(&spec.topic);
+        let mut watch = StallWatch::default();
+        loop {
+            let first = tokio::select! {
+                m = tokio::time::timeout(STALL_CHECK, consumer.recv()) => m,
+                () = shutdown.cancelled() => break,
+            };
+            let first = match first {
+                Err(_idle) => {
+                    if self.stalled(&spec, &mut watch).await {
+                        return Err(BusError::Consume(format!(
+                            "group {} has had events waiting and made no progress for {STALL:?}; \
+                             rejoining",
+                            spec.group
+                        )));
+                    }
+                    continue;
+                }
+                Ok(Ok(msg)) => {
+                    watch.lowest = None;
+                    msg
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %spec.group, error = %e, "consume error");
+                    tokio::time::sleep(spec.poll_interval).await;
+                    continue;
+                }
+            };
+            // Whatever else is already fetched joins the batch: one dedupe query and one
+            // insert per batch instead of per event. Nothing waits for a batch to fill.
+            let mut batch = vec![first];
+            while batch.len() < CONSUME_BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(msg)) => batch.push(msg),
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            let events: Vec<Delivered> = batch.iter().map(delivered).collect();
+            let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
+            let done = self.store.processed_among(&spec.group, &ids).await?;
+            // The events to hand over, each id once (a re-sent event can sit twice in a fetch),
+            // with where each sits in the batch.
+            let mut seen = std::collections::HashSet::new();
+            let (places, todo): (Vec<usize>, Vec<Delivered>) = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    let id = e.message.event_id.as_str();
+                    !done.contains(id) && seen.insert(id)
+                })
+                .map(|(i, e)| (i, e.clone()))
+                .unzip();
+            let outcomes = deliver_batch(
+                &*handler,
+                &todo,
+                &spec.group,
+                spec.retry,
+                &shutdown,
+                AfterFailure::GoOn,
+            )
+            .await;
+            let mut handled: Vec<&str> = Vec::new();
+            // Offsets are stored for the events before `finished` only.
+            let mut finished = events.len();
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                let place = places[i];
+                match outcome {
+                    Outcome::Handled => handled.push(events[place].message.event_id.as_str()),
+                    Outcome::DeadLetter(dead) => {
+                        if !self
+                            .dead_letter(&dlt, dead, spec.retry.backoff, &shutdown)
+                            .await
+                        {
+                            finished = place;
+                            break;
+                        }
+                    }
+                    Outcome::Interrupted => {
+                        finished = place;
+                        break;
+                    }
+                }
+            }
+            if !handler.records_processed() {
+                self.store
+                    .mark_processed(&spec.group, &handled, now_ms())
+                    .await?;
+            }
+            for msg in &batch[..finished] {
+                // Fails for a partition taken away by a rebalance during the batch: its new
+                // owner gets these events again and drops them as already handled.
+                if let Err(e) = consumer.store_offset_from_message(msg) {
+                    tracing::debug!(group = %spec.group, error = %e, "offset not stored");
+                }
+            }
+            if finished < events.len() {
+                break;
+            }
+        }
+        // Hand the stored positions over before leaving the group.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(group = %spec.group, error = %e, "nothing to commit on shutdown");
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, topic: &str, max: usize) -> Result<Vec<Delivered>, BusError> {
+        let consumer: BaseConsumer = self
+            .base_config()
+            .set(
+                "group.id",
+                format!("firstcome-fetch-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            // Read each partition to its end, as `kcat -e` does, rather than trusting
+            // watermark arithmetic.
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| BusError::Consume(e.to_string()))?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: KafkaError| BusError::Consume(e.to_string());
+            let mut assignment = TopicPartitionList::new();
+            for p in partitions_of(&consumer, &topic)? {
+                assignment
+                    .add_partition_offset(&topic, p, Offset::Beginning)
+                    .map_err(err)?;
+            }
+            let partitions = assignment.count();
+            let mut out = Vec::new();
+            if partitions == 0 {
+                return Ok(out);
+            }
+            consumer.assign(&assignment).map_err(err)?;
+            let mut at_end = std::collections::HashSet::new();
+            let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+            while out.len() < max
+                && at_end.len() < partitions
+                && std::time::Instant::now() < deadline
+            {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(msg)) => out.push(delivered(&msg)),
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        at_end.insert(p);
+                    }
+                    Some(Err(e)) => return Err(err(e)),
+                    None => {}
+                }
+            }
+            out.sort_by_key(|d| (d.partition, d.offset));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BusError::Consume(e.to_string()))?
+    }
+
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64, BusError> {
+        let consumer: BaseConsumer = self.consumer(group)?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: KafkaError| BusError::Consume(e.to_string());
+            let mut partitions = TopicPartitionList::new();
+            for p in partitions_of(&consumer, &topic)? {
+                partitions.add_partition(&topic, p);
+            }
+            let committed = consumer
+                .committed_offsets(partitions, METADATA_TIMEOUT)
+                .map_err(err)?;
+            let mut lag = 0;
+            for element in committed.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)
+                    .map_err(err)?;
+                let position = match element.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                lag += (high - position).max(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| BusError::Consume(e.to_string()))?
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| BusError::Publish(e.to_string()))
+        })
+        .await
+        .map_err(|e| BusError::Publish(e.to_string()))?
+    }
+}

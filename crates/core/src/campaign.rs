@@ -1,0 +1,408 @@
+//! The campaign document: a TOML file `{campaign_id}.toml` or the JSON body of the admin `PUT`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::plugin_spec::PluginSpec;
+
+/// Most requests one issuing transaction takes when a campaign does not say. A chunk is
+/// whatever waits in the queue up to this many, so a trickle is issued a request or two at a
+/// time and a storm in chunks this large (one multi-row `INSERT` per table: see
+/// `store::coupons`). Measured in BENCHMARKS.md ("Issuing at the database's speed").
+pub const DEFAULT_CHUNK_SIZE: u32 = 500;
+pub const MAX_CAPACITY: i64 = 100_000_000;
+pub const MAX_CHUNK_SIZE: u32 = 1_000;
+pub const MAX_NAME_CHARS: usize = 200;
+/// Earliest and latest time a campaign may name (`opens_at`, `closes_at`,
+/// `coupon_expires_at`): 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z, in epoch ms. Events
+/// carry times as RFC 3339 text, whose years have four digits, and as epoch milliseconds.
+pub const MIN_TIME_MS: i64 = 0;
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// The name's rule for the OpenAPI document: some character that is neither control nor white
+/// space, and no control characters (see `api::error::USER_ID_PATTERN` for the classes).
+pub const NAME_PATTERN: &str = concat!(
+    r"^[^\x00-\x1f\x7f-\x9f]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"[^\x00-\x1f\x7f-\x9f]*$",
+);
+
+/// A time as RFC 3339 text (JSON, or a quoted TOML string) or as a TOML date-time written
+/// without quotes (`opens_at = 2026-03-01T10:00:00+09:00`), which TOML parses as a value of its
+/// own. Either needs an offset: a local time names no moment.
+fn time_text_or_toml<'de, D>(deserializer: D) -> Result<Option<DateTime<FixedOffset>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Text(String),
+        Toml(toml::value::Datetime),
+    }
+    let text = match Option::<Time>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Time::Text(text)) => text,
+        Some(Time::Toml(datetime)) => datetime.to_string(),
+    };
+    DateTime::parse_from_rfc3339(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an RFC 3339 time with an offset (such as 2026-03-01T10:00:00+09:00): {e}"
+        ))
+    })
+}
+
+/// Why a campaign document or id was refused. The message says what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("invalid campaign id {0:?}: use 1 to 64 characters of lowercase a-z, 0-9, '-' and '_'")]
+    InvalidId(String),
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Checks a campaign id: 1-64 characters of `a-z 0-9 - _`.
+pub fn validate_id(id: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::InvalidId(id.to_owned()))
+    }
+}
+
+/// What an operator writes for a campaign.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Spring sale", "capacity": 1000, "value": 5000,
+    "opens_at": "2026-03-01T10:00:00+09:00", "closes_at": "2026-03-01T22:00:00+09:00",
+    "chunk_size": 500
+}))]
+pub struct CampaignSpec {
+    #[schema(value_type = crate::schema::CampaignName)]
+    pub name: String,
+    /// How many coupons the campaign issues in all.
+    #[schema(minimum = 1, maximum = 100_000_000)] // MAX_CAPACITY
+    pub capacity: i64,
+    /// The coupon's worth, an integer in the smallest currency unit; `value × capacity` must
+    /// fit in a signed 64-bit integer.
+    #[schema(minimum = 0)]
+    pub value: i64,
+    /// When requests are first admitted (RFC 3339); absent: at once.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub opens_at: Option<DateTime<FixedOffset>>,
+    /// When admission stops (RFC 3339, after `opens_at`); absent: when sold out.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub closes_at: Option<DateTime<FixedOffset>>,
+    /// When issued coupons expire (RFC 3339, after `opens_at`); absent: never.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub coupon_expires_at: Option<DateTime<FixedOffset>>,
+    /// The most requests one database transaction issues (default 500). A chunk takes whatever
+    /// waits in the queue up to this many: small while requests trickle in, this large in a
+    /// storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000)] // MAX_CHUNK_SIZE
+    pub chunk_size: Option<u32>,
+    /// The consumer plugin of each role (`notification`, `history`, `stats`, or any other
+    /// role name: 1-64 of `a-z`, `0-9`, `-` and `_`): `[plugins.{role}]` sections.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, PluginSpec>,
+}
+
+impl CampaignSpec {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a campaign spec always serialises")
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name = self.name.trim();
+        if name.is_empty() || self.name.chars().count() > MAX_NAME_CHARS {
+            return Err(invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_CHARS} characters, not only white space"),
+            ));
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(invalid("name", "must not contain control characters"));
+        }
+        if !(1..=MAX_CAPACITY).contains(&self.capacity) {
+            return Err(invalid(
+                "capacity",
+                format!("must be between 1 and {MAX_CAPACITY}"),
+            ));
+        }
+        if self.value < 0 {
+            return Err(invalid("value", "must not be negative"));
+        }
+        // The campaign's revenue (`value` × coupons issued) is a signed 64-bit counter.
+        if self.value.checked_mul(self.capacity).is_none() {
+            return Err(invalid(
+                "value",
+                format!(
+                    "value × capacity must fit in a signed 64-bit integer (the revenue \
+                     counter): with capacity {} the largest value is {}",
+                    self.capacity,
+                    i64::MAX / self.capacity
+                ),
+            ));
+        }
+        for (field, time) in [
+            ("opens_at", self.opens_at),
+            ("closes_at", self.closes_at),
+            ("coupon_expires_at", self.coupon_expires_at),
+        ] {
+            if let Some(t) = time
+                && !(MIN_TIME_MS..=MAX_TIME_MS).contains(&t.timestamp_millis())
+            {
+                return Err(invalid(
+                    field,
+                    "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+                ));
+            }
+        }
+        if let Some(size) = self.chunk_size
+            && !(1..=MAX_CHUNK_SIZE).contains(&size)
+        {
+            return Err(invalid(
+                "chunk_size",
+                format!("must be between 1 and {MAX_CHUNK_SIZE}"),
+            ));
+        }
+        if let (Some(opens), Some(closes)) = (self.opens_at, self.closes_at)
+            && closes <= opens
+        {
+            return Err(invalid("closes_at", "must be after opens_at"));
+        }
+        if let (Some(opens), Some(expires)) = (self.opens_at, self.coupon_expires_at)
+            && expires <= opens
+        {
+            return Err(invalid("coupon_expires_at", "must be after opens_at"));
+        }
+        for (role, plugin) in &self.plugins {
+            plugin.validate(role).map_err(SpecError::Parse)?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated campaign with its id, times as epoch milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Campaign {
+    pub id: String,
+    pub name: String,
+    pub capacity: i64,
+    pub value: i64,
+    pub opens_at: Option<i64>,
+    pub closes_at: Option<i64>,
+    pub coupon_expires_at: Option<i64>,
+    pub chunk_size: u32,
+    pub spec: CampaignSpec,
+}
+
+impl Campaign {
+    pub fn new(id: &str, spec: CampaignSpec) -> Result<Self, SpecError> {
+        validate_id(id)?;
+        spec.validate()?;
+        Ok(Self {
+            id: id.to_owned(),
+            name: spec.name.clone(),
+            capacity: spec.capacity,
+            value: spec.value,
+            opens_at: spec.opens_at.map(|t| t.timestamp_millis()),
+            closes_at: spec.closes_at.map(|t| t.timestamp_millis()),
+            coupon_expires_at: spec.coupon_expires_at.map(|t| t.timestamp_millis()),
+            chunk_size: spec.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+            spec,
+        })
+    }
+
+    /// Where the campaign stands at `now` as far as its window goes.
+    pub fn window_state(&self, now: i64) -> WindowState {
+        match (self.opens_at, self.closes_at) {
+            (Some(opens), _) if now < opens => WindowState::NotOpen,
+            (_, Some(closes)) if now >= closes => WindowState::Closed,
+            _ => WindowState::Open,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowState {
+    NotOpen,
+    Open,
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["a", "spring-sale_2026", &"x".repeat(64)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Upper",
+            "with space",
+            "dot.toml",
+            "../etc",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_full_document_parses() {
+        let spec = CampaignSpec::from_toml(
+            "name = \"Spring\"\ncapacity = 100\nvalue = 5000\nchunk_size = 20\n\
+             opens_at = \"2026-03-01T10:00:00+09:00\"\ncloses_at = \"2026-03-02T10:00:00Z\"\n",
+        )
+        .unwrap();
+        assert_eq!(spec.chunk_size, Some(20));
+        let c = Campaign::new("spring", spec).unwrap();
+        assert_eq!(c.opens_at, Some(1_772_326_800_000));
+        assert_eq!(c.window_state(0), WindowState::NotOpen);
+        assert_eq!(c.window_state(i64::MAX), WindowState::Closed);
+    }
+
+    #[test]
+    fn bad_documents_say_what_is_wrong() {
+        let cases = [
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\ncolour = 3\n",
+                "unknown field",
+            ),
+            ("name = \"x\"\ncapacity = 0\nvalue = 1\n", "capacity"),
+            ("name = \"\"\ncapacity = 1\nvalue = 1\n", "name"),
+            ("name = \"x\"\ncapacity = 1\nvalue = -1\n", "value"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nchunk_size = 0\n",
+                "chunk_size",
+            ),
+            ("name = \"x\"\ncapacity = 1\n", "missing field `value`"),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"2026-01-02T00:00:00Z\"\n\
+                 closes_at = \"2026-01-01T00:00:00Z\"\n",
+                "closes_at",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"tomorrow\"\n",
+                "opens_at",
+            ),
+            // 2^62 × 3 does not fit in an i64.
+            (
+                "name = \"x\"\ncapacity = 3\nvalue = 4611686018427387904\n",
+                "value × capacity",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\ncoupon_expires_at = \"+10000-01-01T00:00:00Z\"\n",
+                "coupon_expires_at",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = \"1969-12-31T23:59:59Z\"\n",
+                "opens_at",
+            ),
+            (
+                "name = \"x\"\ncapacity = 1\nvalue = 9223372036854775808\n",
+                "value",
+            ),
+        ];
+        for (doc, needle) in cases {
+            let err = CampaignSpec::from_toml(doc).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{doc:?} gave {err:?}, wanted {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_largest_values_are_accepted() {
+        let max = i64::MAX / 3;
+        let doc = format!(
+            "name = \"x\"\ncapacity = 3\nvalue = {max}\nopens_at = \"1970-01-01T00:00:00Z\"\n\
+             closes_at = \"9999-12-31T23:59:59Z\"\n"
+        );
+        CampaignSpec::from_toml(&doc).unwrap();
+    }
+
+    #[test]
+    fn unquoted_toml_times_are_read() {
+        let spec = CampaignSpec::from_toml(
+            "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = 2026-03-01T10:00:00+09:00\n\
+             closes_at = \"2026-03-02T10:00:00Z\"\n",
+        )
+        .unwrap();
+        assert_eq!(spec.opens_at.unwrap().timestamp_millis(), 1_772_326_800_000);
+        let err = CampaignSpec::from_toml(
+            "name = \"x\"\ncapacity = 1\nvalue = 1\nopens_at = 2026-03-01T10:00:00\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("with an offset"), "{err}");
+        let json: CampaignSpec = serde_json::from_str(
+            r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": "2026-03-01T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(json.opens_at.is_some());
+        let null: CampaignSpec =
+            serde_json::from_str(r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": null}"#)
+                .unwrap();
+        assert!(null.opens_at.is_none());
+        assert!(
+            serde_json::from_str::<CampaignSpec>(
+                r#"{"name": "x", "capacity": 1, "value": 1, "opens_at": "tomorrow"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn documents_round_trip() {
+        let spec = CampaignSpec::from_toml("name = \"x\"\ncapacity = 3\nvalue = 7\n").unwrap();
+        assert_eq!(CampaignSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+}

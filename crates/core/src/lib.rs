@@ -1,0 +1,25 @@
+//! # firstcome-core
+//!
+//! The domain of first-come-first-served coupon issuance, with no I/O: what every other crate
+//! of the workspace speaks, and the rules checked where input enters the process.
+//!
+//! - [`campaign`]: the campaign document operators write, its validation and the validated
+//!   [`campaign::Campaign`].
+//! - [`plugin_spec`]: a campaign's plugin section (component, capabilities, limits).
+//! - [`user`]: the [`user::UserId`], parsed once at the edge, and the profile field rules.
+//! - [`queue`]: the admission queue's vocabulary (queue item, answer, counts, floor).
+//! - [`event`]: the event envelope and the bus message.
+//! - [`bounded`]: size limits on text from outside; [`clock`]: epoch milliseconds.
+//! - [`schema`]: the OpenAPI schemas of the rules above, from the same constants.
+//!
+//! Nothing here opens a file, a socket or a database; `cargo test -p firstcome-core` needs no
+//! service.
+
+pub mod bounded;
+pub mod campaign;
+pub mod clock;
+pub mod event;
+pub mod plugin_spec;
+pub mod queue;
+pub mod schema;
+pub mod user;

@@ -1,0 +1,29 @@
+//! # firstcome-platform
+//!
+//! One host's running platform: the active campaigns and the services that act on them, with
+//! no HTTP of its own (the API crate serves it).
+//!
+//! - [`Platform`]: the shared state of one host; a campaign is applied (database row,
+//!   admission queue, issuer, consumer groups) in exactly one way, through it.
+//! - [`issuer`]: drains each campaign's admission queue a chunk per database transaction.
+//! - [`outbox`]: publishes committed events to the bus, and the relay that re-sends what was
+//!   not acknowledged.
+//! - [`queue_guard`]: the admission floor, the rebuild of a queue that lost or rolled back its
+//!   data, and the audit of lost admissions.
+//! - [`watcher`]: the watched folder of campaign files, applied without a restart.
+//! - [`live`]: per-campaign snapshot streams for server-sent events.
+//! - [`monitoring`]: the Prometheus recorder and the levels sampled at each scrape.
+//! - [`config`]: the host's typed configuration (defaults, file, `FIRSTCOME_*`), with the
+//!   sections of the crates below it.
+
+pub mod config;
+pub mod issuer;
+pub mod live;
+pub mod monitoring;
+pub mod outbox;
+mod platform;
+pub mod queue_guard;
+pub mod watcher;
+
+pub use config::Config;
+pub use platform::{Admitted, Platform, PlatformError};

@@ -1,0 +1,369 @@
+//! The running platform: the active campaigns and the services that act on them. Handlers,
+//! the campaign watcher and the CLI all go through it, so that a campaign is applied (database
+//! row, admission queue, issuer) in exactly one way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::issuer::Issuers;
+use crate::queue_guard::{GuardError, QueueGuard};
+use firstcome_admission::{Admission, AdmissionError, Admit};
+use firstcome_bus::{ConsumerSpec, EventBus};
+use firstcome_core::campaign::Campaign;
+use firstcome_plugin::PluginHost;
+use firstcome_plugin::host::RoleHandler;
+use firstcome_store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    #[error("the admission queue lost campaign {0} again after each rebuild")]
+    QueueUnstable(String),
+    #[error("the admission queue fell behind the database again after each rebuild of {0}")]
+    QueueBehind(String),
+    /// A new capacity below the requests already answered `202` would break their promise.
+    #[error("capacity {capacity} is below the {admitted} requests already admitted")]
+    CapacityBelowAdmitted { capacity: i64, admitted: i64 },
+    #[error("{0}")]
+    Plugin(String),
+}
+
+impl From<GuardError> for PlatformError {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::Store(e) => Self::Store(e),
+            GuardError::Admission(e) => Self::Admission(e),
+        }
+    }
+}
+
+/// Pause before a failed consumer group member is started again.
+const MEMBER_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Rebuilds tried for one request when the queue keeps losing a campaign's state.
+const REBUILD_ATTEMPTS: usize = 3;
+
+/// The result of an admission request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub outcome: Admit,
+    pub request_id: String,
+}
+
+/// The consumer groups of one host: one per plugin role any campaign names.
+#[derive(Debug)]
+struct Consumers {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    running: Mutex<BTreeSet<String>>,
+    started: Mutex<bool>,
+}
+
+/// Shared state of one host.
+#[derive(Debug)]
+pub struct Platform {
+    pub config: Config,
+    pub store: Store,
+    pub admission: Arc<dyn Admission>,
+    pub bus: Arc<dyn EventBus>,
+    pub issuers: Issuers,
+    /// The admission floor, the rebuild and the audit of lost admissions.
+    pub guard: Arc<QueueGuard>,
+    pub plugins: Arc<PluginHost>,
+    /// Change counters and snapshot streams for live views.
+    pub changes: Arc<firstcome_store::Changes>,
+    pub feeds: crate::live::Feeds,
+    consumers: Consumers,
+    campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
+    /// Campaign files refused at their last change, with the reason.
+    rejected: RwLock<BTreeMap<String, String>>,
+    /// Held by an admin change of a campaign from applying it to writing its file, and by the
+    /// watcher while it applies a file, so that changes are applied and written in one order.
+    campaign_writes: tokio::sync::Mutex<()>,
+    /// The text the admin API last wrote to each campaign file, whose document it applied:
+    /// the watcher does not apply it a second time.
+    admin_writes: Mutex<HashMap<String, String>>,
+}
+
+impl Platform {
+    pub fn new(
+        config: Config,
+        store: Store,
+        admission: Arc<dyn Admission>,
+        bus: Arc<dyn EventBus>,
+        issuers: Issuers,
+        plugins: Arc<PluginHost>,
+        tasks: (CancellationToken, TaskTracker),
+    ) -> Self {
+        let consumers = Consumers {
+            shutdown: tasks.0,
+            tracker: tasks.1,
+            running: Mutex::default(),
+            started: Mutex::new(false),
+        };
+        Self {
+            config,
+            store,
+            admission,
+            bus,
+            guard: issuers.guard(),
+            issuers,
+            changes: plugins.changes.clone(),
+            plugins,
+            feeds: crate::live::Feeds::default(),
+            consumers,
+            campaigns: RwLock::default(),
+            rejected: RwLock::default(),
+            campaign_writes: tokio::sync::Mutex::default(),
+            admin_writes: Mutex::default(),
+        }
+    }
+
+    /// Notes that the admin API wrote `text` to a campaign's file after applying it.
+    pub fn note_admin_write(&self, id: &str, text: &str) {
+        self.admin_writes
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), text.to_owned());
+    }
+
+    /// The text the admin API last wrote to a campaign's file, if it did.
+    pub fn admin_wrote(&self, id: &str) -> Option<String> {
+        self.admin_writes.lock().unwrap().get(id).cloned()
+    }
+
+    /// Serialises admin changes of campaigns (apply, then write the file) on this host.
+    pub async fn campaign_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.campaign_writes.lock().await
+    }
+
+    pub fn campaign(&self, id: &str) -> Option<Arc<Campaign>> {
+        self.campaigns.read().unwrap().get(id).cloned()
+    }
+
+    /// Active campaigns, by id.
+    pub fn campaigns(&self) -> Vec<Arc<Campaign>> {
+        let mut all: Vec<_> = self.campaigns.read().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Makes a validated campaign active (or updates it): its plugins are loaded and checked
+    /// first, a capacity below the requests already admitted is refused, then its database row
+    /// is written (which refuses a capacity below the coupons already issued), then its
+    /// admission state; only then are its plugins swapped in and
+    /// its issuer started. On error nothing changes in memory and the previous version stays.
+    pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
+        let plugins = self
+            .plugins
+            .prepare(&campaign)
+            .await
+            .map_err(PlatformError::Plugin)?;
+        let admitted = self.admission.counts(&campaign.id).await?.admitted;
+        if campaign.capacity < admitted {
+            return Err(PlatformError::CapacityBelowAdmitted {
+                capacity: campaign.capacity,
+                admitted,
+            });
+        }
+        self.store.upsert_campaign(&campaign).await?;
+        self.sync_admission(&campaign, false).await?;
+        let roles: Vec<String> = plugins.roles.keys().cloned().collect();
+        self.plugins.install(&campaign.id, plugins);
+        crate::monitoring::campaign_started(&campaign.id);
+        self.start_consumers(&roles);
+        let campaign = Arc::new(campaign);
+        self.campaigns
+            .write()
+            .unwrap()
+            .insert(campaign.id.clone(), campaign.clone());
+        self.issuers.run(campaign);
+        Ok(())
+    }
+
+    /// Stops a campaign: no more admissions; its coupons, history and queue stay.
+    pub async fn remove_campaign(&self, id: &str) -> Result<bool, PlatformError> {
+        let removed = self.campaigns.write().unwrap().remove(id).is_some();
+        if removed {
+            self.issuers.stop(id);
+            // Its plugins stay for the events still on their way, on fresh instances: the
+            // kept ones would hold pool slots for a campaign that is over.
+            self.plugins.drop_warm(id);
+            self.store.deactivate_campaign(id).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Writes the campaign into the admission queue, rebuilding it from the database's
+    /// coupons when the queue has nothing for it, holds less than the database issued, or
+    /// `force`. Returns whether it rebuilt.
+    pub async fn sync_admission(&self, c: &Campaign, force: bool) -> Result<bool, PlatformError> {
+        Ok(self.guard.resync(c, force).await?)
+    }
+
+    /// Admits a user's request against the campaign's floor (what the database has issued).
+    /// When the queue has lost the campaign (Redis restarted or was flushed) or holds less
+    /// than the floor (it came back from an older snapshot), it is rebuilt from the database
+    /// and the request tried again; if that keeps happening, the queue is reported unstable.
+    pub async fn admit(
+        &self,
+        c: &Campaign,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Admitted, PlatformError> {
+        let request_id = Uuid::now_v7().to_string();
+        let mut outcome = Admit::Unknown;
+        for attempt in 0..=REBUILD_ATTEMPTS {
+            if attempt > 0 {
+                self.sync_admission(c, false).await?;
+            }
+            let floor = self.guard.floor(&c.id).await;
+            outcome = match self
+                .admission
+                .admit(&c.id, user_id, &request_id, now, floor)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // Redis may be restarting: read the floor again before the next admission.
+                    self.guard.suspect();
+                    return Err(e.into());
+                }
+            };
+            if !matches!(outcome, Admit::Unknown | Admit::Behind) {
+                break;
+            }
+            if outcome == Admit::Behind {
+                tracing::warn!(campaign = %c.id, ?floor,
+                    "the admission queue is behind the database (restored from an older \
+                     snapshot?): rebuilding it");
+            }
+        }
+        let result = match outcome {
+            Admit::Admitted { .. } => "admitted",
+            Admit::Duplicate { .. } => "duplicate",
+            Admit::SoldOut => "sold_out",
+            Admit::Closed => "closed",
+            Admit::NotOpen => "not_open",
+            Admit::Unknown | Admit::Behind => "unavailable",
+        };
+        metrics::counter!("firstcome_admissions_total", "campaign" => c.id.clone(), "result" => result)
+            .increment(1);
+        match outcome {
+            Admit::Unknown => return Err(PlatformError::QueueUnstable(c.id.clone())),
+            Admit::Behind => return Err(PlatformError::QueueBehind(c.id.clone())),
+            Admit::Admitted { position } => {
+                self.guard.answered(&c.id, user_id, position);
+                self.issuers.wake(&c.id);
+                self.changes.bump(&c.id);
+            }
+            _ => {}
+        }
+        Ok(Admitted {
+            outcome,
+            request_id,
+        })
+    }
+
+    pub fn reject(&self, id: &str, reason: String) {
+        self.plugins.block(id, &reason);
+        self.rejected.write().unwrap().insert(id.to_owned(), reason);
+    }
+
+    pub fn clear_rejection(&self, id: &str) {
+        self.plugins.unblock(id);
+        self.rejected.write().unwrap().remove(id);
+    }
+
+    /// The consumer groups this host runs (one per plugin role), with the topic each reads.
+    pub fn consumer_groups(&self) -> Vec<(String, String)> {
+        let topic = self.config.outbox.topic.clone();
+        let running = self.consumers.running.lock().unwrap();
+        running.iter().map(|g| (g.clone(), topic.clone())).collect()
+    }
+
+    /// Starts the consumer group of each role not yet running. Before [`Self::enable_consumers`]
+    /// the roles are only noted, so that no group reads an event before every campaign
+    /// file has been applied at start-up.
+    fn start_consumers(&self, roles: &[String]) {
+        let mut running = self.consumers.running.lock().unwrap();
+        let started = *self.consumers.started.lock().unwrap();
+        for role in roles {
+            if running.insert(role.clone()) && started {
+                self.spawn_consumer(role);
+            }
+        }
+    }
+
+    /// Starts every noted group; from now on a new role starts its group at once.
+    pub fn enable_consumers(&self) {
+        let running = self.consumers.running.lock().unwrap();
+        let mut started = self.consumers.started.lock().unwrap();
+        if !*started {
+            *started = true;
+            for role in running.iter() {
+                self.spawn_consumer(role);
+            }
+        }
+    }
+
+    fn spawn_consumer(&self, role: &str) {
+        let spec = ConsumerSpec {
+            group: role.to_owned(),
+            topic: self.config.outbox.topic.clone(),
+            retry: self.config.consumers.retry(),
+            poll_interval: Duration::from_millis(self.config.consumers.poll_ms),
+        };
+        let handler = Arc::new(RoleHandler {
+            host: self.plugins.clone(),
+            role: role.to_owned(),
+        });
+        let (bus, token) = (self.bus.clone(), self.consumers.shutdown.clone());
+        let role = role.to_owned();
+        tracing::info!(group = %role, "consumer group started");
+        crate::monitoring::group_started(&role);
+        self.consumers.tracker.spawn(async move {
+            // A member that fails (the database or the broker went away mid-batch) is started
+            // again: it rejoins the group and resumes from the committed positions, and the
+            // events it had not committed come back and are dropped as already handled.
+            while !token.is_cancelled() {
+                let result = bus
+                    .run_consumer(spec.clone(), handler.clone(), token.clone())
+                    .await;
+                if token.is_cancelled() {
+                    break;
+                }
+                let reason = match result {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(group = %role, %reason, "consumer group member failed; restarting it");
+                metrics::counter!("firstcome_consumer_restarts_total", "group" => role.clone())
+                    .increment(1);
+                tokio::select! {
+                    () = tokio::time::sleep(MEMBER_RESTART_PAUSE) => {}
+                    () = token.cancelled() => {}
+                }
+            }
+        });
+    }
+
+    /// The token that stops this host's background tasks.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.consumers.shutdown.clone()
+    }
+
+    /// Campaign files refused at their last change, with why.
+    pub fn rejections(&self) -> BTreeMap<String, String> {
+        self.rejected.read().unwrap().clone()
+    }
+}

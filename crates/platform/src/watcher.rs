@@ -1,0 +1,386 @@
+//! The campaign folder: one `{campaign_id}.toml` per campaign, scanned every
+//! `campaigns_poll_ms` (scanning, rather than file-system notifications, behaves the same on
+//! every file system, including mounted volumes). The folder is read on a blocking thread, and
+//! only regular files (or symbolic links to them) of at most [`MAX_FILE_BYTES`] are read.
+//!
+//! A change is applied only once it has **settled**: the same text read on scans spanning at
+//! least `campaigns_settle_ms`, or a file whose modification time (of the file a link points
+//! to) is already that old when first read (`mv` of a file written earlier). An editor that
+//! saves in place, truncating the file and writing it piece by piece, is therefore as safe as
+//! `mv` of a finished file, as long as it does not pause longer than the settle time
+//! mid-write. A removal settles the same way, so a delete-then-create save does not stop the
+//! campaign. Text that was already applied (or refused) is never applied again; any other
+//! change, even a comment, is applied, which is how a plugin rebuilt at the same path is
+//! loaded. A change refused for a passing reason (the database or the queue unreachable) is
+//! tried again at the next scan.
+//!
+//! The version in force survives restarts: every applied document is kept in the database
+//! ([`firstcome_store::Store::applied_campaigns`]). At start-up that version runs when the file is
+//! refused, or still changing after three settle times (files changed just before start-up are
+//! waited for); a refused file is listed, with its reason, by the admin API until it is fixed.
+//! A file removed while the host was down stops its campaign. An unreadable folder changes
+//! nothing.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::{Platform, PlatformError};
+use firstcome_core::campaign::{Campaign, CampaignSpec, SpecError};
+use firstcome_store::StoreError;
+
+/// Largest campaign file read, in bytes; a larger one is refused.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads and validates one campaign file; the id is the file stem.
+pub fn load_file(path: &Path) -> Result<Campaign, String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| format!("{}: not a campaign file name", path.display()))?;
+    let text = read_bounded(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(stem, &text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The text of a regular file (or of the regular file a link points to) of at most
+/// [`MAX_FILE_BYTES`]. A FIFO, device or folder is refused without being opened for a
+/// blocking read; a file that grows past the limit while being read is refused too.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || "not a regular file".to_owned();
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let too_large = |size: u64| {
+        format!("the file is {size} bytes or more; a campaign file is at most {MAX_FILE_BYTES}")
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // Non-blocking, in case the path was replaced by a FIFO since the check.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_owned())
+}
+
+fn parse(id: &str, text: &str) -> Result<Campaign, SpecError> {
+    firstcome_core::campaign::validate_id(id)?;
+    Campaign::new(id, CampaignSpec::from_toml(text)?)
+}
+
+/// What became of a file's text.
+#[derive(Debug)]
+enum Decision {
+    /// Applied; this document runs (unless the admin API changed it since).
+    Applied(CampaignSpec),
+    Refused,
+}
+
+/// One campaign file as the watcher knows it.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// The text last decided on, and the decision.
+    decided: Option<(String, Decision)>,
+    /// Text read but not yet settled, and since when it has been read unchanged.
+    pending: Option<(String, Instant)>,
+    /// Since when the file has been missing.
+    missing_since: Option<Instant>,
+}
+
+/// What one read of a file found.
+#[derive(Debug)]
+struct Read {
+    path: PathBuf,
+    /// The text, or why it cannot be read (prefixed, so that it never equals a text).
+    text: Result<String, String>,
+    /// How long ago the file was last modified (zero when unknown or in the future).
+    age: Duration,
+}
+
+/// The `.toml` files of `dir`, by campaign id; `None` when the folder cannot be read.
+fn read_folder(dir: &Path) -> Option<HashMap<String, Read>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "cannot read campaign folder; nothing changes until it can be read");
+            return None;
+        }
+    };
+    let mut present = HashMap::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        // The age of what a link points to: a link touched long ago to a file written now
+        // is not settled.
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let text = read_bounded(&path);
+        present.insert(stem, Read { path, text, age });
+    }
+    Some(present)
+}
+
+/// Whether an apply failed for a passing reason (worth trying again at the next scan) rather
+/// than because of the document.
+fn passing(error: &PlatformError) -> bool {
+    match error {
+        PlatformError::Store(StoreError::CapacityBelowIssued { .. }) => false,
+        PlatformError::Store(_)
+        | PlatformError::Admission(_)
+        | PlatformError::QueueUnstable(_)
+        | PlatformError::QueueBehind(_) => true,
+        PlatformError::CapacityBelowAdmitted { .. } | PlatformError::Plugin(_) => false,
+    }
+}
+
+/// Watches one folder and applies what changes in it.
+#[derive(Debug)]
+pub struct Watcher {
+    dir: PathBuf,
+    platform: Arc<Platform>,
+    settle: Duration,
+    files: HashMap<String, Tracked>,
+}
+
+impl Watcher {
+    /// `settle`: how long a file's text must stay the same before it is applied.
+    pub fn new(dir: PathBuf, platform: Arc<Platform>, settle: Duration) -> Self {
+        Self {
+            dir,
+            platform,
+            settle,
+            files: HashMap::new(),
+        }
+    }
+
+    async fn read_folder(&self) -> Option<HashMap<String, Read>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || read_folder(&dir))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Start-up: puts the versions in force (from the database) back into service, then
+    /// applies the folder's settled files over them and stops campaigns whose file is gone.
+    pub async fn start(&mut self) {
+        let applied = match self.platform.store.applied_campaigns().await {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the versions in force; using the files only");
+                Vec::new()
+            }
+        };
+        let present = self.read_folder().await;
+        for campaign in applied {
+            let id = campaign.id.clone();
+            if present.as_ref().is_some_and(|p| !p.contains_key(&id)) {
+                // Removed while the host was down: stopped, as a removal is when running.
+                if let Err(e) = self.platform.store.deactivate_campaign(&id).await {
+                    tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
+                }
+                continue;
+            }
+            if let Err(e) = self.platform.apply_campaign(campaign).await {
+                tracing::error!(campaign = %id, error = %e, "the version in force cannot run");
+            }
+        }
+        if let Some(present) = present {
+            self.decide_all(present, true).await;
+        }
+        // Files changed just before start-up are waited for, so that the host serves what the
+        // folder says; a file that keeps changing is left to the running watcher.
+        let deadline = Instant::now() + self.settle * 3;
+        while self.files.values().any(|t| t.pending.is_some()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(present) = self.read_folder().await {
+                self.decide_all(present, true).await;
+            }
+        }
+    }
+
+    /// One pass over the folder.
+    pub async fn scan(&mut self) {
+        if let Some(present) = self.read_folder().await {
+            self.decide_all(present, false).await;
+        }
+    }
+
+    async fn decide_all(&mut self, present: HashMap<String, Read>, starting: bool) {
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|id| !present.contains_key(*id))
+            .cloned()
+            .collect();
+        for (id, read) in present {
+            self.decide(&id, read, starting).await;
+        }
+        let now = Instant::now();
+        for id in gone {
+            let Some(tracked) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let since = *tracked.missing_since.get_or_insert(now);
+            if now.duration_since(since) < self.settle {
+                continue;
+            }
+            self.files.remove(&id);
+            self.platform.clear_rejection(&id);
+            let _writing = self.platform.campaign_writes().await;
+            match self.platform.remove_campaign(&id).await {
+                Ok(true) => {
+                    tracing::info!(campaign = %id, "campaign file removed; campaign stopped")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),
+            }
+        }
+    }
+
+    /// Whether `text`, already decided on, still says what runs: it was refused, or the
+    /// document it applied is the one in force (the admin API may have changed it since).
+    fn still_decided(&self, id: &str, decided: &(String, Decision), text: &str) -> bool {
+        decided.0 == text
+            && match &decided.1 {
+                Decision::Refused => true,
+                Decision::Applied(spec) => {
+                    self.platform.campaign(id).is_some_and(|c| c.spec == *spec)
+                }
+            }
+    }
+
+    /// Applies, refuses or waits on one file.
+    async fn decide(&mut self, id: &str, read: Read, starting: bool) {
+        let settle = self.settle;
+        // An unreadable file is decided on as the text of its reason.
+        let (text, readable) = match &read.text {
+            Ok(text) => (text.clone(), true),
+            Err(reason) => (format!("\u{0}unreadable: {reason}"), false),
+        };
+        let tracked = self.files.entry(id.to_owned()).or_default();
+        tracked.missing_since = None;
+        let decided = tracked.decided.take();
+        let unchanged = decided
+            .as_ref()
+            .is_some_and(|d| self.still_decided(id, d, &text));
+        let tracked = self.files.get_mut(id).expect("just inserted");
+        tracked.decided = decided;
+        if unchanged {
+            tracked.pending = None;
+            return;
+        }
+        // The admin API wrote this text and applied its document.
+        if readable
+            && self.platform.admin_wrote(id).as_deref() == Some(text.as_str())
+            && let Some(running) = self.platform.campaign(id)
+        {
+            tracked.decided = Some((text, Decision::Applied(running.spec.clone())));
+            tracked.pending = None;
+            return;
+        }
+        let now = Instant::now();
+        let settled = match &tracked.pending {
+            Some((pending, since)) if *pending == text => now.duration_since(*since) >= settle,
+            _ => read.age >= settle,
+        };
+        if !settled {
+            if tracked.pending.as_ref().is_none_or(|(p, _)| *p != text) {
+                if starting && self.platform.campaign(id).is_some() {
+                    tracing::info!(campaign = %id,
+                        "campaign file is still changing; the version in force runs until it settles");
+                }
+                tracked.pending = Some((text, now));
+            }
+            return;
+        }
+        let reason = read.text.err();
+        let _writing = self.platform.campaign_writes().await;
+        // Read again under the lock: the admin API may have written or removed it since.
+        if readable && read_bounded(&read.path).ok().as_deref() != Some(text.as_str()) {
+            return;
+        }
+        let tracked = self.files.get_mut(id).expect("tracked above");
+        tracked.pending = None;
+        let campaign = match reason {
+            Some(reason) => Err(reason),
+            None => parse(id, &text).map_err(|e| e.to_string()),
+        };
+        let campaign = match campaign {
+            Ok(campaign) => campaign,
+            Err(reason) => {
+                tracked.decided = Some((text, Decision::Refused));
+                return self.refuse(id, &read.path, reason);
+            }
+        };
+        let spec = campaign.spec.clone();
+        let running = self.platform.campaign(id);
+        if starting && running.as_ref().is_some_and(|c| c.spec == spec) {
+            // The version restored from the database is this file's: nothing to apply.
+            tracked.decided = Some((text, Decision::Applied(spec)));
+            self.platform.clear_rejection(id);
+            return;
+        }
+        match self.platform.apply_campaign(campaign).await {
+            Ok(()) => {
+                tracked.decided = Some((text, Decision::Applied(spec)));
+                self.platform.clear_rejection(id);
+                tracing::info!(campaign = %id, "campaign applied");
+            }
+            Err(e) if passing(&e) => {
+                // Tried again at the next scan (the text stays settled).
+                tracked.pending = Some((text, now.checked_sub(settle).unwrap_or(now)));
+                tracing::warn!(campaign = %id, error = %e,
+                    "campaign file not applied yet; trying again");
+            }
+            Err(e) => {
+                tracked.decided = Some((text, Decision::Refused));
+                self.refuse(id, &read.path, e.to_string());
+            }
+        }
+    }
+
+    fn refuse(&self, id: &str, path: &Path, reason: String) {
+        tracing::error!(file = %path.display(), %reason,
+            "campaign file refused; the version in force (if any) stays");
+        self.platform
+            .reject(id, format!("{}: {reason}", path.display()));
+    }
+
+    pub async fn run(mut self, every: Duration, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => break,
+            }
+            self.scan().await;
+        }
+    }
+}

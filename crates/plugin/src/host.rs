@@ -1,0 +1,550 @@
+//! The plugins of every campaign, and the consumer-group handler that runs them.
+//!
+//! [`PluginHost::prepare`] loads a campaign's plugin sections (read, hash-check, compile
+//! through the cache, check `init`) without touching what runs; [`PluginHost::install`] then
+//! swaps the campaign's set in one step. A handler takes the campaign's current plugin at the
+//! start of each event, so an event in progress finishes on the version it started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::bindings::{CouponIssued as WitCouponIssued, Event};
+use super::runtime::{CounterSnapshot, Plugin, Runtime};
+use super::services::Services;
+use firstcome_bus::{Delivered, Handler, HandlerError};
+use firstcome_core::campaign::Campaign;
+use firstcome_core::clock::now_ms;
+use firstcome_core::event::{COUPON_ISSUED, CouponIssued, Envelope};
+use firstcome_core::plugin_spec::Capability;
+use firstcome_store::{Effects, Pending, PluginWrites, Scope, Store};
+
+/// One campaign's plugins, by role.
+#[derive(Debug, Default)]
+pub struct CampaignPlugins {
+    pub capacity: i64,
+    pub roles: BTreeMap<String, Arc<Plugin>>,
+}
+
+/// A campaign's statistics as subscribers see them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct StatsSnapshot {
+    pub campaign_id: String,
+    pub capacity: i64,
+    pub issued: i64,
+    pub remaining: i64,
+    /// Estimated revenue: the sum of issued coupons' values.
+    pub revenue: i64,
+    pub by_gender: BTreeMap<String, i64>,
+    pub by_age_group: BTreeMap<String, i64>,
+    /// Every counter, by name (including ones a custom stats plugin adds).
+    pub counters: BTreeMap<String, i64>,
+    pub at_ms: i64,
+}
+
+impl StatsSnapshot {
+    pub fn new(campaign_id: &str, capacity: i64, counters: BTreeMap<String, i64>) -> Self {
+        let pick = |prefix: &str| -> BTreeMap<String, i64> {
+            counters
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|g| (g.to_owned(), *v)))
+                .collect()
+        };
+        let issued = counters.get("issued").copied().unwrap_or(0);
+        Self {
+            campaign_id: campaign_id.to_owned(),
+            capacity,
+            issued,
+            remaining: capacity.saturating_sub(issued).max(0),
+            revenue: counters.get("revenue").copied().unwrap_or(0),
+            by_gender: pick("gender."),
+            by_age_group: pick("age_group."),
+            counters,
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// One plugin as the admin API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct PluginStatus {
+    pub campaign_id: String,
+    pub role: String,
+    pub version: String,
+    pub path: String,
+    pub grants: Vec<Capability>,
+    pub timeout_ms: u64,
+    pub memory_mb: usize,
+    /// Events one instance may serve (`reuse`; 1: a fresh instance per event).
+    pub reuse: u32,
+    /// Instances kept for the next events right now.
+    pub warm_instances: usize,
+    pub counters: CounterSnapshot,
+}
+
+/// Every campaign's plugins, and what they need to run.
+#[derive(Debug)]
+pub struct PluginHost {
+    pub runtime: Arc<Runtime>,
+    services: Arc<dyn Services>,
+    store: Store,
+    /// Relative plugin paths are taken from here (the campaign folder).
+    base_dir: PathBuf,
+    active: RwLock<HashMap<String, Arc<CampaignPlugins>>>,
+    /// Campaigns whose file is refused: their events are retried (and dead-lettered) rather
+    /// than skipped, so that nothing is silently dropped while the file is being fixed.
+    blocked: RwLock<HashMap<String, String>>,
+    /// Change counters of live views; a stats plugin's `publish` bumps its campaign's.
+    pub changes: Arc<firstcome_store::Changes>,
+    swaps: AtomicU64,
+}
+
+impl PluginHost {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        services: Arc<dyn Services>,
+        store: Store,
+        base_dir: PathBuf,
+        changes: Arc<firstcome_store::Changes>,
+    ) -> Self {
+        Self {
+            runtime,
+            services,
+            store,
+            base_dir,
+            active: RwLock::default(),
+            blocked: RwLock::default(),
+            changes,
+            swaps: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads and checks every plugin a campaign names, reusing what is already running when
+    /// a section did not change. Nothing running changes; the first problem is returned.
+    pub async fn prepare(&self, campaign: &Campaign) -> Result<CampaignPlugins, String> {
+        let current = self.active.read().unwrap().get(&campaign.id).cloned();
+        let mut roles = BTreeMap::new();
+        for (role, spec) in &campaign.spec.plugins {
+            spec.validate(role)?;
+            let path = spec.resolve(&self.base_dir);
+            let fail =
+                |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
+            let compiled = self
+                .runtime
+                .fetch(&path, spec.sha256.as_deref())
+                .await
+                .map_err(|e| fail(&e))?;
+            let running = current.as_ref().and_then(|c| c.roles.get(role));
+            if let Some(running) = running
+                && running.compiled.version == compiled.version
+                && *running.spec == *spec
+                && running.path == path
+            {
+                roles.insert(role.clone(), running.clone());
+                continue;
+            }
+            let scope = Scope {
+                campaign_id: campaign.id.clone(),
+                role: role.clone(),
+            };
+            let plugin = self
+                .runtime
+                .start(
+                    scope,
+                    path.clone(),
+                    compiled,
+                    spec.clone(),
+                    self.services.clone(),
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            roles.insert(role.clone(), Arc::new(plugin));
+        }
+        Ok(CampaignPlugins {
+            capacity: campaign.capacity,
+            roles,
+        })
+    }
+
+    /// Makes a prepared set the campaign's plugins, in one step.
+    pub fn install(&self, campaign_id: &str, plugins: CampaignPlugins) {
+        let plugins = Arc::new(plugins);
+        let old = self
+            .active
+            .write()
+            .unwrap()
+            .insert(campaign_id.to_owned(), plugins.clone());
+        self.blocked.write().unwrap().remove(campaign_id);
+        for (role, plugin) in &plugins.roles {
+            let before = old
+                .as_ref()
+                .and_then(|o| o.roles.get(role))
+                .map(|p| p.version().to_owned());
+            if before.as_deref() != Some(plugin.version()) {
+                if before.is_some() {
+                    self.swaps.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(campaign = %campaign_id, %role, version = %plugin.version(),
+                    previous = before.as_deref().unwrap_or("none"), "plugin in service");
+            }
+        }
+    }
+
+    /// Records that a campaign's file is refused (its events wait rather than being skipped).
+    pub fn block(&self, campaign_id: &str, reason: &str) {
+        if !self.active.read().unwrap().contains_key(campaign_id) {
+            self.blocked
+                .write()
+                .unwrap()
+                .insert(campaign_id.to_owned(), reason.to_owned());
+        }
+    }
+
+    pub fn unblock(&self, campaign_id: &str) {
+        self.blocked.write().unwrap().remove(campaign_id);
+    }
+
+    /// The roles any campaign names.
+    pub fn roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .active
+            .read()
+            .unwrap()
+            .values()
+            .flat_map(|c| c.roles.keys().cloned())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
+    pub fn plugin(&self, campaign_id: &str, role: &str) -> Option<Arc<Plugin>> {
+        self.active
+            .read()
+            .unwrap()
+            .get(campaign_id)
+            .and_then(|c| c.roles.get(role).cloned())
+    }
+
+    /// Drops the instances a campaign's plugins keep (`reuse`); later events get fresh ones.
+    pub fn drop_warm(&self, campaign_id: &str) {
+        if let Some(c) = self.active.read().unwrap().get(campaign_id) {
+            for plugin in c.roles.values() {
+                plugin.drop_warm();
+            }
+        }
+    }
+
+    /// How many times a running plugin was replaced by another version.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        let active = self.active.read().unwrap();
+        let mut all: Vec<PluginStatus> = active
+            .values()
+            .flat_map(|c| c.roles.values())
+            .map(|p| PluginStatus {
+                campaign_id: p.scope.campaign_id.clone(),
+                role: p.scope.role.clone(),
+                version: p.version().to_owned(),
+                path: p.path.display().to_string(),
+                grants: p.spec.grants.iter().copied().collect(),
+                timeout_ms: p.timeout.as_millis() as u64,
+                memory_mb: p.memory_bytes >> 20,
+                reuse: p.reuse,
+                warm_instances: p.warm_instances(),
+                counters: p.counters.snapshot(),
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.campaign_id, &a.role).cmp(&(&b.campaign_id, &b.role)));
+        all
+    }
+
+    pub async fn stats(&self, campaign: &Campaign) -> firstcome_store::Result<StatsSnapshot> {
+        let counters = self.store.campaign_stats(&campaign.id).await?;
+        Ok(StatsSnapshot::new(
+            &campaign.id,
+            campaign.capacity,
+            counters,
+        ))
+    }
+
+    /// Runs the plugin the event's campaign names for `role` on one event, applying nothing:
+    /// what it wrote, with where it goes, or `None` when the campaign has no plugin for the
+    /// role (nothing to do).
+    /// `pending` holds, per scope, what earlier events of the same batch wrote (the plugin
+    /// reads it as committed); this event's writes are added to it.
+    async fn run(
+        &self,
+        role: &str,
+        delivered: &Delivered,
+        pending: &mut HashMap<Scope, Arc<Pending>>,
+    ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
+        let envelope: Envelope<serde_json::Value> =
+            serde_json::from_str(&delivered.message.payload)
+                .map_err(|e| HandlerError::Permanent(format!("undecodable event: {e}")))?;
+        let campaign_id = envelope.campaign_id.clone();
+        let (plugin, capacity) = {
+            let active = self.active.read().unwrap();
+            match active.get(&campaign_id) {
+                Some(c) => (c.roles.get(role).cloned(), c.capacity),
+                None => (None, 0),
+            }
+        };
+        let Some(plugin) = plugin else {
+            if let Some(reason) = self.blocked.read().unwrap().get(&campaign_id) {
+                return Err(HandlerError::Retryable(format!(
+                    "campaign {campaign_id} has no plugins loaded: its file is refused: {reason}"
+                )));
+            }
+            // The campaign has no plugin for this role: nothing to do.
+            return Ok(None);
+        };
+        let event = wit_event(envelope, capacity)?;
+        let result = self
+            .runtime
+            .call_after(
+                &plugin,
+                &delivered.message.event_id,
+                &event,
+                self.services.clone(),
+                pending.get(&plugin.scope).cloned(),
+            )
+            .await;
+        match result {
+            Ok(effects) => {
+                if !effects.kv.is_empty() || !effects.counters.is_empty() {
+                    let earlier = pending.entry(plugin.scope.clone()).or_default();
+                    Arc::make_mut(earlier).absorb(&effects);
+                }
+                Ok(Some((plugin, effects)))
+            }
+            Err(e) => {
+                tracing::warn!(campaign = %campaign_id, %role, version = %plugin.version(),
+                    event_id = %delivered.message.event_id, error = %e, "plugin call failed");
+                Err(e.to_handler_error(&format!("{role} plugin {}", plugin.version())))
+            }
+        }
+    }
+
+    /// Handles one event for one role: runs the event's campaign's plugin for the role, then
+    /// applies what it wrote together with the group's processed mark.
+    pub async fn handle(&self, role: &str, delivered: &Delivered) -> Result<(), HandlerError> {
+        let Some((plugin, effects)) = self.run(role, delivered, &mut HashMap::new()).await? else {
+            return Ok(());
+        };
+        let applied = self
+            .store
+            .commit_effects(
+                role,
+                &delivered.message.event_id,
+                &plugin.scope,
+                &effects,
+                now_ms(),
+            )
+            .await
+            .map_err(write_error)?;
+        if applied && effects.publish_stats {
+            self.changes.bump(&plugin.scope.campaign_id);
+        }
+        Ok(())
+    }
+
+    /// Handles events for one role as one unit of work: runs each event's plugin in order up
+    /// to the first failure (or until [`BATCH_TIME`] is spent), then applies what the ones
+    /// before it wrote, with their processed marks, in one transaction. When that transaction
+    /// fails (a counter that the batch's sum would overflow, say), the events are applied one
+    /// by one instead, so that only the event at fault fails. When an event turns out to be
+    /// processed already (another member of the group handled it), the events after it ran on
+    /// its writes as if pending: they run again. See [`Handler::handle_batch`].
+    pub async fn handle_batch(
+        &self,
+        role: &str,
+        events: &[Delivered],
+    ) -> (usize, Option<HandlerError>) {
+        let started = std::time::Instant::now();
+        let mut start = 0;
+        'batches: while start < events.len() {
+            let mut ran = Vec::new();
+            let mut failed = None;
+            let mut pending = HashMap::new();
+            for delivered in &events[start..] {
+                if !ran.is_empty() && started.elapsed() >= BATCH_TIME {
+                    break;
+                }
+                match self.run(role, delivered, &mut pending).await {
+                    Ok(done) => ran.push((delivered.message.event_id.as_str(), done)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Which of `ran` each write belongs to.
+            let (places, writes): (Vec<usize>, Vec<PluginWrites<'_>>) = ran
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (event_id, done))| {
+                    let (plugin, effects) = done.as_ref()?;
+                    let write = PluginWrites {
+                        event_id,
+                        scope: &plugin.scope,
+                        effects,
+                    };
+                    Some((i, write))
+                })
+                .unzip();
+            let outcome = if writes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store
+                    .commit_effects_batch(role, &writes, now_ms())
+                    .await
+            };
+            match outcome {
+                Ok(applied) => {
+                    for (w, applied) in writes.iter().zip(&applied) {
+                        if *applied && w.effects.publish_stats {
+                            self.changes.bump(&w.scope.campaign_id);
+                        }
+                    }
+                    if applied.len() < writes.len() {
+                        // Done up to an event processed elsewhere; the rest run again.
+                        let last = applied.len().saturating_sub(1);
+                        start += places.get(last).map_or(1, |place| place + 1);
+                        continue 'batches;
+                    }
+                    let done = start + ran.len();
+                    if failed.is_some() || done == events.len() {
+                        return (done, failed);
+                    }
+                    // Out of time: the caller goes on with the rest.
+                    return (done, None);
+                }
+                Err(e) => {
+                    tracing::debug!(%role, events = writes.len(), error = %e,
+                        "a batch's plugin writes failed together; applying them one by one");
+                    // What the instances remember of these events was never applied.
+                    for (_, done) in &ran {
+                        if let Some((plugin, _)) = done {
+                            plugin.drop_warm();
+                        }
+                    }
+                    for (i, (event_id, done)) in ran.iter().enumerate() {
+                        let Some((plugin, effects)) = done else {
+                            continue;
+                        };
+                        let now = now_ms();
+                        match self
+                            .store
+                            .commit_effects(role, event_id, &plugin.scope, effects, now)
+                            .await
+                        {
+                            Ok(true) => {
+                                if effects.publish_stats {
+                                    self.changes.bump(&plugin.scope.campaign_id);
+                                }
+                            }
+                            // Processed elsewhere: the events after it run again.
+                            Ok(false) => {
+                                start += i + 1;
+                                continue 'batches;
+                            }
+                            Err(e) => return (start + i, Some(write_error(e))),
+                        }
+                    }
+                    return (start + ran.len(), failed);
+                }
+            }
+        }
+        (events.len(), None)
+    }
+}
+
+/// How long a batch runs plugins before it commits what it has: bounds how long a group
+/// member holds its events (and, on the embedded bus, its lease) between commits.
+pub const BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a failed write of a plugin's effects means for its event.
+fn write_error(e: firstcome_store::StoreError) -> HandlerError {
+    let message = format!("applying the plugin's writes: {e}");
+    // An overflowing counter overflows again on every retry.
+    if matches!(e, firstcome_store::StoreError::Overflow { .. }) {
+        HandlerError::Permanent(message)
+    } else {
+        HandlerError::Retryable(message)
+    }
+}
+
+/// The WIT event of a bus envelope.
+pub fn wit_event(
+    envelope: Envelope<serde_json::Value>,
+    capacity: i64,
+) -> Result<Event, HandlerError> {
+    if envelope.event_type != COUPON_ISSUED {
+        return Err(HandlerError::Permanent(format!(
+            "event type {:?} is not one this host's plugins know",
+            envelope.event_type
+        )));
+    }
+    let p: CouponIssued = serde_json::from_value(envelope.payload)
+        .map_err(|e| HandlerError::Permanent(format!("undecodable coupon.issued payload: {e}")))?;
+    let millis = |field: &str, text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| HandlerError::Permanent(format!("{field} {text:?}: {e}")))
+    };
+    Ok(Event::CouponIssued(WitCouponIssued {
+        event_id: envelope.event_id,
+        campaign_id: envelope.campaign_id,
+        campaign_name: p.campaign_name,
+        campaign_value: p.campaign_value,
+        campaign_capacity: capacity,
+        coupon_id: p.coupon_id,
+        coupon_code: p.coupon_code,
+        position: p.position,
+        user_id: p.user_id,
+        email: p.email,
+        fcm_token: p.fcm_token,
+        gender: p.gender,
+        age_group: p.age_group,
+        issued_at_ms: millis("issued_at", &p.issued_at)?,
+        expires_at_ms: p
+            .expires_at
+            .as_deref()
+            .map(|t| millis("expires_at", t))
+            .transpose()?,
+    }))
+}
+
+/// The consumer group of one role.
+#[derive(Debug, Clone)]
+pub struct RoleHandler {
+    pub host: Arc<PluginHost>,
+    pub role: String,
+}
+
+#[async_trait]
+impl Handler for RoleHandler {
+    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
+        self.host.handle(&self.role, event).await
+    }
+
+    async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
+        self.host.handle_batch(&self.role, events).await
+    }
+
+    /// An event with a plugin is recorded with the plugin's writes; one whose campaign has no
+    /// plugin for the role writes nothing and is not recorded. If it comes again (a
+    /// redelivery after a crash or a rebalance), it runs under the campaign's plugins as they
+    /// are then: nothing again, or a plugin the campaign gained meanwhile.
+    fn records_processed(&self) -> bool {
+        true
+    }
+}
