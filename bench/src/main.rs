@@ -236,7 +236,7 @@ async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow
     // `410 sold_out`, so nothing is written, issued or published — the admission path alone,
     // with no pipeline working beside it.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while platform.store.issued_count(&id).await? < n as i64 {
+    while platform.store().issued_count(&id).await? < n as i64 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the campaign's coupons were not all issued within 120 s"
@@ -634,7 +634,7 @@ async fn kafka_latency(brokers: &str, plugins: &std::path::Path) -> anyhow::Resu
         platform
             .admit(
                 &campaign,
-                &format!("user-{i}"),
+                &firstcome_core::user::UserId::parse(&format!("user-{i}"))?,
                 firstcome_core::clock::now_ms(),
             )
             .await?;
@@ -713,7 +713,7 @@ async fn sse_phase(args: &Args, subscribers: usize) -> anyhow::Result<f64> {
         platform
             .admit(
                 &campaign,
-                &format!("user-{i}"),
+                &firstcome_core::user::UserId::parse(&format!("user-{i}"))?,
                 firstcome_core::clock::now_ms(),
             )
             .await?;

@@ -144,8 +144,8 @@ impl App {
         watcher.start().await;
         // Every campaign file is applied: the consumer groups may start reading.
         platform.enable_consumers();
-        tracing::info!(admission = platform.admission.kind(),
-            guarantee = %platform.admission.durability().await, "what an answered 202 survives");
+        tracing::info!(admission = platform.admission().kind(),
+            guarantee = %platform.admission().durability().await, "what an answered 202 survives");
         tracker.spawn(watcher.run(
             Duration::from_millis(config.campaigns_poll_ms),
             shutdown.clone(),
@@ -185,12 +185,12 @@ impl App {
         let router = firstcome_api::router(self.platform.clone());
         let token = self.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "serving");
-        let limits = self.platform.config.http.clone();
+        let limits = self.platform.config().http.clone();
         firstcome_api::server::serve(self.listener, router, &limits, token).await;
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        self.platform.store.close().await;
+        self.platform.store().close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -340,7 +340,7 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
     );
     assert!(
         !app.platform
-            .config
+            .config()
             .campaigns_dir()
             .join("new-one.toml")
             .exists(),

@@ -18,7 +18,7 @@ fn cli() -> std::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_files_apply_live() {
     let app = spawn_app(Backend::Embedded).await;
-    let dir = app.platform.config.campaigns_dir();
+    let dir = app.platform.config().campaigns_dir();
     let file = dir.join("live.toml");
     let view = |app: &crate::helpers::TestApp| {
         let url = app.url("/api/v1/campaigns/live");
@@ -94,7 +94,7 @@ async fn campaign_files_apply_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_writes_campaign_files_and_profiles() {
     let app = spawn_app(Backend::Embedded).await;
-    let dir = app.platform.config.campaigns_dir();
+    let dir = app.platform.config().campaigns_dir();
     let doc = json!({"name": "Admin made", "capacity": 10, "value": 2500,
                      "coupon_expires_at": "2031-01-01T00:00:00Z", "chunk_size": 5});
     let r = app
@@ -263,7 +263,7 @@ async fn concurrent_changes_of_one_campaign(backend: Backend) {
     );
     let file = app
         .platform
-        .config
+        .config()
         .campaigns_dir()
         .join(format!("{id}.toml"));
     let written = CampaignSpec::from_toml(&std::fs::read_to_string(file).unwrap()).unwrap();

@@ -649,7 +649,7 @@ async fn redis_without_persistence_loses_its_queue_truthfully() {
     }
     app.wait_issued(&id, 30, 20).await;
     // The issuer pauses, so that the next 50 wait in the queue when Redis goes.
-    app.platform.issuers.stop(&id);
+    app.platform.issuers().stop(&id);
     for i in 0..50 {
         assert_eq!(app.request(&id, &format!("queued{i}")).await.0, 202);
         assert_eq!(
@@ -667,7 +667,7 @@ async fn redis_without_persistence_loses_its_queue_truthfully() {
     }
     // The issuer finds the queue gone, rebuilds it and counts what this host had promised.
     let campaign = app.platform.campaign(&id).unwrap();
-    app.platform.issuers.run(campaign);
+    app.platform.issuers().run(campaign);
     wait_for(20, || async {
         metric(&app, "firstcome_admissions_lost_total", &id).await == 50
     })
@@ -688,7 +688,7 @@ async fn redis_without_persistence_loses_its_queue_truthfully() {
         metric(&app, "firstcome_admissions_lost_total", &id).await,
         50
     );
-    wait_for(10, || async { app.platform.guard.unconfirmed(&id) == 0 })
+    wait_for(10, || async { app.platform.guard().unconfirmed(&id) == 0 })
         .await
         .expect("the host has seen every coupon it promised");
     app.stop().await;
@@ -701,7 +701,7 @@ async fn capacity_below_admitted_is_refused(backend: Backend) {
     let backends = Backends::open(backend, dir.path()).await;
     let app = spawn_app_on(backends, dir, |_| {}).await;
     let id = app.campaign(spec(10)).await;
-    app.platform.issuers.stop(&id);
+    app.platform.issuers().stop(&id);
     for i in 0..5 {
         assert_eq!(app.request(&id, &format!("u{i}")).await.0, 202);
     }
@@ -722,7 +722,7 @@ async fn capacity_below_admitted_is_refused(backend: Backend) {
     );
     apply(5).await.unwrap();
     app.platform
-        .issuers
+        .issuers()
         .run(app.platform.campaign(&id).unwrap());
     app.wait_issued(&id, 5, 20).await;
     assert_eq!(app.request(&id, "late").await.1["code"], "sold_out");

@@ -385,7 +385,7 @@ async fn broker_outage_while_issuing_loses_nothing() {
     );
     let on_topic: HashSet<String> = app
         .platform
-        .bus
+        .bus()
         .fetch(&topic, 10_000)
         .await
         .unwrap()

@@ -16,7 +16,7 @@ use crate::helpers::{
 /// The dead letters of the embedded event log's topic.
 async fn dead_letters(app: &TestApp) -> Vec<firstcome_bus::Delivered> {
     app.platform
-        .bus
+        .bus()
         .fetch("coupon-issued.DLT", 100)
         .await
         .unwrap()
@@ -64,7 +64,7 @@ async fn a_huge_error_does_not_wedge_the_group(backend: Backend) {
     assert!(error.len() <= 4096, "dlt.error is {} bytes", error.len());
     assert!(error.contains("hhhh") && error.contains("[cut "), "{error}");
     // The group stores its position just after it commits the batch's writes.
-    let bus = app.platform.bus.clone();
+    let bus = app.platform.bus().clone();
     wait_for(10, || async {
         bus.lag("bad", "coupon-issued").await.unwrap() == 0
     })

@@ -496,7 +496,7 @@ async fn misbehaving_plugins_are_stopped_and_dead_lettered() {
     for i in 0..40 {
         assert_eq!(app.request(&healthy, &format!("h{i}")).await.0, 202);
     }
-    let bus = app.platform.bus.clone();
+    let bus = app.platform.bus().clone();
     wait_for(60, || async {
         bus.fetch("coupon-issued.DLT", 100).await.unwrap().len() >= cases.len()
     })
@@ -586,7 +586,7 @@ async fn a_swap_under_load_loses_and_repeats_nothing(backend: Backend) {
     let other = app.campaign(with_history(spec(50))).await;
     let file = app
         .platform
-        .config
+        .config()
         .campaigns_dir()
         .join(format!("{id}.toml"));
     std::fs::write(&file, with_history(spec(300)).to_toml()).unwrap();
@@ -608,7 +608,7 @@ async fn a_swap_under_load_loses_and_repeats_nothing(backend: Backend) {
                 if i == 150 {
                     let swapped = || async {
                         platform
-                            .plugins
+                            .plugins()
                             .plugin(&id, "history")
                             .is_some_and(|p| p.version() == new_version)
                     };
@@ -674,7 +674,7 @@ async fn a_swap_under_load_loses_and_repeats_nothing(backend: Backend) {
         others.iter().all(|h| h.handled_by == old_version),
         "two versions side by side"
     );
-    assert_eq!(app.platform.plugins.swaps(), 1);
+    assert_eq!(app.platform.plugins().swaps(), 1);
     app.stop().await;
 }
 
@@ -694,7 +694,7 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
         .unwrap();
     let running = app
         .platform
-        .plugins
+        .plugins()
         .plugin(&id, "history")
         .unwrap()
         .version()
@@ -761,14 +761,14 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
         assert!(err.contains(reason), "wanted {reason:?} in {err:?}");
         assert_eq!(
             app.platform
-                .plugins
+                .plugins()
                 .plugin(&id, "history")
                 .unwrap()
                 .version(),
             running,
             "the old version stays"
         );
-        assert!(app.platform.plugins.plugin(&id, "notification").is_none());
+        assert!(app.platform.plugins().plugin(&id, "notification").is_none());
     }
 
     // The admin API refuses the same with a 422 and the reason.
@@ -797,7 +797,7 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
     // Through the folder: the file is refused, the reason is shown, the old version stays.
     let file = app
         .platform
-        .config
+        .config()
         .campaigns_dir()
         .join(format!("{id}.toml"));
     std::fs::write(
@@ -811,7 +811,7 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
     assert!(app.platform.rejections()[&id].contains("core WebAssembly module"));
     assert_eq!(
         app.platform
-            .plugins
+            .plugins()
             .plugin(&id, "history")
             .unwrap()
             .version(),

@@ -181,7 +181,7 @@ async fn a_consumer_group_reuses_instances_up_to_the_bound(backend: Backend) {
     assert!(status["warm_instances"].as_u64().unwrap() <= 1, "{status}");
     // A campaign that is over keeps its plugins for late events, but no instances.
     assert!(app.platform.remove_campaign(&id).await.unwrap());
-    let plugin = app.platform.plugins.plugin(&id, "memory").unwrap();
+    let plugin = app.platform.plugins().plugin(&id, "memory").unwrap();
     assert_eq!(plugin.warm_instances(), 0);
     app.stop().await;
 }

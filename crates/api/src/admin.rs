@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::campaigns::{CampaignView, view};
-use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, check_user_id};
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use super::schema::{Email, FcmToken, UserId};
 use firstcome_core::campaign::{Campaign, CampaignSpec, validate_id};
 use firstcome_platform::Platform;
@@ -33,7 +33,7 @@ impl FromRequestParts<Arc<Platform>> for Admin {
     ) -> Result<Self, ApiError> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let Some(expected) = platform
-            .config
+            .config()
             .admin_token
             .as_deref()
             .filter(|t| !t.is_empty())
@@ -60,7 +60,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn campaign_file(platform: &Platform, id: &str) -> std::path::PathBuf {
-    platform.config.campaigns_dir().join(format!("{id}.toml"))
+    platform.config().campaigns_dir().join(format!("{id}.toml"))
 }
 
 /// A campaign file written beside its place (a temporary name the watcher does not read) and
@@ -282,7 +282,7 @@ pub use firstcome_core::user::{AGE_GROUPS, GENDERS};
 
 impl ProfileBody {
     fn into_profile(self, user_id: String) -> Result<UserProfile, String> {
-        check_user_id(&user_id).map_err(|e| e.message)?;
+        firstcome_core::user::UserId::parse(&user_id).map_err(|e| e.to_string())?;
         if let Some(email) = &self.email
             && !firstcome_core::user::is_email(email)
         {
@@ -337,7 +337,6 @@ pub async fn put_user(
         .into_profile(user_id)
         .map_err(|m| ApiError::unprocessable("invalid_user", m))?;
     platform
-        .store
         .upsert_users(std::slice::from_ref(&profile))
         .await?;
     Ok(Json(profile))
@@ -418,7 +417,7 @@ pub async fn put_users(
             .map_err(|m| ApiError::unprocessable("invalid_user", format!("users[{i}]: {m}")))?;
         profiles.push(profile);
     }
-    platform.store.upsert_users(&profiles).await?;
+    platform.upsert_users(&profiles).await?;
     Ok(Json(BulkDone {
         upserted: profiles.len(),
     }))
@@ -460,7 +459,7 @@ pub async fn consumers(
 ) -> Result<Json<Consumers>, ApiError> {
     let mut consumers = Vec::new();
     for (group, topic) in platform.consumer_groups() {
-        let lag = platform.bus.lag(&group, &topic).await.map_err(|e| {
+        let lag = platform.consumer_lag(&group, &topic).await.map_err(|e| {
             tracing::warn!(error = %e, group, "cannot read consumer lag");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -471,7 +470,7 @@ pub async fn consumers(
         consumers.push(ConsumerLag { group, topic, lag });
     }
     Ok(Json(Consumers {
-        bus: platform.bus.kind(),
+        bus: platform.bus_kind(),
         consumers,
     }))
 }
@@ -495,7 +494,7 @@ pub struct Plugins {
 )]
 pub async fn plugins(_: Admin, State(platform): State<Arc<Platform>>) -> Json<Plugins> {
     Json(Plugins {
-        plugins: platform.plugins.statuses(),
-        swaps: platform.plugins.swaps(),
+        plugins: platform.plugin_statuses(),
+        swaps: platform.plugin_swaps(),
     })
 }

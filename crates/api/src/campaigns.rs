@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ApiPath, ErrorBody};
 use super::requests::CampaignParam;
-use firstcome_core::campaign::{Campaign, WindowState};
+use firstcome_core::campaign::{Campaign, CampaignState};
 use firstcome_core::clock::{now_ms, to_rfc3339};
 use firstcome_platform::Platform;
 
@@ -32,13 +32,13 @@ pub struct CampaignView {
     coupon_expires_at: Option<String>,
     /// Requests issued per database transaction.
     chunk_size: u32,
-    /// `not_open`, `open`, `sold_out` or `closed`.
-    #[schema(value_type = super::schema::CampaignState)]
-    status: &'static str,
+    /// Where the campaign stands: its window, then whether coupons remain.
+    status: CampaignState,
     capacity: i64,
     admitted: i64,
     issued: i64,
-    /// Coupons still to be had: capacity less what was admitted (or issued, if more).
+    /// Coupons still to be had: capacity less what was admitted (or issued, if more)
+    /// ([`Counts::remaining`](firstcome_core::campaign::Counts::remaining)).
     remaining: i64,
     queued: i64,
     /// The plugin version (`sha256:...`) handling each role.
@@ -46,15 +46,7 @@ pub struct CampaignView {
 }
 
 pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, ApiError> {
-    let counts = platform.admission.counts(&c.id).await?;
-    let issued = platform.store.issued_count(&c.id).await?;
-    let remaining = (c.capacity - counts.admitted.max(issued)).max(0);
-    let status = match c.window_state(now_ms()) {
-        WindowState::NotOpen => "not_open",
-        WindowState::Closed => "closed",
-        WindowState::Open if remaining == 0 => "sold_out",
-        WindowState::Open => "open",
-    };
+    let counts = platform.counts(c).await?;
     Ok(CampaignView {
         id: c.id.clone(),
         name: c.name.clone(),
@@ -63,21 +55,13 @@ pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, Api
         closes_at: c.closes_at.map(to_rfc3339),
         coupon_expires_at: c.coupon_expires_at.map(to_rfc3339),
         chunk_size: c.chunk_size,
-        status,
+        status: c.state(now_ms(), &counts),
         capacity: c.capacity,
         admitted: counts.admitted,
-        issued,
-        remaining,
+        issued: counts.issued,
+        remaining: counts.remaining(),
         queued: counts.queued,
-        plugins: c
-            .spec
-            .plugins
-            .keys()
-            .filter_map(|role| {
-                let p = platform.plugins.plugin(&c.id, role)?;
-                Some((role.clone(), p.version().to_owned()))
-            })
-            .collect(),
+        plugins: platform.plugin_versions(c),
     })
 }
 
@@ -148,5 +132,5 @@ pub async fn stats(
     let c = platform
         .campaign(&campaign_id)
         .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
-    Ok(Json(platform.plugins.stats(&c).await?))
+    Ok(Json(platform.plugin_stats(&c).await?))
 }

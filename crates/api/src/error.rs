@@ -210,8 +210,3 @@ pub struct ApiQuery<T>(pub T);
 pub fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     UserId::parse(user_id).map_err(|e| ApiError::unprocessable("invalid_user_id", e.to_string()))
 }
-
-/// [`parse_user_id`] for handlers that keep the text.
-pub fn check_user_id(user_id: &str) -> Result<(), ApiError> {
-    parse_user_id(user_id).map(drop)
-}

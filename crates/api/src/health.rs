@@ -10,12 +10,20 @@ use serde::Serialize;
 
 use firstcome_platform::Platform;
 
+/// The host's state: `ok` from liveness, `ready` or `not_ready` from readiness.
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Ok,
+    Ready,
+    NotReady,
+}
+
 /// The host's health.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` (live), `ready` or `not_ready`.
-    #[schema(value_type = super::schema::HealthState)]
-    status: &'static str,
+    status: HealthState,
     /// Readiness only: each backend, `ok ({kind})` or `down ({kind}): {reason}`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = BTreeMap<String, String>)]
@@ -36,7 +44,7 @@ pub struct Health {
 )]
 pub async fn live() -> Json<Health> {
     Json(Health {
-        status: "ok",
+        status: HealthState::Ok,
         backends: BTreeMap::new(),
         admission_guarantee: None,
     })
@@ -54,39 +62,19 @@ pub async fn live() -> Json<Health> {
     )
 )]
 pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<Health>) {
-    let (db, queue, bus, guarantee) = tokio::join!(
-        platform.store.ping(),
-        platform.admission.ping(),
-        platform.bus.ping(),
-        platform.admission.durability()
-    );
-    let mut backends = BTreeMap::new();
-    let mut ok = true;
-    let mut note = |name: &'static str, kind: &str, r: Result<(), String>| {
-        ok &= r.is_ok();
-        backends.insert(
-            name,
-            match r {
-                Ok(()) => format!("ok ({kind})"),
-                Err(e) => format!("down ({kind}): {e}"),
-            },
-        );
-    };
-    note(
-        "database",
-        &format!("{:?}", platform.store.dialect()).to_lowercase(),
-        db.map_err(|e| e.to_string()),
-    );
-    note(
-        "admission",
-        platform.admission.kind(),
-        queue.map_err(|e| e.to_string()),
-    );
-    note(
-        "event_bus",
-        platform.bus.kind(),
-        bus.map_err(|e| e.to_string()),
-    );
+    let readiness = platform.readiness().await;
+    let ok = readiness.is_ready();
+    let backends = readiness
+        .backends
+        .into_iter()
+        .map(|b| {
+            let text = match b.down {
+                None => format!("ok ({})", b.kind),
+                Some(e) => format!("down ({}): {e}", b.kind),
+            };
+            (b.name, text)
+        })
+        .collect();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -95,9 +83,13 @@ pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<H
     (
         status,
         Json(Health {
-            status: if ok { "ready" } else { "not_ready" },
+            status: if ok {
+                HealthState::Ready
+            } else {
+                HealthState::NotReady
+            },
             backends,
-            admission_guarantee: Some(guarantee),
+            admission_guarantee: Some(readiness.admission_guarantee),
         }),
     )
 }

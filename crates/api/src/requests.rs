@@ -8,12 +8,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, check_user_id};
-use super::schema::UserId;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, parse_user_id};
 use firstcome_admission::Admit;
 use firstcome_core::campaign::Campaign;
 use firstcome_core::clock::now_ms;
-use firstcome_platform::Platform;
+use firstcome_core::queue::RequestState;
+use firstcome_core::user::UserId;
+use firstcome_platform::{Platform, RequestOf};
 use firstcome_store::CouponView;
 
 /// The `{campaign_id}` path parameter (for the document; handlers take `ApiPath`).
@@ -51,8 +52,8 @@ pub struct Queued {
     /// Identifies this request in logs and in the `coupon.issued` event.
     request_id: String,
     /// Always `queued`.
-    #[schema(value_type = String, example = "queued")]
-    status: &'static str,
+    #[schema(example = "queued")]
+    status: RequestState,
     /// The place in line, from 1; the coupon's position once issued.
     #[schema(minimum = 1)]
     position: i64,
@@ -69,9 +70,9 @@ async fn admit(
     campaign_id: &str,
     user_id: &str,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    check_user_id(user_id)?;
+    let user = parse_user_id(user_id)?;
     let campaign = active(platform, campaign_id)?;
-    let admitted = platform.admit(&campaign, user_id, now_ms()).await?;
+    let admitted = platform.admit(&campaign, &user, now_ms()).await?;
     let gone = |code, what: &str| {
         ApiError::new(
             StatusCode::GONE,
@@ -84,7 +85,7 @@ async fn admit(
             StatusCode::ACCEPTED,
             Json(Queued {
                 request_id: admitted.request_id,
-                status: "queued",
+                status: RequestState::Queued,
                 position,
             }),
         )),
@@ -136,8 +137,7 @@ pub async fn create(
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Status {
     /// `queued` (waiting for its coupon), `issued`, or `none` (no request).
-    #[schema(value_type = super::schema::RequestState)]
-    status: &'static str,
+    status: RequestState,
     /// The place in line (queued or issued).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
@@ -165,15 +165,38 @@ pub async fn status(
     State(platform): State<Arc<Platform>>,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Json<Status>, ApiError> {
-    check_user_id(&user_id)?;
+    let user = parse_user_id(&user_id)?;
     active(&platform, &campaign_id)?;
-    Ok(Json(status_of(&platform, &campaign_id, &user_id).await?))
+    Ok(Json(status_of(&platform, &campaign_id, &user).await?))
 }
 
 impl Status {
     /// Nothing more will happen to this request: issued, or no request at all.
     pub fn is_final(&self) -> bool {
-        self.status != "queued"
+        self.status.is_final()
+    }
+}
+
+impl From<RequestOf> for Status {
+    fn from(request: RequestOf) -> Self {
+        let status = request.state();
+        match request {
+            RequestOf::Issued(coupon) => Self {
+                status,
+                position: Some(coupon.position),
+                coupon: Some(coupon),
+            },
+            RequestOf::Queued(position) => Self {
+                status,
+                position: Some(position),
+                coupon: None,
+            },
+            RequestOf::None => Self {
+                status,
+                position: None,
+                coupon: None,
+            },
+        }
     }
 }
 
@@ -181,29 +204,9 @@ impl Status {
 pub async fn status_of(
     platform: &Platform,
     campaign_id: &str,
-    user_id: &str,
+    user: &UserId,
 ) -> Result<Status, ApiError> {
-    if let Some(coupon) = platform.store.coupon_of(campaign_id, user_id).await? {
-        return Ok(Status {
-            status: "issued",
-            position: Some(coupon.position),
-            coupon: Some(coupon),
-        });
-    }
-    Ok(
-        match platform.admission.position(campaign_id, user_id).await? {
-            Some(position) => Status {
-                status: "queued",
-                position: Some(position),
-                coupon: None,
-            },
-            None => Status {
-                status: "none",
-                position: None,
-                coupon: None,
-            },
-        },
-    )
+    Ok(platform.request_of(campaign_id, user).await?.into())
 }
 
 /// Every coupon a user was issued, newest first.
@@ -214,8 +217,8 @@ pub struct Coupons {
 }
 
 async fn coupons_of(platform: &Platform, user_id: String) -> Result<Json<Coupons>, ApiError> {
-    check_user_id(&user_id)?;
-    let coupons = platform.store.coupons_of_user(&user_id).await?;
+    let user = parse_user_id(&user_id)?;
+    let coupons = platform.coupons_of(&user).await?;
     Ok(Json(Coupons { user_id, coupons }))
 }
 

@@ -70,38 +70,3 @@ event! {
     StatusEvent => "status", super::requests::Status,
         "A `status` event: the request's state as a `Status` document"
 }
-
-/// Where a request stands (the values of `Status.status`).
-#[allow(dead_code)]
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum RequestState {
-    /// Admitted, waiting for its coupon.
-    Queued,
-    /// Its coupon was issued.
-    Issued,
-    /// The user has no request for this campaign.
-    None,
-}
-
-/// Where a campaign stands (the values of `CampaignView.status`).
-#[allow(dead_code)]
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum CampaignState {
-    NotOpen,
-    Open,
-    SoldOut,
-    Closed,
-}
-
-/// The host's state (the values of `Health.status`): `ok` from liveness, `ready` or
-/// `not_ready` from readiness.
-#[allow(dead_code)]
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum HealthState {
-    Ok,
-    Ready,
-    NotReady,
-}

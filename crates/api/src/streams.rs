@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 
-use super::error::{ApiError, ApiPath, ErrorBody, check_user_id};
+use super::error::{ApiError, ApiPath, ErrorBody, parse_user_id};
 use super::requests::{CampaignParam, Status, UserParam, status_of};
 use super::schema::{StatsEvent, StatusEvent};
 use firstcome_platform::Platform;
@@ -86,23 +86,23 @@ pub async fn request(
     State(platform): State<Arc<Platform>>,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    check_user_id(&user_id)?;
+    let user = parse_user_id(&user_id)?;
     if platform.campaign(&campaign_id).is_none() {
         return Err(ApiError::unknown_campaign(&campaign_id));
     }
-    let changes = platform.changes.subscribe(&campaign_id);
-    let first = status_of(&platform, &campaign_id, &user_id).await?;
+    let changes = platform.subscribe_changes(&campaign_id);
+    let first = status_of(&platform, &campaign_id, &user).await?;
     let stop = platform.shutdown_token();
     let state = (
         platform,
         campaign_id,
-        user_id,
+        user,
         changes,
         Some(first),
         None::<Status>,
     );
     let stream = futures::stream::unfold(state, |state| async move {
-        let (platform, campaign_id, user_id, mut changes, mut next, last) = state;
+        let (platform, campaign_id, user, mut changes, mut next, last) = state;
         loop {
             // After a final status has been sent, the stream ends.
             if last.as_ref().is_some_and(Status::is_final) {
@@ -114,14 +114,14 @@ pub async fn request(
                 let event = json_event("status", &status);
                 return Some((
                     Ok(event),
-                    (platform, campaign_id, user_id, changes, None, Some(status)),
+                    (platform, campaign_id, user, changes, None, Some(status)),
                 ));
             }
             tokio::select! {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(FALLBACK) => {}
             }
-            next = Some(status_of(&platform, &campaign_id, &user_id).await.ok()?);
+            next = Some(status_of(&platform, &campaign_id, &user).await.ok()?);
         }
     });
     let stream = stream.take_until(stop.cancelled_owned());

@@ -256,6 +256,17 @@ impl Campaign {
         })
     }
 
+    /// Where the campaign stands at `now` (epoch ms) with `counts`: its window, then whether
+    /// any coupon [remains](Counts::remaining).
+    pub fn state(&self, now: i64, counts: &Counts) -> CampaignState {
+        match self.window_state(now) {
+            WindowState::NotOpen => CampaignState::NotOpen,
+            WindowState::Closed => CampaignState::Closed,
+            WindowState::Open if counts.remaining() == 0 => CampaignState::SoldOut,
+            WindowState::Open => CampaignState::Open,
+        }
+    }
+
     /// Where the campaign stands at `now` as far as its window goes.
     pub fn window_state(&self, now: i64) -> WindowState {
         match (self.opens_at, self.closes_at) {
@@ -266,6 +277,7 @@ impl Campaign {
     }
 }
 
+/// Where a campaign's window stands at a moment ([`Campaign::window_state`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowState {
     NotOpen,
@@ -273,9 +285,73 @@ pub enum WindowState {
     Closed,
 }
 
+/// Where a campaign stands for a client: its window, and whether coupons are left
+/// ([`Campaign::state`]). Serialised in snake case (`not_open`, `open`, `sold_out`, `closed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    NotOpen,
+    Open,
+    SoldOut,
+    Closed,
+}
+
+/// A campaign's counts at one moment, in coupons (requests for `admitted` and `queued`): the
+/// one place that says what "remaining" means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub capacity: i64,
+    /// Requests admitted so far (answered `202`; after a queue rebuild: the coupons issued
+    /// before it).
+    pub admitted: i64,
+    /// Admitted requests whose coupon is not yet committed.
+    pub queued: i64,
+    /// Coupons issued (the database's count).
+    pub issued: i64,
+}
+
+impl Counts {
+    /// Coupons still to be had: `capacity` less what was admitted, or issued if more (a queue
+    /// rebuilt from the database may briefly count fewer admissions than coupons); never
+    /// below zero (a capacity lowered below what was admitted leaves none).
+    pub fn remaining(&self) -> i64 {
+        (self.capacity - self.admitted.max(self.issued)).max(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remaining_counts_admissions_or_coupons_whichever_is_more() {
+        let counts = |admitted, issued| Counts {
+            capacity: 10,
+            admitted,
+            queued: 0,
+            issued,
+        };
+        assert_eq!(counts(3, 1).remaining(), 7);
+        assert_eq!(counts(1, 3).remaining(), 7);
+        assert_eq!(counts(12, 0).remaining(), 0);
+        let c = Campaign::new(
+            "c",
+            CampaignSpec::from_toml(
+                "name = \"c\"\ncapacity = 10\nvalue = 1\nopens_at = \"2026-01-01T00:00:00Z\"\n\
+                 closes_at = \"2026-02-01T00:00:00Z\"\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let jan = 1_767_225_600_000;
+        assert_eq!(c.state(jan - 1, &counts(0, 0)), CampaignState::NotOpen);
+        assert_eq!(c.state(jan, &counts(0, 0)), CampaignState::Open);
+        assert_eq!(c.state(jan, &counts(10, 4)), CampaignState::SoldOut);
+        assert_eq!(
+            c.state(jan + 31 * 86_400_000, &counts(0, 0)),
+            CampaignState::Closed
+        );
+    }
 
     #[test]
     fn ids_are_checked() {

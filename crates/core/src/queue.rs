@@ -1,7 +1,7 @@
 //! The admission queue's vocabulary, shared by the queues (`firstcome-admission`), the store
 //! that records admissions and issues coupons, and the issuer: a request waiting in a
 //! campaign's queue ([`QueueItem`]), the answer to one admission ([`Admit`]), a queue's live
-//! counts ([`QueueCounts`]) and the floor the database sets under every queue ([`Floor`]).
+//! counts ([`QueueCounts`]), where a user's request stands ([`RequestState`]) and the floor the database sets under every queue ([`Floor`]).
 
 /// Consumer group of the chunk issuers in each campaign's queue.
 pub const ISSUER_GROUP: &str = "issuers";
@@ -74,4 +74,25 @@ pub struct QueueCounts {
     pub admitted: i64,
     /// Requests in the queue, claimed or not, whose coupon is not yet committed.
     pub queued: i64,
+}
+
+/// Where a user's request for a campaign's coupon stands. Serialised in snake case.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Admitted, waiting for its coupon.
+    Queued,
+    /// Its coupon was issued.
+    Issued,
+    /// The user has no request for this campaign.
+    None,
+}
+
+impl RequestState {
+    /// Nothing more will happen to the request: issued, or no request at all.
+    pub fn is_final(self) -> bool {
+        self != Self::Queued
+    }
 }

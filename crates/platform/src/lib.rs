@@ -5,6 +5,7 @@
 //!
 //! - [`Platform`]: the shared state of one host; a campaign is applied (database row,
 //!   admission queue, issuer, consumer groups) in exactly one way, through it.
+//!   What the API reads goes through its operations too (counts, requests, readiness).
 //! - [`issuer`]: drains each campaign's admission queue a chunk per database transaction.
 //! - [`outbox`]: publishes committed events to the bus, and the relay that re-sends what was
 //!   not acknowledged.
@@ -23,7 +24,9 @@ pub mod monitoring;
 pub mod outbox;
 mod platform;
 pub mod queue_guard;
+mod reads;
 pub mod watcher;
 
 pub use config::Config;
 pub use platform::{Admitted, Platform, PlatformError};
+pub use reads::{Backend, Readiness, RequestOf};

@@ -34,6 +34,7 @@ pub struct LiveStats {
     pub capacity: i64,
     /// Coupons issued (the database's count).
     pub issued: i64,
+    /// [`Counts::remaining`](firstcome_core::campaign::Counts::remaining).
     pub remaining: i64,
     /// Requests admitted so far, and those still waiting in the queue.
     pub admitted: i64,
@@ -48,14 +49,13 @@ pub struct LiveStats {
 
 impl LiveStats {
     pub async fn read(platform: &Platform, c: &Campaign) -> anyhow::Result<Self> {
-        let counts = platform.admission.counts(&c.id).await?;
-        let issued = platform.store.issued_count(&c.id).await?;
+        let counts = platform.counts(c).await?;
         let stats = platform.plugins.stats(c).await?;
         Ok(Self {
             campaign_id: c.id.clone(),
             capacity: c.capacity,
-            issued,
-            remaining: (c.capacity - counts.admitted.max(issued)).max(0),
+            issued: counts.issued,
+            remaining: counts.remaining(),
             admitted: counts.admitted,
             queued: counts.queued,
             revenue: stats.revenue,

@@ -56,7 +56,10 @@ fn describe() {
     );
     describe_gauge!("firstcome_admitted", "Requests admitted so far");
     describe_gauge!("firstcome_issued", "Coupons issued");
-    describe_gauge!("firstcome_remaining", "Coupons still to issue");
+    describe_gauge!(
+        "firstcome_remaining",
+        "Coupons still to be had: capacity less admitted (or issued, if more)"
+    );
     describe_histogram!("firstcome_chunk_size", "Requests per issuing transaction");
     describe_histogram!(
         "firstcome_chunk_commit_seconds",
@@ -204,14 +207,12 @@ pub async fn render(platform: &Platform) -> String {
 /// Reads the levels that live elsewhere into gauges.
 async fn sample(platform: &Platform) {
     for c in platform.campaigns() {
-        if let Ok(counts) = platform.admission.counts(&c.id).await {
+        if let Ok(counts) = platform.counts(&c).await {
             gauge!("firstcome_queue_depth", "campaign" => c.id.clone()).set(counts.queued as f64);
             gauge!("firstcome_admitted", "campaign" => c.id.clone()).set(counts.admitted as f64);
-        }
-        if let Ok(issued) = platform.store.issued_count(&c.id).await {
-            gauge!("firstcome_issued", "campaign" => c.id.clone()).set(issued as f64);
+            gauge!("firstcome_issued", "campaign" => c.id.clone()).set(counts.issued as f64);
             gauge!("firstcome_remaining", "campaign" => c.id.clone())
-                .set((c.capacity - issued).max(0) as f64);
+                .set(counts.remaining() as f64);
         }
     }
     if let Ok((unpublished, oldest)) = platform.store.outbox_backlog().await {

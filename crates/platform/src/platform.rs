@@ -16,6 +16,7 @@ use crate::queue_guard::{GuardError, QueueGuard};
 use firstcome_admission::{Admission, AdmissionError, Admit};
 use firstcome_bus::{ConsumerSpec, EventBus};
 use firstcome_core::campaign::Campaign;
+use firstcome_core::user::UserId;
 use firstcome_plugin::PluginHost;
 use firstcome_plugin::host::RoleHandler;
 use firstcome_store::{Store, StoreError};
@@ -68,20 +69,22 @@ struct Consumers {
     started: Mutex<bool>,
 }
 
-/// Shared state of one host.
+/// Shared state of one host. Handlers, the watcher and the CLI act through its operations
+/// (apply a campaign, admit, read counts, requests and health: `reads.rs`); the parts it
+/// holds are reachable read-only, for start-up, shutdown and tests.
 #[derive(Debug)]
 pub struct Platform {
-    pub config: Config,
-    pub store: Store,
-    pub admission: Arc<dyn Admission>,
-    pub bus: Arc<dyn EventBus>,
-    pub issuers: Issuers,
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) admission: Arc<dyn Admission>,
+    pub(crate) bus: Arc<dyn EventBus>,
+    pub(crate) issuers: Issuers,
     /// The admission floor, the rebuild and the audit of lost admissions.
-    pub guard: Arc<QueueGuard>,
-    pub plugins: Arc<PluginHost>,
+    pub(crate) guard: Arc<QueueGuard>,
+    pub(crate) plugins: Arc<PluginHost>,
     /// Change counters and snapshot streams for live views.
-    pub changes: Arc<firstcome_store::Changes>,
-    pub feeds: crate::live::Feeds,
+    pub(crate) changes: Arc<firstcome_store::Changes>,
+    pub(crate) feeds: crate::live::Feeds,
     consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
@@ -126,6 +129,41 @@ impl Platform {
             campaign_writes: tokio::sync::Mutex::default(),
             admin_writes: Mutex::default(),
         }
+    }
+
+    /// The host's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The database (for start-up, shutdown and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The admission queue (for start-up and tests).
+    pub fn admission(&self) -> &Arc<dyn Admission> {
+        &self.admission
+    }
+
+    /// The event bus (for tests that publish or read dead letters).
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// The campaigns' issuers (for tests that stop and restart one).
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
+    }
+
+    /// The admission floor and audit (for tests).
+    pub fn guard(&self) -> &QueueGuard {
+        &self.guard
+    }
+
+    /// The plugin registry (for tests).
+    pub fn plugins(&self) -> &PluginHost {
+        &self.plugins
     }
 
     /// Notes that the admin API wrote `text` to a campaign's file after applying it.
@@ -217,9 +255,10 @@ impl Platform {
     pub async fn admit(
         &self,
         c: &Campaign,
-        user_id: &str,
+        user: &UserId,
         now: i64,
     ) -> Result<Admitted, PlatformError> {
+        let user_id = user.as_str();
         let request_id = Uuid::now_v7().to_string();
         let mut outcome = Admit::Unknown;
         for attempt in 0..=REBUILD_ATTEMPTS {
