@@ -199,14 +199,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Campaign(CampaignCommand::Rebuild { file, force }) => {
                 let campaign = load_file(&file).map_err(anyhow::Error::msg)?;
                 let (store, admission) = open_backends(&config).await?;
-                let issued = store.issued_users(&campaign.id).await?;
+                let issued = store.issued_users(campaign.id()).await?;
                 let rebuilt = admission.sync_campaign(&campaign, &issued, force).await?;
                 if admission.kind() == "embedded" {
                     println!("the embedded admission queue is rebuilt by every start; nothing to do");
                 } else if rebuilt {
-                    println!("{}: rebuilt from {} issued coupons", campaign.id, issued.len());
+                    println!("{}: rebuilt from {} issued coupons", campaign.id(), issued.len());
                 } else {
-                    println!("{}: Redis holds the campaign; capacity and window updated (use --force to rebuild)", campaign.id);
+                    println!("{}: Redis holds the campaign; capacity and window updated (use --force to rebuild)", campaign.id());
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -271,8 +271,8 @@ async fn validate(files: &[PathBuf]) -> ExitCode {
             Ok((c, plugins)) => println!(
                 "{}: ok (campaign {:?}, capacity {}{})",
                 file.display(),
-                c.id,
-                c.capacity,
+                c.id(),
+                c.capacity(),
                 plugins
                     .iter()
                     .map(|(role, version)| format!(", {role} plugin {version}"))

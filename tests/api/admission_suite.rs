@@ -68,7 +68,7 @@ async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
         "first sync builds"
     );
     for (i, user) in ["u1", "u2", "u3"].iter().enumerate() {
-        let got = q.admit(&c.id, user, "r", 0, NO_FLOOR).await.unwrap();
+        let got = q.admit(c.id(), user, "r", 0, NO_FLOOR).await.unwrap();
         assert_eq!(
             got,
             Admit::Admitted {
@@ -77,27 +77,27 @@ async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
         );
     }
     assert_eq!(
-        q.admit(&c.id, "u4", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u4", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::SoldOut
     );
-    let counts = q.counts(&c.id).await.unwrap();
+    let counts = q.counts(c.id()).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (3, 3));
-    assert_eq!(q.position(&c.id, "u2").await.unwrap(), Some(2));
-    assert_eq!(q.position(&c.id, "u4").await.unwrap(), None);
+    assert_eq!(q.position(c.id(), "u2").await.unwrap(), Some(2));
+    assert_eq!(q.position(c.id(), "u4").await.unwrap(), None);
 }
 
 async fn dedupes_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(10));
     q.sync_campaign(&c, &[], false).await.unwrap();
     assert_eq!(
-        q.admit(&c.id, "u", "r1", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r1", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r2", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r2", 0, NO_FLOOR).await.unwrap(),
         Admit::Duplicate { position: 1 }
     );
-    assert_eq!(q.counts(&c.id).await.unwrap().admitted, 1);
+    assert_eq!(q.counts(c.id()).await.unwrap().admitted, 1);
 }
 
 async fn respects_the_window(q: Arc<dyn Admission>) {
@@ -106,22 +106,24 @@ async fn respects_the_window(q: Arc<dyn Admission>) {
     s.closes_at = Some("2030-01-02T00:00:00Z".parse().unwrap());
     let c = campaign(s);
     q.sync_campaign(&c, &[], false).await.unwrap();
-    let opens = c.opens_at.unwrap();
-    let closes = c.closes_at.unwrap();
+    let opens = c.opens_at().unwrap();
+    let closes = c.closes_at().unwrap();
     assert_eq!(
-        q.admit(&c.id, "u", "r", opens - 1, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r", opens - 1, NO_FLOOR)
+            .await
+            .unwrap(),
         Admit::NotOpen
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r", closes, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r", closes, NO_FLOOR).await.unwrap(),
         Admit::Closed
     );
     assert_eq!(
-        q.admit(&c.id, "u", "r", opens, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r", opens, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.counts(&c.id).await.unwrap().admitted,
+        q.counts(c.id()).await.unwrap().admitted,
         1,
         "refusals change nothing"
     );
@@ -130,13 +132,13 @@ async fn respects_the_window(q: Arc<dyn Admission>) {
 async fn unknown_until_synced(q: Arc<dyn Admission>) {
     let c = campaign(spec(1));
     assert_eq!(
-        q.admit(&c.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "u", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Unknown
     );
     // The issuer is told, so that it has the campaign rebuilt.
     assert!(matches!(
-        q.claim(&c.id, "h", 10, None).await,
-        Err(firstcome_admission::AdmissionError::Lost(id)) if id == c.id
+        q.claim(c.id(), "h", 10, None).await,
+        Err(firstcome_admission::AdmissionError::Lost(id)) if id == c.id()
     ));
 }
 
@@ -144,12 +146,12 @@ async fn claims_fifo_and_acks(q: Arc<dyn Admission>) {
     let c = campaign(spec(100));
     q.sync_campaign(&c, &[], false).await.unwrap();
     for i in 0..25 {
-        q.admit(&c.id, &format!("u{i:02}"), &format!("r{i}"), 7, NO_FLOOR)
+        q.admit(c.id(), &format!("u{i:02}"), &format!("r{i}"), 7, NO_FLOOR)
             .await
             .unwrap();
     }
-    let first = q.claim(&c.id, "h1", 10, None).await.unwrap();
-    let second = q.claim(&c.id, "h2", 10, None).await.unwrap();
+    let first = q.claim(c.id(), "h1", 10, None).await.unwrap();
+    let second = q.claim(c.id(), "h2", 10, None).await.unwrap();
     let positions: Vec<i64> = first.iter().chain(&second).map(|i| i.position).collect();
     assert_eq!(
         positions,
@@ -159,13 +161,13 @@ async fn claims_fifo_and_acks(q: Arc<dyn Admission>) {
     assert_eq!(first[0].user_id, "u00");
     assert_eq!(first[0].request_id, "r0");
     assert_eq!(first[0].admitted_at, 7);
-    q.ack(&c.id, &first).await.unwrap();
+    q.ack(c.id(), &first).await.unwrap();
     assert_eq!(
-        q.counts(&c.id).await.unwrap().queued,
+        q.counts(c.id()).await.unwrap().queued,
         15,
         "acked items leave the queue"
     );
-    let rest = q.claim(&c.id, "h1", 10, None).await.unwrap();
+    let rest = q.claim(c.id(), "h1", 10, None).await.unwrap();
     assert_eq!(
         rest.iter().map(|i| i.position).collect::<Vec<_>>(),
         (21..=25).collect::<Vec<_>>()
@@ -176,32 +178,32 @@ async fn reclaims_idle_items(q: Arc<dyn Admission>) {
     let c = campaign(spec(100));
     q.sync_campaign(&c, &[], false).await.unwrap();
     for i in 0..5 {
-        q.admit(&c.id, &format!("u{i}"), "r", 0, NO_FLOOR)
+        q.admit(c.id(), &format!("u{i}"), "r", 0, NO_FLOOR)
             .await
             .unwrap();
     }
-    let dead = q.claim(&c.id, "dead-host", 10, None).await.unwrap();
+    let dead = q.claim(c.id(), "dead-host", 10, None).await.unwrap();
     assert_eq!(dead.len(), 5);
     let idle = Duration::from_millis(200);
     assert!(
-        q.claim(&c.id, "live", 10, Some(idle))
+        q.claim(c.id(), "live", 10, Some(idle))
             .await
             .unwrap()
             .is_empty(),
         "not idle yet"
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let reclaimed = q.claim(&c.id, "live", 10, Some(idle)).await.unwrap();
+    let reclaimed = q.claim(c.id(), "live", 10, Some(idle)).await.unwrap();
     assert_eq!(reclaimed, dead, "the dead host's items, in order");
-    q.ack(&c.id, &reclaimed).await.unwrap();
+    q.ack(c.id(), &reclaimed).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
-        q.claim(&c.id, "live", 10, Some(idle))
+        q.claim(c.id(), "live", 10, Some(idle))
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(q.counts(&c.id).await.unwrap().queued, 0);
+    assert_eq!(q.counts(c.id()).await.unwrap().queued, 0);
 }
 
 async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
@@ -213,29 +215,29 @@ async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
         "present: not rebuilt"
     );
     assert_eq!(
-        q.admit(&c.id, "a", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "a", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Duplicate { position: 1 }
     );
     assert_eq!(
-        q.admit(&c.id, "c", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "c", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 5 }
     );
-    let counts = q.counts(&c.id).await.unwrap();
+    let counts = q.counts(c.id()).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (3, 1));
     // Forcing starts again from the database's word: the coupons and, for the embedded queue,
     // its durable record of admissions not yet issued. Redis's queue is its own record: what
     // it queued is dropped.
     let kept = q.kind() == "embedded";
     assert!(q.sync_campaign(&c, &issued, true).await.unwrap());
-    assert_eq!(q.counts(&c.id).await.unwrap().queued, i64::from(kept));
+    assert_eq!(q.counts(c.id()).await.unwrap().queued, i64::from(kept));
     assert_eq!(
-        q.position(&c.id, "c").await.unwrap(),
+        q.position(c.id(), "c").await.unwrap(),
         kept.then_some(5),
         "{}",
         q.kind()
     );
     for u in ["c", "d", "e"] {
-        let outcome = q.admit(&c.id, u, "r", 0, NO_FLOOR).await.unwrap();
+        let outcome = q.admit(c.id(), u, "r", 0, NO_FLOOR).await.unwrap();
         if kept && u == "c" {
             assert_eq!(outcome, Admit::Duplicate { position: 5 });
         } else {
@@ -246,7 +248,7 @@ async fn rebuilds_from_issued_users(q: Arc<dyn Admission>) {
         }
     }
     assert_eq!(
-        q.admit(&c.id, "f", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(c.id(), "f", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::SoldOut
     );
 }
@@ -265,11 +267,11 @@ async fn refuses_a_state_behind_the_database(q: Arc<dyn Admission>) {
         .collect();
     let floor = Floor::of_issued(&issued);
     assert_eq!(
-        q.admit(&c.id, "x", "r", 0, floor).await.unwrap(),
+        q.admit(c.id(), "x", "r", 0, floor).await.unwrap(),
         Admit::Behind
     );
     assert_eq!(
-        q.admit(&c.id, "c", "r", 0, floor).await.unwrap(),
+        q.admit(c.id(), "c", "r", 0, floor).await.unwrap(),
         Admit::Behind,
         "a holder is not told anything from the stale state"
     );
@@ -279,7 +281,7 @@ async fn refuses_a_state_behind_the_database(q: Arc<dyn Admission>) {
         last_position: 4,
     };
     assert_eq!(
-        q.admit(&c.id, "x", "r", 0, by_position).await.unwrap(),
+        q.admit(c.id(), "x", "r", 0, by_position).await.unwrap(),
         Admit::Behind
     );
     assert!(
@@ -288,11 +290,11 @@ async fn refuses_a_state_behind_the_database(q: Arc<dyn Admission>) {
     );
     assert!(!q.sync_campaign(&c, &issued, false).await.unwrap(), "once");
     assert_eq!(
-        q.admit(&c.id, "c", "r", 0, floor).await.unwrap(),
+        q.admit(c.id(), "c", "r", 0, floor).await.unwrap(),
         Admit::Duplicate { position: 3 }
     );
     assert_eq!(
-        q.admit(&c.id, "x", "r", 0, floor).await.unwrap(),
+        q.admit(c.id(), "x", "r", 0, floor).await.unwrap(),
         Admit::Admitted { position: 5 }
     );
 }
@@ -303,15 +305,15 @@ async fn campaigns_are_independent(q: Arc<dyn Admission>) {
     q.sync_campaign(&a, &[], false).await.unwrap();
     q.sync_campaign(&b, &[], false).await.unwrap();
     assert_eq!(
-        q.admit(&a.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(a.id(), "u", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.admit(&b.id, "u", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(b.id(), "u", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::Admitted { position: 1 }
     );
     assert_eq!(
-        q.admit(&a.id, "v", "r", 0, NO_FLOOR).await.unwrap(),
+        q.admit(a.id(), "v", "r", 0, NO_FLOOR).await.unwrap(),
         Admit::SoldOut
     );
 }
@@ -319,9 +321,9 @@ async fn campaigns_are_independent(q: Arc<dyn Admission>) {
 async fn forgets_refused_users(q: Arc<dyn Admission>) {
     let c = campaign(spec(2));
     q.sync_campaign(&c, &[], false).await.unwrap();
-    q.admit(&c.id, "u", "r", 0, NO_FLOOR).await.unwrap();
-    q.forget(&c.id, &["u".to_owned()]).await.unwrap();
-    assert_eq!(q.position(&c.id, "u").await.unwrap(), None);
+    q.admit(c.id(), "u", "r", 0, NO_FLOOR).await.unwrap();
+    q.forget(c.id(), &["u".to_owned()]).await.unwrap();
+    assert_eq!(q.position(c.id(), "u").await.unwrap(), None);
 }
 
 async fn concurrent_admissions_never_pass_capacity(q: Arc<dyn Admission>) {
@@ -329,7 +331,7 @@ async fn concurrent_admissions_never_pass_capacity(q: Arc<dyn Admission>) {
     q.sync_campaign(&c, &[], false).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..400 {
-        let (q, id) = (q.clone(), c.id.clone());
+        let (q, id) = (q.clone(), c.id().to_owned());
         tasks.push(tokio::spawn(async move {
             q.admit(&id, &format!("u{}", i % 200), "r", 0, NO_FLOOR)
                 .await

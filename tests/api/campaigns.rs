@@ -259,7 +259,7 @@ async fn concurrent_changes_of_one_campaign(backend: Backend) {
     let row = store.campaign_row(&id).await.unwrap().unwrap();
     assert_eq!(
         (row.name.as_str(), row.capacity),
-        (running.name.as_str(), running.capacity)
+        (running.name(), running.capacity())
     );
     let file = app
         .platform
@@ -269,7 +269,7 @@ async fn concurrent_changes_of_one_campaign(backend: Backend) {
     let written = CampaignSpec::from_toml(&std::fs::read_to_string(file).unwrap()).unwrap();
     assert_eq!(
         (written.name.as_str(), written.capacity),
-        (running.name.as_str(), running.capacity)
+        (running.name(), running.capacity())
     );
 
     // Other hosts: their own connections to the same database, applying at once.

@@ -348,7 +348,7 @@ async fn embedded_queue_comes_back_from_its_record(backend: Backend) {
     first.sync_campaign(&campaign, &[], false).await.unwrap();
     let answers: Vec<Admit> = futures::stream::iter(0..60)
         .map(|i| {
-            let (q, id) = (first.clone(), campaign.id.clone());
+            let (q, id) = (first.clone(), campaign.id().to_owned());
             async move {
                 q.admit(&id, &format!("u{i}"), "r", 0, Floor::default())
                     .await
@@ -359,35 +359,35 @@ async fn embedded_queue_comes_back_from_its_record(backend: Backend) {
         .collect()
         .await;
     assert!(answers.iter().all(|a| matches!(a, Admit::Admitted { .. })));
-    let issued_chunk = first.claim(&campaign.id, "h", 10, None).await.unwrap();
+    let issued_chunk = first.claim(campaign.id(), "h", 10, None).await.unwrap();
     let outcome = store
-        .issue_chunk(&campaign.id, &issued_chunk, "h", "coupon-issued")
+        .issue_chunk(campaign.id(), &issued_chunk, "h", "coupon-issued")
         .await
         .unwrap();
     assert_eq!(outcome.events.len(), 10);
-    first.ack(&campaign.id, &issued_chunk).await.unwrap();
-    let claimed = first.claim(&campaign.id, "h", 5, None).await.unwrap();
+    first.ack(campaign.id(), &issued_chunk).await.unwrap();
+    let claimed = first.claim(campaign.id(), "h", 5, None).await.unwrap();
     drop(first);
 
     let second = EmbeddedAdmission::new(store.clone());
-    let holders = store.issued_users(&campaign.id).await.unwrap();
+    let holders = store.issued_users(campaign.id()).await.unwrap();
     assert!(
         second
             .sync_campaign(&campaign, &holders, false)
             .await
             .unwrap()
     );
-    let counts = second.counts(&campaign.id).await.unwrap();
+    let counts = second.counts(campaign.id()).await.unwrap();
     assert_eq!((counts.admitted, counts.queued), (60, 50), "{backend:?}");
     // Claimed but never committed: back in line, first.
-    let again = second.claim(&campaign.id, "h", 100, None).await.unwrap();
+    let again = second.claim(campaign.id(), "h", 100, None).await.unwrap();
     assert_eq!(again[..5], claimed[..], "{backend:?}");
     let positions: Vec<i64> = again.iter().map(|i| i.position).collect();
     assert_eq!(positions, (11..=60).collect::<Vec<_>>(), "{backend:?}");
     for item in issued_chunk.iter().chain(&again[..3]) {
         assert_eq!(
             second
-                .admit(&campaign.id, &item.user_id, "r", 0, Floor::default())
+                .admit(campaign.id(), &item.user_id, "r", 0, Floor::default())
                 .await
                 .unwrap(),
             Admit::Duplicate {
@@ -398,7 +398,12 @@ async fn embedded_queue_comes_back_from_its_record(backend: Backend) {
     // What was handled leaves the record (the 10 issued, whether the first queue's writer
     // deleted them before it was dropped or the second one did): 50 rows are left.
     wait_for(10, || async {
-        store.recorded_admissions(&campaign.id).await.unwrap().len() == 50
+        store
+            .recorded_admissions(campaign.id())
+            .await
+            .unwrap()
+            .len()
+            == 50
     })
     .await
     .unwrap_or_else(|| panic!("{backend:?}: the issued rows stay in the record"));
@@ -751,7 +756,7 @@ async fn a_chunk_in_flight_across_a_loss_is_settled_and_the_ledger_counts_right(
     let campaign = firstcome_core::campaign::Campaign::new(&unique("c"), spec(5)).unwrap();
     store.upsert_campaign(&campaign).await.unwrap();
     guard.resync(&campaign, false).await.unwrap();
-    let id = campaign.id.clone();
+    let id = campaign.id().to_owned();
     let admit = |user: &str| {
         let (queue, guard, id, user) = (queue.clone(), &guard, id.clone(), user.to_owned());
         async move {

@@ -414,7 +414,7 @@ impl Admission for EmbeddedAdmission {
         let must_rebuild = |state: &State| {
             state
                 .campaigns
-                .get(&campaign.id)
+                .get(campaign.id())
                 .is_none_or(|q| force || q.admitted < floor.issued || q.seq < floor.last_position)
         };
         let mut rebuilt = false;
@@ -422,7 +422,7 @@ impl Admission for EmbeddedAdmission {
             // No write runs while the durable record is read and the queue rebuilt from it:
             // every admission is then either in the rows read or still unwritten.
             let _writing = self.shared.writing.lock().await;
-            let recorded = self.shared.store.recorded_admissions(&campaign.id).await?;
+            let recorded = self.shared.store.recorded_admissions(campaign.id()).await?;
             let mut state = self.shared.state.lock().unwrap();
             if must_rebuild(&state) {
                 let mut queue = CampaignQueue::default();
@@ -447,7 +447,7 @@ impl Admission for EmbeddedAdmission {
                     queue.waiting.push_back(item);
                 }
                 for u in state.unwritten.iter() {
-                    if u.campaign_id == campaign.id {
+                    if u.campaign_id == campaign.id() {
                         let held = Held {
                             position: u.item.position,
                             ticket: u.ticket,
@@ -457,18 +457,18 @@ impl Admission for EmbeddedAdmission {
                 }
                 queue.admitted = queue.users.len() as i64;
                 queue.seq = queue.users.values().map(|h| h.position).max().unwrap_or(0);
-                state.campaigns.insert(campaign.id.clone(), queue);
+                state.campaigns.insert(campaign.id().to_owned(), queue);
                 rebuilt = true;
             }
         }
         let mut state = self.shared.state.lock().unwrap();
         // Gone again only if `clear` ran in between (a test's restart).
-        let Some(q) = state.campaigns.get_mut(&campaign.id) else {
-            return Err(AdmissionError::Lost(campaign.id.clone()));
+        let Some(q) = state.campaigns.get_mut(campaign.id()) else {
+            return Err(AdmissionError::Lost(campaign.id().to_owned()));
         };
-        q.capacity = campaign.capacity;
-        q.opens_at = campaign.opens_at;
-        q.closes_at = campaign.closes_at;
+        q.capacity = campaign.capacity();
+        q.opens_at = campaign.opens_at();
+        q.closes_at = campaign.closes_at();
         Ok(rebuilt)
     }
 

@@ -249,13 +249,13 @@ impl Admission for RedisAdmission {
         issued: &[(String, i64)],
         force: bool,
     ) -> Result<bool> {
-        let k = keys(&campaign.id);
+        let k = keys(campaign.id());
         let mut inv = self.sync.prepare_invoke();
         inv.key(&k.meta).key(&k.users).key(&k.queue);
         inv.arg(if force { "1" } else { "0" })
-            .arg(campaign.capacity)
-            .arg(opt_ms(campaign.opens_at))
-            .arg(opt_ms(campaign.closes_at))
+            .arg(campaign.capacity())
+            .arg(opt_ms(campaign.opens_at()))
+            .arg(opt_ms(campaign.closes_at()))
             .arg(ISSUER_GROUP)
             .arg(issued.len());
         for (user, position) in issued {

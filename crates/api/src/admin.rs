@@ -226,7 +226,11 @@ pub async fn list_campaigns(
     State(platform): State<Arc<Platform>>,
 ) -> Json<CampaignFiles> {
     Json(CampaignFiles {
-        active: platform.campaigns().iter().map(|c| c.id.clone()).collect(),
+        active: platform
+            .campaigns()
+            .iter()
+            .map(|c| c.id().to_owned())
+            .collect(),
         rejected: platform.rejections(),
     })
 }

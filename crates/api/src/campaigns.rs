@@ -48,15 +48,15 @@ pub struct CampaignView {
 pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, ApiError> {
     let counts = platform.counts(c).await?;
     Ok(CampaignView {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        value: c.value,
-        opens_at: c.opens_at.map(to_rfc3339),
-        closes_at: c.closes_at.map(to_rfc3339),
-        coupon_expires_at: c.coupon_expires_at.map(to_rfc3339),
-        chunk_size: c.chunk_size,
+        id: c.id().to_owned(),
+        name: c.name().to_owned(),
+        value: c.value(),
+        opens_at: c.opens_at().map(to_rfc3339),
+        closes_at: c.closes_at().map(to_rfc3339),
+        coupon_expires_at: c.coupon_expires_at().map(to_rfc3339),
+        chunk_size: c.chunk_size(),
         status: c.state(now_ms(), &counts),
-        capacity: c.capacity,
+        capacity: c.capacity(),
         admitted: counts.admitted,
         issued: counts.issued,
         remaining: counts.remaining(),

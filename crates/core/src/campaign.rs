@@ -225,18 +225,20 @@ impl CampaignSpec {
     }
 }
 
-/// A validated campaign with its id, times as epoch milliseconds.
+/// A validated campaign with its id, times as epoch milliseconds. Made only by
+/// [`Campaign::new`], which checks the id and the document, so its fields are read through
+/// methods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Campaign {
-    pub id: String,
-    pub name: String,
-    pub capacity: i64,
-    pub value: i64,
-    pub opens_at: Option<i64>,
-    pub closes_at: Option<i64>,
-    pub coupon_expires_at: Option<i64>,
-    pub chunk_size: u32,
-    pub spec: CampaignSpec,
+    id: String,
+    name: String,
+    capacity: i64,
+    value: i64,
+    opens_at: Option<i64>,
+    closes_at: Option<i64>,
+    coupon_expires_at: Option<i64>,
+    chunk_size: u32,
+    spec: CampaignSpec,
 }
 
 impl Campaign {
@@ -254,6 +256,51 @@ impl Campaign {
             chunk_size: spec.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
             spec,
         })
+    }
+
+    /// The campaign's id (checked by [`validate_id`]).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Coupons to issue, at most [`MAX_CAPACITY`].
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+
+    /// A coupon's worth in the smallest currency unit.
+    pub fn value(&self) -> i64 {
+        self.value
+    }
+
+    /// When requests are first admitted, epoch ms; `None`: at once.
+    pub fn opens_at(&self) -> Option<i64> {
+        self.opens_at
+    }
+
+    /// When admission stops, epoch ms; `None`: when sold out.
+    pub fn closes_at(&self) -> Option<i64> {
+        self.closes_at
+    }
+
+    /// When issued coupons expire, epoch ms; `None`: never.
+    pub fn coupon_expires_at(&self) -> Option<i64> {
+        self.coupon_expires_at
+    }
+
+    /// Most requests issued per database transaction (default [`DEFAULT_CHUNK_SIZE`]).
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// The document the campaign was made from.
+    pub fn spec(&self) -> &CampaignSpec {
+        &self.spec
     }
 
     /// Where the campaign stands at `now` (epoch ms) with `counts`: its window, then whether

@@ -71,7 +71,7 @@ impl Issuers {
     /// Starts the campaign's issuer, or hands it the campaign's new settings.
     pub fn run(&self, campaign: Arc<Campaign>) {
         let mut running = self.running.lock().unwrap();
-        if let Some(r) = running.get(&campaign.id) {
+        if let Some(r) = running.get(campaign.id()) {
             r.campaign.send_replace(campaign);
             return;
         }
@@ -81,7 +81,7 @@ impl Issuers {
         self.tracker
             .spawn(drain(self.ctx.clone(), rx, wake.clone(), stop.clone()));
         running.insert(
-            campaign.id.clone(),
+            campaign.id().to_owned(),
             Running {
                 campaign: tx,
                 wake,
@@ -116,7 +116,7 @@ async fn drain(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let id = campaign.borrow().id.clone();
+    let id = campaign.borrow().id().to_owned();
     let poll = Duration::from_millis(ctx.config.poll_ms);
     let reclaim_idle = Duration::from_millis(ctx.config.reclaim_idle_ms);
     // Looking for abandoned items costs a scan of the pending list: do it a few times per
@@ -137,7 +137,7 @@ async fn drain(
     while !stop.is_cancelled() {
         // The operator's maximum per transaction: a chunk is whatever waits, up to it, so it
         // grows with the backlog and stays small (quick) when requests trickle in.
-        let chunk = campaign.borrow().chunk_size as usize;
+        let chunk = campaign.borrow().chunk_size() as usize;
         let items = if next.is_empty() {
             match ctx
                 .admission

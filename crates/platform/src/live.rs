@@ -52,8 +52,8 @@ impl LiveStats {
         let counts = platform.counts(c).await?;
         let stats = platform.plugins.stats(c).await?;
         Ok(Self {
-            campaign_id: c.id.clone(),
-            capacity: c.capacity,
+            campaign_id: c.id().to_owned(),
+            capacity: c.capacity(),
             issued: counts.issued,
             remaining: counts.remaining(),
             admitted: counts.admitted,
@@ -100,17 +100,17 @@ impl Feeds {
         platform: &Arc<Platform>,
         campaign: Arc<Campaign>,
     ) -> anyhow::Result<watch::Receiver<Arc<Frame>>> {
-        if let Some(tx) = platform.feeds.feeds.lock().unwrap().get(&campaign.id) {
+        if let Some(tx) = platform.feeds.feeds.lock().unwrap().get(campaign.id()) {
             return Ok(tx.subscribe());
         }
         let first = Frame::new(LiveStats::read(platform, &campaign).await?);
         let mut feeds = platform.feeds.feeds.lock().unwrap();
-        if let Some(tx) = feeds.get(&campaign.id) {
+        if let Some(tx) = feeds.get(campaign.id()) {
             return Ok(tx.subscribe());
         }
         let (tx, rx) = watch::channel(first);
-        feeds.insert(campaign.id.clone(), tx.clone());
-        let changes = platform.changes.subscribe(&campaign.id);
+        feeds.insert(campaign.id().to_owned(), tx.clone());
+        let changes = platform.changes.subscribe(campaign.id());
         let stop = platform.shutdown_token();
         tokio::spawn(feed(platform.clone(), campaign, tx, changes, stop));
         Ok(rx)
@@ -134,14 +134,14 @@ async fn feed(
         {
             let mut feeds = platform.feeds.feeds.lock().unwrap();
             if tx.receiver_count() == 0 {
-                feeds.remove(&campaign.id);
+                feeds.remove(campaign.id());
                 return;
             }
         }
         // Let a burst settle into one snapshot.
         tokio::time::sleep(COALESCE).await;
         changes.mark_unchanged();
-        let campaign = platform.campaign(&campaign.id).unwrap_or(campaign.clone());
+        let campaign = platform.campaign(campaign.id()).unwrap_or(campaign.clone());
         match LiveStats::read(&platform, &campaign).await {
             Ok(now) => {
                 tx.send_if_modified(|last| {
@@ -153,9 +153,9 @@ async fn feed(
                 });
             }
             Err(e) => {
-                tracing::warn!(campaign = %campaign.id, error = %e, "cannot read live statistics")
+                tracing::warn!(campaign = %campaign.id(), error = %e, "cannot read live statistics")
             }
         }
     }
-    platform.feeds.feeds.lock().unwrap().remove(&campaign.id);
+    platform.feeds.feeds.lock().unwrap().remove(campaign.id());
 }

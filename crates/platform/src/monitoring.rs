@@ -208,10 +208,12 @@ pub async fn render(platform: &Platform) -> String {
 async fn sample(platform: &Platform) {
     for c in platform.campaigns() {
         if let Ok(counts) = platform.counts(&c).await {
-            gauge!("firstcome_queue_depth", "campaign" => c.id.clone()).set(counts.queued as f64);
-            gauge!("firstcome_admitted", "campaign" => c.id.clone()).set(counts.admitted as f64);
-            gauge!("firstcome_issued", "campaign" => c.id.clone()).set(counts.issued as f64);
-            gauge!("firstcome_remaining", "campaign" => c.id.clone())
+            gauge!("firstcome_queue_depth", "campaign" => c.id().to_owned())
+                .set(counts.queued as f64);
+            gauge!("firstcome_admitted", "campaign" => c.id().to_owned())
+                .set(counts.admitted as f64);
+            gauge!("firstcome_issued", "campaign" => c.id().to_owned()).set(counts.issued as f64);
+            gauge!("firstcome_remaining", "campaign" => c.id().to_owned())
                 .set(counts.remaining() as f64);
         }
     }

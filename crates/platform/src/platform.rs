@@ -191,7 +191,7 @@ impl Platform {
     /// Active campaigns, by id.
     pub fn campaigns(&self) -> Vec<Arc<Campaign>> {
         let mut all: Vec<_> = self.campaigns.read().unwrap().values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.sort_by(|a, b| a.id().cmp(b.id()));
         all
     }
 
@@ -206,24 +206,24 @@ impl Platform {
             .prepare(&campaign)
             .await
             .map_err(PlatformError::Plugin)?;
-        let admitted = self.admission.counts(&campaign.id).await?.admitted;
-        if campaign.capacity < admitted {
+        let admitted = self.admission.counts(campaign.id()).await?.admitted;
+        if campaign.capacity() < admitted {
             return Err(PlatformError::CapacityBelowAdmitted {
-                capacity: campaign.capacity,
+                capacity: campaign.capacity(),
                 admitted,
             });
         }
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
         let roles: Vec<String> = plugins.roles.keys().cloned().collect();
-        self.plugins.install(&campaign.id, plugins);
-        crate::monitoring::campaign_started(&campaign.id);
+        self.plugins.install(campaign.id(), plugins);
+        crate::monitoring::campaign_started(campaign.id());
         self.start_consumers(&roles);
         let campaign = Arc::new(campaign);
         self.campaigns
             .write()
             .unwrap()
-            .insert(campaign.id.clone(), campaign.clone());
+            .insert(campaign.id().to_owned(), campaign.clone());
         self.issuers.run(campaign);
         Ok(())
     }
@@ -265,10 +265,10 @@ impl Platform {
             if attempt > 0 {
                 self.sync_admission(c, false).await?;
             }
-            let floor = self.guard.floor(&c.id).await;
+            let floor = self.guard.floor(c.id()).await;
             outcome = match self
                 .admission
-                .admit(&c.id, user_id, &request_id, now, floor)
+                .admit(c.id(), user_id, &request_id, now, floor)
                 .await
             {
                 Ok(outcome) => outcome,
@@ -282,7 +282,7 @@ impl Platform {
                 break;
             }
             if outcome == Admit::Behind {
-                tracing::warn!(campaign = %c.id, ?floor,
+                tracing::warn!(campaign = %c.id(), ?floor,
                     "the admission queue is behind the database (restored from an older \
                      snapshot?): rebuilding it");
             }
@@ -295,15 +295,15 @@ impl Platform {
             Admit::NotOpen => "not_open",
             Admit::Unknown | Admit::Behind => "unavailable",
         };
-        metrics::counter!("firstcome_admissions_total", "campaign" => c.id.clone(), "result" => result)
+        metrics::counter!("firstcome_admissions_total", "campaign" => c.id().to_owned(), "result" => result)
             .increment(1);
         match outcome {
-            Admit::Unknown => return Err(PlatformError::QueueUnstable(c.id.clone())),
-            Admit::Behind => return Err(PlatformError::QueueBehind(c.id.clone())),
+            Admit::Unknown => return Err(PlatformError::QueueUnstable(c.id().to_owned())),
+            Admit::Behind => return Err(PlatformError::QueueBehind(c.id().to_owned())),
             Admit::Admitted { position } => {
-                self.guard.answered(&c.id, user_id, position);
-                self.issuers.wake(&c.id);
-                self.changes.bump(&c.id);
+                self.guard.answered(c.id(), user_id, position);
+                self.issuers.wake(c.id());
+                self.changes.bump(c.id());
             }
             _ => {}
         }

@@ -207,19 +207,19 @@ impl QueueGuard {
     /// less than the database issued. Returns whether it changed the queue's state; the
     /// answers from before are then checked by the next sweeps.
     pub async fn resync(&self, campaign: &Campaign, force: bool) -> Result<bool, GuardError> {
-        let issued = self.store.issued_users(&campaign.id).await?;
+        let issued = self.store.issued_users(campaign.id()).await?;
         let floor = Floor::of_issued(&issued);
         let changed = self
             .admission
             .sync_campaign(campaign, &issued, force)
             .await?;
-        self.raise(&campaign.id, floor);
+        self.raise(campaign.id(), floor);
         if changed {
-            metrics::counter!("firstcome_admission_rebuilds_total", "campaign" => campaign.id.clone())
+            metrics::counter!("firstcome_admission_rebuilds_total", "campaign" => campaign.id().to_owned())
                 .increment(1);
-            tracing::info!(campaign = %campaign.id, issued = issued.len(), force,
+            tracing::info!(campaign = %campaign.id(), issued = issued.len(), force,
                 "admission state brought up to the database");
-            if let Some(ledger) = self.ledgers.lock().unwrap().get_mut(&campaign.id) {
+            if let Some(ledger) = self.ledgers.lock().unwrap().get_mut(campaign.id()) {
                 ledger.suspect_since = Some(Instant::now());
             }
         }

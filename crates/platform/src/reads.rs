@@ -66,11 +66,13 @@ impl Platform {
     /// A campaign's counts now: admitted and queued from the admission queue, issued from the
     /// database. [`Counts::remaining`] and [`Campaign::state`] give the rest.
     pub async fn counts(&self, c: &Campaign) -> Result<Counts, PlatformError> {
-        let (queue, issued) =
-            tokio::join!(self.admission.counts(&c.id), self.store.issued_count(&c.id));
+        let (queue, issued) = tokio::join!(
+            self.admission.counts(c.id()),
+            self.store.issued_count(c.id())
+        );
         let queue = queue?;
         Ok(Counts {
-            capacity: c.capacity,
+            capacity: c.capacity(),
             admitted: queue.admitted,
             queued: queue.queued,
             issued: issued?,
@@ -148,11 +150,11 @@ impl Platform {
 
     /// The version (`sha256:...`) of the plugin handling each of the campaign's roles.
     pub fn plugin_versions(&self, c: &Campaign) -> BTreeMap<String, String> {
-        c.spec
+        c.spec()
             .plugins
             .keys()
             .filter_map(|role| {
-                let p = self.plugins.plugin(&c.id, role)?;
+                let p = self.plugins.plugin(c.id(), role)?;
                 Some((role.clone(), p.version().to_owned()))
             })
             .collect()

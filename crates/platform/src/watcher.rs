@@ -200,7 +200,7 @@ impl Watcher {
         };
         let present = self.read_folder().await;
         for campaign in applied {
-            let id = campaign.id.clone();
+            let id = campaign.id().to_owned();
             if present.as_ref().is_some_and(|p| !p.contains_key(&id)) {
                 // Removed while the host was down: stopped, as a removal is when running.
                 if let Err(e) = self.platform.store.deactivate_campaign(&id).await {
@@ -272,7 +272,7 @@ impl Watcher {
             && match &decided.1 {
                 Decision::Refused => true,
                 Decision::Applied(spec) => {
-                    self.platform.campaign(id).is_some_and(|c| c.spec == *spec)
+                    self.platform.campaign(id).is_some_and(|c| c.spec() == spec)
                 }
             }
     }
@@ -302,7 +302,7 @@ impl Watcher {
             && self.platform.admin_wrote(id).as_deref() == Some(text.as_str())
             && let Some(running) = self.platform.campaign(id)
         {
-            tracked.decided = Some((text, Decision::Applied(running.spec.clone())));
+            tracked.decided = Some((text, Decision::Applied(running.spec().clone())));
             tracked.pending = None;
             return;
         }
@@ -340,9 +340,9 @@ impl Watcher {
                 return self.refuse(id, &read.path, reason);
             }
         };
-        let spec = campaign.spec.clone();
+        let spec = campaign.spec().clone();
         let running = self.platform.campaign(id);
-        if starting && running.as_ref().is_some_and(|c| c.spec == spec) {
+        if starting && running.as_ref().is_some_and(|c| *c.spec() == spec) {
             // The version restored from the database is this file's: nothing to apply.
             tracked.decided = Some((text, Decision::Applied(spec)));
             self.platform.clear_rejection(id);

@@ -126,9 +126,9 @@ impl PluginHost {
     /// Loads and checks every plugin a campaign names, reusing what is already running when
     /// a section did not change. Nothing running changes; the first problem is returned.
     pub async fn prepare(&self, campaign: &Campaign) -> Result<CampaignPlugins, String> {
-        let current = self.active.read().unwrap().get(&campaign.id).cloned();
+        let current = self.active.read().unwrap().get(campaign.id()).cloned();
         let mut roles = BTreeMap::new();
-        for (role, spec) in &campaign.spec.plugins {
+        for (role, spec) in &campaign.spec().plugins {
             spec.validate(role)?;
             let path = spec.resolve(&self.base_dir);
             let fail =
@@ -148,7 +148,7 @@ impl PluginHost {
                 continue;
             }
             let scope = Scope {
-                campaign_id: campaign.id.clone(),
+                campaign_id: campaign.id().to_owned(),
                 role: role.clone(),
             };
             let plugin = self
@@ -165,7 +165,7 @@ impl PluginHost {
             roles.insert(role.clone(), Arc::new(plugin));
         }
         Ok(CampaignPlugins {
-            capacity: campaign.capacity,
+            capacity: campaign.capacity(),
             roles,
         })
     }
@@ -267,10 +267,10 @@ impl PluginHost {
     }
 
     pub async fn stats(&self, campaign: &Campaign) -> firstcome_store::Result<StatsSnapshot> {
-        let counters = self.store.campaign_stats(&campaign.id).await?;
+        let counters = self.store.campaign_stats(campaign.id()).await?;
         Ok(StatsSnapshot::new(
-            &campaign.id,
-            campaign.capacity,
+            campaign.id(),
+            campaign.capacity(),
             counters,
         ))
     }

@@ -221,7 +221,7 @@ pub async fn check_plugins(
 ) -> Result<Vec<(String, String)>, String> {
     let runtime = Arc::new(Runtime::new(PluginConfig::default()).map_err(|e| e.to_string())?);
     let mut versions = Vec::new();
-    for (role, spec) in &campaign.spec.plugins {
+    for (role, spec) in &campaign.spec().plugins {
         let path = spec.resolve(base);
         let fail = |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
         let compiled = runtime
@@ -229,7 +229,7 @@ pub async fn check_plugins(
             .await
             .map_err(|e| fail(&e))?;
         let scope = Scope {
-            campaign_id: campaign.id.clone(),
+            campaign_id: campaign.id().to_owned(),
             role: role.clone(),
         };
         let plugin = runtime

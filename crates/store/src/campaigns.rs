@@ -31,7 +31,7 @@ impl Store {
         loop {
             match self.try_upsert_campaign(c).await {
                 Err(e) if e.is_transient() && attempt < UPSERT_ATTEMPTS => {
-                    tracing::debug!(campaign = %c.id, attempt, error = %e, "campaign change retried");
+                    tracing::debug!(campaign = %c.id(), attempt, error = %e, "campaign change retried");
                     let pause = rand::random_range(1..=10 * u64::from(attempt));
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                     attempt += 1;
@@ -50,16 +50,16 @@ impl Store {
              coupon_expires_at, chunk_size, active, updated_at, spec) \
              VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1, ?, ?)",
         );
-        let spec = serde_json::to_string(&c.spec).expect("a campaign spec always serialises");
+        let spec = serde_json::to_string(&c.spec()).expect("a campaign spec always serialises");
         sqlx::query(&self.sql(&insert))
-            .bind(&c.id)
-            .bind(&c.name)
-            .bind(c.value)
-            .bind(c.capacity)
-            .bind(c.opens_at)
-            .bind(c.closes_at)
-            .bind(c.coupon_expires_at)
-            .bind(i64::from(c.chunk_size))
+            .bind(c.id())
+            .bind(c.name())
+            .bind(c.value())
+            .bind(c.capacity())
+            .bind(c.opens_at())
+            .bind(c.closes_at())
+            .bind(c.coupon_expires_at())
+            .bind(i64::from(c.chunk_size()))
             .bind(now)
             .bind(&spec)
             .execute(&mut *tx)
@@ -71,13 +71,13 @@ impl Store {
             }
         };
         let issued: i64 = sqlx::query(&self.sql(lock))
-            .bind(&c.id)
+            .bind(c.id())
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        if c.capacity < issued {
+        if c.capacity() < issued {
             return Err(StoreError::CapacityBelowIssued {
-                capacity: c.capacity,
+                capacity: c.capacity(),
                 issued,
             });
         }
@@ -86,16 +86,16 @@ impl Store {
              coupon_expires_at = ?, chunk_size = ?, active = 1, updated_at = ?, spec = ? \
              WHERE id = ?",
         ))
-        .bind(&c.name)
-        .bind(c.value)
-        .bind(c.capacity)
-        .bind(c.opens_at)
-        .bind(c.closes_at)
-        .bind(c.coupon_expires_at)
-        .bind(i64::from(c.chunk_size))
+        .bind(c.name())
+        .bind(c.value())
+        .bind(c.capacity())
+        .bind(c.opens_at())
+        .bind(c.closes_at())
+        .bind(c.coupon_expires_at())
+        .bind(i64::from(c.chunk_size()))
         .bind(now)
         .bind(&spec)
-        .bind(&c.id)
+        .bind(c.id())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
