@@ -165,3 +165,147 @@ async fn responses_carry_the_request_id() {
     assert!(text.contains(r#"route="unmatched""#), "{text}");
     app.stop().await;
 }
+
+/// One request's journey in the logs: with `RUST_LOG=info,journey=debug` and JSON lines, the
+/// admission's `request_id` finds its admission and the chunk that issued it, and the event id
+/// that line names finds the publish and each consumer group's handling (the stats plugin's
+/// call in the `event` span, the history group's), across the host's tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_finds_every_line_of_its_journey() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, campaigns) = (dir.path().join("data"), dir.path().join("campaigns"));
+    std::fs::create_dir_all(&campaigns).unwrap();
+    let stats = crate::helpers::wasm("stats");
+    let history = crate::helpers::wasm("history");
+    std::fs::write(
+        campaigns.join("trail.toml"),
+        format!(
+            "name = \"Trail\"\ncapacity = 5\nvalue = 1\n\
+             [plugins.stats]\npath = {stats:?}\ngrants = [\"stats\"]\n\
+             [plugins.history]\npath = {history:?}\ngrants = [\"history\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = crate::helpers::free_port();
+    let log = dir.path().join("host.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+        .arg("serve")
+        .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FIRSTCOME_DATA_DIR", &data)
+        .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+        .env("FIRSTCOME_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,journey=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::helpers::wait_ready(&client, &base, 60).await;
+    crate::helpers::wait_for(20, || async {
+        client
+            .get(format!("{base}/api/v1/campaigns/trail"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+    .expect("the campaign applies");
+    for user in ["ann", "bo"] {
+        let r = client
+            .post(format!("{base}/api/v1/campaigns/trail/requests"))
+            .json(&serde_json::json!({ "user_id": user }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let r: serde_json::Value = client
+        .post(format!("{base}/api/v1/campaigns/trail/requests"))
+        .json(&serde_json::json!({ "user_id": "cy" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request_id = r["request_id"].as_str().unwrap().to_owned();
+
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    // Every field of a line: its own and its spans'.
+    let mentions = |line: &serde_json::Value, key: &str, value: &str| {
+        let hit = |o: &serde_json::Value| o.get(key).and_then(|v| v.as_str()) == Some(value);
+        hit(&line["fields"])
+            || hit(&line["span"])
+            || line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(hit))
+    };
+    let messages = |key: &str, value: &str| -> Vec<String> {
+        lines()
+            .iter()
+            .filter(|l| mentions(l, key, value))
+            .map(|l| {
+                let group = l["span"]["group"].as_str().unwrap_or_default();
+                let message = l["fields"]["message"].as_str().unwrap_or_default();
+                format!(
+                    "{message}{}",
+                    if group.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({group})")
+                    }
+                )
+            })
+            .collect()
+    };
+    let done = crate::helpers::wait_for(30, || async {
+        let by_request = messages("request_id", &request_id);
+        by_request
+            .iter()
+            .any(|m| m.starts_with("handled by the plugin (stats)"))
+            && by_request
+                .iter()
+                .any(|m| m.starts_with("handled by the plugin (history)"))
+    })
+    .await;
+    let by_request = messages("request_id", &request_id);
+    assert!(
+        done.is_some(),
+        "the journey did not reach both groups: {by_request:?}"
+    );
+    assert!(
+        by_request.contains(&"admitted".to_owned()),
+        "{by_request:?}"
+    );
+    let issued = lines()
+        .into_iter()
+        .find(|l| mentions(l, "request_id", &request_id) && l["fields"]["message"] == "issued")
+        .unwrap_or_else(|| panic!("no `issued` line: {by_request:?}"));
+    assert_eq!(issued["span"]["name"], "chunk", "{issued}");
+    let event_id = issued["fields"]["event_id"].as_str().unwrap().to_owned();
+    let by_event = messages("event_id", &event_id);
+    for step in [
+        "issued",
+        "published",
+        "handled by the plugin (stats)",
+        "handled by the plugin (history)",
+    ] {
+        assert!(
+            by_event.iter().any(|m| m == step),
+            "{step:?} missing: {by_event:?}"
+        );
+    }
+    // The other requests' lines are not this one's.
+    assert!(
+        by_request.iter().filter(|m| *m == "admitted").count() == 1,
+        "{by_request:?}"
+    );
+    child.kill().await.unwrap();
+}

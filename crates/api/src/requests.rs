@@ -81,14 +81,18 @@ async fn admit(
         )
     };
     match admitted.outcome {
-        Admit::Admitted { position } => Ok((
-            StatusCode::ACCEPTED,
-            Json(Queued {
-                request_id: admitted.request_id,
-                status: RequestState::Queued,
-                position,
-            }),
-        )),
+        Admit::Admitted { position } => {
+            tracing::debug!(target: firstcome_core::JOURNEY, request_id = %admitted.request_id,
+                campaign = %campaign_id, user = %user, position, "admitted");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(Queued {
+                    request_id: admitted.request_id,
+                    status: RequestState::Queued,
+                    position,
+                }),
+            ))
+        }
         Admit::Duplicate { position } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "duplicate_request",

@@ -15,6 +15,13 @@
 //! Nothing here opens a file, a socket or a database; `cargo test -p firstcome-core` needs no
 //! service.
 
+/// The log target of every request's journey: the admission, the chunk that issued it, the
+/// outbox publish of its event, and each consumer group's handling of the event (a span per
+/// event, around the plugin call). Off at the default `info`; `RUST_LOG=info,journey=debug`
+/// turns it on, and the admission's `request_id` or the event's `event_id` then finds every
+/// line of one request's way (`docs/architecture.md`, "Following one request").
+pub const JOURNEY: &str = "journey";
+
 pub mod bounded;
 pub mod campaign;
 pub mod clock;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::IssuerConfig;
 use crate::outbox::Publisher;
@@ -202,6 +203,17 @@ async fn issue(
     items: &[QueueItem],
     stop: &CancellationToken,
 ) -> bool {
+    let span = tracing::debug_span!(target: firstcome_core::JOURNEY, "chunk", campaign = %id,
+        size = items.len());
+    issue_in(ctx, id, items, stop).instrument(span).await
+}
+
+async fn issue_in(
+    ctx: &IssuerContext,
+    id: &str,
+    items: &[QueueItem],
+    stop: &CancellationToken,
+) -> bool {
     let backoff = Duration::from_millis(ctx.config.retry_backoff_ms);
     let started = Instant::now();
     let outcome = loop {
@@ -240,6 +252,9 @@ async fn issue(
         .record(items.len() as f64);
     metrics::histogram!("firstcome_chunk_commit_seconds", "campaign" => id.to_owned())
         .record(started.elapsed().as_secs_f64());
+    if tracing::enabled!(target: firstcome_core::JOURNEY, tracing::Level::DEBUG) {
+        journey_issued(&outcome.events);
+    }
     ctx.publisher.publish(outcome.events);
     ctx.changes.bump(id);
     // If these fail the items are reclaimed later and found already issued: no duplicate.
@@ -269,5 +284,22 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(d) => true,
         () = stop.cancelled() => false,
+    }
+}
+
+/// One `issued` line per new coupon, linking the admission's `request_id` to its event's
+/// `event_id` (only when the journey target is on: it reads each event's payload back).
+fn journey_issued(events: &[firstcome_store::OutboxEvent]) {
+    for e in events {
+        let payload: serde_json::Value = serde_json::from_str(&e.payload).unwrap_or_default();
+        let field = |name: &str| {
+            payload["payload"][name]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        tracing::debug!(target: firstcome_core::JOURNEY, request_id = %field("request_id"),
+            event_id = %e.event_id, position = payload["payload"]["position"].as_i64(),
+            coupon_id = %field("coupon_id"), "issued");
     }
 }

@@ -71,6 +71,10 @@ async fn publish_all(
             return Err(e);
         }
         metrics::counter!("firstcome_events_published_total").increment(messages.len() as u64);
+        for m in &messages {
+            tracing::debug!(target: firstcome_core::JOURNEY, event_id = %m.event_id, topic,
+                "published");
+        }
     }
     Ok(())
 }

@@ -183,21 +183,22 @@ impl self::firstcome::plugin::log::Host for CallCtx {
         }
         let c = &self.call;
         let (campaign, role, version) = (&c.scope.campaign_id, &c.scope.role, &c.version);
+        let event_id = &c.event_id;
         match level {
             Level::Trace => {
-                tracing::trace!(target: "plugin", %campaign, %role, %version, "{message}")
+                tracing::trace!(target: "plugin", %campaign, %role, %version, %event_id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "plugin", %campaign, %role, %version, "{message}")
+                tracing::debug!(target: "plugin", %campaign, %role, %version, %event_id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "plugin", %campaign, %role, %version, "{message}")
+                tracing::info!(target: "plugin", %campaign, %role, %version, %event_id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "plugin", %campaign, %role, %version, "{message}")
+                tracing::warn!(target: "plugin", %campaign, %role, %version, %event_id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "plugin", %campaign, %role, %version, "{message}")
+                tracing::error!(target: "plugin", %campaign, %role, %version, %event_id, "{message}")
             }
         }
         self.call

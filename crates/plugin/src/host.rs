@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::bindings::{CouponIssued as WitCouponIssued, Event};
 use super::runtime::{CounterSnapshot, Plugin, Runtime};
@@ -290,6 +291,23 @@ impl PluginHost {
             serde_json::from_str(&delivered.message.payload)
                 .map_err(|e| HandlerError::Permanent(format!("undecodable event: {e}")))?;
         let campaign_id = envelope.campaign_id.clone();
+        let span = tracing::debug_span!(target: firstcome_core::JOURNEY, "event", group = role,
+            event_id = %delivered.message.event_id,
+            request_id = envelope.payload["request_id"].as_str().unwrap_or_default(),
+            campaign = %campaign_id);
+        self.run_in(role, delivered, envelope, pending)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_in(
+        &self,
+        role: &str,
+        delivered: &Delivered,
+        envelope: Envelope<serde_json::Value>,
+        pending: &mut HashMap<Scope, Arc<Pending>>,
+    ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
+        let campaign_id = envelope.campaign_id.clone();
         let (plugin, capacity) = {
             let active = self.active.read().unwrap();
             match active.get(&campaign_id) {
@@ -304,6 +322,7 @@ impl PluginHost {
                 )));
             }
             // The campaign has no plugin for this role: nothing to do.
+            tracing::debug!(target: firstcome_core::JOURNEY, "no plugin for the role");
             return Ok(None);
         };
         let event = wit_event(envelope, capacity)?;
@@ -319,6 +338,8 @@ impl PluginHost {
             .await;
         match result {
             Ok(effects) => {
+                tracing::debug!(target: firstcome_core::JOURNEY, version = %plugin.version(),
+                    "handled by the plugin");
                 if !effects.kv.is_empty() || !effects.counters.is_empty() {
                     let earlier = pending.entry(plugin.scope.clone()).or_default();
                     Arc::make_mut(earlier).absorb(&effects);
