@@ -16,10 +16,8 @@ use uuid::Uuid;
 
 use firstcome_admission::Admission;
 use firstcome_admission::embedded::EmbeddedAdmission;
-use firstcome_admission::redis::RedisAdmission;
 use firstcome_bus::EventBus;
 use firstcome_bus::embedded::LogBus;
-use firstcome_bus::kafka::KafkaBus;
 use firstcome_platform::Platform;
 use firstcome_platform::config::Config;
 use firstcome_platform::issuer::{IssuerContext, Issuers};
@@ -55,15 +53,31 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
         )
     })?;
     let admission: Arc<dyn Admission> = match &config.redis_url {
-        Some(url) => Arc::new(RedisAdmission::connect(url).await.with_context(|| {
+        Some(url) => open_redis(url).await?,
+        None => Arc::new(EmbeddedAdmission::new(store.clone())),
+    };
+    Ok((store, admission))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str) -> anyhow::Result<Arc<dyn Admission>> {
+    let queue = firstcome_admission::redis::RedisAdmission::connect(url)
+        .await
+        .with_context(|| {
             format!(
                 "connecting to Redis {}",
                 firstcome_platform::config::redact_url(url)
             )
-        })?),
-        None => Arc::new(EmbeddedAdmission::new(store.clone())),
-    };
-    Ok((store, admission))
+        })?;
+    Ok(Arc::new(queue))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: &str) -> anyhow::Result<Arc<dyn Admission>> {
+    anyhow::bail!(
+        "FIRSTCOME_REDIS_URL is set, but this firstcome was built without Redis support: \
+         build it with `--features redis` (on by default), or unset it for the in-process queue"
+    )
 }
 
 /// The event bus named by the configuration: Kafka (creating the outbox topic and its `.DLT`
@@ -72,11 +86,28 @@ pub async fn open_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn 
     let Some(brokers) = &config.kafka_brokers else {
         return Ok(Arc::new(LogBus::new(store.clone())));
     };
-    let bus = KafkaBus::new(brokers, config.kafka.clone(), store.clone())?;
+    open_kafka(brokers, config, store).await
+}
+
+#[cfg(feature = "kafka")]
+async fn open_kafka(
+    brokers: &str,
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<Arc<dyn EventBus>> {
+    let bus = firstcome_bus::kafka::KafkaBus::new(brokers, config.kafka.clone(), store.clone())?;
     bus.ensure_topics(&[&config.outbox.topic])
         .await
         .with_context(|| format!("creating Kafka topics on {brokers}"))?;
     Ok(Arc::new(bus))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka(_: &str, _: &Config, _: &Store) -> anyhow::Result<Arc<dyn EventBus>> {
+    anyhow::bail!(
+        "FIRSTCOME_KAFKA_BROKERS is set, but this firstcome was built without Kafka support: \
+         build it with `--features kafka` (on by default), or unset it for the embedded log"
+    )
 }
 
 impl App {

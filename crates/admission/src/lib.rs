@@ -22,6 +22,7 @@
 //! [`embedded`] (the same semantics in process), both tested by one shared suite.
 
 pub mod embedded;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::fmt::Debug;
@@ -34,6 +35,7 @@ pub use firstcome_core::queue::{Admit, Floor, ISSUER_GROUP, QueueCounts, QueueIt
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
+    #[cfg(feature = "redis")]
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected reply from the admission queue: {0}")]

@@ -16,6 +16,7 @@
 mod config;
 pub mod delivery;
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use std::fmt::Debug;

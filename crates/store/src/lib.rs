@@ -47,6 +47,11 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres
 pub enum StoreError {
     #[error("unsupported database URL scheme in {0:?}: use sqlite:, mysql:// or postgres://")]
     UnsupportedUrl(String),
+    /// The URL names an engine this binary was built without (`--no-default-features`).
+    #[error(
+        "this firstcome was built without {0} support: build it with `--features {1}` (on by default)"
+    )]
+    NotBuilt(&'static str, &'static str),
     #[error("capacity {capacity} is below the {issued} coupons already issued")]
     CapacityBelowIssued { capacity: i64, issued: i64 },
     #[error("campaign {0} is not in the database")]
@@ -95,9 +100,17 @@ impl Dialect {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            Ok(Self::MySql)
+            if cfg!(feature = "mysql") {
+                Ok(Self::MySql)
+            } else {
+                Err(StoreError::NotBuilt("MySQL/MariaDB", "mysql"))
+            }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres)
+            if cfg!(feature = "postgres") {
+                Ok(Self::Postgres)
+            } else {
+                Err(StoreError::NotBuilt("PostgreSQL", "postgres"))
+            }
         } else {
             Err(StoreError::UnsupportedUrl(
                 firstcome_core::bounded::redact_url(url),
