@@ -128,6 +128,34 @@ rustup target add wasm32-wasip2
 phase "format"
 cargo fmt --all -- --check
 
+phase "layering: crates depend one way, the core does no I/O"
+# Cargo refuses cycles between crates; this keeps the layers of docs/architecture.md: the
+# core crate reaches no runtime, database, network or sandbox, and no lower crate names a
+# higher one.
+deps_of() { # deps_of CRATE: CRATE's normal dependencies, direct and indirect, one per line
+  local out
+  out=$(cargo tree ${FC_TREE_FLAGS---locked} -p "$1" -e normal --prefix none) || return 1
+  sed 's/ .*//' <<<"$out" | sort -u | grep -vx "$1"
+}
+deps=$(deps_of firstcome-core)
+io=$(grep -xE 'tokio|sqlx|redis|rdkafka|wasmtime|axum|hyper|reqwest|lettre|rusqlite|firstcome-.*' \
+  <<<"$deps" || true)
+[[ -z "$io" ]] || { echo "firstcome-core depends on:" $io >&2; exit 1; }
+check_below() { # check_below CRATE ALLOWED...: CRATE's workspace dependencies are among ALLOWED
+  local crate=$1 deps dep; shift
+  deps=$(deps_of "$crate")
+  for dep in $(grep '^firstcome-' <<<"$deps" || true); do
+    [[ " $* " == *" $dep "* ]] || { echo "$crate depends on $dep, at or above it" >&2; exit 1; }
+  done
+}
+check_below firstcome-store firstcome-core
+check_below firstcome-admission firstcome-core firstcome-store
+check_below firstcome-bus firstcome-core firstcome-store
+check_below firstcome-plugin firstcome-core firstcome-store firstcome-bus firstcome-plugin-wit
+check_below firstcome-platform firstcome-core firstcome-store firstcome-admission firstcome-bus \
+  firstcome-plugin firstcome-plugin-wit
+echo "ok"
+
 phase "lint: host"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
