@@ -335,7 +335,7 @@ fn rows(campaign_id: &str, n: usize, now: i64) -> Vec<Row> {
                     coupon_code: code.clone(),
                     position: i as i64 + 1,
                     request_id: request_id.clone(),
-                    issued_at: firstcome_core::clock::to_rfc3339(now),
+                    issued_at: firstcome_core::clock::Timestamp::from_millis(now),
                     expires_at: None,
                 },
             );

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::error::{ApiError, ApiPath, ErrorBody};
 use super::requests::CampaignParam;
 use firstcome_core::campaign::{Campaign, CampaignState};
-use firstcome_core::clock::{now_ms, to_rfc3339};
+use firstcome_core::clock::{Timestamp, now_ms};
 use firstcome_platform::Platform;
 
 /// A campaign: its settings and live counts.
@@ -22,14 +22,14 @@ pub struct CampaignView {
     /// A coupon's worth in the smallest currency unit.
     value: i64,
     /// RFC 3339; absent when open from the start.
-    #[schema(format = DateTime)]
-    opens_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    opens_at: Option<Timestamp>,
     /// RFC 3339; absent when open until sold out.
-    #[schema(format = DateTime)]
-    closes_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    closes_at: Option<Timestamp>,
     /// RFC 3339; absent when coupons do not expire.
-    #[schema(format = DateTime)]
-    coupon_expires_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    coupon_expires_at: Option<Timestamp>,
     /// Requests issued per database transaction.
     chunk_size: u32,
     /// Where the campaign stands: its window, then whether coupons remain.
@@ -51,9 +51,9 @@ pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, Api
         id: c.id().to_owned(),
         name: c.name().to_owned(),
         value: c.value(),
-        opens_at: c.opens_at().map(to_rfc3339),
-        closes_at: c.closes_at().map(to_rfc3339),
-        coupon_expires_at: c.coupon_expires_at().map(to_rfc3339),
+        opens_at: c.opens_at().map(Timestamp::from_millis),
+        closes_at: c.closes_at().map(Timestamp::from_millis),
+        coupon_expires_at: c.coupon_expires_at().map(Timestamp::from_millis),
         chunk_size: c.chunk_size(),
         status: c.state(now_ms(), &counts),
         capacity: c.capacity(),

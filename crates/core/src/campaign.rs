@@ -364,6 +364,13 @@ impl Counts {
     pub fn remaining(&self) -> i64 {
         (self.capacity - self.admitted.max(self.issued)).max(0)
     }
+
+    /// Coupons not yet issued: `capacity` less the database's count, never below zero. Unlike
+    /// [`Self::remaining`] it counts the admitted requests still queued as not issued (the
+    /// `firstcome_remaining` gauge, which adds up to `capacity` with `firstcome_issued`).
+    pub fn unissued(&self) -> i64 {
+        (self.capacity - self.issued).max(0)
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +388,7 @@ mod tests {
         assert_eq!(counts(3, 1).remaining(), 7);
         assert_eq!(counts(1, 3).remaining(), 7);
         assert_eq!(counts(12, 0).remaining(), 0);
+        assert_eq!(counts(3, 1).unissued(), 9);
         let c = Campaign::new(
             "c",
             CampaignSpec::from_toml(

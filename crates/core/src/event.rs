@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clock::to_rfc3339;
+use crate::clock::Timestamp;
 
 /// `event_type` of [`CouponIssued`].
 pub const COUPON_ISSUED: &str = "coupon.issued";
@@ -18,8 +18,8 @@ pub struct Envelope<P> {
     pub event_type: String,
     pub schema_version: u32,
     pub campaign_id: String,
-    /// RFC 3339.
-    pub occurred_at: String,
+    /// When the event happened (the chunk's commit); RFC 3339 in JSON.
+    pub occurred_at: Timestamp,
     pub payload: P,
 }
 
@@ -39,8 +39,8 @@ pub struct CouponIssued {
     /// The request's place in the campaign's queue (1 = first).
     pub position: i64,
     pub request_id: String,
-    pub issued_at: String,
-    pub expires_at: Option<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Envelope<CouponIssued> {
@@ -50,7 +50,7 @@ impl Envelope<CouponIssued> {
             event_type: COUPON_ISSUED.to_owned(),
             schema_version: 1,
             campaign_id: campaign_id.to_owned(),
-            occurred_at: to_rfc3339(at_ms),
+            occurred_at: Timestamp::from_millis(at_ms),
             payload,
         }
     }

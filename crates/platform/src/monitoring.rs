@@ -12,6 +12,7 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::platform::Platform;
+use firstcome_core::campaign::Counts;
 use firstcome_core::clock::now_ms;
 
 /// Latency buckets, seconds.
@@ -56,10 +57,7 @@ fn describe() {
     );
     describe_gauge!("firstcome_admitted", "Requests admitted so far");
     describe_gauge!("firstcome_issued", "Coupons issued");
-    describe_gauge!(
-        "firstcome_remaining",
-        "Coupons still to be had: capacity less admitted (or issued, if more)"
-    );
+    describe_gauge!("firstcome_remaining", "Coupons still to issue");
     describe_histogram!("firstcome_chunk_size", "Requests per issuing transaction");
     describe_histogram!(
         "firstcome_chunk_commit_seconds",
@@ -207,14 +205,27 @@ pub async fn render(platform: &Platform) -> String {
 /// Reads the levels that live elsewhere into gauges.
 async fn sample(platform: &Platform) {
     for c in platform.campaigns() {
-        if let Ok(counts) = platform.counts(&c).await {
+        // The queue and the database are read apart: one that is down leaves the other's
+        // gauges current.
+        let (queue, issued) = tokio::join!(
+            platform.admission.counts(c.id()),
+            platform.store.issued_count(c.id())
+        );
+        if let Ok(queue) = queue {
             gauge!("firstcome_queue_depth", "campaign" => c.id().to_owned())
-                .set(counts.queued as f64);
+                .set(queue.queued as f64);
             gauge!("firstcome_admitted", "campaign" => c.id().to_owned())
-                .set(counts.admitted as f64);
-            gauge!("firstcome_issued", "campaign" => c.id().to_owned()).set(counts.issued as f64);
+                .set(queue.admitted as f64);
+        }
+        if let Ok(issued) = issued {
+            let counts = Counts {
+                capacity: c.capacity(),
+                issued,
+                ..Counts::default()
+            };
+            gauge!("firstcome_issued", "campaign" => c.id().to_owned()).set(issued as f64);
             gauge!("firstcome_remaining", "campaign" => c.id().to_owned())
-                .set(counts.remaining() as f64);
+                .set(counts.unissued() as f64);
         }
     }
     if let Ok((unpublished, oldest)) = platform.store.outbox_backlog().await {

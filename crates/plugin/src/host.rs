@@ -18,7 +18,7 @@ use super::bindings::{CouponIssued as WitCouponIssued, Event};
 use super::runtime::{CounterSnapshot, Plugin, Runtime};
 use super::services::Services;
 use firstcome_bus::{Delivered, Handler, HandlerError};
-use firstcome_core::campaign::Campaign;
+use firstcome_core::campaign::{Campaign, Counts};
 use firstcome_core::clock::now_ms;
 use firstcome_core::event::{COUPON_ISSUED, CouponIssued, Envelope};
 use firstcome_core::plugin_spec::Capability;
@@ -60,7 +60,13 @@ impl StatsSnapshot {
             campaign_id: campaign_id.to_owned(),
             capacity,
             issued,
-            remaining: capacity.saturating_sub(issued).max(0),
+            // What the stats plugin has seen issued, so [`Counts::unissued`], not `remaining`.
+            remaining: Counts {
+                capacity,
+                issued,
+                ..Counts::default()
+            }
+            .unissued(),
             revenue: counters.get("revenue").copied().unwrap_or(0),
             by_gender: pick("gender."),
             by_age_group: pick("age_group."),
@@ -287,9 +293,11 @@ impl PluginHost {
         delivered: &Delivered,
         pending: &mut HashMap<Scope, Arc<Pending>>,
     ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
-        let envelope: Envelope<serde_json::Value> =
-            serde_json::from_str(&delivered.message.payload)
-                .map_err(|e| HandlerError::Permanent(format!("undecodable event: {e}")))?;
+        // serde_path_to_error: the message names the field (`occurred_at: ...`).
+        let envelope: Envelope<serde_json::Value> = serde_path_to_error::deserialize(
+            &mut serde_json::Deserializer::from_str(&delivered.message.payload),
+        )
+        .map_err(|e| HandlerError::Permanent(format!("undecodable event: {e}")))?;
         let campaign_id = envelope.campaign_id.clone();
         let span = tracing::debug_span!(target: firstcome_core::JOURNEY, "event", group = role,
             event_id = %delivered.message.event_id,
@@ -514,13 +522,8 @@ pub fn wit_event(
             envelope.event_type
         )));
     }
-    let p: CouponIssued = serde_json::from_value(envelope.payload)
+    let p: CouponIssued = serde_path_to_error::deserialize(envelope.payload)
         .map_err(|e| HandlerError::Permanent(format!("undecodable coupon.issued payload: {e}")))?;
-    let millis = |field: &str, text: &str| {
-        chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| HandlerError::Permanent(format!("{field} {text:?}: {e}")))
-    };
     Ok(Event::CouponIssued(WitCouponIssued {
         event_id: envelope.event_id,
         campaign_id: envelope.campaign_id,
@@ -535,12 +538,8 @@ pub fn wit_event(
         fcm_token: p.fcm_token,
         gender: p.gender,
         age_group: p.age_group,
-        issued_at_ms: millis("issued_at", &p.issued_at)?,
-        expires_at_ms: p
-            .expires_at
-            .as_deref()
-            .map(|t| millis("expires_at", t))
-            .transpose()?,
+        issued_at_ms: p.issued_at.millis(),
+        expires_at_ms: p.expires_at.map(|t| t.millis()),
     }))
 }
 

@@ -205,10 +205,10 @@ fn parse_event(text: &str) -> anyhow::Result<firstcome_core::event::Envelope<ser
             .map_err(|e| anyhow::anyhow!("the message's payload is not JSON: {e}"))?,
         _ => value,
     };
-    serde_json::from_value(value).map_err(|e| {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         anyhow::anyhow!(
             "the event is not a firstcome event envelope (event_id, event_type, schema_version, \
-             campaign_id, occurred_at, payload): {e}"
+             campaign_id, occurred_at as RFC 3339, payload): {e}"
         )
     })
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Dialect, Result, Store, StoreError, placeholders};
 use crate::OutboxEvent;
-use firstcome_core::clock::{now_ms, to_rfc3339};
+use firstcome_core::clock::{Timestamp, now_ms};
 use firstcome_core::event::{CouponIssued, Envelope};
 use firstcome_core::queue::{Floor, QueueItem};
 
@@ -41,11 +41,11 @@ pub struct CouponView {
     /// The request's place in line.
     pub position: i64,
     /// RFC 3339.
-    #[schema(format = DateTime)]
-    pub issued_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub issued_at: Timestamp,
     /// RFC 3339; absent when the coupon does not expire.
-    #[schema(format = DateTime)]
-    pub expires_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Crockford's base32 alphabet: no I, L, O or U to misread.
@@ -124,8 +124,8 @@ impl Store {
         if !new_coupons.is_empty() {
             let profiles: HashMap<&str, &super::users::UserProfile> =
                 profiles.iter().map(|p| (p.user_id.as_str(), p)).collect();
-            let issued_at = to_rfc3339(now);
-            let expires_at = campaign.coupon_expires_at.map(to_rfc3339);
+            let issued_at = Timestamp::from_millis(now);
+            let expires_at = campaign.coupon_expires_at.map(Timestamp::from_millis);
             for (item, (coupon_id, code)) in &new_coupons {
                 let profile = profiles.get(item.user_id.as_str());
                 let payload = CouponIssued {
@@ -140,8 +140,8 @@ impl Store {
                     coupon_code: code.clone(),
                     position: item.position,
                     request_id: item.request_id.clone(),
-                    issued_at: issued_at.clone(),
-                    expires_at: expires_at.clone(),
+                    issued_at,
+                    expires_at,
                 };
                 let envelope = Envelope::coupon_issued(campaign_id, now, payload);
                 outcome.events.push(OutboxEvent {
@@ -340,8 +340,8 @@ fn coupon_view(r: &sqlx::any::AnyRow) -> Result<CouponView> {
         value: r.try_get(3)?,
         code: r.try_get(4)?,
         position: r.try_get(5)?,
-        issued_at: to_rfc3339(r.try_get(6)?),
-        expires_at: r.try_get::<Option<i64>, _>(7)?.map(to_rfc3339),
+        issued_at: Timestamp::from_millis(r.try_get(6)?),
+        expires_at: r.try_get::<Option<i64>, _>(7)?.map(Timestamp::from_millis),
     })
 }
 

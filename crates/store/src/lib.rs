@@ -386,6 +386,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "mysql", feature = "postgres"))]
     fn urls_pick_their_dialect() {
         assert_eq!(
             Dialect::from_url("sqlite:data/x.db").unwrap(),
@@ -424,5 +425,14 @@ mod tests {
     #[test]
     fn placeholder_lists() {
         assert_eq!(placeholders(3), "(?, ?, ?)");
+    }
+
+    /// A build without an engine says which feature brings it, instead of failing later in
+    /// the driver.
+    #[test]
+    #[cfg(not(feature = "mysql"))]
+    fn an_engine_not_built_in_is_named() {
+        let e = Dialect::from_url("mysql://root@h/db").unwrap_err();
+        assert!(e.to_string().contains("--features mysql"), "{e}");
     }
 }
