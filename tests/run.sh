@@ -151,7 +151,7 @@ check_below() { # check_below CRATE ALLOWED...: CRATE's workspace dependencies a
   local crate=$1 deps dep; shift
   deps=$(deps_of "$crate")
   for dep in $(grep '^firstcome-' <<<"$deps" || true); do
-    [[ " $* " == *" $dep "* ]] || { echo "$crate depends on $dep, at or above it" >&2; exit 1; }
+    [[ " $* " == *" $dep "* ]] || { echo "$crate depends on $dep, which its layer may not use (docs/architecture.md)" >&2; exit 1; }
   done
 }
 check_below firstcome-plugin-wit
