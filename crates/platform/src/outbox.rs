@@ -71,9 +71,12 @@ async fn publish_all(
             return Err(e);
         }
         metrics::counter!("firstcome_events_published_total").increment(messages.len() as u64);
-        for m in &messages {
-            tracing::debug!(target: firstcome_core::JOURNEY, event_id = %m.event_id, topic,
-                "published");
+        // One line per event only when the journey is being followed: this runs per publish.
+        if tracing::enabled!(target: firstcome_core::JOURNEY, tracing::Level::DEBUG) {
+            for m in &messages {
+                tracing::debug!(target: firstcome_core::JOURNEY, event_id = %m.event_id, topic,
+                    "published");
+            }
         }
     }
     Ok(())
