@@ -73,6 +73,10 @@ cleanup() {
   for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   [[ -n "${broker_pid:-}" ]] && kill "$broker_pid" 2>/dev/null || true
   [[ -n "${kafka_dir:-}" ]] && rm -rf "$kafka_dir"
+  if [[ -n "${cluster_dir:-}" ]]; then
+    bash tests/redis-cluster.sh stop "$cluster_dir" || true
+    rm -rf "$cluster_dir"
+  fi
   print_timings
 }
 touch "$logs/.run-started"
@@ -219,6 +223,14 @@ if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then
   kill -0 "$broker_pid" || { cat "$kafka_dir/broker.log"; exit 1; }
 fi
 echo "kafka-protocol broker: $FC_TEST_KAFKA_BROKERS"
+# The suite shares one Redis Cluster (three primaries, a replica each); tests that fail nodes
+# over start their own.
+if [[ -z "${FC_TEST_REDIS_CLUSTER_URL:-}" ]]; then
+  cluster_dir=$(mktemp -d)
+  FC_TEST_REDIS_CLUSTER_URL=$(bash tests/redis-cluster.sh start "$cluster_dir")
+  export FC_TEST_REDIS_CLUSTER_URL
+fi
+echo "redis cluster: $FC_TEST_REDIS_CLUSTER_URL"
 # Each test makes its own database (fct_*); drop those earlier runs left behind.
 for db in $(mysql -h 127.0.0.1 -uroot -N -e "SHOW DATABASES LIKE 'fct\_%'"); do
   mysql -h 127.0.0.1 -uroot -e "DROP DATABASE \`$db\`"

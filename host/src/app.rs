@@ -53,14 +53,17 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<(Store, Arc<dyn Ad
         )
     })?;
     let admission: Arc<dyn Admission> = match &config.redis_url {
-        Some(url) => open_redis(url).await?,
+        Some(url) => open_redis(url, &config.admission).await?,
         None => Arc::new(EmbeddedAdmission::new(store.clone())),
     };
     Ok((store, admission))
 }
 
 #[cfg(feature = "redis")]
-async fn open_redis(url: &str) -> anyhow::Result<Arc<dyn Admission>> {
+async fn open_redis(
+    url: &str,
+    config: &firstcome_platform::config::AdmissionConfig,
+) -> anyhow::Result<Arc<dyn Admission>> {
     let queue = firstcome_admission::redis::RedisAdmission::connect(url)
         .await
         .with_context(|| {
@@ -68,12 +71,19 @@ async fn open_redis(url: &str) -> anyhow::Result<Arc<dyn Admission>> {
                 "connecting to Redis {}",
                 firstcome_platform::config::redact_url(url)
             )
-        })?;
+        })?
+        .with_replica_acks(
+            config.redis_wait_replicas,
+            std::time::Duration::from_millis(config.redis_wait_timeout_ms),
+        );
     Ok(Arc::new(queue))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn open_redis(_: &str) -> anyhow::Result<Arc<dyn Admission>> {
+async fn open_redis(
+    _: &str,
+    _: &firstcome_platform::config::AdmissionConfig,
+) -> anyhow::Result<Arc<dyn Admission>> {
     anyhow::bail!(
         "FIRSTCOME_REDIS_URL is set, but this firstcome was built without Redis support: \
          build it with `--features redis` (on by default), or unset it for the in-process queue"

@@ -8,7 +8,7 @@ use firstcome_admission::redis::RedisAdmission;
 use firstcome_admission::{Admission, Admit, Floor};
 use firstcome_core::campaign::{Campaign, CampaignSpec};
 
-use crate::helpers::{redis_url, spec, unique};
+use crate::helpers::{redis_cluster_url, redis_url, spec, unique};
 
 /// No floor: the database has issued nothing.
 const NO_FLOOR: Floor = Floor {
@@ -21,6 +21,14 @@ async fn redis() -> Arc<dyn Admission> {
         RedisAdmission::connect(&redis_url())
             .await
             .expect("Redis answers"),
+    )
+}
+
+async fn cluster() -> Arc<dyn Admission> {
+    Arc::new(
+        RedisAdmission::connect(&redis_cluster_url())
+            .await
+            .expect("the Redis Cluster answers"),
     )
 }
 
@@ -41,6 +49,9 @@ macro_rules! suite {
         mod redis_queue {
             $(#[tokio::test] async fn $test() { super::$test(super::redis().await).await })*
         }
+        mod cluster_queue {
+            $(#[tokio::test] async fn $test() { super::$test(super::cluster().await).await })*
+        }
         mod embedded_queue {
             $(#[tokio::test] async fn $test() { super::$test(super::embedded().await).await })*
         }
@@ -59,6 +70,7 @@ suite!(
     campaigns_are_independent,
     forgets_refused_users,
     concurrent_admissions_never_pass_capacity,
+    lists_admitted_users,
 );
 
 async fn admits_in_order_until_capacity(q: Arc<dyn Admission>) {
@@ -346,4 +358,21 @@ async fn concurrent_admissions_never_pass_capacity(q: Arc<dyn Admission>) {
     }
     positions.sort();
     assert_eq!(positions, (1..=50).collect::<Vec<_>>());
+}
+
+/// A remote queue lists the users it admitted (for the hosts' sold-out flag); the in-process
+/// one needs no copy.
+async fn lists_admitted_users(q: Arc<dyn Admission>) {
+    let c = campaign(spec(2));
+    q.sync_campaign(&c, &[], false).await.unwrap();
+    for user in ["u1", "u2", "u3"] {
+        q.admit(c.id(), user, "r", 0, NO_FLOOR).await.unwrap();
+    }
+    match q.admitted_users(c.id()).await.unwrap() {
+        Some(users) => assert_eq!(
+            users,
+            std::collections::HashMap::from([("u1".to_owned(), 1), ("u2".to_owned(), 2)])
+        ),
+        None => assert_eq!(q.kind(), "embedded"),
+    }
 }

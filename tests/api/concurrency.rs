@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use crate::helpers::{Backend, coupons, spawn_app, spec, storm};
 use crate::on_all_backends;
 
-async fn exactly_capacity_under_a_storm(backend: Backend) {
+pub(crate) async fn exactly_capacity_under_a_storm(backend: Backend) {
     let app = spawn_app(backend).await;
     let campaign = app.campaign(spec(100)).await;
     // 1,000 users, each asking five times, in random order, 200 at a time.
@@ -54,3 +54,55 @@ async fn exactly_capacity_under_a_storm(backend: Backend) {
 }
 
 on_all_backends!(storm, exactly_capacity_under_a_storm);
+
+/// After a sell-out each host answers the campaign itself: `410`, or `409` with the position to
+/// a user Redis admitted, with Redis gone; a raised capacity clears the flag at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sold_out_campaign_is_answered_without_redis() {
+    use crate::durability::OwnRedis;
+    use crate::helpers::{Backends, spawn_app_on};
+
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let redis = OwnRedis::start(dir.path(), &[]).await;
+    let backends = Backends::open_with_redis(Backend::RedisMariaDb, dir.path(), &redis.url()).await;
+    let app = spawn_app_on(backends, dir.clone(), |config| {
+        config.admission.sold_out_recheck_ms = 60_000;
+    })
+    .await;
+    let mut spec = spec(3);
+    let campaign = app.campaign(spec.clone()).await;
+    for user in ["u1", "u2", "u3"] {
+        assert_eq!(app.request(&campaign, user).await.0, 202);
+    }
+    assert_eq!(app.request(&campaign, "u4").await.0, 410);
+    // The flag is raised once the admitted users are read, in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // A raised capacity is offered at once.
+    spec.capacity = 4;
+    app.platform
+        .apply_campaign(firstcome_core::campaign::Campaign::new(&campaign, spec).unwrap())
+        .await
+        .unwrap();
+    let (status, body) = app.request(&campaign, "u4").await;
+    assert_eq!((status, body["position"].as_i64()), (202, Some(4)));
+    assert_eq!(app.request(&campaign, "u5").await.0, 410);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    drop(redis);
+    let (status, body) = app.request(&campaign, "u2").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "duplicate_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("(position 2)"),
+        "{body}"
+    );
+    let (status, body) = app.request(&campaign, "u9").await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("sold_out")));
+    let metrics = app.text("/metrics").await;
+    assert!(
+        metrics.contains("firstcome_admissions_sold_out_flag_total"),
+        "the flag's answers are counted"
+    );
+    app.stop().await;
+}

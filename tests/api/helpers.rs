@@ -31,10 +31,21 @@ pub enum Backend {
     Embedded,
     RedisMariaDb,
     RedisPostgres,
+    /// The shared Redis Cluster of `FC_TEST_REDIS_CLUSTER_URL` + MariaDB.
+    RedisClusterMariaDb,
 }
 
 pub fn redis_url() -> String {
     std::env::var("FC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// The Redis Cluster `tests/run.sh` starts (`tests/redis-cluster.sh`), as
+/// `redis+cluster://host:port,...`.
+pub fn redis_cluster_url() -> String {
+    std::env::var("FC_TEST_REDIS_CLUSTER_URL").expect(
+        "FC_TEST_REDIS_CLUSTER_URL names a Redis Cluster: run `bash tests/redis-cluster.sh start \
+         DIR` and export the URL it prints (tests/run.sh does)",
+    )
 }
 
 pub fn mysql_url() -> String {
@@ -67,7 +78,7 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
     let name = format!("fct_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let (admin_url, url) = match backend {
         Backend::Embedded => return format!("sqlite:{}", dir.join("firstcome.db").display()),
-        Backend::RedisMariaDb => (
+        Backend::RedisMariaDb | Backend::RedisClusterMariaDb => (
             format!("{}/test", mysql_url()),
             format!("{}/{name}", mysql_url()),
         ),
@@ -100,7 +111,11 @@ pub struct Backends {
 
 impl Backends {
     pub async fn open(backend: Backend, dir: &std::path::Path) -> Self {
-        Self::open_with_redis(backend, dir, &redis_url()).await
+        let redis = match backend {
+            Backend::RedisClusterMariaDb => redis_cluster_url(),
+            _ => redis_url(),
+        };
+        Self::open_with_redis(backend, dir, &redis).await
     }
 
     /// New connections to the same database and Redis: what a second host would have.

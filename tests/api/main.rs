@@ -5,6 +5,7 @@ mod admission_suite;
 mod bad_input;
 mod browser;
 mod campaigns;
+mod cluster;
 mod concurrency;
 mod durability;
 mod events;

@@ -18,18 +18,22 @@
 //! it answers [`Admit::Behind`] instead of handing out positions other users already hold; the
 //! host then rebuilds the campaign from the database.
 //!
-//! Layout: [`redis`] (one Lua script per operation over a stream with a consumer group) and
-//! [`embedded`] (the same semantics in process), both tested by one shared suite.
+//! Layout: [`redis`] (one Lua script per operation over a stream with a consumer group, on one
+//! Redis server or a Redis Cluster) and [`embedded`] (the same semantics in process), both
+//! tested by one shared suite; [`config`] holds the `[admission]` settings.
 
+pub mod config;
 pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use config::AdmissionConfig;
 use firstcome_core::campaign::Campaign;
 pub use firstcome_core::queue::{Admit, Floor, ISSUER_GROUP, QueueCounts, QueueItem};
 
@@ -38,6 +42,9 @@ pub enum AdmissionError {
     #[cfg(feature = "redis")]
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    /// `FIRSTCOME_REDIS_URL` cannot be used; the message says what to fix.
+    #[error("bad Redis URL: {0}")]
+    BadUrl(String),
     #[error("unexpected reply from the admission queue: {0}")]
     Protocol(String),
     /// The script call that carried this request with others failed (Redis's error, as text:
@@ -122,6 +129,13 @@ pub trait Admission: Send + Sync + Debug {
     /// Drops users' admission marks (they were refused by the database): their status reads
     /// "none" again.
     async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()>;
+
+    /// Every user the queue admitted to the campaign, with their position, for a host's
+    /// sold-out flag; `None` when the queue is in this process and answers as fast as a copy
+    /// would. Read once a campaign sold out, when the set no longer grows.
+    async fn admitted_users(&self, _campaign_id: &str) -> Result<Option<HashMap<String, i64>>> {
+        Ok(None)
+    }
 
     async fn ping(&self) -> Result<()>;
 

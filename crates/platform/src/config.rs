@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use firstcome_admission::AdmissionConfig;
 pub use firstcome_bus::{ConsumerConfig, KafkaConfig};
 pub use firstcome_plugin::{EmailConfig, PluginConfig, PushConfig, SmtpTls};
 
@@ -27,8 +28,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `sqlite:...`, `mysql://...` or `postgres://...`; unset: `{data_dir}/firstcome.db`.
     pub database_url: Option<String>,
-    /// Unset: the in-process admission queue.
+    /// Unset: the in-process admission queue. `redis://host:port/db` for one Redis server,
+    /// `redis+cluster://host:port,host:port` for a Redis Cluster.
     pub redis_url: Option<String>,
+    pub admission: AdmissionConfig,
     /// Comma-separated `host:port` list; unset: the embedded event log.
     pub kafka_brokers: Option<String>,
     pub kafka: KafkaConfig,
@@ -116,6 +119,7 @@ impl Default for Config {
             admin_token: None,
             database_url: None,
             redis_url: None,
+            admission: AdmissionConfig::default(),
             kafka_brokers: None,
             kafka: KafkaConfig::default(),
             log_format: LogFormat::Text,
@@ -184,7 +188,25 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 25] = [
+        let checks: [(&str, i128, i128, i128); 28] = [
+            (
+                "admission.sold_out_recheck_ms",
+                self.admission.sold_out_recheck_ms as i128,
+                0,
+                60_000,
+            ),
+            (
+                "admission.redis_wait_replicas",
+                self.admission.redis_wait_replicas as i128,
+                0,
+                16,
+            ),
+            (
+                "admission.redis_wait_timeout_ms",
+                self.admission.redis_wait_timeout_ms as i128,
+                1,
+                60_000,
+            ),
             (
                 "campaigns_poll_ms",
                 self.campaigns_poll_ms as i128,
@@ -361,6 +383,7 @@ impl std::fmt::Debug for Config {
             )
             .field("database_url", &redact_url(&self.database_url()))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("admission", &self.admission)
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka", &self.kafka)
             .field("log_format", &self.log_format)

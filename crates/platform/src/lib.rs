@@ -25,6 +25,7 @@ pub mod outbox;
 mod platform;
 pub mod queue_guard;
 mod reads;
+pub mod sold_out;
 pub mod watcher;
 
 pub use config::Config;

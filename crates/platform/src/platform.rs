@@ -85,6 +85,8 @@ pub struct Platform {
     /// Change counters and snapshot streams for live views.
     pub(crate) changes: Arc<firstcome_store::Changes>,
     pub(crate) feeds: crate::live::Feeds,
+    /// Campaigns this host saw sold out: their requests are answered without the queue.
+    sold_out: Arc<crate::sold_out::SoldOutFlags>,
     consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
@@ -113,7 +115,11 @@ impl Platform {
             running: Mutex::default(),
             started: Mutex::new(false),
         };
+        let sold_out = Arc::new(crate::sold_out::SoldOutFlags::new(
+            std::time::Duration::from_millis(config.admission.sold_out_recheck_ms),
+        ));
         Self {
+            sold_out,
             config,
             store,
             admission,
@@ -231,6 +237,7 @@ impl Platform {
     /// Stops a campaign: no more admissions; its coupons, history and queue stay.
     pub async fn remove_campaign(&self, id: &str) -> Result<bool, PlatformError> {
         let removed = self.campaigns.write().unwrap().remove(id).is_some();
+        self.sold_out.clear(id);
         if removed {
             self.issuers.stop(id);
             // Its plugins stay for the events still on their way, on fresh instances: the
@@ -245,7 +252,9 @@ impl Platform {
     /// coupons when the queue has nothing for it, holds less than the database issued, or
     /// `force`. Returns whether it rebuilt.
     pub async fn sync_admission(&self, c: &Campaign, force: bool) -> Result<bool, PlatformError> {
-        Ok(self.guard.resync(c, force).await?)
+        let changed = self.guard.resync(c, force).await?;
+        self.sold_out.clear(c.id());
+        Ok(changed)
     }
 
     /// Admits a user's request against the campaign's floor (what the database has issued).
@@ -260,6 +269,29 @@ impl Platform {
     ) -> Result<Admitted, PlatformError> {
         let user_id = user.as_str();
         let request_id = Uuid::now_v7().to_string();
+        // Within the window, a campaign this host saw sold out is answered without the queue
+        // (outside it the queue answers closed / not open, as it would).
+        let in_window =
+            c.opens_at().is_none_or(|t| now >= t) && c.closes_at().is_none_or(|t| now < t);
+        if in_window
+            && let Some(outcome) = self
+                .sold_out
+                .answer(c.id(), user_id, std::time::Instant::now())
+        {
+            let result = if outcome == Admit::SoldOut {
+                "sold_out"
+            } else {
+                "duplicate"
+            };
+            metrics::counter!("firstcome_admissions_total", "campaign" => c.id().to_owned(), "result" => result)
+                .increment(1);
+            metrics::counter!("firstcome_admissions_sold_out_flag_total", "campaign" => c.id().to_owned())
+                .increment(1);
+            return Ok(Admitted {
+                outcome,
+                request_id,
+            });
+        }
         let mut outcome = Admit::Unknown;
         for attempt in 0..=REBUILD_ATTEMPTS {
             if attempt > 0 {
@@ -304,6 +336,10 @@ impl Platform {
                 self.guard.answered(c.id(), user_id, position);
                 self.issuers.wake(c.id());
                 self.changes.bump(c.id());
+            }
+            Admit::SoldOut => {
+                self.sold_out
+                    .sold_out(&self.admission, c.id(), std::time::Instant::now());
             }
             _ => {}
         }

@@ -1,5 +1,6 @@
-//! The Redis admission queue. A campaign's keys share the hash tag `{campaign_id}`, so a
-//! campaign lives in one Redis Cluster slot and campaigns are independent:
+//! The Redis admission queue, on one Redis server or a Redis Cluster ([`Target`]). A
+//! campaign's keys share the hash tag `{campaign_id}`, so a campaign lives in one Redis Cluster
+//! slot (every script call is atomic on one primary) and campaigns are independent:
 //! `fc:{id}:meta` (hash: capacity, window, admitted, seq), `fc:{id}:users` (hash: user ->
 //! position, the per-user guard) and `fc:{id}:queue` (a stream read by the consumer group
 //! [`ISSUER_GROUP`]; XACK + XDEL after commit, XAUTOCLAIM for items a dead host left pending).
@@ -10,18 +11,21 @@
 //! embedded queue's record does): one script call admits them all, in arrival order, so a
 //! storm costs Redis and this host one round trip per batch instead of per request.
 
+mod connection;
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::oneshot;
 
 use super::{
     Admission, AdmissionError, Admit, Floor, ISSUER_GROUP, QueueCounts, QueueItem, Result,
 };
+pub use connection::{CLUSTER_SCHEME, Connection, Target};
 use firstcome_core::campaign::Campaign;
 
 /// Most requests one admission script call takes.
@@ -30,7 +34,13 @@ const MAX_BATCH: usize = 256;
 /// Admission on a Redis server.
 #[derive(Clone)]
 pub struct RedisAdmission {
-    conn: ConnectionManager,
+    conn: Connection,
+    /// Replicas that must acknowledge a batch's admissions before they are answered, and how
+    /// long to wait for them (see [`crate::AdmissionConfig::redis_wait_replicas`]).
+    wait: Option<(u32, Duration)>,
+    /// When a batch was last logged as not acknowledged by its replicas (epoch ms): one line
+    /// per 10 s at most.
+    unreplicated_logged: Arc<AtomicI64>,
     admit: Arc<Script>,
     sync: Script,
     settle: Script,
@@ -79,16 +89,112 @@ fn opt_ms(v: Option<i64>) -> String {
 }
 
 impl RedisAdmission {
+    /// Connects to one Redis server (`redis://...`) or a Redis Cluster
+    /// (`redis+cluster://host:port,host:port`, see [`Target::parse`]). Fails with
+    /// [`AdmissionError::BadUrl`] on a URL it cannot use, or Redis's error when no node answers.
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let target = Target::parse(url).map_err(AdmissionError::BadUrl)?;
+        let conn = Connection::open(&target).await?;
         Ok(Self {
             conn,
+            wait: None,
+            unreplicated_logged: Arc::default(),
             admit: Arc::new(Script::new(include_str!("admit.lua"))),
             sync: Script::new(include_str!("sync.lua")),
             settle: Script::new(include_str!("settle.lua")),
             batches: Arc::default(),
         })
+    }
+
+    /// Makes each admission wait until `replicas` Redis replicas acknowledged it (`WAIT`), for
+    /// at most `timeout`, before it is answered; 0 replicas: answered once the primary has it.
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// Whether this queue is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// Runs the admission script for a batch and, when replicas must acknowledge it, `WAIT`
+    /// right behind it in one pipeline: `WAIT` counts the writes of the connection it is sent
+    /// on, so it must follow the script on the same one (a cluster routes the pipeline by the
+    /// script's keys). When a node answers `NOSCRIPT` (a restarted or newly promoted node), the
+    /// script is loaded (on every primary) and the pipeline sent again: nothing of it ran.
+    /// An error means the batch may or may not be admitted: nobody is answered `202`.
+    async fn admit_batch(&self, k: &Keys, floor: Floor, batch: &[Waiting]) -> Result<Answers> {
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.admit.get_hash())
+            .arg(3)
+            .arg(&k.meta)
+            .arg(&k.users)
+            .arg(&k.queue)
+            .arg(floor.issued)
+            .arg(floor.last_position);
+        for w in batch {
+            eval.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval);
+        if let Some((replicas, timeout)) = self.wait {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64);
+        }
+        let mut conn = self.conn.clone();
+        let mut loads = 0;
+        let replies: Vec<Value> = loop {
+            match pipe.query_async(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError && loads < SCRIPT_LOADS => {
+                    loads += 1;
+                    self.admit.prepare_invoke().load_async(&mut conn).await?;
+                }
+                reply => break reply?,
+            }
+        };
+        let mut replies = replies.into_iter();
+        let script: Vec<Value> = redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| AdmissionError::Protocol(format!("admit answered {e}")))?;
+        let answers = answers(script)?;
+        if let (Some((replicas, timeout)), Some(acked)) = (self.wait, replies.next()) {
+            let acked: i64 = redis::from_redis_value(&acked)
+                .map_err(|e| AdmissionError::Protocol(format!("WAIT answered {e}")))?;
+            let admitted = matches!(&answers, Answers::Each(o)
+                if o.iter().any(|o| matches!(o, Admit::Admitted { .. })));
+            if admitted && acked < i64::from(replicas) {
+                self.unreplicated(acked, replicas, timeout);
+                return Err(AdmissionError::NotRecorded(format!(
+                    "{acked} of {replicas} Redis replica(s) acknowledged the admission within \
+                     {} ms",
+                    timeout.as_millis()
+                )));
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Counts a batch its replicas did not acknowledge in time, and logs it (once per 10 s).
+    fn unreplicated(&self, acked: i64, wanted: u32, timeout: Duration) {
+        metrics::counter!("firstcome_admissions_unreplicated_total").increment(1);
+        let now = firstcome_core::clock::now_ms();
+        let last = self.unreplicated_logged.load(Ordering::Relaxed);
+        if now - last >= 10_000
+            && self
+                .unreplicated_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                acked,
+                wanted,
+                ?timeout,
+                "Redis replicas did not acknowledge admissions in time: they were answered 503 \
+                 (they may still be admitted: their status tells); is the primary's replica \
+                 down? (firstcome_admissions_unreplicated_total)"
+            );
+        }
     }
 
     /// Sends the campaign's waiting requests in script calls, one call at a time, until none
@@ -112,17 +218,8 @@ impl RedisAdmission {
             };
             // Floors only rise: the highest any request carries holds for all of them.
             let floor = batch.iter().fold(Floor::default(), |f, w| f.max(w.floor));
-            let mut call = self.admit.key(&k.meta);
-            call.key(&k.users)
-                .key(&k.queue)
-                .arg(floor.issued)
-                .arg(floor.last_position);
-            for w in &batch {
-                call.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
-            }
-            let reply: redis::RedisResult<Vec<Value>> =
-                call.invoke_async(&mut self.conn.clone()).await;
-            match reply.map_err(AdmissionError::from).and_then(answers) {
+            let answered = self.admit_batch(&k, floor, &batch).await;
+            match answered {
                 Ok(Answers::All(outcome)) => {
                     for w in batch {
                         let _ = w.answer.send(Ok(outcome));
@@ -152,6 +249,28 @@ impl RedisAdmission {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How many times a script is loaded for one call that keeps answering `NOSCRIPT`: during a
+/// failover the cluster client loads it on the primaries it knows, which may not yet include
+/// the replica that just took over (seen in `tests/api/cluster.rs`).
+const SCRIPT_LOADS: usize = 3;
+
+/// Runs a script, loading it again while a node answers `NOSCRIPT` (up to [`SCRIPT_LOADS`]
+/// times): `invoke_async` loads it once and then gives up.
+async fn invoke<T: redis::FromRedisValue>(
+    inv: &redis::ScriptInvocation<'_>,
+    conn: &mut Connection,
+) -> redis::RedisResult<T> {
+    let mut loads = 1;
+    loop {
+        match inv.invoke_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError && loads < SCRIPT_LOADS => {
+                loads += 1;
+            }
+            reply => return reply,
         }
     }
 }
@@ -200,13 +319,6 @@ fn answers(reply: Vec<Value>) -> Result<Answers> {
         })
         .collect::<Result<Vec<_>>>()
         .map(Answers::Each)
-}
-
-impl RedisAdmission {
-    /// The connection, for tests that need to break things (FLUSHDB, DEL).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
 }
 
 /// One stream entry `[id, [field, value, ...]]` as a queue item.
@@ -261,7 +373,7 @@ impl Admission for RedisAdmission {
         for (user, position) in issued {
             inv.arg(user).arg(*position);
         }
-        let changed: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let changed: i64 = invoke(&inv, &mut self.conn.clone()).await?;
         Ok(changed != 0)
     }
 
@@ -397,7 +509,7 @@ impl Admission for RedisAdmission {
         for (user, position) in holders {
             inv.arg(user).arg(*position);
         }
-        let added: u64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let added: u64 = invoke(&inv, &mut self.conn.clone()).await?;
         Ok(added)
     }
 
@@ -411,6 +523,27 @@ impl Admission for RedisAdmission {
             .hdel(keys(campaign_id).users, user_ids)
             .await?;
         Ok(())
+    }
+
+    async fn admitted_users(&self, campaign_id: &str) -> Result<Option<HashMap<String, i64>>> {
+        let mut conn = self.conn.clone();
+        let mut users = HashMap::new();
+        let mut cursor = 0u64;
+        // HSCAN in steps, so that a campaign of a million users does not block Redis.
+        loop {
+            let (next, page): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
+                .arg(keys(campaign_id).users)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await?;
+            users.extend(page);
+            if next == 0 {
+                return Ok(Some(users));
+            }
+            cursor = next;
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -440,11 +573,25 @@ impl Admission for RedisAdmission {
                 }
             }
         }
-        guarantee(
+        let on_server = guarantee(
             settings.get("appendonly").map(String::as_str),
             settings.get("appendfsync").map(String::as_str),
             settings.get("save").map(String::as_str),
-        )
+        );
+        match (self.wait, self.is_cluster()) {
+            (Some((replicas, timeout)), _) => format!(
+                "each 202 waits for {replicas} Redis replica(s) to acknowledge it (up to {} ms, \
+                 else it is answered 503), so it survives the loss of its primary; on each \
+                 node: {on_server}",
+                timeout.as_millis()
+            ),
+            (None, true) => format!(
+                "a 202 is answered once its primary has it (admission.redis_wait_replicas = 0): \
+                 a primary lost before its replica copied the last admissions loses them; on \
+                 each node: {on_server}"
+            ),
+            (None, false) => on_server,
+        }
     }
 }
 

@@ -1,0 +1,327 @@
+//! The connection to Redis: one server (`redis://`, `rediss://`, `unix://`) through a
+//! reconnecting [`ConnectionManager`], or a Redis Cluster (`redis+cluster://host:port,...`)
+//! through the `redis` crate's async cluster client, which follows `MOVED`/`ASK`, refreshes its
+//! slot map and reconnects after a failover.
+//!
+//! Every command the admission queue sends names keys of one campaign, which share a hash tag,
+//! so each one goes to the campaign's slot; scripts are loaded on every primary when a node
+//! answers `NOSCRIPT` (`SCRIPT LOAD` is routed to all primaries).
+//!
+//! The cluster client refreshes its slot map only when a node answers `MOVED`. A primary that
+//! was killed answers nothing, so a client whose map still names it would try it forever, long
+//! after its replica took over (seen in `tests/api/cluster.rs`). [`Cluster`] therefore opens a
+//! fresh connection from the seed nodes, which reads the slot map anew, when a command fails
+//! because a node is unreachable or the cluster is down.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// The URL scheme of a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Most seed nodes a cluster URL may list.
+const MAX_SEED_NODES: usize = 64;
+
+/// Where the admission queue lives, parsed from `FIRSTCOME_REDIS_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One Redis server, at this URL (as the `redis` crate reads it).
+    Server(String),
+    /// A Redis Cluster reached through these seed nodes (`redis://[auth@]host:port` each):
+    /// the client learns every other node from them.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// Reads a Redis URL. A cluster URL lists its seed nodes after the scheme, separated by
+    /// commas, with one optional `user:password@` before them that applies to every node, and
+    /// no database (a cluster has only database 0).
+    ///
+    /// Errors: a message that says what to fix (no node, an empty or port-less node, a
+    /// database path, a query string, too many nodes).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            if url.starts_with("rediss+cluster://") {
+                return Err(
+                    "rediss+cluster:// (TLS to a cluster) is not supported: this \
+                            firstcome is built without TLS for Redis"
+                        .into(),
+                );
+            }
+            return Ok(Self::Server(url.to_owned()));
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        if rest.contains('?') {
+            return Err(format!(
+                "{CLUSTER_SCHEME} takes no query string ({:?}): a cluster URL is \
+                 {CLUSTER_SCHEME}[user:password@]host:port,host:port",
+                rest.split_once('?').map(|(_, q)| q).unwrap_or_default()
+            ));
+        }
+        let hosts = match rest.split_once('/') {
+            Some((hosts, "" | "0")) => hosts,
+            Some((_, db)) => {
+                return Err(format!(
+                    "a Redis Cluster has only database 0, but the URL names database {db:?}: \
+                     drop the /{db}"
+                ));
+            }
+            None => rest,
+        };
+        let mut nodes = Vec::new();
+        for node in hosts.split(',') {
+            let node = node.trim();
+            let Some((host, port)) = node.rsplit_once(':') else {
+                return Err(format!(
+                    "cluster node {node:?} has no port: list nodes as host:port,host:port"
+                ));
+            };
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!(
+                    "cluster node {node:?} is not host:port with a port in 1..=65535"
+                ));
+            }
+            nodes.push(match auth {
+                Some(auth) => format!("redis://{auth}@{node}"),
+                None => format!("redis://{node}"),
+            });
+        }
+        if nodes.len() > MAX_SEED_NODES {
+            return Err(format!(
+                "the cluster URL lists {} nodes; list at most {MAX_SEED_NODES} (a few seed \
+                 nodes are enough: the client learns the others from them)",
+                nodes.len()
+            ));
+        }
+        Ok(Self::Cluster(nodes))
+    }
+}
+
+/// A connection to one Redis server or to a cluster; cheap to clone (clones share the
+/// underlying connections).
+#[derive(Clone)]
+pub enum Connection {
+    Server(ConnectionManager),
+    Cluster(Arc<Cluster>),
+}
+
+/// Least time between two fresh cluster connections: while a failover is still under way
+/// (about the node timeout), each would find the same stale map.
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+
+/// A cluster connection that is replaced by a fresh one when the cluster's topology changed
+/// under it (see the module's documentation).
+pub struct Cluster {
+    client: ClusterClient,
+    /// The connection in use and its generation (how many times it was replaced).
+    current: RwLock<(u64, ClusterConnection)>,
+    /// Held while a fresh connection is opened, with the instant of the last one.
+    reconnecting: tokio::sync::Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("generation", &self.current.read().unwrap().0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    fn current(&self) -> (u64, ClusterConnection) {
+        self.current.read().unwrap().clone()
+    }
+
+    /// Replaces the connection of `generation` by a fresh one, unless another caller already
+    /// did or one was opened less than [`RECONNECT_EVERY`] ago.
+    async fn reconnect(&self, generation: u64) {
+        let mut last = self.reconnecting.lock().await;
+        if self.current.read().unwrap().0 != generation || last.elapsed() < RECONNECT_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        match self.client.get_async_connection().await {
+            Ok(fresh) => {
+                tracing::info!(
+                    generation = generation + 1,
+                    "reconnected to the Redis Cluster: its slot map is read anew"
+                );
+                *self.current.write().unwrap() = (generation + 1, fresh);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reconnect to the Redis Cluster"),
+        }
+    }
+
+    /// Sends one command; when the topology changed under the connection, opens a fresh one,
+    /// and sends the command again when it surely never reached a node (the connection was
+    /// refused): a command that may have run is not repeated.
+    async fn send(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let (generation, mut conn) = self.current();
+        match conn.req_packed_command(cmd).await {
+            Err(e) if topology_changed(&e) => {
+                self.reconnect(generation).await;
+                if e.is_connection_refusal() {
+                    return self.current().1.req_packed_command(cmd).await;
+                }
+                Err(e)
+            }
+            reply => reply,
+        }
+    }
+
+    async fn send_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let (generation, mut conn) = self.current();
+        let reply = conn.req_packed_commands(pipeline, offset, count).await;
+        if let Err(e) = &reply
+            && topology_changed(e)
+        {
+            self.reconnect(generation).await;
+        }
+        reply
+    }
+}
+
+/// Whether an error says the node the client chose is gone or no longer serves the slot.
+fn topology_changed(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::ClusterDown | redis::ErrorKind::ReadOnly | redis::ErrorKind::Moved
+        )
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Server(_) => "Connection::Server",
+            Self::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl Connection {
+    /// Connects to `target`. A cluster connection retries a redirected or failed command
+    /// itself (with back-off, for about as long as a failover takes) before it gives up.
+    pub async fn open(target: &Target) -> RedisResult<Self> {
+        match target {
+            Target::Server(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                Ok(Self::Server(ConnectionManager::new(client).await?))
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .retries(8)
+                    .min_retry_wait(50)
+                    .max_retry_wait(1_000)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                Ok(Self::Cluster(Arc::new(Cluster {
+                    client,
+                    current: RwLock::new((0, conn)),
+                    reconnecting: tokio::sync::Mutex::new(
+                        Instant::now()
+                            .checked_sub(RECONNECT_EVERY)
+                            .unwrap_or_else(Instant::now),
+                    ),
+                })))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Server(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(cluster) => Box::pin(cluster.send(cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Server(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(cluster) => Box::pin(cluster.send_pipeline(cmd, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(conn) => conn.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_server_and_cluster_urls() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379/2"),
+            Ok(Target::Server("redis://127.0.0.1:6379/2".into()))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7001"),
+            Ok(Target::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7001".into()
+            ]))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://app:s3cr@t@h:7000/"),
+            Ok(Target::Cluster(vec!["redis://app:s3cr@t@h:7000".into()]))
+        );
+    }
+
+    #[test]
+    fn refuses_cluster_urls_it_cannot_honour() {
+        for (url, says) in [
+            ("redis+cluster://", "has no port"),
+            ("redis+cluster://h", "has no port"),
+            ("redis+cluster://h:0", "port in 1..=65535"),
+            ("redis+cluster://h:x", "port in 1..=65535"),
+            ("redis+cluster://:7000", "port in 1..=65535"),
+            ("redis+cluster://h:7000,", "has no port"),
+            ("redis+cluster://h:7000/3", "only database 0"),
+            ("redis+cluster://h:7000?timeout=1", "no query string"),
+            ("rediss+cluster://h:7000", "not supported"),
+        ] {
+            let err = Target::parse(url).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let many = (0..65)
+            .map(|i| format!("h:{}", 7000 + i))
+            .collect::<Vec<_>>();
+        let err = Target::parse(&format!("redis+cluster://{}", many.join(","))).unwrap_err();
+        assert!(err.contains("at most 64"), "{err}");
+    }
+}
