@@ -88,13 +88,14 @@ source tests/services.sh
 
 # --- tools, installed while the project builds ----------------------------------------------
 phase "tools: start what is missing"
-# Debian's packages: openssl signs FCM grants, a real Prometheus scrapes a test host, and the
-# pages are tested in Chromium through chromedriver.
+# Debian's packages: openssl signs FCM grants, a real Prometheus scrapes a test host, the
+# pages are tested in Chromium through chromedriver, and HAProxy balances three test hosts.
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if ((${#missing[@]})); then
   background apt bash -c 'apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"' \

@@ -19,5 +19,6 @@ mod page;
 mod plugins;
 mod prometheus;
 mod reuse;
+mod scale_out;
 mod soak;
 mod streams;

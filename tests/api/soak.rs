@@ -39,7 +39,9 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 const MAX_LOG_GROWTH: u64 = 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Fault {
+pub(crate) enum Fault {
+    /// No fault: a round that only checks the promises.
+    Nothing,
     KillHost,
     KillRedis,
     KillDbSessions,
@@ -61,15 +63,15 @@ impl Fault {
 }
 
 /// One `firstcome serve` process, restartable on the same port.
-struct Host {
+pub(crate) struct Host {
     env: Vec<(String, String)>,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     child: Option<tokio::process::Child>,
 }
 
 impl Host {
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -105,17 +107,22 @@ impl Host {
 }
 
 /// Everything one set-up runs on.
-struct Rig {
-    name: &'static str,
-    dir: tempfile::TempDir,
+pub(crate) struct Rig {
+    pub(crate) name: &'static str,
+    pub(crate) dir: tempfile::TempDir,
     campaigns: PathBuf,
     database_url: String,
-    store: firstcome_store::Store,
+    pub(crate) store: firstcome_store::Store,
     redis: Option<OwnRedis>,
-    broker: Option<crate::kafka::Broker>,
+    /// The Redis Cluster of the cluster set-up (three primaries with a replica each), kept
+    /// until the rig ends: dropping it stops its nodes.
+    _cluster: Option<crate::cluster::OwnCluster>,
+    pub(crate) broker: Option<crate::kafka::Broker>,
     topic: String,
-    hosts: Vec<Host>,
-    client: reqwest::Client,
+    pub(crate) hosts: Vec<Host>,
+    /// Where storms are sent when not to the hosts themselves (a load balancer in front).
+    pub(crate) entry: Option<String>,
+    pub(crate) client: reqwest::Client,
 }
 
 fn tansu_installed() -> bool {
@@ -134,7 +141,9 @@ impl Rig {
         Self::start("redis+mariadb", Backend::RedisMariaDb, 2).await
     }
 
-    async fn start(name: &'static str, backend: Backend, hosts: usize) -> Self {
+    /// `hosts` hosts on `backend`: for [`Backend::RedisClusterMariaDb`] a Redis Cluster of the
+    /// rig's own, each admission acknowledged by a replica.
+    pub(crate) async fn start(name: &'static str, backend: Backend, hosts: usize) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("firstcome-soak-")
             .tempdir()
@@ -162,18 +171,32 @@ impl Rig {
             ("FIRSTCOME_OUTBOX__RELAY_INTERVAL_MS".into(), "200".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
-        let (mut redis, mut broker) = (None, None);
-        if backend != Backend::Embedded {
+        let (mut redis, mut cluster, mut broker) = (None, None, None);
+        if backend == Backend::RedisClusterMariaDb {
+            let own = crate::cluster::OwnCluster::start(&dir.path().join("redis-cluster"));
+            env.push(("FIRSTCOME_REDIS_URL".into(), own.url.clone()));
+            env.push((
+                "FIRSTCOME_ADMISSION__REDIS_WAIT_REPLICAS".into(),
+                "1".into(),
+            ));
+            cluster = Some(own);
+        } else if backend != Backend::Embedded {
             let data = dir.path().join("redis");
             std::fs::create_dir_all(&data).unwrap();
             let own =
                 OwnRedis::start(&data, &["--appendonly", "yes", "--appendfsync", "always"]).await;
             env.push(("FIRSTCOME_REDIS_URL".into(), own.url()));
             redis = Some(own);
+        }
+        if backend != Backend::Embedded {
             if tansu_installed() {
                 let b = crate::kafka::Broker::start("memory://tansu/").await;
                 env.push(("FIRSTCOME_KAFKA_BROKERS".into(), b.address.clone()));
-                env.push(("FIRSTCOME_KAFKA__PARTITIONS".into(), "2".into()));
+                // Two partitions per host: every member of a group gets some.
+                env.push((
+                    "FIRSTCOME_KAFKA__PARTITIONS".into(),
+                    (2 * hosts).to_string(),
+                ));
                 env.push(("FIRSTCOME_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()));
                 broker = Some(b);
             }
@@ -188,9 +211,11 @@ impl Rig {
             database_url,
             store,
             redis,
+            _cluster: cluster,
             broker,
             topic,
             hosts: Vec::new(),
+            entry: None,
             client,
             dir,
         };
@@ -240,7 +265,7 @@ impl Rig {
     }
 
     /// Writes the round's campaign file and waits until every host serves it.
-    async fn campaign(&self, fault: Fault) -> String {
+    pub(crate) async fn campaign(&self, fault: Fault) -> String {
         let id = unique("soak");
         let mut text = format!(
             "name = \"Soak\"\ncapacity = {CAPACITY}\nvalue = 100\nchunk_size = 10\n\n\
@@ -311,6 +336,7 @@ impl Rig {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
                 broker.unpause();
             }
+            Fault::Nothing => {}
             // The faulty plugin is in the campaign file from the start.
             Fault::PluginTrap | Fault::PluginLoop | Fault::PluginHugeError => {}
         }
@@ -377,11 +403,18 @@ impl Rig {
 
     /// One round: a storm with `fault` at a random moment, then every check. Returns the
     /// violations found.
-    async fn round(&mut self, fault: Fault, rng: &mut rand::rngs::StdRng) -> (Vec<String>, usize) {
+    pub(crate) async fn round(
+        &mut self,
+        fault: Fault,
+        rng: &mut rand::rngs::StdRng,
+    ) -> (Vec<String>, usize) {
         let logs_before: Vec<u64> = self.hosts.iter().map(Host::log_size).collect();
         let campaign = self.campaign(fault).await;
         let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
-        let bases: Vec<String> = self.hosts.iter().map(Host::base).collect();
+        let bases: Vec<String> = match &self.entry {
+            Some(entry) => vec![entry.clone()],
+            None => self.hosts.iter().map(Host::base).collect(),
+        };
         let delay = Duration::from_millis(rng.random_range(0..900));
         let mut fault_rng = rand::rngs::StdRng::seed_from_u64(rng.random());
         let client = self.client.clone();
