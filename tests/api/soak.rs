@@ -188,18 +188,16 @@ impl Rig {
             env.push(("FIRSTCOME_REDIS_URL".into(), own.url()));
             redis = Some(own);
         }
-        if backend != Backend::Embedded {
-            if tansu_installed() {
-                let b = crate::kafka::Broker::start("memory://tansu/").await;
-                env.push(("FIRSTCOME_KAFKA_BROKERS".into(), b.address.clone()));
-                // Two partitions per host: every member of a group gets some.
-                env.push((
-                    "FIRSTCOME_KAFKA__PARTITIONS".into(),
-                    (2 * hosts).to_string(),
-                ));
-                env.push(("FIRSTCOME_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()));
-                broker = Some(b);
-            }
+        if backend != Backend::Embedded && tansu_installed() {
+            let b = crate::kafka::Broker::start("memory://tansu/").await;
+            env.push(("FIRSTCOME_KAFKA_BROKERS".into(), b.address.clone()));
+            // Two partitions per host: every member of a group gets some.
+            env.push((
+                "FIRSTCOME_KAFKA__PARTITIONS".into(),
+                (2 * hosts).to_string(),
+            ));
+            env.push(("FIRSTCOME_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()));
+            broker = Some(b);
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
