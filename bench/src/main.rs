@@ -63,6 +63,11 @@ struct Args {
     /// Also measure admission on this Redis.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Also measure admission on this Redis Cluster (`redis+cluster://host:port,...`; start
+    /// one with `bash tests/redis-cluster.sh start DIR`), with and without a replica's
+    /// acknowledgement of each admission.
+    #[arg(long)]
+    redis_cluster_url: Option<String>,
     /// Also measure issuing into this MySQL/MariaDB server (a scratch database is created),
     /// e.g. `mysql://root@127.0.0.1:3306`.
     #[arg(long)]
@@ -209,11 +214,30 @@ fn quiet_config(dir: &std::path::Path) -> Config {
 /// Admission through HTTP against `/health/live` on one server: the embedded queue (recorded
 /// in the host's SQLite database), or Redis at `redis_url`.
 async fn http_phase(args: &Args, label: &str, redis_url: Option<&str>) -> anyhow::Result<()> {
+    http_phase_with(args, label, redis_url, 0, true).await
+}
+
+/// [`http_phase`] with `wait_replicas` Redis replicas acknowledging each admission (`WAIT`,
+/// 500 ms), and the hosts' sold-out flag on or off.
+async fn http_phase_with(
+    args: &Args,
+    label: &str,
+    redis_url: Option<&str>,
+    wait_replicas: u32,
+    sold_out_flag: bool,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = quiet_config(dir.path());
+    let mut config = quiet_config(dir.path());
+    if !sold_out_flag {
+        config.admission.sold_out_recheck_ms = 0;
+    }
     let store = Store::open(&config.database_url()).await?;
     let admission: Arc<dyn Admission> = match redis_url {
-        Some(url) => Arc::new(RedisAdmission::connect(url).await?),
+        Some(url) => Arc::new(
+            RedisAdmission::connect(url)
+                .await?
+                .with_replica_acks(wait_replicas, Duration::from_millis(500)),
+        ),
         None => Arc::new(EmbeddedAdmission::new(store.clone())),
     };
     let app = App::build_with(config, store, admission).await?;
@@ -768,6 +792,11 @@ async fn main() -> anyhow::Result<()> {
         http_phase(&args, "embedded", None).await?;
         if let Some(url) = &args.redis_url {
             http_phase(&args, "redis", Some(url)).await?;
+            http_phase_with(&args, "redis, no sold-out flag", Some(url), 0, false).await?;
+        }
+        if let Some(url) = &args.redis_cluster_url {
+            http_phase(&args, "redis cluster", Some(url)).await?;
+            http_phase_with(&args, "redis cluster, WAIT 1", Some(url), 1, true).await?;
         }
     }
     if args.runs("slow") {
