@@ -72,6 +72,16 @@ start)
       sleep 0.1
     done
   done
+  # Replicas must have finished their first sync, or the first WAITs time out.
+  for port in "${ports[@]}"; do
+    for attempt in $(seq 200); do
+      info=$(redis-cli -p "$port" info replication 2>/dev/null)
+      grep -q '^role:master' <<<"$info" && break
+      grep -q '^master_link_status:up' <<<"$info" && break
+      ((attempt < 200)) || { echo "replica $port never caught up with its primary" >&2; exit 1; }
+      sleep 0.1
+    done
+  done
   url="redis+cluster://$(IFS=,; echo "${addresses[*]}")"
   echo "$url" >"$dir/url"
   echo "$url"

@@ -105,10 +105,19 @@ impl OwnCluster {
 
     /// Kills the node on `port` with SIGKILL (no shutdown, no last replication).
     pub fn kill(&self, port: u16) {
+        self.signal(port, "-KILL");
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the node on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.signal(port, if frozen { "-STOP" } else { "-CONT" });
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
         let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
             .expect("the node's pid file");
         let status = std::process::Command::new("kill")
-            .args(["-9", pid.trim()])
+            .args([signal, pid.trim()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -259,4 +268,50 @@ async fn a_manual_failover_mid_storm_keeps_every_promise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_mid_storm_keeps_every_promise() {
     storm_through_a_failover(Failover::Kill).await;
+}
+
+/// With a replica's acknowledgement required, a request its replica did not acknowledge is not
+/// answered `202` (nor `409`): it is `503` ("may still be admitted"), and once the replica is
+/// back the same user is answered with the place Redis holds for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_202_without_the_replica() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let cluster = OwnCluster::start(&dir.path().join("cluster"));
+    let mut backends =
+        Backends::open_with_redis(Backend::RedisClusterMariaDb, dir.path(), &cluster.url).await;
+    backends.admission = Arc::new(
+        RedisAdmission::connect(&cluster.url)
+            .await
+            .unwrap()
+            .with_replica_acks(1, Duration::from_millis(300)),
+    );
+    let app = spawn_app_on(backends, dir.clone(), |_| {}).await;
+    let campaign = app.campaign(spec(10)).await;
+    assert_eq!(app.request(&campaign, "early").await.0, 202);
+    let (_, replica) = cluster
+        .primary_and_replica_of(&format!("fc:{{{campaign}}}:meta"))
+        .await;
+    let replica = replica.expect("the campaign's primary has a replica");
+
+    cluster.freeze(replica, true);
+    let (status, body) = app.request(&campaign, "late").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    let (status, body) = app.request(&campaign, "early").await;
+    assert_eq!(status, 503, "a 409 is a promise too: {body}");
+    cluster.freeze(replica, false);
+
+    // Redis did admit "late" (the primary ran the script): once acknowledged, it is a 409.
+    let (status, body) = app.request(&campaign, "late").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("duplicate_request")),
+        "{body}"
+    );
+    assert_eq!(app.request(&campaign, "third").await.0, 202);
+    app.wait_issued(&campaign, 3, 30).await;
+    app.stop().await;
 }

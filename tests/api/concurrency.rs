@@ -75,8 +75,7 @@ async fn a_sold_out_campaign_is_answered_without_redis() {
         assert_eq!(app.request(&campaign, user).await.0, 202);
     }
     assert_eq!(app.request(&campaign, "u4").await.0, 410);
-    // The flag is raised once the admitted users are read, in the background.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    flag_raised(&app, &campaign, 1).await;
 
     // A raised capacity is offered at once.
     spec.capacity = 4;
@@ -87,7 +86,7 @@ async fn a_sold_out_campaign_is_answered_without_redis() {
     let (status, body) = app.request(&campaign, "u4").await;
     assert_eq!((status, body["position"].as_i64()), (202, Some(4)));
     assert_eq!(app.request(&campaign, "u5").await.0, 410);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    flag_raised(&app, &campaign, 2).await;
 
     drop(redis);
     let (status, body) = app.request(&campaign, "u2").await;
@@ -99,10 +98,32 @@ async fn a_sold_out_campaign_is_answered_without_redis() {
     );
     let (status, body) = app.request(&campaign, "u9").await;
     assert_eq!((status, body["code"].as_str()), (410, Some("sold_out")));
-    let metrics = app.text("/metrics").await;
-    assert!(
-        metrics.contains("firstcome_admissions_sold_out_flag_total"),
-        "the flag's answers are counted"
-    );
     app.stop().await;
+}
+
+/// Waits until the host answers the campaign from its sold-out flag, for the `round`th time
+/// (the flag is raised once the admitted users are read, in the background): probes with new
+/// users, each answered `410`, until the flag's counter has grown.
+async fn flag_raised(app: &crate::helpers::TestApp, campaign: &str, round: usize) {
+    let answered = || async {
+        let metrics = app.text("/metrics").await;
+        let prefix =
+            format!("firstcome_admissions_sold_out_flag_total{{campaign=\"{campaign}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as usize)
+    };
+    let before = answered().await;
+    for probe in 0..200 {
+        let (status, _) = app
+            .request(campaign, &format!("probe-{round}-{probe}"))
+            .await;
+        assert_eq!(status, 410);
+        if answered().await > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the sold-out flag was never raised");
 }

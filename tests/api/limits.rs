@@ -481,6 +481,30 @@ fn settings_out_of_range_are_refused_at_start() {
     }
 }
 
+/// A Redis Cluster URL the host cannot use stops it at start with what to fix, and no password.
+#[test]
+fn bad_cluster_urls_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, needle) in [
+        ("redis+cluster://", "has no port"),
+        ("redis+cluster://app:hunter2@h:7000/2", "only database 0"),
+        ("redis+cluster://h:7000?tls=1", "no query string"),
+        ("rediss+cluster://h:7000", "not supported"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+            .arg("serve")
+            .env("FIRSTCOME_DATA_DIR", dir.path())
+            .env("FIRSTCOME_LISTEN", "127.0.0.1:0")
+            .env("FIRSTCOME_REDIS_URL", url)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "the password is not shown: {err}");
+    }
+}
+
 /// What does not belong in a campaign folder changes nothing: a FIFO, a folder or a link to a
 /// device named `*.toml` is refused without blocking the host; the admin API refuses a
 /// campaign whose file name is taken by a folder before applying anything; and a folder that

@@ -29,7 +29,8 @@ impl Balancer {
     /// Starts HAProxy on a free port, balancing round-robin over `hosts` (ports on 127.0.0.1)
     /// with a readiness check every 500 ms. A request whose connection to a host fails is sent
     /// to another one (`option redispatch`, `retry-on conn-failure`: it never reached the
-    /// dead host, so it is not sent twice).
+    /// dead host, so it is not sent twice; a request the host took and then died on is
+    /// answered `502`/`503` by HAProxy, and its user asks again).
     fn start(dir: &Path, hosts: &[u16]) -> Self {
         let port = free_port();
         let servers: String = hosts
@@ -41,7 +42,7 @@ impl Balancer {
             "global\n    maxconn 4096\n\n\
              defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n\
              \x20   timeout server 30s\n    timeout http-keep-alive 5s\n    retries 3\n\
-             \x20   retry-on conn-failure empty-response\n    option redispatch\n\n\
+             \x20   retry-on conn-failure\n    option redispatch\n\n\
              frontend api\n    bind 127.0.0.1:{port}\n    default_backend hosts\n\n\
              backend hosts\n    balance roundrobin\n    option httpchk GET /health/ready\n\
              \x20   http-check expect status 200\n    default-server inter 500ms fall 2 rise 1\n\

@@ -205,7 +205,8 @@ impl Config {
                 "admission.redis_wait_timeout_ms",
                 self.admission.redis_wait_timeout_ms as i128,
                 1,
-                60_000,
+                // Below the Redis connection's 5 s response timeout.
+                4_000,
             ),
             (
                 "campaigns_poll_ms",

@@ -85,7 +85,8 @@ pub struct Platform {
     /// Change counters and snapshot streams for live views.
     pub(crate) changes: Arc<firstcome_store::Changes>,
     pub(crate) feeds: crate::live::Feeds,
-    /// Campaigns this host saw sold out: their requests are answered without the queue.
+    /// Campaigns this host saw sold out: their requests are answered without the queue
+    /// (the guard's, which clears them on every rebuild).
     sold_out: Arc<crate::sold_out::SoldOutFlags>,
     consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
@@ -115,8 +116,10 @@ impl Platform {
             running: Mutex::default(),
             started: Mutex::new(false),
         };
-        let sold_out = Arc::new(crate::sold_out::SoldOutFlags::new(
-            std::time::Duration::from_millis(config.admission.sold_out_recheck_ms),
+        let guard = issuers.guard();
+        let sold_out = guard.sold_out().clone();
+        sold_out.set_recheck(std::time::Duration::from_millis(
+            config.admission.sold_out_recheck_ms,
         ));
         Self {
             sold_out,
@@ -124,7 +127,7 @@ impl Platform {
             store,
             admission,
             bus,
-            guard: issuers.guard(),
+            guard,
             issuers,
             changes: plugins.changes.clone(),
             plugins,
@@ -252,9 +255,7 @@ impl Platform {
     /// coupons when the queue has nothing for it, holds less than the database issued, or
     /// `force`. Returns whether it rebuilt.
     pub async fn sync_admission(&self, c: &Campaign, force: bool) -> Result<bool, PlatformError> {
-        let changed = self.guard.resync(c, force).await?;
-        self.sold_out.clear(c.id());
-        Ok(changed)
+        Ok(self.guard.resync(c, force).await?)
     }
 
     /// Admits a user's request against the campaign's floor (what the database has issued).
@@ -305,8 +306,11 @@ impl Platform {
             {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    // Redis may be restarting: read the floor again before the next admission.
-                    self.guard.suspect();
+                    // Redis may be restarting: read the floor again before the next admission
+                    // (not when replicas were merely slow to acknowledge).
+                    if !matches!(e, AdmissionError::NotRecorded(_)) {
+                        self.guard.suspect();
+                    }
                     return Err(e.into());
                 }
             };
@@ -333,6 +337,8 @@ impl Platform {
             Admit::Unknown => return Err(PlatformError::QueueUnstable(c.id().to_owned())),
             Admit::Behind => return Err(PlatformError::QueueBehind(c.id().to_owned())),
             Admit::Admitted { position } => {
+                // Stock came back (a rebuild elsewhere, a raised capacity): drop the flag.
+                self.sold_out.admitted(c.id());
                 self.guard.answered(c.id(), user_id, position);
                 self.issuers.wake(c.id());
                 self.changes.bump(c.id());

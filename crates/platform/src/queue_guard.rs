@@ -86,6 +86,8 @@ pub struct QueueGuard {
     admission: Arc<dyn Admission>,
     floors: Mutex<HashMap<String, Known>>,
     ledgers: Mutex<HashMap<String, Ledger>>,
+    /// The hosts' sold-out flags, cleared by every rebuild (stock may come back).
+    sold_out: Arc<crate::sold_out::SoldOutFlags>,
 }
 
 impl QueueGuard {
@@ -97,7 +99,15 @@ impl QueueGuard {
             admission,
             floors: Mutex::default(),
             ledgers: Mutex::default(),
+            sold_out: Arc::new(crate::sold_out::SoldOutFlags::new(Duration::from_millis(
+                firstcome_admission::AdmissionConfig::default().sold_out_recheck_ms,
+            ))),
         }
+    }
+
+    /// This host's sold-out flags ([`crate::sold_out`]).
+    pub fn sold_out(&self) -> &Arc<crate::sold_out::SoldOutFlags> {
+        &self.sold_out
     }
 
     /// The floor for an admission to `campaign_id`: the last one read when it is fresh and the
@@ -213,6 +223,7 @@ impl QueueGuard {
             .admission
             .sync_campaign(campaign, &issued, force)
             .await?;
+        self.sold_out.clear(campaign.id());
         self.raise(campaign.id(), floor);
         if changed {
             metrics::counter!("firstcome_admission_rebuilds_total", "campaign" => campaign.id().to_owned())

@@ -7,7 +7,8 @@
 -- rebuilt before it hands out positions other users hold.
 -- Then three arguments per request: user id, now (epoch ms), request id.
 -- Returns {'unknown'} or {'behind'} for the whole batch, else {outcome, position, ...}: one
--- pair per request, in order.
+-- pair per request, in order. A batch that admits nobody but finds someone already admitted
+-- still writes (meta's `touched`), for the WAIT that may follow it.
 local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq')
 if not meta[1] then
   return {'unknown'}
@@ -22,6 +23,7 @@ local opens = (meta[2] and meta[2] ~= '') and tonumber(meta[2]) or nil
 local closes = (meta[3] and meta[3] ~= '') and tonumber(meta[3]) or nil
 local out = {}
 local changed = false
+local found = false
 for i = 3, #ARGV, 3 do
   local user, now, request = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if opens and now < opens then
@@ -31,6 +33,7 @@ for i = 3, #ARGV, 3 do
   else
     local existing = redis.call('HGET', KEYS[2], user)
     if existing then
+      found = true
       out[#out + 1] = 'duplicate'; out[#out + 1] = tonumber(existing)
     elseif admitted >= capacity then
       out[#out + 1] = 'sold_out'; out[#out + 1] = 0
@@ -46,5 +49,9 @@ for i = 3, #ARGV, 3 do
 end
 if changed then
   redis.call('HSET', KEYS[1], 'admitted', admitted, 'seq', seq)
+elseif found then
+  -- A write of this call, so that a WAIT behind it covers the earlier admission of the user it
+  -- answers 409 (made by any connection: the replication stream is in order).
+  redis.call('HINCRBY', KEYS[1], 'touched', 1)
 end
 return out

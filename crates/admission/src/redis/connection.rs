@@ -10,8 +10,13 @@
 //! The cluster client refreshes its slot map only when a node answers `MOVED`. A primary that
 //! was killed answers nothing, so a client whose map still names it would try it forever, long
 //! after its replica took over (seen in `tests/api/cluster.rs`). [`Cluster`] therefore opens a
-//! fresh connection from the seed nodes, which reads the slot map anew, when a command fails
-//! because a node is unreachable or the cluster is down.
+//! fresh connection from the seed nodes in the background, which reads the slot map anew, when
+//! a command fails because a node is unreachable or the cluster is down; the failed command is
+//! not sent again here (its caller answers `503` or retries).
+//!
+//! The cluster client itself retries a command whose connection was reset (`retries`), so a
+//! script call can run twice: the admission script then answers the second run `duplicate`
+//! with the position of the first, which the host answers `409` (still a place in line).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// The URL scheme of a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port`.
@@ -27,14 +33,28 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// Most seed nodes a cluster URL may list.
 const MAX_SEED_NODES: usize = 64;
 
-/// Where the admission queue lives, parsed from `FIRSTCOME_REDIS_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the admission queue lives, parsed from `FIRSTCOME_REDIS_URL`. Its `Debug` hides
+/// passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// One Redis server, at this URL (as the `redis` crate reads it).
     Server(String),
     /// A Redis Cluster reached through these seed nodes (`redis://[auth@]host:port` each):
     /// the client learns every other node from them.
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use firstcome_core::bounded::redact_url;
+        match self {
+            Self::Server(url) => f.debug_tuple("Server").field(&redact_url(url)).finish(),
+            Self::Cluster(nodes) => f
+                .debug_tuple("Cluster")
+                .field(&nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 impl Target {
@@ -61,9 +81,8 @@ impl Target {
         };
         if rest.contains('?') {
             return Err(format!(
-                "{CLUSTER_SCHEME} takes no query string ({:?}): a cluster URL is \
-                 {CLUSTER_SCHEME}[user:password@]host:port,host:port",
-                rest.split_once('?').map(|(_, q)| q).unwrap_or_default()
+                "{CLUSTER_SCHEME} takes no query string: a cluster URL is \
+                 {CLUSTER_SCHEME}[user:password@]host:port,host:port"
             ));
         }
         let hosts = match rest.split_once('/') {
@@ -141,8 +160,8 @@ impl Cluster {
     }
 
     /// Replaces the connection of `generation` by a fresh one, unless another caller already
-    /// did or one was opened less than [`RECONNECT_EVERY`] ago.
-    async fn reconnect(&self, generation: u64) {
+    /// did or one was opened less than [`RECONNECT_EVERY`] ago. Runs as a task of its own.
+    async fn reconnect(self: Arc<Self>, generation: u64) {
         let mut last = self.reconnecting.lock().await;
         if self.current.read().unwrap().0 != generation || last.elapsed() < RECONNECT_EVERY {
             return;
@@ -160,46 +179,54 @@ impl Cluster {
         }
     }
 
-    /// Sends one command; when the topology changed under the connection, opens a fresh one,
-    /// and sends the command again when it surely never reached a node (the connection was
-    /// refused): a command that may have run is not repeated.
-    async fn send(&self, cmd: &Cmd) -> RedisResult<Value> {
+    /// Sends one command; when it failed because the topology changed under the connection,
+    /// starts opening a fresh one.
+    async fn send(self: Arc<Self>, cmd: &Cmd) -> RedisResult<Value> {
         let (generation, mut conn) = self.current();
-        match conn.req_packed_command(cmd).await {
-            Err(e) if topology_changed(&e) => {
-                self.reconnect(generation).await;
-                if e.is_connection_refusal() {
-                    return self.current().1.req_packed_command(cmd).await;
-                }
-                Err(e)
-            }
-            reply => reply,
-        }
+        let reply = conn.req_packed_command(cmd).await;
+        self.after(generation, reply.as_ref().err());
+        reply
     }
 
     async fn send_pipeline(
-        &self,
+        self: Arc<Self>,
         pipeline: &Pipeline,
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
         let (generation, mut conn) = self.current();
         let reply = conn.req_packed_commands(pipeline, offset, count).await;
-        if let Err(e) = &reply
-            && topology_changed(e)
-        {
-            self.reconnect(generation).await;
-        }
+        self.after(generation, reply.as_ref().err());
         reply
+    }
+
+    fn after(self: &Arc<Self>, generation: u64, error: Option<&redis::RedisError>) {
+        if error.is_some_and(topology_changed) {
+            tokio::spawn(self.clone().reconnect(generation));
+        }
+    }
+
+    /// `PING` to one node: a cluster with one primary failing over still serves the campaigns
+    /// of the others (and this host's sold-out answers), so readiness does not ask them all.
+    async fn ping(self: Arc<Self>) -> RedisResult<()> {
+        let (generation, mut conn) = self.current();
+        let reply = conn
+            .route_command(
+                &redis::cmd("PING"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await;
+        self.after(generation, reply.as_ref().err());
+        reply.map(drop)
     }
 }
 
-/// Whether an error says the node the client chose is gone or no longer serves the slot.
+/// Whether an error says the node the client chose is gone or no longer serves the slot (a
+/// timeout alone does not: a slow script or `WAIT` is no reason to reconnect).
 fn topology_changed(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    (e.is_io_error() && !e.is_timeout())
         || e.is_connection_refusal()
         || e.is_connection_dropped()
-        || e.is_timeout()
         || matches!(
             e.kind(),
             redis::ErrorKind::ClusterDown | redis::ErrorKind::ReadOnly | redis::ErrorKind::Moved
@@ -216,8 +243,8 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `target`. A cluster connection retries a redirected or failed command
-    /// itself (with back-off, for about as long as a failover takes) before it gives up.
+    /// Connects to `target`. A cluster connection follows redirections and retries a failed
+    /// command itself (8 times, with back-off from 50 ms to 1 s) before it gives up.
     pub async fn open(target: &Target) -> RedisResult<Self> {
         match target {
             Target::Server(url) => {
@@ -249,13 +276,21 @@ impl Connection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// `PING`: the server, or one node of a cluster.
+    pub async fn ping(&mut self) -> RedisResult<()> {
+        match self {
+            Self::Server(conn) => redis::cmd("PING").query_async(conn).await,
+            Self::Cluster(cluster) => cluster.clone().ping().await,
+        }
+    }
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Server(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(cluster) => Box::pin(cluster.send(cmd)),
+            Self::Cluster(cluster) => Box::pin(cluster.clone().send(cmd)),
         }
     }
 
@@ -267,7 +302,7 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Server(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(cluster) => Box::pin(cluster.send_pipeline(cmd, offset, count)),
+            Self::Cluster(cluster) => Box::pin(cluster.clone().send_pipeline(cmd, offset, count)),
         }
     }
 

@@ -35,6 +35,9 @@ const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct RedisAdmission {
     conn: Connection,
+    /// The admission batches' own connection: a `WAIT` behind a batch blocks the connection it
+    /// is sent on, which must not hold up the issuer's claims, status reads or readiness.
+    admit_conn: Connection,
     /// Replicas that must acknowledge a batch's admissions before they are answered, and how
     /// long to wait for them (see [`crate::AdmissionConfig::redis_wait_replicas`]).
     wait: Option<(u32, Duration)>,
@@ -95,8 +98,10 @@ impl RedisAdmission {
     pub async fn connect(url: &str) -> Result<Self> {
         let target = Target::parse(url).map_err(AdmissionError::BadUrl)?;
         let conn = Connection::open(&target).await?;
+        let admit_conn = Connection::open(&target).await?;
         Ok(Self {
             conn,
+            admit_conn,
             wait: None,
             unreplicated_logged: Arc::default(),
             admit: Arc::new(Script::new(include_str!("admit.lua"))),
@@ -143,7 +148,7 @@ impl RedisAdmission {
                 .arg(replicas)
                 .arg(timeout.as_millis() as u64);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.admit_conn.clone();
         let mut loads = 0;
         let replies: Vec<Value> = loop {
             match pipe.query_async(&mut conn).await {
@@ -158,12 +163,15 @@ impl RedisAdmission {
         let script: Vec<Value> = redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
             .map_err(|e| AdmissionError::Protocol(format!("admit answered {e}")))?;
         let answers = answers(script)?;
-        if let (Some((replicas, timeout)), Some(acked)) = (self.wait, replies.next()) {
-            let acked: i64 = redis::from_redis_value(&acked)
+        if let Some((replicas, timeout)) = self.wait {
+            let acked: i64 = redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
                 .map_err(|e| AdmissionError::Protocol(format!("WAIT answered {e}")))?;
-            let admitted = matches!(&answers, Answers::Each(o)
-                if o.iter().any(|o| matches!(o, Admit::Admitted { .. })));
-            if admitted && acked < i64::from(replicas) {
+            // A `409` is a promise too: the script wrote (see admit.lua) when it found a user
+            // already admitted, so the `WAIT` covers that user's admission, whichever
+            // connection made it.
+            let promised = matches!(&answers, Answers::Each(o)
+                if o.iter().any(|o| matches!(o, Admit::Admitted { .. } | Admit::Duplicate { .. })));
+            if promised && acked < i64::from(replicas) {
                 self.unreplicated(acked, replicas, timeout);
                 return Err(AdmissionError::NotRecorded(format!(
                     "{acked} of {replicas} Redis replica(s) acknowledged the admission within \
@@ -243,9 +251,17 @@ impl RedisAdmission {
                     }
                 }
                 Err(e) => {
-                    let message = e.to_string();
+                    let not_recorded = matches!(e, AdmissionError::NotRecorded(_));
+                    let message = match e {
+                        AdmissionError::NotRecorded(m) => m,
+                        e => e.to_string(),
+                    };
                     for w in batch {
-                        let _ = w.answer.send(Err(AdmissionError::Batch(message.clone())));
+                        let _ = w.answer.send(Err(if not_recorded {
+                            AdmissionError::NotRecorded(message.clone())
+                        } else {
+                            AdmissionError::Batch(message.clone())
+                        }));
                     }
                 }
             }
@@ -526,7 +542,22 @@ impl Admission for RedisAdmission {
     }
 
     async fn admitted_users(&self, campaign_id: &str) -> Result<Option<HashMap<String, i64>>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.admit_conn.clone();
+        if let Some((replicas, timeout)) = self.wait {
+            // The flag answers 409 from this set: every admission in it must be on the
+            // replicas first. A write of this connection's own, then WAIT, covers all before it.
+            let (acked,): (i64,) = redis::pipe()
+                .hincr(keys(campaign_id).meta, "touched", 1)
+                .ignore()
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            if acked < i64::from(replicas) {
+                return Ok(None);
+            }
+        }
         let mut users = HashMap::new();
         let mut cursor = 0u64;
         // HSCAN in steps, so that a campaign of a million users does not block Redis.
@@ -547,10 +578,7 @@ impl Admission for RedisAdmission {
     }
 
     async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        Ok(self.conn.clone().ping().await?)
     }
 
     async fn durability(&self) -> String {
@@ -580,15 +608,15 @@ impl Admission for RedisAdmission {
         );
         match (self.wait, self.is_cluster()) {
             (Some((replicas, timeout)), _) => format!(
-                "each 202 waits for {replicas} Redis replica(s) to acknowledge it (up to {} ms, \
-                 else it is answered 503), so it survives the loss of its primary; on each \
-                 node: {on_server}",
+                "each 202 and 409 waits for {replicas} Redis replica(s) to acknowledge it (up to \
+                 {} ms, else it is answered 503), so it survives the loss of its primary; on \
+                 the node asked: {on_server}",
                 timeout.as_millis()
             ),
             (None, true) => format!(
                 "a 202 is answered once its primary has it (admission.redis_wait_replicas = 0): \
                  a primary lost before its replica copied the last admissions loses them; on \
-                 each node: {on_server}"
+                 the node asked: {on_server}"
             ),
             (None, false) => on_server,
         }
