@@ -15,13 +15,14 @@ pub struct AdmissionConfig {
     /// that has it). 0: answered once the primary has it. Set it to the replicas each primary
     /// has (1 on a cluster created with `--cluster-replicas 1`).
     pub redis_wait_replicas: u32,
-    /// How long an admission waits for those replicas, in ms. A batch that is not acknowledged
-    /// in time is answered `503 unavailable`, as a request the embedded queue could not record:
+    /// How long an admission waits for those replicas, in ms (at most 4,000: below the Redis
+    /// connection's 5 s response timeout). A batch that is not acknowledged in time is answered
+    /// `503 unavailable`, as a request the embedded queue could not record: the script ran, so
     /// it may still be admitted, and its status tells. Counted in
     /// `firstcome_admissions_unreplicated_total` and logged. A primary left without a replica
-    /// (its replica was promoted and the old primary is not back) admits nobody until one is
-    /// attached: the choice of Redis's own `min-replicas-to-write`, which keeps every `202` a
-    /// promise.
+    /// (its replica was promoted and the old primary is not back) answers no `202` until one is
+    /// attached, which keeps every `202` a promise; Redis's `min-replicas-to-write` on the
+    /// nodes makes it refuse the writes themselves.
     pub redis_wait_timeout_ms: u64,
 }
 
