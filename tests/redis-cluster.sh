@@ -9,7 +9,8 @@
 #       starts the node of PORT again (after it was killed): it rejoins from its nodes.conf, as
 #       a replica when its replica took over meanwhile.
 #   bash tests/redis-cluster.sh stop DIR
-#       stops every node started in DIR (a node already gone is skipped).
+#       stops every node started in DIR (a node already gone is skipped; a frozen one is thawed
+#       first, or it would never act on the signal).
 #
 # Nodes use a 1 s node timeout, so that a killed primary's replica takes over in about 2 s,
 # whatever the age of its last contact with the primary (`cluster-replica-validity-factor 0`:
@@ -93,6 +94,7 @@ restart)
 stop)
   for pidfile in "$dir"/*/redis.pid; do
     [[ -e "$pidfile" ]] || continue
+    kill -CONT "$(cat "$pidfile")" 2>/dev/null || true
     kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   ;;

@@ -108,15 +108,15 @@ impl Host {
 
 /// Everything one set-up runs on.
 pub(crate) struct Rig {
+    /// The Redis Cluster of the cluster set-up (three primaries with a replica each). First,
+    /// so that it is dropped (its nodes stopped, by their pid files) before `dir` is deleted.
+    _cluster: Option<crate::cluster::OwnCluster>,
     pub(crate) name: &'static str,
     pub(crate) dir: tempfile::TempDir,
     campaigns: PathBuf,
     database_url: String,
     pub(crate) store: firstcome_store::Store,
     redis: Option<OwnRedis>,
-    /// The Redis Cluster of the cluster set-up (three primaries with a replica each), kept
-    /// until the rig ends: dropping it stops its nodes.
-    _cluster: Option<crate::cluster::OwnCluster>,
     pub(crate) broker: Option<crate::kafka::Broker>,
     topic: String,
     pub(crate) hosts: Vec<Host>,
