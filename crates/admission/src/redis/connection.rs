@@ -60,7 +60,9 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// Reads a Redis URL. A cluster URL lists its seed nodes after the scheme, separated by
     /// commas, with one optional `user:password@` before them that applies to every node, and
-    /// no database (a cluster has only database 0).
+    /// no database (a cluster has only database 0). As in any `redis://` URL, a password with
+    /// `#`, `/`, `?` or `%` in it is written percent-encoded (`%23`, `%2F`, `%3F`, `%25`); it is
+    /// passed on as written.
     ///
     /// Errors: a message that says what to fix (no node, an empty or port-less node, a
     /// database path, a query string, too many nodes).
@@ -334,6 +336,27 @@ mod tests {
         assert_eq!(
             Target::parse("redis+cluster://app:s3cr@t@h:7000/"),
             Ok(Target::Cluster(vec!["redis://app:s3cr@t@h:7000".into()]))
+        );
+        let encoded = Target::parse("redis+cluster://app:p%23ss@h:7000").unwrap();
+        assert_eq!(
+            encoded,
+            Target::Cluster(vec!["redis://app:p%23ss@h:7000".into()])
+        );
+        let Target::Cluster(nodes) = encoded else {
+            unreachable!()
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(nodes[0].as_str()).unwrap();
+        assert_eq!(
+            info.redis.password.as_deref(),
+            Some("p#ss"),
+            "decoded by the client"
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                Target::parse("redis+cluster://a:hunter2@h:1").unwrap()
+            )
+            .contains("hunter2")
         );
     }
 
