@@ -14,6 +14,9 @@ use rand::seq::SliceRandom;
 
 use crate::helpers::{Backend, Backends, TestApp, coupons, spawn_app_on, spec, wait_for};
 
+/// The script that starts, restarts and stops test clusters.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/redis-cluster.sh");
+
 /// A Redis Cluster of a test's own, stopped when dropped.
 pub struct OwnCluster {
     dir: PathBuf,
@@ -23,9 +26,8 @@ pub struct OwnCluster {
 impl OwnCluster {
     /// Three primaries with one replica each, in `dir`.
     pub fn start(dir: &Path) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/redis-cluster.sh");
         let out = std::process::Command::new("bash")
-            .arg(script)
+            .arg(SCRIPT)
             .arg("start")
             .arg(dir)
             .output()
@@ -92,9 +94,8 @@ impl OwnCluster {
 
     /// Starts the node on `port` again: it rejoins, as a replica when its replica took over.
     pub fn restart(&self, port: u16) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/redis-cluster.sh");
         let status = std::process::Command::new("bash")
-            .arg(script)
+            .arg(SCRIPT)
             .arg("restart")
             .arg(&self.dir)
             .arg(port.to_string())
@@ -126,9 +127,8 @@ impl OwnCluster {
 
 impl Drop for OwnCluster {
     fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/redis-cluster.sh");
         let _ = std::process::Command::new("bash")
-            .arg(script)
+            .arg(SCRIPT)
             .arg("stop")
             .arg(&self.dir)
             .status();
@@ -212,21 +212,29 @@ enum Failover {
     Kill,
 }
 
-async fn storm_through_a_failover(how: Failover) {
+/// A host on a cluster of its own and MariaDB, each admission acknowledged by a replica within
+/// `wait_ms`. The folder comes first so that it is dropped last: the cluster's nodes are stopped
+/// by their pid files in it.
+async fn host_on_own_cluster(wait_ms: u64) -> (Arc<tempfile::TempDir>, OwnCluster, TestApp) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let cluster = OwnCluster::start(&dir.path().join("cluster"));
     let mut backends =
         Backends::open_with_redis(Backend::RedisClusterMariaDb, dir.path(), &cluster.url).await;
-    // A 202 waits for the replica, so that it survives the primary (without it, this test sees
-    // users answered 202 twice after a kill). Until the killed node is back as the new
-    // primary's replica, admissions cannot be acknowledged and are answered 503.
     backends.admission = Arc::new(
         RedisAdmission::connect(&cluster.url)
             .await
             .unwrap()
-            .with_replica_acks(1, Duration::from_millis(1_000)),
+            .with_replica_acks(1, Duration::from_millis(wait_ms)),
     );
     let app = spawn_app_on(backends, dir.clone(), |_| {}).await;
+    (dir, cluster, app)
+}
+
+async fn storm_through_a_failover(how: Failover) {
+    // A 202 waits for the replica, so that it survives the primary (without it, this test sees
+    // users answered 202 twice after a kill). Until the killed node is back as the new
+    // primary's replica, admissions cannot be acknowledged and are answered 503.
+    let (_dir, cluster, app) = host_on_own_cluster(1_000).await;
     let capacity = 600;
     let campaign = app.campaign(spec(capacity)).await;
     let (primary, replica) = cluster
@@ -310,17 +318,7 @@ async fn a_killed_primary_mid_storm_keeps_every_promise() {
 /// back the same user is answered with the place Redis holds for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_202_without_the_replica() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let cluster = OwnCluster::start(&dir.path().join("cluster"));
-    let mut backends =
-        Backends::open_with_redis(Backend::RedisClusterMariaDb, dir.path(), &cluster.url).await;
-    backends.admission = Arc::new(
-        RedisAdmission::connect(&cluster.url)
-            .await
-            .unwrap()
-            .with_replica_acks(1, Duration::from_millis(300)),
-    );
-    let app = spawn_app_on(backends, dir.clone(), |_| {}).await;
+    let (_dir, cluster, app) = host_on_own_cluster(300).await;
     let campaign = app.campaign(spec(10)).await;
     assert_eq!(app.request(&campaign, "early").await.0, 202);
     let (_, replica) = cluster

@@ -272,9 +272,7 @@ impl Platform {
         let request_id = Uuid::now_v7().to_string();
         // Within the window, a campaign this host saw sold out is answered without the queue
         // (outside it the queue answers closed / not open, as it would).
-        let in_window =
-            c.opens_at().is_none_or(|t| now >= t) && c.closes_at().is_none_or(|t| now < t);
-        if in_window
+        if c.window_state(now) == firstcome_core::campaign::WindowState::Open
             && let Some(outcome) = self
                 .sold_out
                 .answer(c.id(), user_id, std::time::Instant::now())
