@@ -127,6 +127,7 @@ fn spec(capacity: usize) -> CampaignSpec {
         closes_at: None,
         coupon_expires_at: None,
         chunk_size: None,
+        shards: None,
         plugins: Default::default(),
     }
 }

@@ -144,7 +144,11 @@ async fn exactly_capacity_under_a_storm() {
 /// Sends the requests (200 at a time) and returns every place promised: the position of each
 /// `202`, and of each `409 duplicate_request` (its message names it). A user promised two
 /// different places fails the test. `503 unavailable` is allowed (the failover).
-async fn storm_promises(app: &TestApp, campaign: &str, users: Vec<String>) -> HashMap<String, i64> {
+pub(crate) async fn storm_promises(
+    app: &TestApp,
+    campaign: &str,
+    users: Vec<String>,
+) -> HashMap<String, i64> {
     use futures::StreamExt;
     let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(users)
         .map(|user| async move {
@@ -180,7 +184,7 @@ async fn storm_promises(app: &TestApp, campaign: &str, users: Vec<String>) -> Ha
 
 /// Checks every invariant once the storm is over: exactly `capacity` coupons (the demand was
 /// more than enough), no user twice, every `202` and `409` issued at the position it named.
-async fn check_invariants(
+pub(crate) async fn check_invariants(
     app: &TestApp,
     campaign: &str,
     capacity: i64,

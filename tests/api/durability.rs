@@ -760,7 +760,7 @@ async fn a_chunk_in_flight_across_a_loss_is_settled_and_the_ledger_counts_right(
     let admit = |user: &str| {
         let (queue, guard, id, user) = (queue.clone(), &guard, id.clone(), user.to_owned());
         async move {
-            let floor = guard.floor(&id).await;
+            let floor = guard.floor(&id, 1, 0).await;
             let outcome = queue.admit(&id, &user, "r", 0, floor).await.unwrap();
             if let Admit::Admitted { position } = outcome {
                 guard.answered(&id, &user, position);
@@ -793,7 +793,7 @@ async fn a_chunk_in_flight_across_a_loss_is_settled_and_the_ledger_counts_right(
         .map(|i| (i.user_id.clone(), i.position))
         .collect();
     assert_eq!(queue.settle(&id, &holders).await.unwrap(), 2);
-    guard.raise(&id, outcome.mark);
+    guard.raise(&id, 1, outcome.mark, &[]);
     for item in &in_flight {
         assert_eq!(
             admit(&item.user_id).await,

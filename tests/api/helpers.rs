@@ -240,6 +240,7 @@ pub fn spec(capacity: i64) -> CampaignSpec {
         closes_at: None,
         coupon_expires_at: None,
         chunk_size: None,
+        shards: None,
         plugins: Default::default(),
     }
 }

@@ -20,5 +20,6 @@ mod plugins;
 mod prometheus;
 mod reuse;
 mod scale_out;
+mod shards;
 mod soak;
 mod streams;

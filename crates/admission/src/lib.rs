@@ -57,6 +57,13 @@ pub enum AdmissionError {
     NotRecorded(String),
     #[error("database: {0}")]
     Store(#[from] firstcome_store::StoreError),
+    /// A campaign's `shards` changed while its queue held admissions made with the old
+    /// count: they live, and hold positions, where the old count put them.
+    #[error(
+        "shards cannot change from {was} to {now} once requests were admitted: it decides \
+         where their admissions live; keep {was}, or start a new campaign"
+    )]
+    ShardsChanged { was: u32, now: u32 },
     /// The queue holds nothing for the campaign any more (Redis lost its data): it must be
     /// rebuilt.
     #[error("the admission queue lost campaign {0}")]
@@ -70,6 +77,13 @@ pub type Result<T, E = AdmissionError> = std::result::Result<T, E>;
 pub trait Admission: Send + Sync + Debug {
     /// "redis" or "embedded", for logs and readiness.
     fn kind(&self) -> &'static str;
+
+    /// How many buckets this queue splits the campaign's state into (its `shards`; a queue in
+    /// this process keeps one). Positions name their bucket
+    /// ([`firstcome_core::queue::bucket_of_position`]), and each bucket has its own [`Floor`].
+    fn buckets(&self, _campaign: &Campaign) -> u32 {
+        1
+    }
 
     /// Writes a campaign's capacity and window. First, when the queue holds nothing for it
     /// (or `force`), rebuilds it from `issued`: the users holding a coupon and their
@@ -86,8 +100,8 @@ pub trait Admission: Send + Sync + Debug {
         force: bool,
     ) -> Result<bool>;
 
-    /// Admits one request, unless the queue's state of the campaign is below `floor`
-    /// ([`Admit::Behind`]). `Admitted` is answered only once the request is as durable as the
+    /// Admits one request, unless the queue's state of the campaign is below `floor`, the
+    /// floor of the user's bucket ([`Admit::Behind`]). `Admitted` is answered only once the request is as durable as the
     /// queue keeps anything.
     async fn admit(
         &self,

@@ -126,7 +126,9 @@ impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> Self {
         match e {
             PlatformError::Store(StoreError::CapacityBelowIssued { .. })
-            | PlatformError::CapacityBelowAdmitted { .. } => {
+            | PlatformError::CapacityBelowAdmitted { .. }
+            | PlatformError::ShardsChanged { .. }
+            | PlatformError::ShardedCapacityLowered { .. } => {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
             PlatformError::Plugin(reason) => Self::unprocessable("invalid_plugin", reason),

@@ -14,6 +14,10 @@ use crate::plugin_spec::PluginSpec;
 pub const DEFAULT_CHUNK_SIZE: u32 = 500;
 pub const MAX_CAPACITY: i64 = 100_000_000;
 pub const MAX_CHUNK_SIZE: u32 = 1_000;
+
+/// Most buckets one campaign's admission state is split into (`shards`): one per Redis
+/// Cluster primary is the point, and a cluster past 64 primaries is rare.
+pub const MAX_SHARDS: u32 = 64;
 pub const MAX_NAME_CHARS: usize = 200;
 /// Earliest and latest time a campaign may name (`opens_at`, `closes_at`,
 /// `coupon_expires_at`): 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z, in epoch ms. Events
@@ -136,6 +140,15 @@ pub struct CampaignSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000)] // MAX_CHUNK_SIZE
     pub chunk_size: Option<u32>,
+    /// How many buckets the campaign's admission state is split into on a Redis (Cluster)
+    /// queue (default 1; at most 64 and at most `capacity`): each bucket has its own hash tag,
+    /// so a cluster spreads one hot campaign over several primaries. A user always maps to one
+    /// bucket; stock moves between buckets when one sells out. First come holds within a
+    /// bucket; across buckets, to within their timing. Cannot change once anyone was admitted.
+    /// The embedded queue keeps one bucket whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)] // MAX_SHARDS
+    pub shards: Option<u32>,
     /// The consumer plugin of each role (`notification`, `history`, `stats`, or any other
     /// role name: 1-64 of `a-z`, `0-9`, `-` and `_`): `[plugins.{role}]` sections.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -208,6 +221,24 @@ impl CampaignSpec {
                 format!("must be between 1 and {MAX_CHUNK_SIZE}"),
             ));
         }
+        if let Some(shards) = self.shards {
+            if !(1..=MAX_SHARDS).contains(&shards) {
+                return Err(invalid(
+                    "shards",
+                    format!("must be between 1 and {MAX_SHARDS}"),
+                ));
+            }
+            if i64::from(shards) > self.capacity {
+                return Err(invalid(
+                    "shards",
+                    format!(
+                        "must not exceed capacity ({}): each bucket starts with at least one \
+                         coupon",
+                        self.capacity
+                    ),
+                ));
+            }
+        }
         if let (Some(opens), Some(closes)) = (self.opens_at, self.closes_at)
             && closes <= opens
         {
@@ -238,6 +269,7 @@ pub struct Campaign {
     closes_at: Option<i64>,
     coupon_expires_at: Option<i64>,
     chunk_size: u32,
+    shards: u32,
     spec: CampaignSpec,
 }
 
@@ -254,6 +286,7 @@ impl Campaign {
             closes_at: spec.closes_at.map(|t| t.timestamp_millis()),
             coupon_expires_at: spec.coupon_expires_at.map(|t| t.timestamp_millis()),
             chunk_size: spec.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+            shards: spec.shards.unwrap_or(1),
             spec,
         })
     }
@@ -291,6 +324,12 @@ impl Campaign {
     /// When issued coupons expire, epoch ms; `None`: never.
     pub fn coupon_expires_at(&self) -> Option<i64> {
         self.coupon_expires_at
+    }
+
+    /// Buckets of the campaign's admission state (`shards`, default 1; see
+    /// [`crate::queue::bucket_of`]).
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// Most requests issued per database transaction (default [`DEFAULT_CHUNK_SIZE`]).
@@ -452,6 +491,18 @@ mod tests {
             (
                 "name = \"x\"\ncapacity = 1\nvalue = 1\nchunk_size = 0\n",
                 "chunk_size",
+            ),
+            (
+                "name = \"x\"\ncapacity = 9\nvalue = 1\nshards = 0\n",
+                "shards",
+            ),
+            (
+                "name = \"x\"\ncapacity = 99\nvalue = 1\nshards = 65\n",
+                "shards",
+            ),
+            (
+                "name = \"x\"\ncapacity = 2\nvalue = 1\nshards = 3\n",
+                "must not exceed capacity",
             ),
             ("name = \"x\"\ncapacity = 1\n", "missing field `value`"),
             (

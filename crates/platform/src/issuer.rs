@@ -184,7 +184,9 @@ async fn drain(
             continue;
         }
         let prefetch = ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim());
-        let (committed, prefetched) = tokio::join!(issue(&ctx, &id, &items, &stop), prefetch);
+        let buckets = ctx.admission.buckets(&campaign.borrow());
+        let (committed, prefetched) =
+            tokio::join!(issue(&ctx, &id, buckets, &items, &stop), prefetch);
         // A failed look-ahead is left to the next regular claim, which handles the error.
         next = prefetched.unwrap_or_default();
         if !committed {
@@ -200,17 +202,22 @@ async fn drain(
 async fn issue(
     ctx: &IssuerContext,
     id: &str,
+    buckets: u32,
     items: &[QueueItem],
     stop: &CancellationToken,
 ) -> bool {
     let span = tracing::debug_span!(target: firstcome_core::JOURNEY, "chunk", campaign = %id,
         size = items.len());
-    issue_in(ctx, id, items, stop).instrument(span).await
+    issue_in(ctx, id, buckets, items, stop)
+        .instrument(span)
+        .await
 }
 
+/// `buckets`: the campaign's bucket count in the queue (see [`Admission::buckets`]).
 async fn issue_in(
     ctx: &IssuerContext,
     id: &str,
+    buckets: u32,
     items: &[QueueItem],
     stop: &CancellationToken,
 ) -> bool {
@@ -273,7 +280,7 @@ async fn issue_in(
              rebuild: its holders were added to the queue"),
         Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot settle a committed chunk"),
     }
-    ctx.guard.raise(id, outcome.mark);
+    ctx.guard.raise(id, buckets, outcome.mark, &holders);
     ctx.guard
         .issued(id, holders.iter().map(|(user, _)| user.as_str()));
     true

@@ -16,6 +16,7 @@ use crate::queue_guard::{GuardError, QueueGuard};
 use firstcome_admission::{Admission, AdmissionError, Admit};
 use firstcome_bus::{ConsumerSpec, EventBus};
 use firstcome_core::campaign::Campaign;
+use firstcome_core::queue::bucket_of;
 use firstcome_core::user::UserId;
 use firstcome_plugin::PluginHost;
 use firstcome_plugin::host::RoleHandler;
@@ -31,6 +32,20 @@ pub enum PlatformError {
     QueueUnstable(String),
     #[error("the admission queue fell behind the database again after each rebuild of {0}")]
     QueueBehind(String),
+    /// A split campaign's (`shards` > 1) capacity lowered after requests were admitted: its
+    /// buckets' stock could then admit more than the new capacity between them.
+    #[error(
+        "capacity cannot be lowered from {was} to {now} once requests were admitted to a \
+         campaign with shards > 1"
+    )]
+    ShardedCapacityLowered { was: i64, now: i64 },
+    /// `shards` changed after requests were admitted or coupons issued (see
+    /// [`AdmissionError::ShardsChanged`]).
+    #[error(
+        "shards cannot change from {was} to {now} once requests were admitted: it decides \
+         where their admissions live; keep {was}, or start a new campaign"
+    )]
+    ShardsChanged { was: u32, now: u32 },
     /// A new capacity below the requests already answered `202` would break their promise.
     #[error("capacity {capacity} is below the {admitted} requests already admitted")]
     CapacityBelowAdmitted { capacity: i64, admitted: i64 },
@@ -42,6 +57,9 @@ impl From<GuardError> for PlatformError {
     fn from(e: GuardError) -> Self {
         match e {
             GuardError::Store(e) => Self::Store(e),
+            GuardError::Admission(AdmissionError::ShardsChanged { was, now }) => {
+                Self::ShardsChanged { was, now }
+            }
             GuardError::Admission(e) => Self::Admission(e),
         }
     }
@@ -222,6 +240,7 @@ impl Platform {
                 admitted,
             });
         }
+        self.check_split(&campaign, admitted).await?;
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
         let roles: Vec<String> = plugins.roles.keys().cloned().collect();
@@ -234,6 +253,33 @@ impl Platform {
             .unwrap()
             .insert(campaign.id().to_owned(), campaign.clone());
         self.issuers.run(campaign);
+        Ok(())
+    }
+
+    /// The rules of a campaign split into buckets, against the version applied before (the
+    /// database's copy): its bucket count cannot change once anyone was admitted or issued
+    /// (positions and admissions live where the old count put them), and its capacity cannot
+    /// be lowered once anyone was admitted (a bucket's stock may already have gone to
+    /// admissions the lower shares would not cover).
+    async fn check_split(&self, campaign: &Campaign, admitted: i64) -> Result<(), PlatformError> {
+        let Some(before) = self.store.applied_campaign(campaign.id()).await? else {
+            return Ok(());
+        };
+        let (was, now) = (
+            self.admission.buckets(&before),
+            self.admission.buckets(campaign),
+        );
+        let issued = self.store.issued_count(campaign.id()).await?;
+        let used = admitted.max(issued) > 0;
+        if was != now && used {
+            return Err(PlatformError::ShardsChanged { was, now });
+        }
+        if now > 1 && used && campaign.capacity() < before.capacity() {
+            return Err(PlatformError::ShardedCapacityLowered {
+                was: before.capacity(),
+                now: campaign.capacity(),
+            });
+        }
         Ok(())
     }
 
@@ -296,7 +342,11 @@ impl Platform {
             if attempt > 0 {
                 self.sync_admission(c, false).await?;
             }
-            let floor = self.guard.floor(c.id()).await;
+            let buckets = self.admission.buckets(c);
+            let floor = self
+                .guard
+                .floor(c.id(), buckets, bucket_of(user_id, buckets))
+                .await;
             outcome = match self
                 .admission
                 .admit(c.id(), user_id, &request_id, now, floor)

@@ -1,7 +1,8 @@
 //! Keeps the admission queue honest against the database, the arbiter.
 //!
 //! - **The floor.** Every admission carries the campaign's [`Floor`] (coupons issued, highest
-//!   position issued) as this host last read it: read from the database at most
+//!   position issued), of the user's bucket when the queue splits the campaign, as this host
+//!   last read it: read from the database at most
 //!   [`FLOOR_MAX_AGE`] apart, at once after the queue failed (a restart is then suspected),
 //!   and raised by every chunk this host commits. A queue below it answers `Behind` and is
 //!   brought up to the database, so a Redis that came back from an older snapshot never hands
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use firstcome_admission::{Admission, AdmissionError, Floor};
 use firstcome_core::campaign::Campaign;
+use firstcome_core::queue::bucket_of_position;
 use firstcome_store::{Store, StoreError};
 
 /// How old a floor may be before an admission reads it again from the database.
@@ -57,9 +59,10 @@ pub enum GuardError {
     Admission(#[from] AdmissionError),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Known {
-    floor: Floor,
+    /// One floor per bucket of the campaign (one for a campaign in one bucket).
+    floors: Vec<Floor>,
     /// When it was last read from the database; `None`: read it before the next admission.
     read_at: Option<Instant>,
 }
@@ -110,23 +113,35 @@ impl QueueGuard {
         &self.sold_out
     }
 
-    /// The floor for an admission to `campaign_id`: the last one read when it is fresh and the
+    /// The floor for an admission to bucket `bucket` of `campaign_id`, split into `buckets`
+    /// (1 and 0 for a campaign in one bucket): the last one read when it is fresh and the
     /// queue has not failed since, else read from the database now. When the database does
     /// not answer within [`FLOOR_READ_TIMEOUT`], the last floor known is used and read again
     /// [`FLOOR_MAX_AGE`] later: the database being down makes no queue state wrong.
-    pub async fn floor(&self, campaign_id: &str) -> Floor {
+    pub async fn floor(&self, campaign_id: &str, buckets: u32, bucket: u32) -> Floor {
+        let buckets = buckets.max(1);
+        let pick = |known: &Known| {
+            known
+                .floors
+                .get(bucket as usize)
+                .copied()
+                .unwrap_or_default()
+        };
         if let Some(known) = self.floors.lock().unwrap().get(campaign_id)
+            && known.floors.len() == buckets as usize
             && known.read_at.is_some_and(|t| t.elapsed() < FLOOR_MAX_AGE)
         {
-            return known.floor;
+            return pick(known);
         }
-        let read = match tokio::time::timeout(
-            FLOOR_READ_TIMEOUT,
-            self.store.issue_mark(campaign_id),
-        )
-        .await
-        {
-            Ok(Ok(floor)) => Some(floor),
+        let read = async {
+            if buckets == 1 {
+                self.store.issue_mark(campaign_id).await.map(|f| vec![f])
+            } else {
+                self.store.issue_marks(campaign_id, buckets).await
+            }
+        };
+        let read = match tokio::time::timeout(FLOOR_READ_TIMEOUT, read).await {
+            Ok(Ok(floors)) => Some(floors),
             Ok(Err(e)) => {
                 tracing::warn!(campaign = %campaign_id, error = %e,
                         "cannot read the admission floor; using the last one known");
@@ -140,24 +155,48 @@ impl QueueGuard {
         };
         let mut floors = self.floors.lock().unwrap();
         let known = floors.entry(campaign_id.to_owned()).or_insert(Known {
-            floor: Floor::default(),
+            floors: Vec::new(),
             read_at: None,
         });
+        if known.floors.len() != buckets as usize {
+            known.floors = vec![Floor::default(); buckets as usize];
+        }
         known.read_at = Some(Instant::now());
         if let Some(read) = read {
-            known.floor = known.floor.max(read);
+            raise_each(&mut known.floors, &read);
         }
-        known.floor
+        pick(known)
     }
 
-    /// Raises the known floor (a chunk this host committed, or a rebuild).
-    pub fn raise(&self, campaign_id: &str, floor: Floor) {
+    /// Raises the known floors after a chunk this host committed: `mark` is the campaign's
+    /// issue mark after it (exact for a campaign in one bucket), `holders` the `(user,
+    /// position)` it issued (for a split campaign, each raises its bucket's highest position).
+    pub fn raise(&self, campaign_id: &str, buckets: u32, mark: Floor, holders: &[(String, i64)]) {
+        let buckets = buckets.max(1);
+        let mut raised = vec![Floor::default(); buckets as usize];
+        if buckets == 1 {
+            raised[0] = mark;
+        } else {
+            for (_, position) in holders {
+                let f = &mut raised[bucket_of_position(*position, buckets) as usize];
+                f.last_position = f.last_position.max(*position);
+            }
+        }
+        self.raise_all(campaign_id, &raised);
+    }
+
+    /// Raises the known floor of each bucket (a rebuild read them all from the database).
+    fn raise_all(&self, campaign_id: &str, raised: &[Floor]) {
         let mut floors = self.floors.lock().unwrap();
         let known = floors.entry(campaign_id.to_owned()).or_insert(Known {
-            floor,
+            floors: Vec::new(),
             read_at: None,
         });
-        known.floor = known.floor.max(floor);
+        if known.floors.len() != raised.len() {
+            known.floors = vec![Floor::default(); raised.len()];
+            known.read_at = None;
+        }
+        raise_each(&mut known.floors, raised);
     }
 
     /// The queue failed (a connection error, a lost queue): a restart is suspected. Every
@@ -218,13 +257,13 @@ impl QueueGuard {
     /// answers from before are then checked by the next sweeps.
     pub async fn resync(&self, campaign: &Campaign, force: bool) -> Result<bool, GuardError> {
         let issued = self.store.issued_users(campaign.id()).await?;
-        let floor = Floor::of_issued(&issued);
+        let floors = Floor::per_bucket(&issued, self.admission.buckets(campaign));
         let changed = self
             .admission
             .sync_campaign(campaign, &issued, force)
             .await?;
         self.sold_out.clear(campaign.id());
-        self.raise(campaign.id(), floor);
+        self.raise_all(campaign.id(), &floors);
         if changed {
             metrics::counter!("firstcome_admission_rebuilds_total", "campaign" => campaign.id().to_owned())
                 .increment(1);
@@ -315,6 +354,13 @@ impl QueueGuard {
         }
         lost(campaign_id, &lost_users);
         Ok(lost_users.len() as u64)
+    }
+}
+
+/// Raises each floor to the matching one of `by` (floors only rise).
+fn raise_each(floors: &mut [Floor], by: &[Floor]) {
+    for (f, by) in floors.iter_mut().zip(by) {
+        *f = f.max(*by);
     }
 }
 

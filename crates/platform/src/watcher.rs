@@ -156,7 +156,10 @@ fn passing(error: &PlatformError) -> bool {
         | PlatformError::Admission(_)
         | PlatformError::QueueUnstable(_)
         | PlatformError::QueueBehind(_) => true,
-        PlatformError::CapacityBelowAdmitted { .. } | PlatformError::Plugin(_) => false,
+        PlatformError::CapacityBelowAdmitted { .. }
+        | PlatformError::ShardsChanged { .. }
+        | PlatformError::ShardedCapacityLowered { .. }
+        | PlatformError::Plugin(_) => false,
     }
 }
 

@@ -145,4 +145,32 @@ impl Store {
             None => Floor::default(),
         })
     }
+
+    /// The issue mark of each bucket of a campaign split into `buckets` (indexed by bucket;
+    /// a position's bucket is `(position - 1) % buckets`, see
+    /// [`firstcome_core::queue::bucket_of_position`]): coupons issued from it and the highest
+    /// position it issued. One grouped read of the campaign's coupons (primary-key order).
+    pub async fn issue_marks(&self, campaign_id: &str, buckets: u32) -> Result<Vec<Floor>> {
+        let buckets = buckets.max(1);
+        // The bucket count is a number the campaign file checked (1..=64), written into the
+        // text so that the grouping expression is the same one in every engine.
+        let rows = sqlx::query(&self.sql(&format!(
+            "SELECT (position - 1) % {buckets}, COUNT(*), MAX(position) FROM coupons \
+             WHERE campaign_id = ? GROUP BY (position - 1) % {buckets}"
+        )))
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut floors = vec![Floor::default(); buckets as usize];
+        for r in rows {
+            let bucket: i64 = r.try_get(0)?;
+            if let Some(f) = usize::try_from(bucket).ok().and_then(|b| floors.get_mut(b)) {
+                *f = Floor {
+                    issued: r.try_get(1)?,
+                    last_position: r.try_get(2)?,
+                };
+            }
+        }
+        Ok(floors)
+    }
 }

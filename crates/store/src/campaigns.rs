@@ -128,6 +128,22 @@ impl Store {
         Ok(applied)
     }
 
+    /// The version of one campaign last applied (active or not), if its document reads.
+    pub async fn applied_campaign(&self, id: &str) -> Result<Option<Campaign>> {
+        let row =
+            sqlx::query(&self.sql("SELECT spec FROM campaigns WHERE id = ? AND spec IS NOT NULL"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let spec = super::text(&row, 0)?;
+        Ok(serde_json::from_str(&spec)
+            .ok()
+            .and_then(|spec| Campaign::new(id, spec).ok()))
+    }
+
     /// Marks a campaign inactive; its coupons and history stay.
     pub async fn deactivate_campaign(&self, id: &str) -> Result<()> {
         let _turn = self.write_turn().await;

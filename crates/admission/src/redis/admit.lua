@@ -1,10 +1,13 @@
--- Admits a batch of requests to one campaign, atomically and in the order given.
+-- Admits a batch of requests to one bucket of a campaign (the whole campaign when it has one
+-- bucket), atomically and in the order given.
 -- KEYS[1] meta hash (capacity, opens_at, closes_at, admitted, seq)
 -- KEYS[2] users hash (user id -> position)
 -- KEYS[3] queue stream
--- ARGV[1] the floor's issued count, ARGV[2] the floor's highest issued position: the database
--- has seen that much; a state holding less went back in time (an older snapshot) and must be
--- rebuilt before it hands out positions other users hold.
+-- ARGV[1] the floor's issued count, ARGV[2] the floor's highest issued seq, of this bucket:
+-- the database has seen that much; a state holding less went back in time (an older
+-- snapshot) and must be rebuilt before it hands out positions other users hold.
+-- ARGV[3] buckets, ARGV[4] this bucket (0-based): the bucket's n-th admission is at position
+-- (n - 1) * buckets + bucket + 1, so the buckets' positions never collide.
 -- Then three arguments per request: user id, now (epoch ms), request id.
 -- Returns {'unknown'} or {'behind'} for the whole batch, else {outcome, position, ...}: one
 -- pair per request, in order. A batch that admits nobody but finds someone already admitted
@@ -19,12 +22,13 @@ local seq = tonumber(meta[5] or '0')
 if admitted < tonumber(ARGV[1]) or seq < tonumber(ARGV[2]) then
   return {'behind'}
 end
+local buckets, bucket = tonumber(ARGV[3]), tonumber(ARGV[4])
 local opens = (meta[2] and meta[2] ~= '') and tonumber(meta[2]) or nil
 local closes = (meta[3] and meta[3] ~= '') and tonumber(meta[3]) or nil
 local out = {}
 local changed = false
 local found = false
-for i = 3, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local user, now, request = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if opens and now < opens then
     out[#out + 1] = 'not_open'; out[#out + 1] = 0
@@ -41,9 +45,10 @@ for i = 3, #ARGV, 3 do
       admitted = admitted + 1
       seq = seq + 1
       changed = true
-      redis.call('HSET', KEYS[2], user, seq)
-      redis.call('XADD', KEYS[3], '*', 'u', user, 'p', seq, 'r', request, 't', now)
-      out[#out + 1] = 'admitted'; out[#out + 1] = seq
+      local position = (seq - 1) * buckets + bucket + 1
+      redis.call('HSET', KEYS[2], user, position)
+      redis.call('XADD', KEYS[3], '*', 'u', user, 'p', position, 'r', request, 't', now)
+      out[#out + 1] = 'admitted'; out[#out + 1] = position
     end
   end
 end

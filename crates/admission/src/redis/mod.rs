@@ -1,20 +1,32 @@
-//! The Redis admission queue, on one Redis server or a Redis Cluster ([`Target`]). A
-//! campaign's keys share the hash tag `{campaign_id}`, so a campaign lives in one Redis Cluster
-//! slot (every script call is atomic on one primary) and campaigns are independent:
-//! `fc:{id}:meta` (hash: capacity, window, admitted, seq), `fc:{id}:users` (hash: user ->
-//! position, the per-user guard) and `fc:{id}:queue` (a stream read by the consumer group
-//! [`ISSUER_GROUP`]; XACK + XDEL after commit, XAUTOCLAIM for items a dead host left pending).
+//! The Redis admission queue, on one Redis server or a Redis Cluster ([`Target`]).
 //!
-//! Admission is one Lua script called with EVALSHA; `redis::Script` loads it on first use and
-//! again when Redis answers NOSCRIPT (after a restart). Requests of one campaign that arrive
-//! while its previous call is in flight go together in the next call (a group commit, as the
-//! embedded queue's record does): one script call admits them all, in arrival order, so a
-//! storm costs Redis and this host one round trip per batch instead of per request.
+//! A campaign's state is split into buckets (`shards` in its file, default 1; [`layout`]). A
+//! bucket's keys share one hash tag, so each bucket lives in one Redis Cluster slot (every
+//! script call is atomic on one primary): `meta` (hash: stock, window, admitted, seq),
+//! `users` (hash: user -> position, the per-user guard), `queue` (a stream read by the
+//! consumer group [`ISSUER_GROUP`]; XACK + XDEL after commit, XAUTOCLAIM for items a dead host
+//! left pending) and `ledger` (the grants of stock the bucket gave or received). A user always
+//! maps to one bucket ([`bucket_of`]), so de-duplication stays one atomic script.
+//!
+//! **Stock between buckets.** Each bucket starts with an even share of the capacity. A bucket
+//! that sells out asks the others, one at a time, for some of theirs: the giver takes it off
+//! its stock and records the grant (`give.lua`), then the receiver counts it by the grant's id
+//! (`receive.lua`). A host dying between the two leaves the grant in the giver's ledger, and
+//! the next sync of the campaign counts it in the receiver (`sync.lua`). So stock moves but
+//! never appears: the buckets never admit more than `capacity` between them, and a bucket
+//! answers sold out only once no other bucket had any to spare.
+//!
+//! Admission is one Lua script called with EVALSHA; it is loaded on first use and again when
+//! Redis answers NOSCRIPT (after a restart). Requests of one bucket that arrive while its
+//! previous call is in flight go together in the next call (a group commit, as the embedded
+//! queue's record does): one script call admits them all, in arrival order, so a storm costs
+//! Redis and this host one round trip per batch instead of per request.
 
 mod connection;
+pub mod layout;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +39,15 @@ use super::{
 };
 pub use connection::{CLUSTER_SCHEME, Connection, Target};
 use firstcome_core::campaign::Campaign;
+use firstcome_core::queue::{bucket_of, bucket_of_position};
+use layout::{Keys, Layout};
 
 /// Most requests one admission script call takes.
 const MAX_BATCH: usize = 256;
+
+/// Times a grant's second half is tried when Redis fails it; after that, the next sync of the
+/// campaign counts it.
+const RECEIVE_ATTEMPTS: usize = 3;
 
 /// Admission on a Redis server.
 #[derive(Clone)]
@@ -44,14 +62,26 @@ pub struct RedisAdmission {
     /// When a batch was last logged as not acknowledged by its replicas (epoch ms): one line
     /// per 10 s at most.
     unreplicated_logged: Arc<AtomicI64>,
-    admit: Arc<Script>,
-    sync: Script,
-    settle: Script,
-    /// Per campaign, the requests waiting for the next script call.
-    batches: Arc<Mutex<HashMap<String, Batch>>>,
+    scripts: Arc<Scripts>,
+    /// Per campaign and bucket, the requests waiting for the next script call.
+    batches: Arc<Mutex<HashMap<(String, u32), Batch>>>,
+    /// The layout of each campaign this host synced (its bucket count comes from the file).
+    layouts: Arc<Mutex<HashMap<String, Arc<Layout>>>>,
+    /// The bucket the next claim of a split campaign starts with, so that no bucket's queue
+    /// waits behind another's.
+    next_claim: Arc<AtomicUsize>,
 }
 
-/// Requests of one campaign waiting for their script call, and whether a call is in flight.
+/// The queue's Lua scripts.
+struct Scripts {
+    admit: Script,
+    sync: Script,
+    settle: Script,
+    give: Script,
+    receive: Script,
+}
+
+/// Requests of one bucket waiting for their script call, and whether a call is in flight.
 #[derive(Default)]
 struct Batch {
     waiting: Vec<Waiting>,
@@ -73,22 +103,24 @@ impl std::fmt::Debug for RedisAdmission {
     }
 }
 
-struct Keys {
-    meta: String,
-    users: String,
-    queue: String,
+fn opt_ms(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn keys(campaign_id: &str) -> Keys {
-    Keys {
-        meta: format!("fc:{{{campaign_id}}}:meta"),
-        users: format!("fc:{{{campaign_id}}}:users"),
-        queue: format!("fc:{{{campaign_id}}}:queue"),
+/// The seq of a bucket's admission at `position` (0 for no position), for the floor check.
+fn seq_of(position: i64, buckets: u32) -> i64 {
+    if position <= 0 {
+        0
+    } else {
+        (position - 1) / i64::from(buckets.max(1)) + 1
     }
 }
 
-fn opt_ms(v: Option<i64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
+/// Bucket `b`'s even share of `capacity` over `buckets`: the first `capacity % buckets`
+/// buckets take one more.
+fn share(capacity: i64, b: u32, buckets: u32) -> i64 {
+    let k = i64::from(buckets.max(1));
+    capacity / k + i64::from(i64::from(b) < capacity % k)
 }
 
 impl RedisAdmission {
@@ -104,10 +136,16 @@ impl RedisAdmission {
             admit_conn,
             wait: None,
             unreplicated_logged: Arc::default(),
-            admit: Arc::new(Script::new(include_str!("admit.lua"))),
-            sync: Script::new(include_str!("sync.lua")),
-            settle: Script::new(include_str!("settle.lua")),
+            scripts: Arc::new(Scripts {
+                admit: Script::new(include_str!("admit.lua")),
+                sync: Script::new(include_str!("sync.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+                give: Script::new(include_str!("give.lua")),
+                receive: Script::new(include_str!("receive.lua")),
+            }),
             batches: Arc::default(),
+            layouts: Arc::default(),
+            next_claim: Arc::default(),
         })
     }
 
@@ -123,24 +161,25 @@ impl RedisAdmission {
         self.conn.is_cluster()
     }
 
-    /// Runs the admission script for a batch and, when replicas must acknowledge it, `WAIT`
-    /// right behind it in one pipeline: `WAIT` counts the writes of the connection it is sent
+    /// The layout this host synced for a campaign, if it did.
+    fn synced_layout(&self, campaign_id: &str) -> Option<Arc<Layout>> {
+        self.layouts.lock().unwrap().get(campaign_id).cloned()
+    }
+
+    /// The layout of a campaign: as synced, else that of one bucket (a campaign this host
+    /// never synced is read where a campaign of one bucket lives).
+    fn layout(&self, campaign_id: &str) -> Arc<Layout> {
+        self.synced_layout(campaign_id)
+            .unwrap_or_else(|| Arc::new(Layout::new(campaign_id, 1)))
+    }
+
+    /// Runs a script on the admission connection with `WAIT` right behind it in one pipeline
+    /// when replicas must acknowledge it: `WAIT` counts the writes of the connection it is sent
     /// on, so it must follow the script on the same one (a cluster routes the pipeline by the
     /// script's keys). When a node answers `NOSCRIPT` (a restarted or newly promoted node), the
     /// script is loaded (on every primary) and the pipeline sent again: nothing of it ran.
-    /// An error means the batch may or may not be admitted: nobody is answered `202`.
-    async fn admit_batch(&self, k: &Keys, floor: Floor, batch: &[Waiting]) -> Result<Answers> {
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.admit.get_hash())
-            .arg(3)
-            .arg(&k.meta)
-            .arg(&k.users)
-            .arg(&k.queue)
-            .arg(floor.issued)
-            .arg(floor.last_position);
-        for w in batch {
-            eval.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
-        }
+    /// Returns the script's reply and, with `WAIT`, how many replicas acknowledged it.
+    async fn eval_acked(&self, script: &Script, eval: redis::Cmd) -> Result<(Value, Option<i64>)> {
         let mut pipe = redis::pipe();
         pipe.add_command(eval);
         if let Some((replicas, timeout)) = self.wait {
@@ -154,18 +193,51 @@ impl RedisAdmission {
             match pipe.query_async(&mut conn).await {
                 Err(e) if e.kind() == redis::ErrorKind::NoScriptError && loads < SCRIPT_LOADS => {
                     loads += 1;
-                    self.admit.prepare_invoke().load_async(&mut conn).await?;
+                    script.prepare_invoke().load_async(&mut conn).await?;
                 }
                 reply => break reply?,
             }
         };
         let mut replies = replies.into_iter();
-        let script: Vec<Value> = redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
+        let reply = replies.next().unwrap_or(Value::Nil);
+        let acked = match self.wait {
+            Some(_) => Some(
+                redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
+                    .map_err(|e| AdmissionError::Protocol(format!("WAIT answered {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((reply, acked))
+    }
+
+    /// Runs the admission script for a batch of one bucket (see [`Self::eval_acked`]).
+    /// An error means the batch may or may not be admitted: nobody is answered `202`.
+    async fn admit_batch(
+        &self,
+        layout: &Layout,
+        bucket: u32,
+        floor: Floor,
+        batch: &[&Waiting],
+    ) -> Result<Answers> {
+        let k = layout.bucket(bucket);
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.scripts.admit.get_hash())
+            .arg(3)
+            .arg(&k.meta)
+            .arg(&k.users)
+            .arg(&k.queue)
+            .arg(floor.issued)
+            .arg(seq_of(floor.last_position, layout.buckets))
+            .arg(layout.buckets)
+            .arg(bucket);
+        for w in batch {
+            eval.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
+        }
+        let (reply, acked) = self.eval_acked(&self.scripts.admit, eval).await?;
+        let script: Vec<Value> = redis::from_redis_value(&reply)
             .map_err(|e| AdmissionError::Protocol(format!("admit answered {e}")))?;
         let answers = answers(script)?;
-        if let Some((replicas, timeout)) = self.wait {
-            let acked: i64 = redis::from_redis_value(&replies.next().unwrap_or(Value::Nil))
-                .map_err(|e| AdmissionError::Protocol(format!("WAIT answered {e}")))?;
+        if let (Some(acked), Some((replicas, timeout))) = (acked, self.wait) {
             // A `409` is a promise too: the script wrote (see admit.lua) when it found a user
             // already admitted, so the `WAIT` covers that user's admission, whichever
             // connection made it.
@@ -181,6 +253,69 @@ impl RedisAdmission {
             }
         }
         Ok(answers)
+    }
+
+    /// Moves stock to bucket `to`, which sold out with `wanted` requests still asking: asks
+    /// each other bucket in turn until one gives some (see `give.lua`), then counts the grant
+    /// in `to`. Returns the coupons `to` received; 0 when no bucket had any to spare. A grant
+    /// whose giver's replicas did not acknowledge it is not counted (the giver's primary may
+    /// be lost with it): the next sync counts it if it survived.
+    async fn refill(&self, campaign_id: &str, layout: &Layout, to: u32, wanted: usize) -> i64 {
+        for step in 1..layout.buckets {
+            let from = (to + step) % layout.buckets;
+            let id = format!("{from}>{to}:{}", uuid::Uuid::now_v7().simple());
+            let giver = layout.bucket(from);
+            let mut eval = redis::cmd("EVALSHA");
+            eval.arg(self.scripts.give.get_hash())
+                .arg(2)
+                .arg(&giver.meta)
+                .arg(&giver.ledger)
+                .arg(&id)
+                .arg(wanted);
+            let given: i64 = match self.eval_acked(&self.scripts.give, eval).await {
+                Ok((reply, acked)) => {
+                    let given = redis::from_redis_value(&reply).unwrap_or(0);
+                    if given > 0
+                        && let (Some(acked), Some((replicas, _))) = (acked, self.wait)
+                        && acked < i64::from(replicas)
+                    {
+                        tracing::warn!(campaign = %campaign_id, grant = %id,
+                            "a grant of stock between buckets was not acknowledged by the \
+                             giver's replicas: not used until the next sync counts it");
+                        continue;
+                    }
+                    given
+                }
+                Err(e) => {
+                    tracing::warn!(campaign = %campaign_id, bucket = from, error = %e,
+                        "cannot ask a bucket for stock");
+                    continue;
+                }
+            };
+            if given <= 0 {
+                continue;
+            }
+            let taker = layout.bucket(to);
+            for attempt in 1..=RECEIVE_ATTEMPTS {
+                let mut inv = self.scripts.receive.prepare_invoke();
+                inv.key(&taker.meta).key(&taker.ledger).arg(&id).arg(given);
+                match invoke::<i64>(&inv, &mut self.admit_conn.clone()).await {
+                    Ok(1 | 0) => {
+                        metrics::counter!("firstcome_admission_stock_moved_total", "campaign" => campaign_id.to_owned())
+                            .increment(given as u64);
+                        return given;
+                    }
+                    Ok(_) => break,
+                    Err(e) if attempt == RECEIVE_ATTEMPTS => {
+                        tracing::warn!(campaign = %campaign_id, grant = %id, error = %e,
+                            "cannot count a grant of stock in its bucket: the next sync of \
+                             the campaign counts it");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        0
     }
 
     /// Counts a batch its replicas did not acknowledge in time, and logs it (once per 10 s).
@@ -205,66 +340,199 @@ impl RedisAdmission {
         }
     }
 
-    /// Sends the campaign's waiting requests in script calls, one call at a time, until none
+    /// Admits one batch of a bucket, moving stock from other buckets while some of its
+    /// requests find it sold out, and returns one answer per request, in order.
+    async fn admit_with_stock(
+        &self,
+        campaign_id: &str,
+        layout: &Layout,
+        bucket: u32,
+        batch: &[Waiting],
+    ) -> Vec<Result<Admit>> {
+        // Floors only rise: the highest any request carries holds for all of them.
+        let floor = batch.iter().fold(Floor::default(), |f, w| f.max(w.floor));
+        let all: Vec<&Waiting> = batch.iter().collect();
+        let mut results = answered(
+            self.admit_batch(layout, bucket, floor, &all).await,
+            all.len(),
+        );
+        loop {
+            let sold: Vec<usize> = (0..results.len())
+                .filter(|&i| matches!(results[i], Ok(Admit::SoldOut)))
+                .collect();
+            if sold.is_empty()
+                || layout.buckets == 1
+                || self.refill(campaign_id, layout, bucket, sold.len()).await == 0
+            {
+                return results;
+            }
+            // Again for those requests only, in their order, with the stock just received.
+            let again: Vec<&Waiting> = sold.iter().map(|&i| &batch[i]).collect();
+            let retried = answered(
+                self.admit_batch(layout, bucket, floor, &again).await,
+                again.len(),
+            );
+            for (i, result) in sold.into_iter().zip(retried) {
+                results[i] = result;
+            }
+        }
+    }
+
+    /// Sends a bucket's waiting requests in script calls, one call at a time, until none
     /// waits. Runs as a task of its own: a request whose caller went away is still answered
     /// by Redis, and the next call is never left waiting for it.
-    async fn send_batches(self, campaign_id: String) {
-        let k = keys(&campaign_id);
+    async fn send_batches(self, campaign_id: String, layout: Arc<Layout>, bucket: u32) {
+        let key = (campaign_id, bucket);
         loop {
             let batch: Vec<Waiting> = {
                 let mut batches = self.batches.lock().unwrap();
-                let Some(b) = batches.get_mut(&campaign_id) else {
+                let Some(b) = batches.get_mut(&key) else {
                     return;
                 };
                 if b.waiting.is_empty() {
                     b.in_flight = false;
-                    batches.remove(&campaign_id);
+                    batches.remove(&key);
                     return;
                 }
                 let n = b.waiting.len().min(MAX_BATCH);
                 b.waiting.drain(..n).collect()
             };
-            // Floors only rise: the highest any request carries holds for all of them.
-            let floor = batch.iter().fold(Floor::default(), |f, w| f.max(w.floor));
-            let answered = self.admit_batch(&k, floor, &batch).await;
-            match answered {
-                Ok(Answers::All(outcome)) => {
-                    for w in batch {
-                        let _ = w.answer.send(Ok(outcome));
-                    }
+            let results = self.admit_with_stock(&key.0, &layout, bucket, &batch).await;
+            for (w, result) in batch.into_iter().zip(results) {
+                let _ = w.answer.send(result);
+            }
+        }
+    }
+
+    /// One bucket's part of a claim (see [`Admission::claim`]).
+    async fn claim_bucket(
+        &self,
+        campaign_id: &str,
+        k: &Keys,
+        consumer: &str,
+        max: usize,
+        reclaim_idle: Option<Duration>,
+    ) -> Result<Vec<QueueItem>> {
+        let mut conn = self.conn.clone();
+        let mut entries: Entries = Vec::new();
+        if let Some(idle) = reclaim_idle {
+            let reply: redis::RedisResult<(String, Entries, Value)> = redis::cmd("XAUTOCLAIM")
+                .arg(&k.queue)
+                .arg(ISSUER_GROUP)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok((_, claimed, _)) => entries = claimed,
+                // The queue was lost with Redis's data: it must be rebuilt.
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if entries.is_empty() {
+            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> =
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(ISSUER_GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&k.queue)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await;
+            match reply {
+                Ok(streams) => {
+                    entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
                 }
-                Ok(Answers::Each(outcomes)) if outcomes.len() == batch.len() => {
-                    for (w, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = w.answer.send(Ok(outcome));
-                    }
-                }
-                Ok(Answers::Each(outcomes)) => {
-                    let message = format!(
-                        "admit returned {} answers for {} requests",
-                        outcomes.len(),
-                        batch.len()
-                    );
-                    for w in batch {
-                        let _ = w
-                            .answer
-                            .send(Err(AdmissionError::Protocol(message.clone())));
-                    }
-                }
-                Err(e) => {
-                    let not_recorded = matches!(e, AdmissionError::NotRecorded(_));
-                    let message = match e {
-                        AdmissionError::NotRecorded(m) => m,
-                        e => e.to_string(),
-                    };
-                    for w in batch {
-                        let _ = w.answer.send(Err(if not_recorded {
-                            AdmissionError::NotRecorded(message.clone())
-                        } else {
-                            AdmissionError::Batch(message.clone())
-                        }));
-                    }
+                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        entries
+            .into_iter()
+            .map(|(id, fields)| item_from_entry(id, fields))
+            .collect()
+    }
+
+    /// The grants of stock each bucket of `layout` must count, read from every bucket's
+    /// ledger: for bucket `b`, each `out:` of another bucket naming `b` as the receiver (as
+    /// `in:`), and each `in:` of another bucket naming `b` as the giver (as `out:`).
+    async fn grants(&self, layout: &Layout) -> Result<Vec<Vec<(String, i64)>>> {
+        let mut owed = vec![Vec::new(); layout.buckets as usize];
+        if layout.buckets == 1 {
+            return Ok(owed);
+        }
+        for (from_bucket, k) in layout.keys.iter().enumerate() {
+            let ledger: HashMap<String, i64> = self.conn.clone().hgetall(&k.ledger).await?;
+            for (field, coupons) in ledger {
+                let Some((side, id)) = field.split_once(':') else {
+                    continue;
+                };
+                let Some((giver, receiver)) = id
+                    .split_once(':')
+                    .and_then(|(pair, _)| pair.split_once('>'))
+                    .and_then(|(g, r)| Some((g.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
+                else {
+                    continue;
+                };
+                let (other, counted) = match side {
+                    "out" if giver == from_bucket => (receiver, format!("in:{id}")),
+                    "in" if receiver == from_bucket => (giver, format!("out:{id}")),
+                    _ => continue,
+                };
+                if let Some(list) = owed.get_mut(other) {
+                    list.push((counted, coupons));
                 }
             }
+        }
+        Ok(owed)
+    }
+
+    /// How many requests a campaign's buckets admitted under the layout of `buckets`.
+    async fn admitted_in(&self, campaign_id: &str, buckets: u32) -> Result<i64> {
+        let mut admitted = 0;
+        for k in &Layout::new(campaign_id, buckets).keys {
+            let n: Option<i64> = self.conn.clone().hget(&k.meta, "admitted").await?;
+            admitted += n.unwrap_or(0);
+        }
+        Ok(admitted)
+    }
+}
+
+/// One result per request of a batch from the script's answer.
+fn answered(answer: Result<Answers>, n: usize) -> Vec<Result<Admit>> {
+    match answer {
+        Ok(Answers::All(outcome)) => (0..n).map(|_| Ok(outcome)).collect(),
+        Ok(Answers::Each(outcomes)) if outcomes.len() == n => {
+            outcomes.into_iter().map(Ok).collect()
+        }
+        Ok(Answers::Each(outcomes)) => {
+            let message = format!("admit returned {} answers for {n} requests", outcomes.len());
+            (0..n)
+                .map(|_| Err(AdmissionError::Protocol(message.clone())))
+                .collect()
+        }
+        Err(e) => {
+            let not_recorded = matches!(e, AdmissionError::NotRecorded(_));
+            let message = match e {
+                AdmissionError::NotRecorded(m) => m,
+                e => e.to_string(),
+            };
+            (0..n)
+                .map(|_| {
+                    Err(if not_recorded {
+                        AdmissionError::NotRecorded(message.clone())
+                    } else {
+                        AdmissionError::Batch(message.clone())
+                    })
+                })
+                .collect()
         }
     }
 }
@@ -371,26 +639,71 @@ impl Admission for RedisAdmission {
         "redis"
     }
 
+    fn buckets(&self, campaign: &Campaign) -> u32 {
+        campaign.shards()
+    }
+
     async fn sync_campaign(
         &self,
         campaign: &Campaign,
         issued: &[(String, i64)],
         force: bool,
     ) -> Result<bool> {
-        let k = keys(campaign.id());
-        let mut inv = self.sync.prepare_invoke();
-        inv.key(&k.meta).key(&k.users).key(&k.queue);
-        inv.arg(if force { "1" } else { "0" })
-            .arg(campaign.capacity())
-            .arg(opt_ms(campaign.opens_at()))
-            .arg(opt_ms(campaign.closes_at()))
-            .arg(ISSUER_GROUP)
-            .arg(issued.len());
-        for (user, position) in issued {
-            inv.arg(user).arg(*position);
+        let layout = Arc::new(Layout::new(campaign.id(), campaign.shards()));
+        // A campaign's bucket count decides where its users' admissions live and which
+        // positions they hold: it cannot change under admissions already made.
+        let was: Option<u32> = self
+            .conn
+            .clone()
+            .hget(&layout.bucket(0).meta, "buckets")
+            .await?;
+        let was = was.unwrap_or(1);
+        if was != layout.buckets && self.admitted_in(campaign.id(), was).await? > 0 {
+            return Err(AdmissionError::ShardsChanged {
+                was,
+                now: layout.buckets,
+            });
         }
-        let changed: i64 = invoke(&inv, &mut self.conn.clone()).await?;
-        Ok(changed != 0)
+        let grants = self.grants(&layout).await?;
+        let mut changed = false;
+        for (b, owed) in (0..layout.buckets).zip(grants) {
+            let k = layout.bucket(b);
+            let mine: Vec<&(String, i64)> = issued
+                .iter()
+                .filter(|(_, p)| bucket_of_position(*p, layout.buckets) == b)
+                .collect();
+            let mut inv = self.scripts.sync.prepare_invoke();
+            inv.key(&k.meta).key(&k.users).key(&k.queue).key(&k.ledger);
+            inv.arg(if force { "1" } else { "0" })
+                .arg(share(campaign.capacity(), b, layout.buckets))
+                .arg(opt_ms(campaign.opens_at()))
+                .arg(opt_ms(campaign.closes_at()))
+                .arg(ISSUER_GROUP)
+                .arg(layout.buckets)
+                .arg(b)
+                .arg(mine.len());
+            for (user, position) in mine {
+                inv.arg(user).arg(*position);
+            }
+            inv.arg(owed.len());
+            for (field, coupons) in &owed {
+                inv.arg(field).arg(*coupons);
+            }
+            match invoke::<i64>(&inv, &mut self.conn.clone()).await? {
+                3 => {
+                    return Err(AdmissionError::ShardsChanged {
+                        was,
+                        now: layout.buckets,
+                    });
+                }
+                code => changed |= code != 0,
+            }
+        }
+        self.layouts
+            .lock()
+            .unwrap()
+            .insert(campaign.id().to_owned(), layout);
+        Ok(changed)
     }
 
     async fn admit(
@@ -401,10 +714,32 @@ impl Admission for RedisAdmission {
         now_ms: i64,
         floor: Floor,
     ) -> Result<Admit> {
+        let layout = match self.synced_layout(campaign_id) {
+            Some(layout) => layout,
+            // A campaign this host never synced (another host did): its bucket count is read
+            // where every sync writes it, bucket 0.
+            None => {
+                let buckets: Option<u32> = self
+                    .conn
+                    .clone()
+                    .hget(&Layout::new(campaign_id, 1).bucket(0).meta, "buckets")
+                    .await?;
+                let Some(buckets) = buckets else {
+                    return Ok(Admit::Unknown);
+                };
+                let layout = Arc::new(Layout::new(campaign_id, buckets));
+                self.layouts
+                    .lock()
+                    .unwrap()
+                    .insert(campaign_id.to_owned(), layout.clone());
+                layout
+            }
+        };
+        let bucket = bucket_of(user_id, layout.buckets);
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut batches = self.batches.lock().unwrap();
-            let b = batches.entry(campaign_id.to_owned()).or_default();
+            let b = batches.entry((campaign_id.to_owned(), bucket)).or_default();
             b.waiting.push(Waiting {
                 user_id: user_id.to_owned(),
                 request_id: request_id.to_owned(),
@@ -415,7 +750,10 @@ impl Admission for RedisAdmission {
             !std::mem::replace(&mut b.in_flight, true)
         };
         if start {
-            tokio::spawn(self.clone().send_batches(campaign_id.to_owned()));
+            tokio::spawn(
+                self.clone()
+                    .send_batches(campaign_id.to_owned(), layout, bucket),
+            );
         }
         answered
             .await
@@ -423,24 +761,23 @@ impl Admission for RedisAdmission {
     }
 
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .clone()
-            .hget(keys(campaign_id).users, user_id)
-            .await?)
+        let layout = self.layout(campaign_id);
+        let k = layout.bucket(bucket_of(user_id, layout.buckets));
+        Ok(self.conn.clone().hget(&k.users, user_id).await?)
     }
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
-        let k = keys(campaign_id);
-        let (admitted, queued): (Option<i64>, i64) = redis::pipe()
-            .hget(&k.meta, "admitted")
-            .xlen(&k.queue)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(QueueCounts {
-            admitted: admitted.unwrap_or(0),
-            queued,
-        })
+        let mut counts = QueueCounts::default();
+        for k in &self.layout(campaign_id).keys {
+            let (admitted, queued): (Option<i64>, i64) = redis::pipe()
+                .hget(&k.meta, "admitted")
+                .xlen(&k.queue)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            counts.admitted += admitted.unwrap_or(0);
+            counts.queued += queued;
+        }
+        Ok(counts)
     }
 
     async fn claim(
@@ -450,131 +787,117 @@ impl Admission for RedisAdmission {
         max: usize,
         reclaim_idle: Option<Duration>,
     ) -> Result<Vec<QueueItem>> {
-        let k = keys(campaign_id);
-        let mut conn = self.conn.clone();
-        let mut entries: Entries = Vec::new();
-        if let Some(idle) = reclaim_idle {
-            let reply: redis::RedisResult<(String, Entries, Value)> = redis::cmd("XAUTOCLAIM")
-                .arg(&k.queue)
-                .arg(ISSUER_GROUP)
-                .arg(consumer)
-                .arg(idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut conn)
-                .await;
-            match reply {
-                Ok((_, claimed, _)) => entries = claimed,
-                // The queue was lost with Redis's data: it must be rebuilt.
-                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
-                Err(e) => return Err(e.into()),
+        let layout = self.layout(campaign_id);
+        let first = self.next_claim.fetch_add(1, Ordering::Relaxed);
+        let mut items = Vec::new();
+        for step in 0..layout.buckets as usize {
+            if items.len() >= max {
+                break;
             }
+            let k = &layout.keys[(first + step) % layout.keys.len()];
+            items.extend(
+                self.claim_bucket(campaign_id, k, consumer, max - items.len(), reclaim_idle)
+                    .await?,
+            );
         }
-        if entries.is_empty() {
-            let reply: redis::RedisResult<Option<Vec<(String, Entries)>>> =
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(ISSUER_GROUP)
-                    .arg(consumer)
-                    .arg("COUNT")
-                    .arg(max)
-                    .arg("STREAMS")
-                    .arg(&k.queue)
-                    .arg(">")
-                    .query_async(&mut conn)
-                    .await;
-            match reply {
-                Ok(streams) => {
-                    entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
-                }
-                Err(e) if is_nogroup(&e) => return Err(AdmissionError::Lost(campaign_id.into())),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut items = entries
-            .into_iter()
-            .map(|(id, fields)| item_from_entry(id, fields))
-            .collect::<Result<Vec<_>>>()?;
         items.sort_by_key(|i| i.position);
         Ok(items)
     }
 
     async fn ack(&self, campaign_id: &str, items: &[QueueItem]) -> Result<()> {
-        if items.is_empty() {
-            return Ok(());
+        let layout = self.layout(campaign_id);
+        for (b, k) in (0..layout.buckets).zip(&layout.keys) {
+            let ids: Vec<&str> = items
+                .iter()
+                .filter(|i| bucket_of_position(i.position, layout.buckets) == b)
+                .map(|i| i.id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let _: (i64, i64) = redis::pipe()
+                .atomic()
+                .xack(&k.queue, ISSUER_GROUP, &ids)
+                .xdel(&k.queue, &ids)
+                .query_async(&mut self.conn.clone())
+                .await?;
         }
-        let k = keys(campaign_id);
-        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        let _: (i64, i64) = redis::pipe()
-            .atomic()
-            .xack(&k.queue, ISSUER_GROUP, &ids)
-            .xdel(&k.queue, &ids)
-            .query_async(&mut self.conn.clone())
-            .await?;
         Ok(())
     }
 
     async fn settle(&self, campaign_id: &str, holders: &[(String, i64)]) -> Result<u64> {
-        if holders.is_empty() {
-            return Ok(0);
+        let layout = self.layout(campaign_id);
+        let mut added = 0;
+        for (b, k) in (0..layout.buckets).zip(&layout.keys) {
+            let mine: Vec<&(String, i64)> = holders
+                .iter()
+                .filter(|(_, p)| bucket_of_position(*p, layout.buckets) == b)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut inv = self.scripts.settle.prepare_invoke();
+            inv.key(&k.meta).key(&k.users).arg(layout.buckets).arg(b);
+            for (user, position) in mine {
+                inv.arg(user).arg(*position);
+            }
+            added += invoke::<u64>(&inv, &mut self.conn.clone()).await?;
         }
-        let k = keys(campaign_id);
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(&k.meta).key(&k.users);
-        for (user, position) in holders {
-            inv.arg(user).arg(*position);
-        }
-        let added: u64 = invoke(&inv, &mut self.conn.clone()).await?;
         Ok(added)
     }
 
     async fn forget(&self, campaign_id: &str, user_ids: &[String]) -> Result<()> {
-        if user_ids.is_empty() {
-            return Ok(());
+        let layout = self.layout(campaign_id);
+        for (b, k) in (0..layout.buckets).zip(&layout.keys) {
+            let mine: Vec<&String> = user_ids
+                .iter()
+                .filter(|u| bucket_of(u, layout.buckets) == b)
+                .collect();
+            if !mine.is_empty() {
+                let _: i64 = self.conn.clone().hdel(&k.users, mine).await?;
+            }
         }
-        let _: i64 = self
-            .conn
-            .clone()
-            .hdel(keys(campaign_id).users, user_ids)
-            .await?;
         Ok(())
     }
 
     async fn admitted_users(&self, campaign_id: &str) -> Result<Option<HashMap<String, i64>>> {
         let mut conn = self.admit_conn.clone();
-        if let Some((replicas, timeout)) = self.wait {
-            // The flag answers 409 from this set: every admission in it must be on the
-            // replicas first. A write of this connection's own, then WAIT, covers all before it.
-            let (acked,): (i64,) = redis::pipe()
-                .hincr(keys(campaign_id).meta, "touched", 1)
-                .ignore()
-                .cmd("WAIT")
-                .arg(replicas)
-                .arg(timeout.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-            if acked < i64::from(replicas) {
-                return Ok(None);
-            }
-        }
         let mut users = HashMap::new();
-        let mut cursor = 0u64;
-        // HSCAN in steps, so that a campaign of a million users does not block Redis.
-        loop {
-            let (next, page): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
-                .arg(keys(campaign_id).users)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
-                .await?;
-            users.extend(page);
-            if next == 0 {
-                return Ok(Some(users));
+        for k in &self.layout(campaign_id).keys {
+            if let Some((replicas, timeout)) = self.wait {
+                // The flag answers 409 from this set: every admission in it must be on the
+                // replicas first. A write of this connection's own to the bucket, then WAIT,
+                // covers all before it.
+                let (acked,): (i64,) = redis::pipe()
+                    .hincr(&k.meta, "touched", 1)
+                    .ignore()
+                    .cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout.as_millis() as u64)
+                    .query_async(&mut conn)
+                    .await?;
+                if acked < i64::from(replicas) {
+                    return Ok(None);
+                }
             }
-            cursor = next;
+            let mut cursor = 0u64;
+            // HSCAN in steps, so that a campaign of a million users does not block Redis.
+            loop {
+                let (next, page): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
+                    .arg(&k.users)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut conn)
+                    .await?;
+                users.extend(page);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
+        Ok(Some(users))
     }
 
     async fn ping(&self) -> Result<()> {
