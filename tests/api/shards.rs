@@ -155,12 +155,18 @@ async fn stock_moves_to_a_bucket_that_sold_out(q: Arc<RedisAdmission>, url: &str
     assert_eq!((each, total), (vec![11, 1, 1], 13));
 }
 
-/// 1,200 requests from 400 users at once, 60 coupons, 3 buckets: exactly 60 admitted, at 60
-/// different positions, each user answered one position.
+/// 960 requests from 320 users at once, 60 coupons, 3 buckets of 20, with the demand skewed:
+/// 300 users map to bucket 0, 10 to each other bucket, so bucket 0 takes their spare stock
+/// while they admit their own users. Exactly 60 admitted, at 60 different positions, each user
+/// answered one position.
 async fn concurrent_admissions_never_pass_capacity(q: Arc<RedisAdmission>, _url: &str) {
     let c = split(60, 3);
     q.sync_campaign(&c, &[], false).await.unwrap();
-    let requests: Vec<String> = (0..1200).map(|i| format!("u{}", i % 400)).collect();
+    let few = users_of(1, 3, 10).into_iter().chain(users_of(2, 3, 10));
+    let users: Vec<String> = users_of(0, 3, 300).into_iter().chain(few).collect();
+    let mut requests: Vec<String> = users.iter().flat_map(|u| vec![u.clone(); 3]).collect();
+    use rand::seq::SliceRandom;
+    requests.shuffle(&mut rand::rng());
     let answers: Vec<(String, Admit)> = futures::stream::iter(requests)
         .map(|user| {
             let q = q.clone();
