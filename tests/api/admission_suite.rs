@@ -14,6 +14,7 @@ use crate::helpers::{redis_cluster_url, redis_url, spec, unique};
 const NO_FLOOR: Floor = Floor {
     issued: 0,
     last_position: 0,
+    campaign_issued: 0,
 };
 
 async fn redis() -> Arc<dyn Admission> {
@@ -291,6 +292,7 @@ async fn refuses_a_state_behind_the_database(q: Arc<dyn Admission>) {
     let by_position = Floor {
         issued: 2,
         last_position: 4,
+        campaign_issued: 2,
     };
     assert_eq!(
         q.admit(c.id(), "x", "r", 0, by_position).await.unwrap(),

@@ -19,6 +19,7 @@ use crate::helpers::{Backend, redis_cluster_url, redis_url, spawn_app, spec, uni
 const NO_FLOOR: Floor = Floor {
     issued: 0,
     last_position: 0,
+    campaign_issued: 0,
 };
 
 async fn redis() -> (Arc<RedisAdmission>, String) {
@@ -106,6 +107,7 @@ both!(
     positions_name_their_bucket_and_each_bucket_has_a_floor,
     claims_every_bucket,
     a_lost_bucket_and_a_half_done_grant_keep_the_stock,
+    a_bucket_rebuilt_without_its_grants_is_covered_by_the_others,
     the_bucket_count_cannot_change_under_admissions,
 );
 
@@ -225,6 +227,7 @@ async fn positions_name_their_bucket_and_each_bucket_has_a_floor(
     let ahead = Floor {
         issued: 1,
         last_position: position_of(5, 1, 3),
+        campaign_issued: 1,
     };
     let user = &users_of(1, 3, 3)[2];
     assert_eq!(
@@ -234,6 +237,7 @@ async fn positions_name_their_bucket_and_each_bucket_has_a_floor(
     let caught_up = Floor {
         issued: 2,
         last_position: position_of(2, 1, 3),
+        campaign_issued: 2,
     };
     assert_eq!(
         q.admit(c.id(), user, "r", 0, caught_up).await.unwrap(),
@@ -335,6 +339,47 @@ async fn a_lost_bucket_and_a_half_done_grant_keep_the_stock(q: Arc<RedisAdmissio
     assert_eq!(stock(url, &layout).await, (rebuilt, 30));
 }
 
+/// Every bucket loses its data (Redis restarted empty) after bucket 0 used stock granted by
+/// the others and its 14 users were issued: rebuilt from the database, bucket 0 holds 14
+/// admissions on a share of 10, and the grants are gone with the ledgers. The rebuild moves 4
+/// of the others' stock to it, so that the campaign admits 16 more, not 20.
+async fn a_bucket_rebuilt_without_its_grants_is_covered_by_the_others(
+    q: Arc<RedisAdmission>,
+    url: &str,
+) {
+    let c = split(30, 3);
+    q.sync_campaign(&c, &[], false).await.unwrap();
+    let mut issued = Vec::new();
+    for user in users_of(0, 3, 14) {
+        match q.admit(c.id(), &user, "r", 0, NO_FLOOR).await.unwrap() {
+            Admit::Admitted { position } => issued.push((user, position)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let layout = Layout::new(c.id(), 3);
+    for k in &layout.keys {
+        for key in [&k.meta, &k.users, &k.queue, &k.ledger] {
+            let _: i64 = on_key(url, redis::cmd("DEL").arg(key)).await;
+        }
+    }
+    assert!(q.sync_campaign(&c, &issued, false).await.unwrap());
+    let (each, total) = stock(url, &layout).await;
+    assert_eq!((each[0], total), (14, 30), "{each:?}");
+    let floor = Floor {
+        campaign_issued: 14,
+        ..NO_FLOOR
+    };
+    let mut admitted = 0;
+    for user in (0..3).flat_map(|b| users_of(b, 3, 40)) {
+        match q.admit(c.id(), &user, "r", 0, floor).await.unwrap() {
+            Admit::Admitted { .. } => admitted += 1,
+            Admit::Duplicate { .. } | Admit::SoldOut => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 16, "exactly the capacity left");
+}
+
 /// `shards` may change before anyone was admitted, not after: the admissions live, and hold
 /// positions, where the old count put them.
 async fn the_bucket_count_cannot_change_under_admissions(q: Arc<RedisAdmission>, _url: &str) {
@@ -388,12 +433,15 @@ async fn a_split_campaign_keeps_every_promise_under_a_storm() {
 async fn changes_that_would_break_a_split_campaign_are_refused() {
     let app = spawn_app(Backend::RedisMariaDb).await;
     let token = crate::helpers::ADMIN_TOKEN;
+    // An id of its own: the shared Redis keeps what earlier runs admitted.
+    let id = unique("split");
     let put = |doc: serde_json::Value| {
         let app = &app;
+        let path = format!("/api/v1/admin/campaigns/{id}");
         async move {
             let r = app
                 .client
-                .put(app.url("/api/v1/admin/campaigns/split"))
+                .put(app.url(&path))
                 .bearer_auth(token)
                 .json(&doc)
                 .send()
@@ -405,9 +453,10 @@ async fn changes_that_would_break_a_split_campaign_are_refused() {
     };
     let doc = |capacity: i64, shards: u32| serde_json::json!({"name": "Split", "capacity": capacity, "value": 100, "shards": shards});
     assert_eq!(put(doc(30, 3)).await.0, 201);
-    assert_eq!(put(doc(30, 2)).await.0, 200, "nobody admitted: may change");
+    let (status, body) = put(doc(30, 2)).await;
+    assert_eq!(status, 200, "nobody admitted: may change: {body}");
     assert_eq!(put(doc(30, 3)).await.0, 200);
-    assert_eq!(app.request("split", "kim").await.0, 202);
+    assert_eq!(app.request(&id, "kim").await.0, 202);
     let (status, body) = put(doc(30, 2)).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "invalid_campaign");
@@ -428,7 +477,7 @@ async fn changes_that_would_break_a_split_campaign_are_refused() {
         "{body}"
     );
     assert_eq!(put(doc(40, 3)).await.0, 200, "a raised capacity is fine");
-    assert_eq!(app.platform.campaign("split").unwrap().shards(), 3);
+    assert_eq!(app.platform.campaign(&id).unwrap().shards(), 3);
     let (status, body) =
         put(serde_json::json!({"name": "Split", "capacity": 2, "value": 1, "shards": 3})).await;
     assert_eq!(status, 422, "{body}");

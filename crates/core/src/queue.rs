@@ -31,6 +31,11 @@ pub struct Floor {
     pub issued: i64,
     /// The highest position a coupon was issued at.
     pub last_position: i64,
+    /// Coupons the whole campaign issued, over every bucket (`issued` itself when the
+    /// campaign is one bucket): a bucket admits nobody new once it reaches `capacity`, even
+    /// when its own stock says otherwise (a bucket that came back from an older snapshot with
+    /// stock it had given away).
+    pub campaign_issued: i64,
 }
 
 impl Floor {
@@ -39,13 +44,20 @@ impl Floor {
         Self {
             issued: issued.len() as i64,
             last_position: issued.iter().map(|(_, p)| *p).max().unwrap_or(0),
+            campaign_issued: issued.len() as i64,
         }
     }
 
     /// The floor of each bucket (indexed by bucket) that a list of `(user, position)` holding
     /// coupons sets, for a campaign split into `buckets` (see [`bucket_of_position`]).
     pub fn per_bucket(issued: &[(String, i64)], buckets: u32) -> Vec<Self> {
-        let mut floors = vec![Self::default(); buckets.max(1) as usize];
+        let mut floors = vec![
+            Self {
+                campaign_issued: issued.len() as i64,
+                ..Self::default()
+            };
+            buckets.max(1) as usize
+        ];
         for (_, position) in issued {
             let f = &mut floors[bucket_of_position(*position, buckets) as usize];
             f.issued += 1;
@@ -59,6 +71,7 @@ impl Floor {
         Self {
             issued: self.issued.max(other.issued),
             last_position: self.last_position.max(other.last_position),
+            campaign_issued: self.campaign_issued.max(other.campaign_issued),
         }
     }
 }

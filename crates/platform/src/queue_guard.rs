@@ -173,7 +173,13 @@ impl QueueGuard {
     /// position)` it issued (for a split campaign, each raises its bucket's highest position).
     pub fn raise(&self, campaign_id: &str, buckets: u32, mark: Floor, holders: &[(String, i64)]) {
         let buckets = buckets.max(1);
-        let mut raised = vec![Floor::default(); buckets as usize];
+        let mut raised = vec![
+            Floor {
+                campaign_issued: mark.campaign_issued,
+                ..Floor::default()
+            };
+            buckets as usize
+        ];
         if buckets == 1 {
             raised[0] = mark;
         } else {

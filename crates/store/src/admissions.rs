@@ -138,10 +138,14 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match row {
-            Some(r) => Floor {
-                issued: r.try_get(0)?,
-                last_position: r.try_get(1)?,
-            },
+            Some(r) => {
+                let issued = r.try_get(0)?;
+                Floor {
+                    issued,
+                    last_position: r.try_get(1)?,
+                    campaign_issued: issued,
+                }
+            }
             None => Floor::default(),
         })
     }
@@ -168,8 +172,13 @@ impl Store {
                 *f = Floor {
                     issued: r.try_get(1)?,
                     last_position: r.try_get(2)?,
+                    campaign_issued: 0,
                 };
             }
+        }
+        let campaign_issued = floors.iter().map(|f| f.issued).sum();
+        for f in &mut floors {
+            f.campaign_issued = campaign_issued;
         }
         Ok(floors)
     }

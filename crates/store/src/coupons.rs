@@ -114,8 +114,10 @@ impl Store {
             .await?;
         let new_coupons: Vec<(&QueueItem, (String, String))> =
             taking.into_iter().zip(codes).collect();
+        let issued = campaign.issued + new_coupons.len() as i64;
         outcome.mark = Floor {
-            issued: campaign.issued + new_coupons.len() as i64,
+            issued,
+            campaign_issued: issued,
             last_position: new_coupons
                 .iter()
                 .map(|(item, _)| item.position)

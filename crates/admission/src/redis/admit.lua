@@ -8,15 +8,20 @@
 -- snapshot) and must be rebuilt before it hands out positions other users hold.
 -- ARGV[3] buckets, ARGV[4] this bucket (0-based): the bucket's n-th admission is at position
 -- (n - 1) * buckets + bucket + 1, so the buckets' positions never collide.
+-- ARGV[5] coupons the whole campaign issued (the database's count over every bucket): once it
+-- reaches the campaign's capacity ('total'), nobody new is admitted, whatever this bucket's
+-- stock says (it may have come back from an older snapshot with stock it had given away).
 -- Then three arguments per request: user id, now (epoch ms), request id.
 -- Returns {'unknown'} or {'behind'} for the whole batch, else {outcome, position, ...}: one
 -- pair per request, in order. A batch that admits nobody but finds someone already admitted
 -- still writes (meta's `touched`), for the WAIT that may follow it.
-local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq',
+  'total')
 if not meta[1] then
   return {'unknown'}
 end
 local capacity = tonumber(meta[1])
+local exhausted = meta[6] and tonumber(ARGV[5]) >= tonumber(meta[6])
 local admitted = tonumber(meta[4] or '0')
 local seq = tonumber(meta[5] or '0')
 if admitted < tonumber(ARGV[1]) or seq < tonumber(ARGV[2]) then
@@ -28,7 +33,7 @@ local closes = (meta[3] and meta[3] ~= '') and tonumber(meta[3]) or nil
 local out = {}
 local changed = false
 local found = false
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local user, now, request = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if opens and now < opens then
     out[#out + 1] = 'not_open'; out[#out + 1] = 0
@@ -39,7 +44,7 @@ for i = 5, #ARGV, 3 do
     if existing then
       found = true
       out[#out + 1] = 'duplicate'; out[#out + 1] = tonumber(existing)
-    elseif admitted >= capacity then
+    elseif admitted >= capacity or exhausted then
       out[#out + 1] = 'sold_out'; out[#out + 1] = 0
     else
       admitted = admitted + 1

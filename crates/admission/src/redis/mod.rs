@@ -229,7 +229,8 @@ impl RedisAdmission {
             .arg(floor.issued)
             .arg(seq_of(floor.last_position, layout.buckets))
             .arg(layout.buckets)
-            .arg(bucket);
+            .arg(bucket)
+            .arg(floor.campaign_issued);
         for w in batch {
             eval.arg(&w.user_id).arg(w.now_ms).arg(&w.request_id);
         }
@@ -256,66 +257,132 @@ impl RedisAdmission {
     }
 
     /// Moves stock to bucket `to`, which sold out with `wanted` requests still asking: asks
-    /// each other bucket in turn until one gives some (see `give.lua`), then counts the grant
-    /// in `to`. Returns the coupons `to` received; 0 when no bucket had any to spare. A grant
-    /// whose giver's replicas did not acknowledge it is not counted (the giver's primary may
-    /// be lost with it): the next sync counts it if it survived.
-    async fn refill(&self, campaign_id: &str, layout: &Layout, to: u32, wanted: usize) -> i64 {
+    /// each other bucket in turn until one gives some (see `give.lua`). Returns the coupons
+    /// `to` received; 0 when no bucket had any to spare.
+    async fn refill(&self, campaign_id: &str, layout: &Layout, to: u32, wanted: i64) -> i64 {
         for step in 1..layout.buckets {
             let from = (to + step) % layout.buckets;
-            let id = format!("{from}>{to}:{}", uuid::Uuid::now_v7().simple());
-            let giver = layout.bucket(from);
-            let mut eval = redis::cmd("EVALSHA");
-            eval.arg(self.scripts.give.get_hash())
-                .arg(2)
-                .arg(&giver.meta)
-                .arg(&giver.ledger)
-                .arg(&id)
-                .arg(wanted);
-            let given: i64 = match self.eval_acked(&self.scripts.give, eval).await {
-                Ok((reply, acked)) => {
-                    let given = redis::from_redis_value(&reply).unwrap_or(0);
-                    if given > 0
-                        && let (Some(acked), Some((replicas, _))) = (acked, self.wait)
-                        && acked < i64::from(replicas)
-                    {
-                        tracing::warn!(campaign = %campaign_id, grant = %id,
-                            "a grant of stock between buckets was not acknowledged by the \
-                             giver's replicas: not used until the next sync counts it");
-                        continue;
-                    }
-                    given
-                }
-                Err(e) => {
-                    tracing::warn!(campaign = %campaign_id, bucket = from, error = %e,
-                        "cannot ask a bucket for stock");
-                    continue;
-                }
-            };
-            if given <= 0 {
-                continue;
-            }
-            let taker = layout.bucket(to);
-            for attempt in 1..=RECEIVE_ATTEMPTS {
-                let mut inv = self.scripts.receive.prepare_invoke();
-                inv.key(&taker.meta).key(&taker.ledger).arg(&id).arg(given);
-                match invoke::<i64>(&inv, &mut self.admit_conn.clone()).await {
-                    Ok(1 | 0) => {
-                        metrics::counter!("firstcome_admission_stock_moved_total", "campaign" => campaign_id.to_owned())
-                            .increment(given as u64);
-                        return given;
-                    }
-                    Ok(_) => break,
-                    Err(e) if attempt == RECEIVE_ATTEMPTS => {
-                        tracing::warn!(campaign = %campaign_id, grant = %id, error = %e,
-                            "cannot count a grant of stock in its bucket: the next sync of \
-                             the campaign counts it");
-                    }
-                    Err(_) => {}
-                }
+            let got = self
+                .grant(campaign_id, layout, from, to, wanted, false)
+                .await;
+            if got > 0 {
+                return got;
             }
         }
         0
+    }
+
+    /// One grant of stock from bucket `from` to bucket `to`: `wanted` coupons, or more when
+    /// the giver has plenty and not `exact` (see `give.lua`), then counted in `to`. Returns the
+    /// coupons `to` received. A grant whose giver's replicas did not acknowledge it is not
+    /// counted (the giver's primary may be lost with it): the next sync counts it if it
+    /// survived; so is one that `to` could not count after [`RECEIVE_ATTEMPTS`].
+    async fn grant(
+        &self,
+        campaign_id: &str,
+        layout: &Layout,
+        from: u32,
+        to: u32,
+        wanted: i64,
+        exact: bool,
+    ) -> i64 {
+        let id = format!("{from}>{to}:{}", uuid::Uuid::now_v7().simple());
+        let giver = layout.bucket(from);
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.scripts.give.get_hash())
+            .arg(2)
+            .arg(&giver.meta)
+            .arg(&giver.ledger)
+            .arg(&id)
+            .arg(wanted)
+            .arg(if exact { "1" } else { "0" });
+        let given: i64 = match self.eval_acked(&self.scripts.give, eval).await {
+            Ok((reply, acked)) => {
+                let given = redis::from_redis_value(&reply).unwrap_or(0);
+                if given > 0
+                    && let (Some(acked), Some((replicas, _))) = (acked, self.wait)
+                    && acked < i64::from(replicas)
+                {
+                    tracing::warn!(campaign = %campaign_id, grant = %id,
+                        "a grant of stock between buckets was not acknowledged by the giver's \
+                         replicas: not used until the next sync counts it");
+                    return 0;
+                }
+                given
+            }
+            Err(e) => {
+                tracing::warn!(campaign = %campaign_id, bucket = from, error = %e,
+                    "cannot ask a bucket for stock");
+                return 0;
+            }
+        };
+        if given <= 0 {
+            return 0;
+        }
+        let taker = layout.bucket(to);
+        for attempt in 1..=RECEIVE_ATTEMPTS {
+            let mut inv = self.scripts.receive.prepare_invoke();
+            inv.key(&taker.meta).key(&taker.ledger).arg(&id).arg(given);
+            match invoke::<i64>(&inv, &mut self.admit_conn.clone()).await {
+                Ok(1 | 0) => {
+                    metrics::counter!("firstcome_admission_stock_moved_total", "campaign" => campaign_id.to_owned())
+                        .increment(given as u64);
+                    return given;
+                }
+                Ok(_) => break,
+                Err(e) if attempt == RECEIVE_ATTEMPTS => {
+                    tracing::warn!(campaign = %campaign_id, grant = %id, error = %e,
+                        "cannot count a grant of stock in its bucket: the next sync of the \
+                         campaign counts it");
+                }
+                Err(_) => {}
+            }
+        }
+        0
+    }
+
+    /// Covers each bucket that holds more admissions than stock (it came back from an older
+    /// snapshot that had not seen a grant it used, and was merged with the database's
+    /// holders) with stock from the buckets that have some to spare, exactly the deficit, so
+    /// that the buckets' stock covers their admissions again and no bucket admits past the
+    /// campaign's capacity with stock it had given away. Returns the coupons moved.
+    async fn cover_deficits(&self, campaign_id: &str, layout: &Layout) -> Result<i64> {
+        let mut state = Vec::with_capacity(layout.keys.len());
+        for k in &layout.keys {
+            let (capacity, admitted): (Option<i64>, Option<i64>) = self
+                .conn
+                .clone()
+                .hget(&k.meta, &["capacity", "admitted"])
+                .await?;
+            state.push((capacity.unwrap_or(0), admitted.unwrap_or(0)));
+        }
+        let mut moved = 0;
+        for to in 0..layout.buckets {
+            let (capacity, admitted) = state[to as usize];
+            let mut deficit = admitted - capacity;
+            for step in 1..layout.buckets {
+                if deficit <= 0 {
+                    break;
+                }
+                let from = (to + step) % layout.buckets;
+                let (c, a) = state[from as usize];
+                if c - a <= 0 {
+                    continue;
+                }
+                let got = self
+                    .grant(campaign_id, layout, from, to, deficit, true)
+                    .await;
+                state[from as usize].0 -= got;
+                deficit -= got;
+                moved += got;
+            }
+        }
+        if moved > 0 {
+            tracing::warn!(campaign = %campaign_id, moved,
+                "buckets held more admissions than stock (an older snapshot?): stock moved to \
+                 cover them");
+        }
+        Ok(moved)
     }
 
     /// Counts a batch its replicas did not acknowledge in time, and logs it (once per 10 s).
@@ -362,7 +429,10 @@ impl RedisAdmission {
                 .collect();
             if sold.is_empty()
                 || layout.buckets == 1
-                || self.refill(campaign_id, layout, bucket, sold.len()).await == 0
+                || self
+                    .refill(campaign_id, layout, bucket, sold.len() as i64)
+                    .await
+                    == 0
             {
                 return results;
             }
@@ -681,6 +751,7 @@ impl Admission for RedisAdmission {
                 .arg(ISSUER_GROUP)
                 .arg(layout.buckets)
                 .arg(b)
+                .arg(campaign.capacity())
                 .arg(mine.len());
             for (user, position) in mine {
                 inv.arg(user).arg(*position);
@@ -698,6 +769,9 @@ impl Admission for RedisAdmission {
                 }
                 code => changed |= code != 0,
             }
+        }
+        if layout.buckets > 1 {
+            changed |= self.cover_deficits(campaign.id(), &layout).await? > 0;
         }
         self.layouts
             .lock()

@@ -10,18 +10,18 @@
 -- of stock between buckets, 'in:<id>' and 'out:<id>' -> coupons (see give.lua).
 -- ARGV[1] force (1/0), ARGV[2] the bucket's share of the capacity, ARGV[3] opens_at,
 -- ARGV[4] closes_at ('' for none), ARGV[5] issuer group, ARGV[6] buckets, ARGV[7] bucket,
--- ARGV[8] n, then n pairs of (user id, position) holding a coupon from this bucket; then m,
--- then m pairs of (ledger field, coupons): grants that the other buckets' ledgers show this
+-- ARGV[8] the campaign's capacity, ARGV[9] n, then n pairs of (user id, position) holding a
+-- coupon from this bucket; then m, then m pairs of (ledger field, coupons): grants that the other buckets' ledgers show this
 -- bucket took part in, counted here if they are not yet (a host died between the two halves
 -- of a grant, or this bucket lost its data).
 -- The bucket's stock ('capacity') is its share plus the grants it received less those it gave.
 -- Returns 1 when it rebuilt, 2 when it merged, 3 when the campaign's bucket count changed
 -- while it held admissions (nothing written), else 0.
 local buckets, bucket = tonumber(ARGV[6]), tonumber(ARGV[7])
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
 local last = 0
 for i = 0, n - 1 do
-  local position = tonumber(ARGV[10 + 2 * i])
+  local position = tonumber(ARGV[11 + 2 * i])
   local seq = math.floor((position - bucket - 1) / buckets) + 1
   if seq > last then last = seq end
 end
@@ -33,7 +33,7 @@ local changed = 0
 if ARGV[1] == '1' or not meta[1] or redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   for i = 0, n - 1 do
-    redis.call('HSET', KEYS[2], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+    redis.call('HSET', KEYS[2], ARGV[10 + 2 * i], ARGV[11 + 2 * i])
   end
   redis.call('HSET', KEYS[1], 'admitted', n, 'seq', last)
   redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[5], '0', 'MKSTREAM')
@@ -41,7 +41,7 @@ if ARGV[1] == '1' or not meta[1] or redis.call('EXISTS', KEYS[3]) == 0 then
 elseif tonumber(meta[2] or '0') < n or tonumber(meta[3] or '0') < last then
   local added = 0
   for i = 0, n - 1 do
-    added = added + redis.call('HSETNX', KEYS[2], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+    added = added + redis.call('HSETNX', KEYS[2], ARGV[10 + 2 * i], ARGV[11 + 2 * i])
   end
   local admitted = tonumber(meta[2] or '0') + added
   if admitted < n then admitted = n end
@@ -67,9 +67,9 @@ for i = 1, #ledger, 2 do
     given = given + tonumber(ledger[i + 1])
   end
 end
-local m = tonumber(ARGV[9 + 2 * n])
+local m = tonumber(ARGV[10 + 2 * n])
 for i = 0, m - 1 do
-  local field, coupons = ARGV[10 + 2 * n + 2 * i], ARGV[11 + 2 * n + 2 * i]
+  local field, coupons = ARGV[11 + 2 * n + 2 * i], ARGV[12 + 2 * n + 2 * i]
   if redis.call('HSETNX', KEYS[4], field, coupons) == 1 then
     if string.sub(field, 1, 3) == 'in:' then
       received = received + tonumber(coupons)
@@ -79,6 +79,6 @@ for i = 0, m - 1 do
   end
 end
 redis.call('HSET', KEYS[1], 'capacity', tonumber(ARGV[2]) + received - given,
-  'received', received, 'given', given, 'buckets', buckets,
+  'received', received, 'given', given, 'buckets', buckets, 'total', ARGV[8],
   'opens_at', ARGV[3], 'closes_at', ARGV[4])
 return changed
