@@ -234,13 +234,19 @@ async fn host_on_own_cluster(wait_ms: u64) -> (Arc<tempfile::TempDir>, OwnCluste
     (dir, cluster, app)
 }
 
-async fn storm_through_a_failover(how: Failover) {
+/// `shards`: the campaign's buckets (the failover hits bucket 0's primary).
+async fn storm_through_a_failover(how: Failover, shards: u32) {
     // A 202 waits for the replica, so that it survives the primary (without it, this test sees
     // users answered 202 twice after a kill). Until the killed node is back as the new
     // primary's replica, admissions cannot be acknowledged and are answered 503.
     let (_dir, cluster, app) = host_on_own_cluster(1_000).await;
     let capacity = 600;
-    let campaign = app.campaign(spec(capacity)).await;
+    let campaign = app
+        .campaign(firstcome_core::campaign::CampaignSpec {
+            shards: Some(shards),
+            ..spec(capacity)
+        })
+        .await;
     let (primary, replica) = cluster
         .primary_and_replica_of(&format!("fc:{{{campaign}}}:meta"))
         .await;
@@ -309,12 +315,18 @@ async fn storm_through_a_failover(how: Failover) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manual_failover_mid_storm_keeps_every_promise() {
-    storm_through_a_failover(Failover::Manual).await;
+    storm_through_a_failover(Failover::Manual, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_mid_storm_keeps_every_promise() {
-    storm_through_a_failover(Failover::Kill).await;
+    storm_through_a_failover(Failover::Kill, 1).await;
+}
+
+/// The same with the campaign split over the three primaries: one bucket's primary is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_mid_storm_keeps_every_promise_of_a_split_campaign() {
+    storm_through_a_failover(Failover::Kill, 3).await;
 }
 
 /// With a replica's acknowledgement required, a request its replica did not acknowledge is not

@@ -341,6 +341,51 @@ impl RedisAdmission {
         0
     }
 
+    /// Counts in their receivers the grants that their givers recorded and the receivers never
+    /// counted. With replicas required, a giver's ledger is read only once its replicas
+    /// acknowledged everything before (a grant only the primary knows may vanish with it).
+    /// Returns the grants counted now; errors count as none (the next sync counts them).
+    async fn count_pending_grants(&self, campaign_id: &str, layout: &Layout) -> usize {
+        let mut counted = 0;
+        for (from, giver) in layout.keys.iter().enumerate() {
+            if let Some((replicas, timeout)) = self.wait {
+                let acked: redis::RedisResult<(i64,)> = redis::pipe()
+                    .hincr(&giver.meta, "touched", 1)
+                    .ignore()
+                    .cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout.as_millis() as u64)
+                    .query_async(&mut self.admit_conn.clone())
+                    .await;
+                if !matches!(acked, Ok((n,)) if n >= i64::from(replicas)) {
+                    continue;
+                }
+            }
+            let ledger: redis::RedisResult<HashMap<String, i64>> =
+                self.admit_conn.clone().hgetall(&giver.ledger).await;
+            let Ok(ledger) = ledger else { continue };
+            for (field, coupons) in ledger {
+                let Some(id) = field.strip_prefix("out:") else {
+                    continue;
+                };
+                let Some(to) = grant_ends(id).filter(|(g, _)| *g == from).map(|(_, r)| r) else {
+                    continue;
+                };
+                let Some(taker) = layout.keys.get(to) else {
+                    continue;
+                };
+                let mut inv = self.scripts.receive.prepare_invoke();
+                inv.key(&taker.meta).key(&taker.ledger).arg(id).arg(coupons);
+                if let Ok(1) = invoke::<i64>(&inv, &mut self.admit_conn.clone()).await {
+                    tracing::warn!(campaign = %campaign_id, grant = %id, coupons,
+                        "a grant of stock left half done was counted");
+                    counted += 1;
+                }
+            }
+        }
+        counted
+    }
+
     /// Covers each bucket that holds more admissions than stock (it came back from an older
     /// snapshot that had not seen a grant it used, and was merged with the database's
     /// holders) with stock from the buckets that have some to spare, exactly the deficit, so
@@ -427,12 +472,17 @@ impl RedisAdmission {
             let sold: Vec<usize> = (0..results.len())
                 .filter(|&i| matches!(results[i], Ok(Admit::SoldOut)))
                 .collect();
-            if sold.is_empty()
-                || layout.buckets == 1
-                || self
-                    .refill(campaign_id, layout, bucket, sold.len() as i64)
-                    .await
-                    == 0
+            if sold.is_empty() || layout.buckets == 1 {
+                return results;
+            }
+            // Before a bucket answers sold out, grants left half done (a host died, or a
+            // primary failed over, between the two halves) are counted: their stock would
+            // otherwise stay unused until the next sync.
+            if self
+                .refill(campaign_id, layout, bucket, sold.len() as i64)
+                .await
+                == 0
+                && self.count_pending_grants(campaign_id, layout).await == 0
             {
                 return results;
             }
@@ -544,11 +594,7 @@ impl RedisAdmission {
                 let Some((side, id)) = field.split_once(':') else {
                     continue;
                 };
-                let Some((giver, receiver)) = id
-                    .split_once(':')
-                    .and_then(|(pair, _)| pair.split_once('>'))
-                    .and_then(|(g, r)| Some((g.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
-                else {
+                let Some((giver, receiver)) = grant_ends(id) else {
                     continue;
                 };
                 let (other, counted) = match side {
@@ -573,6 +619,13 @@ impl RedisAdmission {
         }
         Ok(admitted)
     }
+}
+
+/// The giving and receiving buckets a grant id (`<from>><to>:<unique>`) names.
+fn grant_ends(id: &str) -> Option<(usize, usize)> {
+    let (pair, _) = id.split_once(':')?;
+    let (from, to) = pair.split_once('>')?;
+    Some((from.parse().ok()?, to.parse().ok()?))
 }
 
 /// One result per request of a batch from the script's answer.
