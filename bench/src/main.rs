@@ -19,6 +19,9 @@
 //!    plugin as a sandboxed component (a fresh instance per event, then `reuse = 128`) against
 //!    the same logic compiled natively into this harness (the ratio is the figure), with the
 //!    time of one call (instantiation included) p50/p99.
+//! 7. With `--redis-cluster-url`: one campaign with `shards = 1` and `shards = 3` admitted
+//!    through the queue itself ([`shards`]): admissions/s and how far positions stray from
+//!    arrival order.
 //!
 //! Run: see BENCHMARKS.md.
 
@@ -43,6 +46,7 @@ use hdrhistogram::Histogram;
 
 mod issuing;
 mod plugin;
+mod shards;
 
 /// The same allocator as the `firstcome` binary, so that the figures are the host's.
 #[global_allocator]
@@ -98,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     slow_clients: usize,
     /// Run only these phases (comma-separated: admission, slow, issuer, consumers, sse, kafka,
-    /// plugin).
+    /// plugin, shards).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -799,6 +803,13 @@ async fn main() -> anyhow::Result<()> {
             http_phase(&args, "redis cluster", Some(url)).await?;
             http_phase_with(&args, "redis cluster, WAIT 1", Some(url), 1, true).await?;
         }
+    }
+    if let Some(url) = args
+        .redis_cluster_url
+        .as_ref()
+        .filter(|_| args.runs("shards"))
+    {
+        shards::phase(url, args.requests, args.concurrency, 4).await?;
     }
     if args.runs("slow") {
         println!(
