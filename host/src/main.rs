@@ -199,6 +199,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Campaign(CampaignCommand::Rebuild { file, force }) => {
                 let campaign = load_file(&file).map_err(anyhow::Error::msg)?;
                 let (store, admission) = open_backends(&config).await?;
+                // The bucket count the hosts run the campaign with is the one applied first:
+                // a rebuild with another would put holders where no host looks for them.
+                if let Some(applied) = store.applied_campaign(campaign.id()).await?
+                    && admission.buckets(&applied) != admission.buckets(&campaign)
+                {
+                    anyhow::bail!(
+                        "{}: the file says shards = {}, the campaign was applied with {}; \
+                         rebuild with shards = {} (shards cannot change once a campaign was \
+                         applied)",
+                        campaign.id(),
+                        campaign.shards(),
+                        applied.shards(),
+                        applied.shards()
+                    );
+                }
                 let issued = store.issued_users(campaign.id()).await?;
                 let rebuilt = admission.sync_campaign(&campaign, &issued, force).await?;
                 if admission.kind() == "embedded" {

@@ -109,6 +109,7 @@ both!(
     a_lost_bucket_and_a_half_done_grant_keep_the_stock,
     a_bucket_rebuilt_without_its_grants_is_covered_by_the_others,
     a_half_done_grant_is_counted_before_sold_out,
+    nobody_new_once_the_campaign_issued_its_capacity,
     the_bucket_count_cannot_change_under_admissions,
 );
 
@@ -158,21 +159,24 @@ async fn stock_moves_to_a_bucket_that_sold_out(q: Arc<RedisAdmission>, url: &str
     assert_eq!((each, total), (vec![11, 1, 1], 13));
 }
 
-/// 960 requests from 320 users at once, 60 coupons, 3 buckets of 20, with the demand skewed:
+/// 960 requests from 320 users at once through two hosts, 60 coupons, 3 buckets of 20, with
+/// the demand skewed:
 /// 300 users map to bucket 0, 10 to each other bucket, so bucket 0 takes their spare stock
 /// while they admit their own users. Exactly 60 admitted, at 60 different positions, each user
 /// answered one position.
-async fn concurrent_admissions_never_pass_capacity(q: Arc<RedisAdmission>, _url: &str) {
+async fn concurrent_admissions_never_pass_capacity(q: Arc<RedisAdmission>, url: &str) {
     let c = split(60, 3);
     q.sync_campaign(&c, &[], false).await.unwrap();
+    // A second host, which never synced the campaign: it reads its bucket count from Redis.
+    let other = Arc::new(RedisAdmission::connect(url).await.unwrap());
     let few = users_of(1, 3, 10).into_iter().chain(users_of(2, 3, 10));
     let users: Vec<String> = users_of(0, 3, 300).into_iter().chain(few).collect();
     let mut requests: Vec<String> = users.iter().flat_map(|u| vec![u.clone(); 3]).collect();
     use rand::seq::SliceRandom;
     requests.shuffle(&mut rand::rng());
-    let answers: Vec<(String, Admit)> = futures::stream::iter(requests)
-        .map(|user| {
-            let q = q.clone();
+    let answers: Vec<(String, Admit)> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(i, user)| {
+            let q = if i % 2 == 0 { q.clone() } else { other.clone() };
             let id = c.id().to_owned();
             async move {
                 let a = q.admit(&id, &user, "r", 0, NO_FLOOR).await.unwrap();
@@ -416,6 +420,33 @@ async fn a_half_done_grant_is_counted_before_sold_out(q: Arc<RedisAdmission>, ur
     assert_eq!(admitted, 6, "the grant's 2 coupons were used");
 }
 
+/// Once the database issued the whole capacity, no bucket admits anyone new, whatever its own
+/// stock says (it may have come back from an older snapshot with stock it had given away);
+/// holders still read their place.
+async fn nobody_new_once_the_campaign_issued_its_capacity(q: Arc<RedisAdmission>, _url: &str) {
+    let c = split(10, 3);
+    q.sync_campaign(&c, &[], false).await.unwrap();
+    let holder = &users_of(1, 3, 1)[0];
+    let Admit::Admitted { position } = q.admit(c.id(), holder, "r", 0, NO_FLOOR).await.unwrap()
+    else {
+        panic!("admitted");
+    };
+    let issued_all = Floor {
+        campaign_issued: 10,
+        ..NO_FLOOR
+    };
+    for user in (0..3).map(|b| users_of(b, 3, 2)[1].clone()) {
+        assert_eq!(
+            q.admit(c.id(), &user, "r", 0, issued_all).await.unwrap(),
+            Admit::SoldOut
+        );
+    }
+    assert_eq!(
+        q.admit(c.id(), holder, "r", 0, issued_all).await.unwrap(),
+        Admit::Duplicate { position }
+    );
+}
+
 /// `shards` may change before anyone was admitted, not after: the admissions live, and hold
 /// positions, where the old count put them.
 async fn the_bucket_count_cannot_change_under_admissions(q: Arc<RedisAdmission>, _url: &str) {
@@ -489,20 +520,23 @@ async fn changes_that_would_break_a_split_campaign_are_refused() {
     };
     let doc = |capacity: i64, shards: u32| serde_json::json!({"name": "Split", "capacity": capacity, "value": 100, "shards": shards});
     assert_eq!(put(doc(30, 3)).await.0, 201);
-    let (status, body) = put(doc(30, 2)).await;
-    assert_eq!(status, 200, "nobody admitted: may change: {body}");
-    assert_eq!(put(doc(30, 3)).await.0, 200);
-    assert_eq!(app.request(&id, "kim").await.0, 202);
-    let (status, body) = put(doc(30, 2)).await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(body["code"], "invalid_campaign");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("shards cannot change from 3 to 2"),
-        "{body}"
-    );
+    // Before anyone was admitted too: hosts applying the change one after the other would
+    // admit under two bucket counts at once.
+    for admitted in [false, true] {
+        if admitted {
+            assert_eq!(app.request(&id, "kim").await.0, 202);
+        }
+        let (status, body) = put(doc(30, 2)).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["code"], "invalid_campaign");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("shards cannot change from 3 to 2"),
+            "{body}"
+        );
+    }
     let (status, body) = put(doc(20, 3)).await;
     assert_eq!(status, 422, "{body}");
     assert!(

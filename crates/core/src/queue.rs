@@ -190,20 +190,11 @@ mod tests {
             ("c".to_owned(), 2),
         ];
         let floors = Floor::per_bucket(&issued, 3);
-        assert_eq!(
-            floors[0],
-            Floor {
-                issued: 2,
-                last_position: 4
-            }
-        );
-        assert_eq!(
-            floors[1],
-            Floor {
-                issued: 1,
-                last_position: 2
-            }
-        );
-        assert_eq!(floors[2], Floor::default());
+        let f = |issued, last_position| Floor {
+            issued,
+            last_position,
+            campaign_issued: 3,
+        };
+        assert_eq!(floors, vec![f(2, 4), f(1, 2), f(0, 0)]);
     }
 }

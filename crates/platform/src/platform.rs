@@ -39,11 +39,12 @@ pub enum PlatformError {
          campaign with shards > 1"
     )]
     ShardedCapacityLowered { was: i64, now: i64 },
-    /// `shards` changed after requests were admitted or coupons issued (see
-    /// [`AdmissionError::ShardsChanged`]).
+    /// `shards` changed after the campaign was first applied: every host must agree on it
+    /// at all times, since it decides where admissions live and which positions they hold.
     #[error(
-        "shards cannot change from {was} to {now} once requests were admitted: it decides \
-         where their admissions live; keep {was}, or start a new campaign"
+        "shards cannot change from {was} to {now} once a campaign was applied (it decides \
+         where its admissions live and the positions they hold, and every host must agree); \
+         keep {was}, or start a new campaign under another id"
     )]
     ShardsChanged { was: u32, now: u32 },
     /// A new capacity below the requests already answered `202` would break their promise.
@@ -257,10 +258,10 @@ impl Platform {
     }
 
     /// The rules of a campaign split into buckets, against the version applied before (the
-    /// database's copy): its bucket count cannot change once anyone was admitted or issued
-    /// (positions and admissions live where the old count put them), and its capacity cannot
-    /// be lowered once anyone was admitted (a bucket's stock may already have gone to
-    /// admissions the lower shares would not cover).
+    /// database's copy): its bucket count cannot change at all (hosts applying a change one
+    /// after the other would admit under two layouts at once), and its capacity cannot be
+    /// lowered once anyone was admitted (a bucket's stock may already have gone to admissions
+    /// the lower shares would not cover).
     async fn check_split(&self, campaign: &Campaign, admitted: i64) -> Result<(), PlatformError> {
         let Some(before) = self.store.applied_campaign(campaign.id()).await? else {
             return Ok(());
@@ -269,12 +270,11 @@ impl Platform {
             self.admission.buckets(&before),
             self.admission.buckets(campaign),
         );
-        let issued = self.store.issued_count(campaign.id()).await?;
-        let used = admitted.max(issued) > 0;
-        if was != now && used {
+        if was != now {
             return Err(PlatformError::ShardsChanged { was, now });
         }
-        if now > 1 && used && campaign.capacity() < before.capacity() {
+        let issued = self.store.issued_count(campaign.id()).await?;
+        if now > 1 && admitted.max(issued) > 0 && campaign.capacity() < before.capacity() {
             return Err(PlatformError::ShardedCapacityLowered {
                 was: before.capacity(),
                 now: campaign.capacity(),

@@ -16,8 +16,10 @@
 -- pair per request, in order. A batch that admits nobody but finds someone already admitted
 -- still writes (meta's `touched`), for the WAIT that may follow it.
 local meta = redis.call('HMGET', KEYS[1], 'capacity', 'opens_at', 'closes_at', 'admitted', 'seq',
-  'total')
-if not meta[1] then
+  'total', 'buckets')
+-- Unknown too when the bucket was written for another bucket count than the caller's: the
+-- caller syncs the campaign first (and is refused if the count changed under admissions).
+if not meta[1] or (meta[7] and tonumber(meta[7]) ~= tonumber(ARGV[3])) then
   return {'unknown'}
 end
 local capacity = tonumber(meta[1])

@@ -341,29 +341,38 @@ impl RedisAdmission {
         0
     }
 
+    /// A bucket's ledger of grants; with replicas required, `None` unless its replicas
+    /// acknowledged everything in it: the ledger is read first, then this connection writes
+    /// to the bucket and `WAIT`s, so the acknowledgement covers every grant read (the
+    /// replication stream is in order). A grant only the primary knows may vanish with it.
+    async fn read_ledger(&self, k: &Keys) -> Result<Option<HashMap<String, i64>>> {
+        let mut conn = self.admit_conn.clone();
+        let ledger: HashMap<String, i64> = conn.hgetall(&k.ledger).await?;
+        if let Some((replicas, timeout)) = self.wait {
+            let (acked,): (i64,) = redis::pipe()
+                .hincr(&k.meta, "touched", 1)
+                .ignore()
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            if acked < i64::from(replicas) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(ledger))
+    }
+
     /// Counts in their receivers the grants that their givers recorded and the receivers never
-    /// counted. With replicas required, a giver's ledger is read only once its replicas
-    /// acknowledged everything before (a grant only the primary knows may vanish with it).
+    /// counted (givers' ledgers read with [`Self::read_ledger`]).
     /// Returns the grants counted now; errors count as none (the next sync counts them).
     async fn count_pending_grants(&self, campaign_id: &str, layout: &Layout) -> usize {
         let mut counted = 0;
         for (from, giver) in layout.keys.iter().enumerate() {
-            if let Some((replicas, timeout)) = self.wait {
-                let acked: redis::RedisResult<(i64,)> = redis::pipe()
-                    .hincr(&giver.meta, "touched", 1)
-                    .ignore()
-                    .cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout.as_millis() as u64)
-                    .query_async(&mut self.admit_conn.clone())
-                    .await;
-                if !matches!(acked, Ok((n,)) if n >= i64::from(replicas)) {
-                    continue;
-                }
-            }
-            let ledger: redis::RedisResult<HashMap<String, i64>> =
-                self.admit_conn.clone().hgetall(&giver.ledger).await;
-            let Ok(ledger) = ledger else { continue };
+            let Ok(Some(ledger)) = self.read_ledger(giver).await else {
+                continue;
+            };
             for (field, coupons) in ledger {
                 let Some(id) = field.strip_prefix("out:") else {
                     continue;
@@ -589,7 +598,10 @@ impl RedisAdmission {
             return Ok(owed);
         }
         for (from_bucket, k) in layout.keys.iter().enumerate() {
-            let ledger: HashMap<String, i64> = self.conn.clone().hgetall(&k.ledger).await?;
+            // Not acknowledged by the replicas: counted by a later sync or sold-out answer.
+            let Some(ledger) = self.read_ledger(k).await? else {
+                continue;
+            };
             for (field, coupons) in ledger {
                 let Some((side, id)) = field.split_once(':') else {
                     continue;

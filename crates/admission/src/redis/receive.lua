@@ -2,9 +2,10 @@
 -- given, once per grant id.
 -- KEYS[1] meta hash, KEYS[2] ledger hash, of the receiving bucket
 -- ARGV[1] grant id, ARGV[2] coupons
--- Returns 1 when it counted them, 0 when it had already, -1 when the bucket is missing (the
--- sync that rebuilds it counts the grant from the giver's ledger).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Returns 1 when it counted them, 0 when it had already, -1 when the bucket is missing or
+-- holds no stock record (lost: the sync that rebuilds it counts the grant from the giver's
+-- ledger).
+if not redis.call('HGET', KEYS[1], 'capacity') then
   return -1
 end
 if redis.call('HSETNX', KEYS[2], 'in:' .. ARGV[1], ARGV[2]) == 0 then
