@@ -23,6 +23,9 @@ use hdrhistogram::Histogram;
 
 /// What one run measured.
 struct Run {
+    /// Script calls (`EVALSHA`) the cluster ran for the run, over every node: admissions per
+    /// call is the batch size the buckets' batch loops reached.
+    script_calls: u64,
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -46,19 +49,23 @@ pub async fn phase(
         requests / 2
     );
     println!(
-        "| shards | admissions/s | p50 / p99 ms | rank deviation mean / p99 (places) | admitted after the first refusal |"
+        "| shards | admissions/s | p50 / p99 ms | script calls (requests per call) | rank deviation mean / p99 (places) | admitted after the first refusal |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let queue = Arc::new(RedisAdmission::connect(cluster_url).await?);
     let mut rates = [Vec::new(), Vec::new()];
     for round in 0..rounds.max(2) {
         let shards = if round % 2 == 0 { 1 } else { 3 };
-        let run = one_run(&queue, shards, requests, concurrency).await?;
+        let before = script_calls(cluster_url).await?;
+        let mut run = one_run(&queue, shards, requests, concurrency).await?;
+        run.script_calls = script_calls(cluster_url).await? - before;
         println!(
-            "| {shards} | {:.0} | {:.2} / {:.2} | {:.1} / {} | {} |",
+            "| {shards} | {:.0} | {:.2} / {:.2} | {} ({:.1}) | {:.1} / {} | {} |",
             run.per_second,
             run.p50_ms,
             run.p99_ms,
+            run.script_calls,
+            requests as f64 / run.script_calls.max(1) as f64,
             run.mean_deviation,
             run.p99_deviation,
             run.after_refusal
@@ -137,6 +144,7 @@ async fn one_run(
         deviation.record(d)?;
     }
     Ok(Run {
+        script_calls: 0,
         per_second: requests as f64 / elapsed.as_secs_f64(),
         p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
@@ -144,4 +152,41 @@ async fn one_run(
         p99_deviation: deviation.value_at_quantile(0.99),
         after_refusal: admitted.iter().filter(|(i, _)| *i > first_refused).count(),
     })
+}
+
+/// `EVALSHA` calls so far over every node of the cluster at `cluster_url` (`INFO
+/// commandstats` of each node that `CLUSTER NODES` lists).
+async fn script_calls(cluster_url: &str) -> anyhow::Result<u64> {
+    let seed = cluster_url
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .next()
+        .unwrap_or_default();
+    let mut conn = redis::Client::open(format!("redis://{seed}"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await?;
+    let mut calls = 0;
+    for line in nodes.lines() {
+        let Some(addr) = line.split(' ').nth(1).and_then(|a| a.split('@').next()) else {
+            continue;
+        };
+        let mut node = redis::Client::open(format!("redis://{addr}"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut node)
+            .await?;
+        calls += info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(calls)
 }

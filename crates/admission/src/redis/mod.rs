@@ -49,6 +49,11 @@ const MAX_BATCH: usize = 256;
 /// campaign counts it.
 const RECEIVE_ATTEMPTS: usize = 3;
 
+/// How long a bucket that found no stock anywhere answers sold out without asking the other
+/// buckets again. Stock comes back only through a sync (a raised capacity, a rebuild), which
+/// ends the pause on the host that runs it; other hosts ask again after this long.
+const DRY_RECHECK: Duration = Duration::from_millis(250);
+
 /// Admission on a Redis server.
 #[derive(Clone)]
 pub struct RedisAdmission {
@@ -70,6 +75,9 @@ pub struct RedisAdmission {
     /// The bucket the next claim of a split campaign starts with, so that no bucket's queue
     /// waits behind another's.
     next_claim: Arc<AtomicUsize>,
+    /// Buckets of split campaigns that found no stock to take, until when (see
+    /// [`DRY_RECHECK`]): their sold-out answers skip the round trips to the other buckets.
+    dry: Arc<Mutex<HashMap<(String, u32), std::time::Instant>>>,
 }
 
 /// The queue's Lua scripts.
@@ -146,6 +154,7 @@ impl RedisAdmission {
             batches: Arc::default(),
             layouts: Arc::default(),
             next_claim: Arc::default(),
+            dry: Arc::default(),
         })
     }
 
@@ -365,26 +374,40 @@ impl RedisAdmission {
     }
 
     /// Counts in their receivers the grants that their givers recorded and the receivers never
-    /// counted (givers' ledgers read with [`Self::read_ledger`]).
-    /// Returns the grants counted now; errors count as none (the next sync counts them).
+    /// counted: every ledger read once (givers' with [`Self::read_ledger`]), then one
+    /// `receive.lua` per grant found half done. Returns the grants counted now; errors count
+    /// as none (the next sync counts them).
     async fn count_pending_grants(&self, campaign_id: &str, layout: &Layout) -> usize {
+        let mut ledgers = Vec::with_capacity(layout.keys.len());
+        for k in &layout.keys {
+            ledgers.push(self.read_ledger(k).await.ok().flatten());
+        }
+        let received: std::collections::HashSet<&str> = ledgers
+            .iter()
+            .flatten()
+            .flat_map(|l| l.keys())
+            .filter_map(|f| f.strip_prefix("in:"))
+            .collect();
         let mut counted = 0;
-        for (from, giver) in layout.keys.iter().enumerate() {
-            let Ok(Some(ledger)) = self.read_ledger(giver).await else {
-                continue;
-            };
-            for (field, coupons) in ledger {
+        for (from, ledger) in ledgers.iter().enumerate() {
+            for (field, coupons) in ledger.iter().flatten() {
                 let Some(id) = field.strip_prefix("out:") else {
                     continue;
                 };
-                let Some(to) = grant_ends(id).filter(|(g, _)| *g == from).map(|(_, r)| r) else {
+                if received.contains(id) {
                     continue;
-                };
-                let Some(taker) = layout.keys.get(to) else {
+                }
+                let Some(taker) = grant_ends(id)
+                    .filter(|(g, _)| *g == from)
+                    .and_then(|(_, r)| layout.keys.get(r))
+                else {
                     continue;
                 };
                 let mut inv = self.scripts.receive.prepare_invoke();
-                inv.key(&taker.meta).key(&taker.ledger).arg(id).arg(coupons);
+                inv.key(&taker.meta)
+                    .key(&taker.ledger)
+                    .arg(id)
+                    .arg(*coupons);
                 if let Ok(1) = invoke::<i64>(&inv, &mut self.admit_conn.clone()).await {
                     tracing::warn!(campaign = %campaign_id, grant = %id, coupons,
                         "a grant of stock left half done was counted");
@@ -481,7 +504,16 @@ impl RedisAdmission {
             let sold: Vec<usize> = (0..results.len())
                 .filter(|&i| matches!(results[i], Ok(Admit::SoldOut)))
                 .collect();
-            if sold.is_empty() || layout.buckets == 1 {
+            let key = (campaign_id.to_owned(), bucket);
+            if sold.is_empty()
+                || layout.buckets == 1
+                || self
+                    .dry
+                    .lock()
+                    .unwrap()
+                    .get(&key)
+                    .is_some_and(|until| *until > std::time::Instant::now())
+            {
                 return results;
             }
             // Before a bucket answers sold out, grants left half done (a host died, or a
@@ -493,6 +525,10 @@ impl RedisAdmission {
                 == 0
                 && self.count_pending_grants(campaign_id, layout).await == 0
             {
+                self.dry
+                    .lock()
+                    .unwrap()
+                    .insert(key, std::time::Instant::now() + DRY_RECHECK);
                 return results;
             }
             // Again for those requests only, in their order, with the stock just received.
@@ -838,6 +874,10 @@ impl Admission for RedisAdmission {
         if layout.buckets > 1 {
             changed |= self.cover_deficits(campaign.id(), &layout).await? > 0;
         }
+        self.dry
+            .lock()
+            .unwrap()
+            .retain(|(id, _), _| id != campaign.id());
         self.layouts
             .lock()
             .unwrap()
