@@ -137,6 +137,56 @@ enum CampaignCommand {
     },
 }
 
+/// The version in force of the campaign a rebuild names: the database's copy, which must agree
+/// with the file in everything the admission queue holds (capacity, window, shards). A file
+/// the hosts do not run would give Redis a capacity or layout the database then refuses.
+async fn version_in_force(
+    store: &firstcome_store::Store,
+    file: &firstcome_core::campaign::Campaign,
+) -> anyhow::Result<firstcome_core::campaign::Campaign> {
+    let id = file.id();
+    let Some(applied) = store.applied_campaign(id).await? else {
+        anyhow::bail!(
+            "{id}: no campaign of this id was ever applied (a host applies the files of its \
+             campaigns folder); nothing rebuilt"
+        );
+    };
+    let differences: Vec<String> = [
+        (
+            "capacity",
+            file.capacity().to_string(),
+            applied.capacity().to_string(),
+        ),
+        (
+            "opens_at",
+            format!("{:?}", file.opens_at()),
+            format!("{:?}", applied.opens_at()),
+        ),
+        (
+            "closes_at",
+            format!("{:?}", file.closes_at()),
+            format!("{:?}", applied.closes_at()),
+        ),
+        (
+            "shards",
+            file.shards().to_string(),
+            applied.shards().to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, f, a)| f != a)
+    .map(|(field, f, a)| format!("{field}: file {f}, in force {a}"))
+    .collect();
+    anyhow::ensure!(
+        differences.is_empty(),
+        "{id}: the file differs from the version in force ({}); let the hosts apply the file \
+         first (they refuse what cannot change, such as shards), or rebuild with the version \
+         in force; nothing rebuilt",
+        differences.join("; ")
+    );
+    Ok(applied)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -199,23 +249,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Campaign(CampaignCommand::Rebuild { file, force }) => {
                 let campaign = load_file(&file).map_err(anyhow::Error::msg)?;
                 let (store, admission) = open_backends(&config).await?;
-                // The bucket count the hosts run the campaign with is the one applied first:
-                // a rebuild with another would put holders where no host looks for them.
-                if let Some(applied) = store.applied_campaign(campaign.id()).await?
-                    && admission.buckets(&applied) != admission.buckets(&campaign)
-                {
-                    anyhow::bail!(
-                        "{}: the file says shards = {}, the campaign was applied with {}; \
-                         rebuild with shards = {} (shards cannot change once a campaign was \
-                         applied)",
-                        campaign.id(),
-                        campaign.shards(),
-                        applied.shards(),
-                        applied.shards()
-                    );
-                }
+                let applied = version_in_force(&store, &campaign).await?;
                 let issued = store.issued_users(campaign.id()).await?;
-                let rebuilt = admission.sync_campaign(&campaign, &issued, force).await?;
+                let rebuilt = admission.sync_campaign(&applied, &issued, force).await?;
                 if admission.kind() == "embedded" {
                     println!("the embedded admission queue is rebuilt by every start; nothing to do");
                 } else if rebuilt {

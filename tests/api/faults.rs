@@ -432,4 +432,38 @@ async fn rebuild_command_restores_redis_from_the_database() {
     assert_eq!(backends.admission.counts(&id).await.unwrap().admitted, 7);
     assert!(rebuild(false).contains("Redis holds the campaign"));
     assert!(rebuild(true).contains("rebuilt from 7"));
+
+    // A file the hosts do not run is refused, and Redis keeps the version in force.
+    std::fs::write(
+        &file,
+        "name = \"Test campaign\"\ncapacity = 12\nvalue = 1000\nshards = 2\n",
+    )
+    .unwrap();
+    let (code, _, err) = crate::helpers::firstcome_run(
+        &["campaign", "rebuild", file.as_str()],
+        &[
+            ("FIRSTCOME_DATABASE_URL", backends.database_url.as_str()),
+            ("FIRSTCOME_REDIS_URL", redis.as_str()),
+            ("FIRSTCOME_DATA_DIR", data.as_str()),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("capacity: file 12, in force 10")
+            && err.contains("shards: file 2, in force 1"),
+        "{err}"
+    );
+    let unknown = format!("{data}/never-applied.toml");
+    std::fs::write(&unknown, "name = \"x\"\ncapacity = 1\nvalue = 1\n").unwrap();
+    let (code, _, err) = crate::helpers::firstcome_run(
+        &["campaign", "rebuild", unknown.as_str()],
+        &[
+            ("FIRSTCOME_DATABASE_URL", backends.database_url.as_str()),
+            ("FIRSTCOME_REDIS_URL", redis.as_str()),
+            ("FIRSTCOME_DATA_DIR", data.as_str()),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("was ever applied"), "{err}");
+    assert_eq!(backends.admission.counts(&id).await.unwrap().admitted, 7);
 }

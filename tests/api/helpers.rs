@@ -543,7 +543,9 @@ pub fn firstcome_output(args: &[&str]) -> (i32, String, String) {
     firstcome_run(args, &[])
 }
 
-fn firstcome_run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+/// Runs the `firstcome` binary with `FIRSTCOME_*` settings; returns its exit code, standard
+/// output and standard error.
+pub fn firstcome_run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
         .args(args)
         .envs(env.iter().copied())

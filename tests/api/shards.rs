@@ -548,6 +548,8 @@ async fn changes_that_would_break_a_split_campaign_are_refused() {
     );
     assert_eq!(put(doc(40, 3)).await.0, 200, "a raised capacity is fine");
     assert_eq!(app.platform.campaign(&id).unwrap().shards(), 3);
+    let (_, view) = app.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(view["shards"], 3);
     let (status, body) =
         put(serde_json::json!({"name": "Split", "capacity": 2, "value": 1, "shards": 3})).await;
     assert_eq!(status, 422, "{body}");

@@ -32,6 +32,10 @@ pub struct CampaignView {
     coupon_expires_at: Option<Timestamp>,
     /// Requests issued per database transaction.
     chunk_size: u32,
+    /// Buckets the campaign's admission state is split into (its `shards` on Redis; 1 on the
+    /// embedded queue). With more than one, positions interleave the buckets.
+    #[schema(minimum = 1, maximum = 64)]
+    shards: u32,
     /// Where the campaign stands: its window, then whether coupons remain.
     status: CampaignState,
     capacity: i64,
@@ -55,6 +59,7 @@ pub async fn view(platform: &Platform, c: &Campaign) -> Result<CampaignView, Api
         closes_at: c.closes_at().map(Timestamp::from_millis),
         coupon_expires_at: c.coupon_expires_at().map(Timestamp::from_millis),
         chunk_size: c.chunk_size(),
+        shards: platform.admission().buckets(c),
         status: c.state(now_ms(), &counts),
         capacity: c.capacity(),
         admitted: counts.admitted,

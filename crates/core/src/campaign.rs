@@ -144,8 +144,9 @@ pub struct CampaignSpec {
     /// queue (default 1; at most 64 and at most `capacity`): each bucket has its own hash tag,
     /// so a cluster spreads one hot campaign over several primaries. A user always maps to one
     /// bucket; stock moves between buckets when one sells out. First come holds within a
-    /// bucket; across buckets, to within their timing. Cannot change once anyone was admitted.
-    /// The embedded queue keeps one bucket whatever this says.
+    /// bucket; across buckets, to within their timing. Cannot change once the campaign was
+    /// applied (choose it up front; the id keeps it, even after removal). The embedded queue
+    /// keeps one bucket whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 64)] // MAX_SHARDS
     pub shards: Option<u32>,

@@ -58,6 +58,14 @@ fn describe() {
     describe_gauge!("firstcome_admitted", "Requests admitted so far");
     describe_gauge!("firstcome_issued", "Coupons issued");
     describe_gauge!("firstcome_remaining", "Coupons still to issue");
+    describe_counter!(
+        "firstcome_admission_stock_moved_total",
+        "Coupons of stock moved between a split campaign's buckets (shards), by campaign"
+    );
+    describe_counter!(
+        "firstcome_admissions_sold_out_flag_total",
+        "Requests answered by this host's sold-out flag, without Redis"
+    );
     describe_histogram!("firstcome_chunk_size", "Requests per issuing transaction");
     describe_histogram!(
         "firstcome_chunk_commit_seconds",

@@ -36,15 +36,17 @@ pub enum PlatformError {
     /// buckets' stock could then admit more than the new capacity between them.
     #[error(
         "capacity cannot be lowered from {was} to {now} once requests were admitted to a \
-         campaign with shards > 1"
+         campaign with shards > 1: its buckets may already have admitted their share of the \
+         old capacity; keep {was}, or raise it"
     )]
     ShardedCapacityLowered { was: i64, now: i64 },
     /// `shards` changed after the campaign was first applied: every host must agree on it
     /// at all times, since it decides where admissions live and which positions they hold.
     #[error(
         "shards cannot change from {was} to {now} once a campaign was applied (it decides \
-         where its admissions live and the positions they hold, and every host must agree); \
-         keep {was}, or start a new campaign under another id"
+         where its admissions live and the positions they hold, and every host must agree; a \
+         file or document without shards means 1): keep {was}, or start a new campaign under \
+         another id"
     )]
     ShardsChanged { was: u32, now: u32 },
     /// A new capacity below the requests already answered `202` would break their promise.
