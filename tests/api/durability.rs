@@ -527,6 +527,72 @@ async fn a_split_campaign_restored_from_an_older_snapshot_is_rebuilt_on_postgres
     redis_restored_from_an_older_snapshot(Backend::RedisPostgres, 3).await;
 }
 
+/// A split campaign (capacity 12, 3 buckets of 4) on Redis with RDB snapshots: bucket 0's four
+/// users are issued, `SAVE`, then six more of bucket 0 are issued with stock granted by buckets 1
+/// and 2. Redis is killed and started from the snapshot, which has none of the grants: buckets
+/// 1 and 2 hold their 4 again and are not behind their own floors (nobody of theirs was
+/// issued). Their users, asking first, must get only the 2 coupons left, never 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_giver_restored_from_an_older_snapshot_does_not_reuse_its_grants() {
+    use firstcome_core::queue::bucket_of;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut redis = OwnRedis::start(dir.path(), &[]).await;
+    let backends = Backends::open_with_redis(Backend::RedisMariaDb, dir.path(), &redis.url()).await;
+    let app = spawn_app_on(backends.clone(), dir.clone(), |_| {}).await;
+    let id = app
+        .campaign(firstcome_core::campaign::CampaignSpec {
+            shards: Some(3),
+            ..spec(12)
+        })
+        .await;
+    let users_of = |bucket: u32, n: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("user-{i}"))
+            .filter(|u| bucket_of(u, 3) == bucket)
+            .take(n)
+            .collect()
+    };
+    let zero = users_of(0, 10);
+    for user in &zero[..4] {
+        assert_eq!(app.request(&id, user).await.0, 202);
+    }
+    app.wait_issued(&id, 4, 20).await;
+    assert_eq!(redis.cmd(&["SAVE"]).await, redis::Value::Okay);
+    for user in &zero[4..] {
+        assert_eq!(
+            app.request(&id, user).await.0,
+            202,
+            "{user}: stock from the others"
+        );
+    }
+    app.wait_issued(&id, 10, 20).await;
+    redis.crash_and_restart().await;
+    let mut admitted = 0;
+    for user in users_of(1, 4).iter().chain(&users_of(2, 4)) {
+        let (status, body) = ask(&app, &id, user).await;
+        match status {
+            202 => admitted += 1,
+            410 => {}
+            other => panic!("{user}: {other} {body}"),
+        }
+    }
+    assert_eq!(admitted, 2, "only the 2 coupons left");
+    app.wait_issued(&id, 12, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(coupons(&backends.store, &id).await.len(), 12);
+    app.platform
+        .guard()
+        .sweep(std::time::Instant::now() + Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&app, "firstcome_admissions_lost_total", &id).await,
+        0,
+        "no 202 was refused by the database"
+    );
+    app.stop().await;
+}
+
 /// Redis with an append-only file, killed with SIGKILL in the middle of a storm and started
 /// again: with `always`, every request answered `202` is issued and nothing is counted lost;
 /// with `everysec` the same, unless Redis postponed its AOF write behind a slow fsync, and then

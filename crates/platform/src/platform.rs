@@ -345,6 +345,14 @@ impl Platform {
                 self.sync_admission(c, false).await?;
             }
             let buckets = self.admission.buckets(c);
+            if buckets > 1 && self.guard.take_audit(c.id()) {
+                // The queue failed since: reconcile the buckets' grants first (see
+                // `QueueGuard::take_audit`).
+                if let Err(e) = self.sync_admission(c, false).await {
+                    self.guard.suspect();
+                    return Err(e);
+                }
+            }
             let floor = self
                 .guard
                 .floor(c.id(), buckets, bucket_of(user_id, buckets))

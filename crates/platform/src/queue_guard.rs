@@ -65,6 +65,9 @@ struct Known {
     floors: Vec<Floor>,
     /// When it was last read from the database; `None`: read it before the next admission.
     read_at: Option<Instant>,
+    /// The queue failed since the campaign was last synced: a split campaign is synced again
+    /// before its next admission ([`QueueGuard::take_audit`]).
+    audit: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +160,7 @@ impl QueueGuard {
         let known = floors.entry(campaign_id.to_owned()).or_insert(Known {
             floors: Vec::new(),
             read_at: None,
+            audit: false,
         });
         if known.floors.len() != buckets as usize {
             known.floors = vec![Floor::default(); buckets as usize];
@@ -197,6 +201,7 @@ impl QueueGuard {
         let known = floors.entry(campaign_id.to_owned()).or_insert(Known {
             floors: Vec::new(),
             read_at: None,
+            audit: false,
         });
         if known.floors.len() != raised.len() {
             known.floors = vec![Floor::default(); raised.len()];
@@ -210,11 +215,26 @@ impl QueueGuard {
     pub fn suspect(&self) {
         for known in self.floors.lock().unwrap().values_mut() {
             known.read_at = None;
+            known.audit = true;
         }
         let now = Instant::now();
         for ledger in self.ledgers.lock().unwrap().values_mut() {
             ledger.suspect_since = Some(now);
         }
+    }
+
+    /// Whether the queue failed since `campaign_id` was last synced here, clearing it. A
+    /// campaign split into buckets is then synced before its next admission: Redis may have
+    /// come back from an older snapshot, or a lagging replica taken over, that lost a grant
+    /// of stock on the giver's side only. That giver is not behind its own floor (it admitted
+    /// nobody since), so only the sync, which reconciles every bucket's ledger, finds it
+    /// before it admits with stock it gave away.
+    pub fn take_audit(&self, campaign_id: &str) -> bool {
+        self.floors
+            .lock()
+            .unwrap()
+            .get_mut(campaign_id)
+            .is_some_and(|known| std::mem::take(&mut known.audit))
     }
 
     /// Remembers a request answered `202`, until its coupon is seen. A user answered `202`
