@@ -345,13 +345,11 @@ impl Platform {
                 self.sync_admission(c, false).await?;
             }
             let buckets = self.admission.buckets(c);
-            if buckets > 1 && self.guard.take_audit(c.id()) {
-                // The queue failed since: reconcile the buckets' grants first (see
-                // `QueueGuard::take_audit`).
-                if let Err(e) = self.sync_admission(c, false).await {
-                    self.guard.suspect();
-                    return Err(e);
-                }
+            if buckets > 1
+                && let Err(e) = self.guard.audit_if_due(c).await
+            {
+                self.guard.suspect();
+                return Err(e.into());
             }
             let floor = self
                 .guard

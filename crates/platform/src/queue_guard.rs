@@ -66,7 +66,7 @@ struct Known {
     /// When it was last read from the database; `None`: read it before the next admission.
     read_at: Option<Instant>,
     /// The queue failed since the campaign was last synced: a split campaign is synced again
-    /// before its next admission ([`QueueGuard::take_audit`]).
+    /// before its next admission ([`QueueGuard::audit_if_due`]).
     audit: bool,
 }
 
@@ -94,6 +94,8 @@ pub struct QueueGuard {
     ledgers: Mutex<HashMap<String, Ledger>>,
     /// The hosts' sold-out flags, cleared by every rebuild (stock may come back).
     sold_out: Arc<crate::sold_out::SoldOutFlags>,
+    /// One sync at a time per campaign for [`QueueGuard::audit_if_due`].
+    audits: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl QueueGuard {
@@ -105,6 +107,7 @@ impl QueueGuard {
             admission,
             floors: Mutex::default(),
             ledgers: Mutex::default(),
+            audits: Mutex::default(),
             sold_out: Arc::new(crate::sold_out::SoldOutFlags::new(Duration::from_millis(
                 firstcome_admission::AdmissionConfig::default().sold_out_recheck_ms,
             ))),
@@ -223,18 +226,42 @@ impl QueueGuard {
         }
     }
 
-    /// Whether the queue failed since `campaign_id` was last synced here, clearing it. A
-    /// campaign split into buckets is then synced before its next admission: Redis may have
-    /// come back from an older snapshot, or a lagging replica taken over, that lost a grant
-    /// of stock on the giver's side only. That giver is not behind its own floor (it admitted
-    /// nobody since), so only the sync, which reconciles every bucket's ledger, finds it
-    /// before it admits with stock it gave away.
-    pub fn take_audit(&self, campaign_id: &str) -> bool {
+    /// Syncs a campaign split into buckets again when the queue failed since it was last
+    /// synced here, before its next admission: Redis may have come back from an older
+    /// snapshot, or a lagging replica taken over, that lost a grant of stock on the giver's
+    /// side only. That giver is not behind its own floor (it admitted nobody since), so only
+    /// the sync, which reconciles every bucket's ledger, finds it before it admits with stock
+    /// it gave away. Requests that arrive meanwhile wait for the one sync; on an error the
+    /// sync stays due.
+    pub async fn audit_if_due(&self, campaign: &Campaign) -> Result<(), GuardError> {
+        let id = campaign.id();
+        if !self.audit_due(id) {
+            return Ok(());
+        }
+        let lock = self
+            .audits
+            .lock()
+            .unwrap()
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let _turn = lock.lock().await;
+        if !self.audit_due(id) {
+            return Ok(());
+        }
+        self.resync(campaign, false).await?;
+        if let Some(known) = self.floors.lock().unwrap().get_mut(id) {
+            known.audit = false;
+        }
+        Ok(())
+    }
+
+    fn audit_due(&self, campaign_id: &str) -> bool {
         self.floors
             .lock()
             .unwrap()
-            .get_mut(campaign_id)
-            .is_some_and(|known| std::mem::take(&mut known.audit))
+            .get(campaign_id)
+            .is_some_and(|known| known.audit)
     }
 
     /// Remembers a request answered `202`, until its coupon is seen. A user answered `202`
