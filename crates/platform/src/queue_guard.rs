@@ -426,7 +426,8 @@ fn lost(campaign_id: &str, users: &[String]) {
         .increment(users.len() as u64);
     tracing::error!(campaign = %campaign_id, lost = users.len(),
         first = %users.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-        "the admission queue lost requests this host had answered 202 (Redis restarted \
-         without their writes: run it with appendonly yes); their users read status none and \
-         may ask again");
+        "the admission queue lost requests this host had answered 202: Redis restarted or \
+         failed over without their writes (run it with appendonly yes, or \
+         admission.redis_wait_replicas on a cluster), or the database refused them past \
+         capacity (see the issuer's warnings); their users read status none and may ask again");
 }
