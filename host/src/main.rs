@@ -60,12 +60,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Create a plugin crate NAME (in the current folder, or --dir) that builds and passes
-    /// its own test as it is.
+    /// Create a plugin project NAME (in the current folder, or --dir) that builds and passes
+    /// its own test and `plugin test` with its sample event as it is.
     New {
         name: String,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// `rust` (a crate for cargo) or `python` (a module for componentize-py and pytest).
+        #[arg(long, default_value = "rust")]
+        lang: firstcome_plugin::scaffold::Lang,
     },
     /// Run a plugin on one event in the host's sandbox, printing each capability call and
     /// the result. Capabilities only record; nothing is sent.
@@ -204,8 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut config = Config::load(cli.config.as_deref()).context("reading configuration")?;
-    if let Command::Plugin(PluginCommand::New { name, dir }) = &cli.command {
-        return match firstcome_plugin::scaffold::create(name, dir) {
+    if let Command::Plugin(PluginCommand::New { name, dir, lang }) = &cli.command {
+        return match firstcome_plugin::scaffold::create_in(name, dir, *lang) {
             Ok(path) => {
                 println!(
                     "created {}; see its README.md to build and test it",

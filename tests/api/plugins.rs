@@ -972,6 +972,113 @@ fn plugin_new_scaffolds_a_working_crate() {
     );
 }
 
+/// `firstcome plugin new --lang python` makes a module whose pytest passes, that
+/// componentize-py (from tests/tools/requirements.txt, on the PATH of tests/run.sh) builds into
+/// a component, and that runs in the sandbox on the project's own sample event.
+#[test]
+fn plugin_new_python_scaffolds_a_working_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = firstcome_output(&[
+        "plugin",
+        "new",
+        "audit-trail",
+        "--lang",
+        "python",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let project = dir.path().join("audit-trail");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .current_dir(&project)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{program}: {e} (bash tests/run.sh installs the Python tools)")
+            });
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("python3", &["-m", "pytest", "-q", "-p", "no:cacheprovider"]);
+    run(
+        "componentize-py",
+        &[
+            "--wit-path",
+            "wit",
+            "--world",
+            "consumer",
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+            "audit_trail.wasm",
+        ],
+    );
+    let component = project.join("audit_trail.wasm");
+    let event = project.join("event.json");
+    let (code, out, err) = firstcome_output(&[
+        "plugin",
+        "test",
+        component.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+        "--grants",
+        "kv",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("log.info \"u1 got coupon #1 of Spring\"")
+            && out.contains("kv.increment \"issued.20s\" +1")
+            && out.contains("result: ok"),
+        "{out}"
+    );
+
+    // An exception in the logic is a retryable failure that carries its message.
+    let app_py = project.join("app.py");
+    let text = std::fs::read_to_string(&app_py).unwrap().replace(
+        "    def handle(event: \"types.Event\") -> None:\n",
+        "    def handle(event: \"types.Event\") -> None:\n        raise KeyError(\"no profile\")\n",
+    );
+    assert!(
+        text.contains("raise KeyError"),
+        "the template's handle() moved"
+    );
+    std::fs::write(&app_py, text).unwrap();
+    run(
+        "componentize-py",
+        &[
+            "--wit-path",
+            "wit",
+            "--world",
+            "consumer",
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+            "audit_trail.wasm",
+        ],
+    );
+    let (code, out, err) = firstcome_output(&[
+        "plugin",
+        "test",
+        component.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("plugin returned a retryable error: KeyError: 'no profile'"),
+        "{out}{err}"
+    );
+}
+
 /// The example plugin of `examples/`: several accounts on one device, and a domain past its
 /// limit, are flagged in its key-value store and emailed to the operator, once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
