@@ -1079,6 +1079,139 @@ fn plugin_new_python_scaffolds_a_working_module() {
     );
 }
 
+/// The Python example plugin `examples/python/{name}`, built with componentize-py for `world`
+/// (once per test run, into the target folder).
+fn python_example(name: &str, world: &str) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    let out = target
+        .join("python")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let built = std::process::Command::new("componentize-py")
+        .current_dir(root.join("examples/python").join(name))
+        .args([
+            "--wit-path",
+            "../../../wit",
+            "--world",
+            world,
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("componentize-py: {e} (bash tests/run.sh installs it)"));
+    assert!(
+        built.status.success(),
+        "componentize-py: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+/// The Python example plugin of `examples/`: each hour's coupons counted in its kv store, a
+/// digest emailed to the operator every `digest_every` of them, its settings checked at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_hourly_digest_example_counts_and_emails() {
+    let component = python_example("hourly-digest", "consumer-with-init");
+    let smtp = SmtpServer::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let app = spawn_app_on(backends, dir, |c| smtp.configure(c)).await;
+    let settings = [("operator_email", "desk@shop.test"), ("digest_every", "2")];
+    let campaign = with_plugin(
+        spec(10),
+        "hourly-digest",
+        &component,
+        &["kv", "email"],
+        &settings,
+    );
+    // Applying compiles the component (CPython inside: tens of seconds in a debug host).
+    let id = app.campaign(campaign).await;
+    for i in 0..5 {
+        assert_eq!(app.request(&id, &format!("user-{i}")).await.0, 202);
+    }
+    app.wait_issued(&id, 5, 20).await;
+    let scope = firstcome_store::Scope {
+        campaign_id: id.clone(),
+        role: "hourly-digest".into(),
+    };
+    let store = app.backends.store.clone();
+    wait_for(120, || async {
+        store
+            .kv_counter(&scope, &format!("total:{id}"))
+            .await
+            .unwrap()
+            == 5
+    })
+    .await
+    .expect("the five events counted");
+    // Five coupons in one hour (or split over two) make two digests of every second one.
+    wait_for(30, || async { smtp.messages().len() >= 2 })
+        .await
+        .expect("two digests emailed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    let mut totals = Vec::new();
+    for (to, subject, _) in &mails {
+        assert_eq!(to, "desk@shop.test");
+        // "Test campaign: 4 coupons in the hour from 2026-11-30 12:00 UTC, 4 in all"; the totals
+        // are 2 and 4, or others up to 5 when the hour turns during the test.
+        let rest = subject
+            .strip_prefix("Test campaign: ")
+            .filter(|r| r.contains(" coupons in the hour from ") && r.ends_with(" in all"))
+            .unwrap_or_else(|| panic!("{subject}"));
+        let total = rest
+            .rsplit(", ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" in all");
+        totals.push(total.parse::<i64>().unwrap());
+    }
+    totals.sort();
+    totals.dedup();
+    assert!(
+        totals.len() == 2 && totals.iter().all(|t| (2..=5).contains(t)),
+        "{mails:?}"
+    );
+
+    // Its init refuses settings it cannot work with; the campaign is not applied.
+    let err = app
+        .platform
+        .apply_campaign(
+            Campaign::new(
+                &unique("hd"),
+                with_plugin(
+                    spec(1),
+                    "hourly-digest",
+                    &component,
+                    &["kv", "email"],
+                    &[("digest_every", "5")],
+                ),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("operator_email must be set"),
+        "{err}"
+    );
+}
+
 /// The example plugin of `examples/`: several accounts on one device, and a domain past its
 /// limit, are flagged in its key-value store and emailed to the operator, once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
