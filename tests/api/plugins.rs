@@ -989,38 +989,19 @@ fn plugin_new_python_scaffolds_a_working_module() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let project = dir.path().join("audit-trail");
-    let run = |program: &str, args: &[&str]| {
-        let out = std::process::Command::new(program)
-            .current_dir(&project)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("{program}: {e} (bash tests/run.sh installs the Python tools)")
-            });
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run("python3", &["-m", "pytest", "-q", "-p", "no:cacheprovider"]);
-    run(
-        "componentize-py",
-        &[
-            "--wit-path",
-            "wit",
-            "--world",
-            "consumer",
-            "componentize",
-            "-p",
-            ".",
-            "app",
-            "-o",
-            "audit_trail.wasm",
-        ],
+    let pytest = std::process::Command::new("python3")
+        .current_dir(&project)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e} (bash tests/run.sh installs the Python tools)"));
+    assert!(
+        pytest.status.success(),
+        "pytest: {}{}",
+        String::from_utf8_lossy(&pytest.stdout),
+        String::from_utf8_lossy(&pytest.stderr)
     );
     let component = project.join("audit_trail.wasm");
+    componentize(&project, "wit", "consumer", &component);
     let event = project.join("event.json");
     let (code, out, err) = firstcome_output(&[
         "plugin",
@@ -1050,21 +1031,7 @@ fn plugin_new_python_scaffolds_a_working_module() {
         "the template's handle() moved"
     );
     std::fs::write(&app_py, text).unwrap();
-    run(
-        "componentize-py",
-        &[
-            "--wit-path",
-            "wit",
-            "--world",
-            "consumer",
-            "componentize",
-            "-p",
-            ".",
-            "app",
-            "-o",
-            "audit_trail.wasm",
-        ],
-    );
+    componentize(&project, "wit", "consumer", &component);
     let (code, out, err) = firstcome_output(&[
         "plugin",
         "test",
@@ -1079,8 +1046,34 @@ fn plugin_new_python_scaffolds_a_working_module() {
     );
 }
 
-/// The Python example plugin `examples/python/{name}`, built with componentize-py for `world`
-/// (once per test run, into the target folder).
+/// Builds the Python module `app` in `dir` into the component `out` with componentize-py (on
+/// the PATH of tests/run.sh), for `world` of the WIT package in `wit`.
+fn componentize(dir: &std::path::Path, wit: &str, world: &str, out: &std::path::Path) {
+    let built = std::process::Command::new("componentize-py")
+        .current_dir(dir)
+        .args([
+            "--wit-path",
+            wit,
+            "--world",
+            world,
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+        ])
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("componentize-py: {e} (bash tests/run.sh installs it)"));
+    assert!(
+        built.status.success(),
+        "componentize-py: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// The Python example plugin `examples/python/{name}`, built for `world` into the target
+/// folder.
 fn python_example(name: &str, world: &str) -> PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -1097,26 +1090,11 @@ fn python_example(name: &str, world: &str) -> PathBuf {
         .join("python")
         .join(format!("{}.wasm", name.replace('-', "_")));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let built = std::process::Command::new("componentize-py")
-        .current_dir(root.join("examples/python").join(name))
-        .args([
-            "--wit-path",
-            "../../../wit",
-            "--world",
-            world,
-            "componentize",
-            "-p",
-            ".",
-            "app",
-            "-o",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap_or_else(|e| panic!("componentize-py: {e} (bash tests/run.sh installs it)"));
-    assert!(
-        built.status.success(),
-        "componentize-py: {}",
-        String::from_utf8_lossy(&built.stderr)
+    componentize(
+        &root.join("examples/python").join(name),
+        "../../../wit",
+        world,
+        &out,
     );
     out
 }

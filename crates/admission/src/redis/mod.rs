@@ -357,20 +357,26 @@ impl RedisAdmission {
     async fn read_ledger(&self, k: &Keys) -> Result<Option<HashMap<String, i64>>> {
         let mut conn = self.admit_conn.clone();
         let ledger: HashMap<String, i64> = conn.hgetall(&k.ledger).await?;
-        if let Some((replicas, timeout)) = self.wait {
-            let (acked,): (i64,) = redis::pipe()
-                .hincr(&k.meta, "touched", 1)
-                .ignore()
-                .cmd("WAIT")
-                .arg(replicas)
-                .arg(timeout.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-            if acked < i64::from(replicas) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(ledger))
+        Ok(self.replicas_have(&mut conn, k).await?.then_some(ledger))
+    }
+
+    /// Whether the replicas required (if any) have every write the bucket's primary made so
+    /// far: this connection writes to the bucket (`touched`), then `WAIT`s. The replication
+    /// stream is in order, so the acknowledgement covers every earlier write, whichever
+    /// connection made it. Must run on the connection of the reads it vouches for.
+    async fn replicas_have(&self, conn: &mut Connection, k: &Keys) -> Result<bool> {
+        let Some((replicas, timeout)) = self.wait else {
+            return Ok(true);
+        };
+        let (acked,): (i64,) = redis::pipe()
+            .hincr(&k.meta, "touched", 1)
+            .ignore()
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        Ok(acked >= i64::from(replicas))
     }
 
     /// Counts in their receivers the grants that their givers recorded and the receivers never
@@ -1043,21 +1049,10 @@ impl Admission for RedisAdmission {
         let mut conn = self.admit_conn.clone();
         let mut users = HashMap::new();
         for k in &self.layout(campaign_id).keys {
-            if let Some((replicas, timeout)) = self.wait {
-                // The flag answers 409 from this set: every admission in it must be on the
-                // replicas first. A write of this connection's own to the bucket, then WAIT,
-                // covers all before it.
-                let (acked,): (i64,) = redis::pipe()
-                    .hincr(&k.meta, "touched", 1)
-                    .ignore()
-                    .cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await?;
-                if acked < i64::from(replicas) {
-                    return Ok(None);
-                }
+            // The flag answers 409 from this set: every admission in it must be on the
+            // replicas first.
+            if !self.replicas_have(&mut conn, k).await? {
+                return Ok(None);
             }
             let mut cursor = 0u64;
             // HSCAN in steps, so that a campaign of a million users does not block Redis.
