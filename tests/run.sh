@@ -89,13 +89,15 @@ source tests/services.sh
 # --- tools, installed while the project builds ----------------------------------------------
 phase "tools: start what is missing"
 # Debian's packages: openssl signs FCM grants, a real Prometheus scrapes a test host, the
-# pages are tested in Chromium through chromedriver, and HAProxy balances three test hosts.
+# pages are tested in Chromium through chromedriver, HAProxy balances three test hosts, and
+# Node.js builds and tests JavaScript plugins (where the machine has none of its own).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   background apt bash -c 'apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"' \
@@ -112,6 +114,22 @@ if [[ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$lock_sum" ]]; then
       -r tests/tools/requirements.txt && echo "$2" >"$1/.lock-sha256"' python-tools "$venv" "$lock_sum"
 fi
 export PATH="$venv/bin:$PATH"
+# The JavaScript plugin toolchain (componentize-js) at the versions and hashes of
+# tests/tools/package-lock.json, rebuilt only when that lock changes. The tests link its
+# node_modules into the JavaScript projects they build, as `npm install` would fill them.
+node_tools="$tools/node"
+node_sum=$(cat tests/tools/package.json tests/tools/package-lock.json | sha256sum | cut -d' ' -f1)
+install_node_tools() {
+  rm -rf "$node_tools" && mkdir -p "$node_tools" &&
+    cp tests/tools/package.json tests/tools/package-lock.json "$node_tools"/ &&
+    (cd "$node_tools" && npm ci --no-audit --no-fund) && echo "$node_sum" >"$node_tools/.lock-sha256"
+}
+node_tools_later=""
+if [[ "$(cat "$node_tools/.lock-sha256" 2>/dev/null)" != "$node_sum" ]]; then
+  # Without npm yet, after apt has installed it.
+  if command -v npm >/dev/null; then background node-tools install_node_tools; else node_tools_later=1; fi
+fi
+export FC_TEST_NODE_MODULES="$node_tools/node_modules"
 # Rust-built tools, pinned, kept in ~/.cargo/bin. Built at opt-level 1: they only serve the
 # tests, and it builds them in about half the time of the default release profile. Each has
 # its own build directory so that neither waits on the other or on the project's build.
@@ -211,6 +229,8 @@ phase "tools: wait for the rest"
 await tansu
 await apt
 await python-tools
+if [[ -n "$node_tools_later" ]]; then install_node_tools; fi
+await node-tools
 python3 -m schemathesis.cli --version
 # The suite shares one broker; tests that restart a broker start their own.
 if [[ -z "${FC_TEST_KAFKA_BROKERS:-}" ]]; then

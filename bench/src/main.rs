@@ -45,6 +45,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 mod issuing;
+mod languages;
 mod plugin;
 mod shards;
 
@@ -92,6 +93,13 @@ struct Args {
     /// Events per plugin run.
     #[arg(long, default_value_t = 50_000)]
     plugin_events: usize,
+    /// Folder of the stats plugin built from Python and JavaScript (`python_stats.wasm`,
+    /// `js_stats.wasm`; bench/languages.sh builds them), for the languages phase.
+    #[arg(long)]
+    language_plugins: Option<std::path::PathBuf>,
+    /// Events per run of the languages phase.
+    #[arg(long, default_value_t = 5_000)]
+    language_events: usize,
     /// Idle subscribers on the statistics stream in the SSE phase.
     #[arg(long, default_value_t = 1_000)]
     subscribers: usize,
@@ -102,7 +110,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     slow_clients: usize,
     /// Run only these phases (comma-separated: admission, slow, issuer, consumers, sse, kafka,
-    /// plugin, shards).
+    /// plugin, shards, languages).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -865,6 +873,21 @@ async fn main() -> anyhow::Result<()> {
             "\nStats plugin: sandboxed component (fresh instance per event, and reuse = 128) vs. the same logic native:\n"
         );
         plugin::phase(&args, plugins).await?;
+    }
+    if args.runs("languages")
+        && let (Some(plugins), Some(languages)) = (&args.plugins, &args.language_plugins)
+    {
+        println!(
+            "\nThe stats logic in Rust, Python and JavaScript ({} events per run):\n",
+            args.language_events
+        );
+        languages::phase(
+            &plugins.join("stats.wasm"),
+            &languages.join("python_stats.wasm"),
+            &languages.join("js_stats.wasm"),
+            args.language_events,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ const AGES: [&str; 5] = ["10s", "20s", "30s", "40s", "50s"];
 
 /// A map as the native harness's stats sink.
 #[derive(Default)]
-struct Counts(std::collections::HashMap<String, i64>);
+pub(crate) struct Counts(pub(crate) std::collections::HashMap<String, i64>);
 
 impl stats::Sink for Counts {
     fn increment(&mut self, name: &str, delta: i64) {
@@ -26,7 +26,7 @@ impl stats::Sink for Counts {
 }
 
 /// `n` coupon.issued events as the host hands them to a plugin, with their ids.
-fn events(n: usize) -> anyhow::Result<Vec<(String, Event)>> {
+pub(crate) fn events(n: usize) -> anyhow::Result<Vec<(String, Event)>> {
     (0..n)
         .map(|i| {
             let envelope = serde_json::json!({
@@ -53,13 +53,14 @@ fn events(n: usize) -> anyhow::Result<Vec<(String, Event)>> {
         .collect()
 }
 
-/// One run of the component over `events`: events/s, per-call p50 and p99 (µs), and the
-/// counters it produced.
-async fn component(
+/// One run of the component over `events`, after `warm_up` of them: events/s, per-call p50
+/// and p99 (µs), and the counters it produced.
+pub(crate) async fn component(
     runtime: &Arc<Runtime>,
     path: &std::path::Path,
     reuse: Option<u32>,
     events: &[(String, Event)],
+    warm_up: usize,
 ) -> anyhow::Result<(f64, f64, f64, Counts)> {
     let compiled = runtime.compile(&Runtime::read(path, None)?)?;
     let spec = PluginSpec {
@@ -78,7 +79,7 @@ async fn component(
     let plugin = runtime.bind(scope, path.to_owned(), compiled, spec);
     let services: Arc<dyn Services> = Arc::new(Recording::default());
     // Warm up: the first instances fault their pool slots in.
-    for (id, event) in events.iter().take(1_000) {
+    for (id, event) in events.iter().take(warm_up) {
         runtime.call(&plugin, id, event, services.clone()).await?;
     }
     let mut counts = Counts::default();
@@ -101,6 +102,25 @@ async fn component(
     ))
 }
 
+/// The counters of the first `n` events of [`events`] counted by the stats plugin's logic
+/// compiled natively, and its rate (events/s).
+pub(crate) fn native(n: usize) -> (Counts, f64) {
+    let inputs: Vec<(i64, &str, &str)> = (0..n)
+        .map(|i| (1000, GENDERS[i % 3], AGES[i % 5]))
+        .collect();
+    let mut counts = Counts::default();
+    let started = Instant::now();
+    for (value, gender, age) in &inputs {
+        let issued = stats::Issued {
+            value: *value,
+            gender: Some(gender),
+            age_group: Some(age),
+        };
+        stats::count_issued(std::hint::black_box(&issued), &mut counts);
+    }
+    (counts, n as f64 / started.elapsed().as_secs_f64())
+}
+
 /// The stats plugin as a component (fresh instance per event, then `reuse = 128`) against its
 /// logic compiled natively; every run must produce the same counters.
 pub async fn phase(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -109,27 +129,14 @@ pub async fn phase(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(Default::default())?);
     let events = events(n)?;
 
-    let inputs: Vec<(i64, &str, &str)> = (0..n)
-        .map(|i| (1000, GENDERS[i % 3], AGES[i % 5]))
-        .collect();
-    let mut native_counts = Counts::default();
-    let started = Instant::now();
-    for (value, gender, age) in &inputs {
-        let issued = stats::Issued {
-            value: *value,
-            gender: Some(gender),
-            age_group: Some(age),
-        };
-        stats::count_issued(std::hint::black_box(&issued), &mut native_counts);
-    }
-    let native = n as f64 / started.elapsed().as_secs_f64();
+    let (native_counts, native) = native(n);
 
     println!(
         "| instances | events | component events/s | native events/s | component / native | call p50 µs | p99 µs |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (label, reuse) in [("fresh per event", None), ("reuse = 128", Some(128))] {
-        let (rate, p50, p99, counts) = component(&runtime, &path, reuse, &events).await?;
+        let (rate, p50, p99, counts) = component(&runtime, &path, reuse, &events, 1_000).await?;
         anyhow::ensure!(
             counts.0 == native_counts.0,
             "the component ({label}) and the native logic disagree"

@@ -66,7 +66,8 @@ enum PluginCommand {
         name: String,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// `rust` (a crate for cargo) or `python` (a module for componentize-py and pytest).
+        /// `rust` (a crate for cargo), `python` (a module for componentize-py and pytest) or `js`
+        /// (a module for componentize-js and node's test runner).
         #[arg(long, default_value = "rust")]
         lang: firstcome_plugin::scaffold::Lang,
     },

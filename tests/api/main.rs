@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod helpers;
 mod kafka;
+mod languages;
 mod limits;
 mod metrics;
 mod openapi;

@@ -25,7 +25,7 @@ use crate::helpers::{
 // ---------------------------------------------------------------------------------------
 // A real SMTP server: aiosmtpd from PyPI, writing what it receives to a maildir.
 
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     port: u16,
     mbox: PathBuf,
     child: std::process::Child,
@@ -33,7 +33,7 @@ struct SmtpServer {
 }
 
 impl SmtpServer {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mbox = dir.path().join("mbox");
         let port = crate::helpers::free_port();
@@ -66,7 +66,7 @@ impl SmtpServer {
     }
 
     /// (to, subject, body) of every message received.
-    fn messages(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn messages(&self) -> Vec<(String, String, String)> {
         let files = ["new", "cur"]
             .iter()
             .filter_map(|sub| std::fs::read_dir(self.mbox.join(sub)).ok())
@@ -97,7 +97,7 @@ impl SmtpServer {
 
 impl SmtpServer {
     /// Points a host's email capability at this server (plain SMTP on loopback).
-    fn configure(&self, c: &mut firstcome_platform::config::Config) {
+    pub(crate) fn configure(&self, c: &mut firstcome_platform::config::Config) {
         c.email.smtp_host = Some("127.0.0.1".into());
         c.email.smtp_port = Some(self.port);
         c.email.tls = firstcome_platform::config::SmtpTls::None;
@@ -121,20 +121,20 @@ const KEY_ID: &str = "test-key-1";
 const CLIENT_EMAIL: &str = "firstcome@fc-test.iam.gserviceaccount.com";
 
 #[derive(Default)]
-struct Fcm {
+pub(crate) struct Fcm {
     public_pem: Vec<u8>,
     token_url: String,
     tokens_issued: AtomicUsize,
     /// Answer the first N sends with 503 (FCM overloaded).
     fail_first: AtomicUsize,
-    sent: Mutex<Vec<Value>>,
-    refused: Mutex<Vec<String>>,
+    pub(crate) sent: Mutex<Vec<Value>>,
+    pub(crate) refused: Mutex<Vec<String>>,
 }
 
-struct FcmStandIn {
-    state: Arc<Fcm>,
-    base_url: String,
-    key_file: PathBuf,
+pub(crate) struct FcmStandIn {
+    pub(crate) state: Arc<Fcm>,
+    pub(crate) base_url: String,
+    pub(crate) key_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -151,7 +151,7 @@ fn openssl(args: &[&str]) {
 }
 
 impl FcmStandIn {
-    async fn start(fail_first: usize) -> Self {
+    pub(crate) async fn start(fail_first: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (private, public) = (dir.path().join("key.pem"), dir.path().join("pub.pem"));
         openssl(&[
@@ -313,7 +313,7 @@ async fn send(
     )
 }
 
-fn user(id: &str, email: Option<&str>, token: Option<&str>) -> UserProfile {
+pub(crate) fn user(id: &str, email: Option<&str>, token: Option<&str>) -> UserProfile {
     UserProfile {
         user_id: id.to_owned(),
         email: email.map(str::to_owned),
@@ -821,7 +821,7 @@ async fn bad_plugins_are_refused_and_the_running_one_stays() {
 }
 
 /// The sample event shipped for plugin authors (`examples/events/coupon-issued.json`).
-fn sample_event() -> PathBuf {
+pub(crate) fn sample_event() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -969,224 +969,6 @@ fn plugin_new_scaffolds_a_working_crate() {
         out.contains("log.info \"u1 got coupon #1 of Spring\"")
             && out.contains("kv.increment \"issued.20s\" +1"),
         "{out}"
-    );
-}
-
-/// `firstcome plugin new --lang python` makes a module whose pytest passes, that
-/// componentize-py (from tests/tools/requirements.txt, on the PATH of tests/run.sh) builds into
-/// a component, and that runs in the sandbox on the project's own sample event.
-#[test]
-fn plugin_new_python_scaffolds_a_working_module() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = firstcome_output(&[
-        "plugin",
-        "new",
-        "audit-trail",
-        "--lang",
-        "python",
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let project = dir.path().join("audit-trail");
-    let pytest = std::process::Command::new("python3")
-        .current_dir(&project)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .output()
-        .unwrap_or_else(|e| panic!("python3: {e} (bash tests/run.sh installs the Python tools)"));
-    assert!(
-        pytest.status.success(),
-        "pytest: {}{}",
-        String::from_utf8_lossy(&pytest.stdout),
-        String::from_utf8_lossy(&pytest.stderr)
-    );
-    let component = project.join("audit_trail.wasm");
-    componentize(&project, "wit", "consumer", &component);
-    let event = project.join("event.json");
-    let (code, out, err) = firstcome_output(&[
-        "plugin",
-        "test",
-        component.to_str().unwrap(),
-        "--event",
-        event.to_str().unwrap(),
-        "--grants",
-        "kv",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("log.info \"u1 got coupon #1 of Spring\"")
-            && out.contains("kv.increment \"issued.20s\" +1")
-            && out.contains("result: ok"),
-        "{out}"
-    );
-
-    // An exception in the logic is a retryable failure that carries its message.
-    let app_py = project.join("app.py");
-    let text = std::fs::read_to_string(&app_py).unwrap().replace(
-        "    def handle(event: \"types.Event\") -> None:\n",
-        "    def handle(event: \"types.Event\") -> None:\n        raise KeyError(\"no profile\")\n",
-    );
-    assert!(
-        text.contains("raise KeyError"),
-        "the template's handle() moved"
-    );
-    std::fs::write(&app_py, text).unwrap();
-    componentize(&project, "wit", "consumer", &component);
-    let (code, out, err) = firstcome_output(&[
-        "plugin",
-        "test",
-        component.to_str().unwrap(),
-        "--event",
-        event.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("plugin returned a retryable error: KeyError: 'no profile'"),
-        "{out}{err}"
-    );
-}
-
-/// Builds the Python module `app` in `dir` into the component `out` with componentize-py (on
-/// the PATH of tests/run.sh), for `world` of the WIT package in `wit`.
-fn componentize(dir: &std::path::Path, wit: &str, world: &str, out: &std::path::Path) {
-    let built = std::process::Command::new("componentize-py")
-        .current_dir(dir)
-        .args([
-            "--wit-path",
-            wit,
-            "--world",
-            world,
-            "componentize",
-            "-p",
-            ".",
-            "app",
-            "-o",
-        ])
-        .arg(out)
-        .output()
-        .unwrap_or_else(|e| panic!("componentize-py: {e} (bash tests/run.sh installs it)"));
-    assert!(
-        built.status.success(),
-        "componentize-py: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-}
-
-/// The Python example plugin `examples/python/{name}`, built for `world` into the target
-/// folder.
-fn python_example(name: &str, world: &str) -> PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        root.join(target)
-    };
-    let out = target
-        .join("python")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    componentize(
-        &root.join("examples/python").join(name),
-        "../../../wit",
-        world,
-        &out,
-    );
-    out
-}
-
-/// The Python example plugin of `examples/`: each hour's coupons counted in its kv store, a
-/// digest emailed to the operator every `digest_every` of them, its settings checked at load.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_hourly_digest_example_counts_and_emails() {
-    let component = python_example("hourly-digest", "consumer-with-init");
-    let smtp = SmtpServer::start().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let backends = Backends::open(Backend::Embedded, dir.path()).await;
-    let app = spawn_app_on(backends, dir, |c| smtp.configure(c)).await;
-    let settings = [("operator_email", "desk@shop.test"), ("digest_every", "2")];
-    let campaign = with_plugin(
-        spec(10),
-        "hourly-digest",
-        &component,
-        &["kv", "email"],
-        &settings,
-    );
-    // Applying compiles the component (CPython inside: tens of seconds in a debug host).
-    let id = app.campaign(campaign).await;
-    for i in 0..5 {
-        assert_eq!(app.request(&id, &format!("user-{i}")).await.0, 202);
-    }
-    app.wait_issued(&id, 5, 20).await;
-    let scope = firstcome_store::Scope {
-        campaign_id: id.clone(),
-        role: "hourly-digest".into(),
-    };
-    let store = app.backends.store.clone();
-    wait_for(120, || async {
-        store
-            .kv_counter(&scope, &format!("total:{id}"))
-            .await
-            .unwrap()
-            == 5
-    })
-    .await
-    .expect("the five events counted");
-    // Five coupons in one hour (or split over two) make two digests of every second one.
-    wait_for(30, || async { smtp.messages().len() >= 2 })
-        .await
-        .expect("two digests emailed");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mails = smtp.messages();
-    assert_eq!(mails.len(), 2, "{mails:?}");
-    let mut totals = Vec::new();
-    for (to, subject, _) in &mails {
-        assert_eq!(to, "desk@shop.test");
-        // "Test campaign: 4 coupons in the hour from 2026-11-30 12:00 UTC, 4 in all"; the totals
-        // are 2 and 4, or others up to 5 when the hour turns during the test.
-        let rest = subject
-            .strip_prefix("Test campaign: ")
-            .filter(|r| r.contains(" coupons in the hour from ") && r.ends_with(" in all"))
-            .unwrap_or_else(|| panic!("{subject}"));
-        let total = rest
-            .rsplit(", ")
-            .next()
-            .unwrap()
-            .trim_end_matches(" in all");
-        totals.push(total.parse::<i64>().unwrap());
-    }
-    totals.sort();
-    totals.dedup();
-    assert!(
-        totals.len() == 2 && totals.iter().all(|t| (2..=5).contains(t)),
-        "{mails:?}"
-    );
-
-    // Its init refuses settings it cannot work with; the campaign is not applied.
-    let err = app
-        .platform
-        .apply_campaign(
-            Campaign::new(
-                &unique("hd"),
-                with_plugin(
-                    spec(1),
-                    "hourly-digest",
-                    &component,
-                    &["kv", "email"],
-                    &[("digest_every", "5")],
-                ),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("operator_email must be set"),
-        "{err}"
     );
 }
 

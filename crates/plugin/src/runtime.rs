@@ -80,6 +80,11 @@ pub enum LoadError {
         "imports `{0}`, which this host does not offer; it offers {PACKAGE_PREFIX}*@{PACKAGE_VERSION} and WASI 0.2"
     )]
     UnknownImport(String),
+    /// WASI's HTTP: a plugin gets no network. componentize-js links it unless told not to.
+    #[error(
+        "imports `{0}`: this host gives plugins no network, so it offers no WASI HTTP; build without it (componentize-js: --disable http fetch-event)"
+    )]
+    Http(String),
     #[error(
         "imports `{0}`: built against another version of the firstcome:plugin package; this host serves {PACKAGE_VERSION}"
     )]
@@ -393,6 +398,8 @@ impl Runtime {
                 if rest.rsplit_once('@').map(|(_, v)| v) != Some(PACKAGE_VERSION) {
                     return Err(LoadError::WrongVersion(name.to_owned()));
                 }
+            } else if name.starts_with("wasi:http/") {
+                return Err(LoadError::Http(name.to_owned()));
             } else if !name.starts_with("wasi:") {
                 return Err(LoadError::UnknownImport(name.to_owned()));
             }

@@ -1,7 +1,12 @@
-//! `firstcome plugin new NAME [--lang rust|python]`: a plugin project that builds and passes
-//! its own test as it is: a Rust crate (built with cargo for `wasm32-wasip2`), or a Python
-//! module (built with componentize-py, tested with pytest). It carries its own copy of the WIT
-//! package and a sample event, so it builds and runs outside this repository.
+//! `firstcome plugin new NAME [--lang rust|python|js]`: a plugin project that builds and
+//! passes its own test as it is: a Rust crate (built with cargo for `wasm32-wasip2`), a Python
+//! module (built with componentize-py, tested with pytest), or a JavaScript module (built with
+//! componentize-js, tested with node's test runner). It carries its own copy of the WIT package
+//! and a sample event, so it builds and runs outside this repository.
+//!
+//! The projects' files are in `crates/plugin/templates/`, with `{name}` (the plugin's name),
+//! `{module}` (the name with `_` for `-`, the component's file name) and the pinned toolchain
+//! versions filled in.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +22,12 @@ fn crate_name_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// The componentize-py release the Python template is written and tested against.
+/// The componentize-py release (PyPI) the Python template is written and tested against.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The `@bytecodealliance/componentize-js` release (npm) the JavaScript template is written and
+/// tested against.
+pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 /// An event as the host publishes it, for `firstcome plugin test`.
 const SAMPLE_EVENT: &str = include_str!("../../../examples/events/coupon-issued.json");
@@ -31,6 +40,8 @@ pub enum Lang {
     Rust,
     /// A Python module, built into a component by componentize-py.
     Python,
+    /// A JavaScript (ES) module, built into a component by componentize-js.
+    Js,
 }
 
 impl std::str::FromStr for Lang {
@@ -40,11 +51,53 @@ impl std::str::FromStr for Lang {
         match s {
             "rust" => Ok(Self::Rust),
             "python" => Ok(Self::Python),
+            "js" | "javascript" => Ok(Self::Js),
             other => Err(format!(
-                "unknown plugin language {other:?}: use rust or python (JavaScript is planned)"
+                "unknown plugin language {other:?}: use rust, python or js"
             )),
         }
     }
+}
+
+/// A project's files: (path in the project, text with placeholders).
+fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    let common = [("wit/plugin.wit", WIT), ("event.json", SAMPLE_EVENT)];
+    let own: &[(&str, &str)] = match lang {
+        Lang::Rust => &[
+            (
+                "Cargo.toml",
+                include_str!("../templates/rust/Cargo.toml.in"),
+            ),
+            ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
+            ("README.md", include_str!("../templates/rust/README.md")),
+            (".gitignore", "/target\n/src/bindings.rs\n"),
+        ],
+        Lang::Python => &[
+            ("app.py", include_str!("../templates/python/app.py")),
+            (
+                "test_app.py",
+                include_str!("../templates/python/test_app.py"),
+            ),
+            (
+                "requirements.txt",
+                "componentize-py=={componentize_py}\npytest\n",
+            ),
+            ("README.md", include_str!("../templates/python/README.md")),
+            (".gitignore", "*.wasm\n__pycache__/\n.pytest_cache/\n"),
+        ],
+        Lang::Js => &[
+            ("package.json", include_str!("../templates/js/package.json")),
+            ("logic.js", include_str!("../templates/js/logic.js")),
+            (
+                "logic.test.js",
+                include_str!("../templates/js/logic.test.js"),
+            ),
+            ("app.js", include_str!("../templates/js/app.js")),
+            ("README.md", include_str!("../templates/js/README.md")),
+            (".gitignore", include_str!("../templates/js/gitignore")),
+        ],
+    };
+    common.into_iter().chain(own.iter().copied()).collect()
 }
 
 /// Writes the project into `parent/NAME` (which must not exist) and returns its path.
@@ -52,7 +105,9 @@ pub fn create(name: &str, parent: &Path) -> Result<PathBuf, String> {
     create_in(name, parent, Lang::Rust)
 }
 
-/// [`create`] in `lang`.
+/// [`create`] in `lang`. Errors: a name that is not a valid package name in every language
+/// (a lowercase letter, then up to 63 of `a-z`, `0-9`, `-`, `_`), a folder that exists, or a
+/// file that cannot be written (the message names it).
 pub fn create_in(name: &str, parent: &Path, lang: Lang) -> Result<PathBuf, String> {
     if !crate_name_ok(name) {
         return Err(format!(
@@ -67,41 +122,16 @@ pub fn create_in(name: &str, parent: &Path, lang: Lang) -> Result<PathBuf, Strin
         ));
     }
     let module = name.replace('-', "_");
-    let files: Vec<(&str, String)> = match lang {
-        Lang::Rust => vec![
-            ("Cargo.toml", cargo_toml(name)),
-            ("wit/plugin.wit", WIT.to_owned()),
-            ("src/lib.rs", LIB_RS.replace("{name}", name)),
-            (
-                "README.md",
-                README.replace("{name}", name).replace("{module}", &module),
-            ),
-            ("event.json", SAMPLE_EVENT.to_owned()),
-            (".gitignore", "/target\n/src/bindings.rs\n".to_owned()),
-        ],
-        Lang::Python => vec![
-            ("wit/plugin.wit", WIT.to_owned()),
-            ("app.py", APP_PY.replace("{name}", name)),
-            ("test_app.py", TEST_APP_PY.to_owned()),
-            (
-                "requirements.txt",
-                format!("componentize-py=={COMPONENTIZE_PY}\npytest\n"),
-            ),
-            (
-                "README.md",
-                README_PY
-                    .replace("{name}", name)
-                    .replace("{module}", &module)
-                    .replace("{componentize_py}", COMPONENTIZE_PY),
-            ),
-            ("event.json", SAMPLE_EVENT.to_owned()),
-            (
-                ".gitignore",
-                "*.wasm\n__pycache__/\n.pytest_cache/\n".to_owned(),
-            ),
-        ],
-    };
-    for (file, text) in files {
+    for (file, template) in files(lang) {
+        let text = if file == "wit/plugin.wit" || file == "event.json" {
+            template.to_owned()
+        } else {
+            template
+                .replace("{name}", name)
+                .replace("{module}", &module)
+                .replace("{componentize_py}", COMPONENTIZE_PY)
+                .replace("{componentize_js}", COMPONENTIZE_JS)
+        };
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -110,199 +140,6 @@ pub fn create_in(name: &str, parent: &Path, lang: Lang) -> Result<PathBuf, Strin
     }
     Ok(dir)
 }
-
-fn cargo_toml(name: &str) -> String {
-    format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib", "rlib"]
-
-[target.'cfg(target_arch = "wasm32")'.dependencies]
-wit-bindgen = "0.61.1"
-
-[package.metadata.component]
-package = "example:{name}"
-
-[package.metadata.component.target]
-path = "wit"
-world = "consumer"
-
-[profile.release]
-opt-level = "s"
-lto = true
-strip = true
-
-# Its own workspace, wherever it is created.
-[workspace]
-"#
-    )
-}
-
-const LIB_RS: &str = r#"//! {name}: a firstcome consumer plugin.
-//!
-//! The logic is plain Rust (tested natively with `cargo test`); the component glue at the
-//! bottom connects it to the host's capabilities (see wit/plugin.wit).
-
-/// What the plugin logs for an issued coupon.
-pub fn describe(user_id: &str, campaign_name: &str, position: i64) -> String {
-    format!("{user_id} got coupon #{position} of {campaign_name}")
-}
-
-/// The kv counter the plugin keeps per age group.
-pub fn counter_key(age_group: Option<&str>) -> String {
-    format!("issued.{}", age_group.unwrap_or("unknown"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_an_issuance() {
-        assert_eq!(describe("u1", "Spring", 3), "u1 got coupon #3 of Spring");
-        assert_eq!(counter_key(None), "issued.unknown");
-        assert_eq!(counter_key(Some("20s")), "issued.20s");
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({ path: "wit", world: "consumer" });
-
-    use exports::firstcome::plugin::handler::Guest;
-    use firstcome::plugin::log::{self, Level};
-    use firstcome::plugin::kv;
-    use firstcome::plugin::types::{Event, HandleError};
-
-    struct Plugin;
-
-    impl Guest for Plugin {
-        fn handle(event: Event) -> Result<(), HandleError> {
-            match event {
-                Event::CouponIssued(c) => {
-                    log::log(Level::Info, &crate::describe(&c.user_id, &c.campaign_name, c.position));
-                    // Needs `grants = ["kv"]` in the campaign file.
-                    kv::increment(&crate::counter_key(c.age_group.as_deref()), 1);
-                }
-            }
-            Ok(())
-        }
-    }
-
-    export!(Plugin);
-}
-"#;
-
-const README: &str = r#"# {name}
-
-A firstcome consumer plugin.
-
-```sh
-rustup target add wasm32-wasip2
-cargo test                                          # the logic, natively
-cargo build --release --target wasm32-wasip2        # → target/wasm32-wasip2/release/{module}.wasm
-firstcome plugin test target/wasm32-wasip2/release/{module}.wasm --event event.json --grants kv
-```
-
-`event.json` is an event as the host publishes it; a dead letter as `firstcome dlt show`
-prints it works too.
-
-`cargo component build --release` builds it too. In a campaign file:
-
-```toml
-[plugins.{name}]
-path = "/path/to/{module}.wasm"
-grants = ["kv"]
-```
-
-See docs/plugins.md in the firstcome repository for the capabilities, limits and error semantics.
-"#;
-
-const APP_PY: &str = r#""""{name}: a firstcome consumer plugin, in Python.
-
-The logic is plain Python, tested natively with pytest (test_app.py). The class at the bottom
-connects it to the host's capabilities (wit/plugin.wit); componentize-py generates the
-`wit_world` bindings when it builds the component.
-"""
-
-
-def describe(user_id: str, campaign_name: str, position: int) -> str:
-    """What the plugin logs for an issued coupon."""
-    return f"{user_id} got coupon #{position} of {campaign_name}"
-
-
-def counter_key(age_group: str | None) -> str:
-    """The kv counter the plugin keeps per age group."""
-    return f"issued.{age_group or 'unknown'}"
-
-
-try:
-    from componentize_py_types import Err
-    from wit_world import exports
-    from wit_world.imports import kv, log, types
-except ImportError:  # natively (pytest): the bindings exist only in the component
-    exports = None
-
-if exports is not None:
-
-    class Handler(exports.Handler):
-        def handle(self, event: "types.Event") -> None:
-            try:
-                handle(event)
-            except Err:
-                raise  # HandleError_Permanent goes straight to the dead letters
-            except Exception as e:
-                # Retried with back-off, then dead-lettered, with its message: an exception
-                # left to escape would trap, and its message would be lost.
-                raise Err(types.HandleError_Retryable(f"{type(e).__name__}: {e}"[:1000]))
-
-    def handle(event: "types.Event") -> None:
-        if isinstance(event, types.Event_CouponIssued):
-            c = event.value
-            log.log(log.Level.INFO, describe(c.user_id, c.campaign_name, c.position))
-            # Needs `grants = ["kv"]` in the campaign file.
-            kv.increment(counter_key(c.age_group), 1)
-"#;
-
-const TEST_APP_PY: &str = r#"from app import counter_key, describe
-
-
-def test_describes_an_issuance():
-    assert describe("u1", "Spring", 3) == "u1 got coupon #3 of Spring"
-    assert counter_key(None) == "issued.unknown"
-    assert counter_key("20s") == "issued.20s"
-"#;
-
-const README_PY: &str = r#"# {name}
-
-A firstcome consumer plugin, in Python.
-
-```sh
-python3 -m pip install -r requirements.txt          # componentize-py {componentize_py}, pytest
-python3 -m pytest                                   # the logic, natively
-componentize-py --wit-path wit --world consumer componentize -p . app -o {module}.wasm
-firstcome plugin test {module}.wasm --event event.json --grants kv
-```
-
-`event.json` is an event as the host publishes it; a dead letter as `firstcome dlt show`
-prints it works too. The component carries the Python interpreter: about 18 MB, several
-seconds to compile when a host first loads it (see docs/plugins.md in the firstcome
-repository). In a campaign file:
-
-```toml
-[plugins.{name}]
-path = "/path/to/{module}.wasm"
-grants = ["kv"]
-reuse = 128          # recommended: an interpreter is costly to start for every event
-```
-
-See docs/plugins.md in the firstcome repository for the capabilities, limits and error semantics.
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -333,6 +170,31 @@ mod tests {
         ] {
             assert!(py.join(file).exists(), "{file}");
         }
-        assert!("js".parse::<Lang>().unwrap_err().contains("rust or python"));
+        let js = create_in("js-watch", dir.path(), Lang::Js).unwrap();
+        let package = std::fs::read_to_string(js.join("package.json")).unwrap();
+        assert!(
+            package.contains("\"name\": \"js-watch\"")
+                && package.contains(&format!("\"{COMPONENTIZE_JS}\""))
+                && package.contains("-o js_watch.wasm"),
+            "{package}"
+        );
+        for (project, lang) in [(&made, Lang::Rust), (&py, Lang::Python), (&js, Lang::Js)] {
+            for (file, _) in files(lang) {
+                let text = std::fs::read_to_string(project.join(file)).unwrap();
+                for placeholder in [
+                    "{name}",
+                    "{module}",
+                    "{componentize_py}",
+                    "{componentize_js}",
+                ] {
+                    assert!(!text.contains(placeholder), "{file}: {placeholder}");
+                }
+            }
+        }
+        assert!(
+            "go".parse::<Lang>()
+                .unwrap_err()
+                .contains("rust, python or js")
+        );
     }
 }
