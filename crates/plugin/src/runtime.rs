@@ -109,6 +109,14 @@ pub struct Compiled {
     init: Option<ComponentExportIndex>,
 }
 
+impl Compiled {
+    /// Whether the component exports `init` (world `consumer-with-init`), so that its
+    /// settings are checked at load.
+    pub fn has_init(&self) -> bool {
+        self.init.is_some()
+    }
+}
+
 impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compiled")
@@ -538,7 +546,7 @@ impl Runtime {
         };
         match tokio::time::timeout(plugin.timeout, run).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(refused))) => Err(LoadError::Init(refused)),
+            Ok(Ok(Err(refused))) => Err(LoadError::Init(error_text(refused))),
             Ok(Err(trap)) => Err(LoadError::Init(format!("trapped: {trap:#}"))),
             Err(_) => Err(LoadError::Init(format!(
                 "did not finish within {:?}",

@@ -51,7 +51,7 @@ impl std::str::FromStr for Lang {
         match s {
             "rust" => Ok(Self::Rust),
             "python" => Ok(Self::Python),
-            "js" | "javascript" => Ok(Self::Js),
+            "js" => Ok(Self::Js),
             other => Err(format!(
                 "unknown plugin language {other:?}: use rust, python or js"
             )),
@@ -83,7 +83,10 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "componentize-py=={componentize_py}\npytest\n",
             ),
             ("README.md", include_str!("../templates/python/README.md")),
-            (".gitignore", "*.wasm\n__pycache__/\n.pytest_cache/\n"),
+            (
+                ".gitignore",
+                "*.wasm\n__pycache__/\n.pytest_cache/\n.venv/\n",
+            ),
         ],
         Lang::Js => &[
             ("package.json", include_str!("../templates/js/package.json")),

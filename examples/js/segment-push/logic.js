@@ -7,17 +7,29 @@ export const PLACEHOLDERS = ['campaign', 'code', 'value', 'user', 'position', 'e
 /** The settings a campaign file may give, with their defaults. */
 export const DEFAULTS = {
   title: 'A coupon for you: {campaign}',
-  body: '{code} is yours: {value} off. It expires {expires}.',
+  body: '{code} is yours: {value} off.',
   link: '',
   currency: '',
   email_fallback: 'true',
 };
 
-/** A template's segment-specific override is `title.<segment>` or `body.<segment>`. */
-const OVERRIDE = /^(title|body)\.([a-z0-9_-]{1,32})$/;
+/** The age groups a storefront records (crates/core/src/user.rs): the segments. */
+export const SEGMENTS = ['under_20', '20s', '30s', '40s', '50s', '60_plus'];
 
-/** At most this many characters in a setting, or a rendered title or body. */
-export const MAX_TEXT = 1000;
+/** A template's segment-specific override is `title.<segment>` or `body.<segment>`. */
+const OVERRIDE = /^(title|body)\.(.*)$/;
+
+/** At most this many bytes (UTF-8) in a setting. */
+export const MAX_SETTING = 1000;
+
+/**
+ * At most this many bytes (UTF-8) in a rendered title and body: within the host's limits on
+ * a push (4,000 bytes for title, body and data) and an email subject (998 bytes), whatever
+ * the settings and the event hold.
+ */
+export const MAX_TITLE = 200;
+export const MAX_BODY = 1500;
+export const MAX_LINK = 1000;
 
 /**
  * Checks the plugin's settings ([[key, value], ...], as the host passes them). Returns an
@@ -29,11 +41,16 @@ export function checkSettings(pairs) {
       return `unknown setting ${JSON.stringify(key)}; known: ${Object.keys(DEFAULTS).join(', ')}, ` +
         'and title.<segment> or body.<segment> (a segment is an age group, e.g. body.20s)';
     }
-    if (value.length > MAX_TEXT) return `${key}: at most ${MAX_TEXT} characters`;
+    const segment = OVERRIDE.exec(key)?.[2];
+    if (segment !== undefined && !SEGMENTS.includes(segment)) {
+      return `${key}: unknown segment ${JSON.stringify(segment)}; the segments are the age groups ` +
+        SEGMENTS.join(', ');
+    }
+    if (utf8Length(value) > MAX_SETTING) return `${key}: at most ${MAX_SETTING} bytes`;
     if (key === 'email_fallback' && value !== 'true' && value !== 'false') {
       return `email_fallback must be true or false, not ${JSON.stringify(value)}`;
     }
-    if (key === 'currency' && !/^[A-Z]{0,3}$/.test(value)) {
+    if (key === 'currency' && !/^([A-Z]{3})?$/.test(value)) {
       return `currency must be an ISO 4217 code such as KRW or EUR, not ${JSON.stringify(value)}`;
     }
     if (key === 'title' || key === 'body' || key === 'link' || OVERRIDE.test(key)) {
@@ -54,6 +71,29 @@ export function checkTemplate(name, template) {
     }
   }
   return undefined;
+}
+
+/** The length of `text` in UTF-8 bytes. */
+export function utf8Length(text) {
+  let bytes = 0;
+  for (const ch of text) {
+    const code = ch.codePointAt(0);
+    bytes += code < 0x80 ? 1 : code < 0x800 ? 2 : code < 0x10000 ? 3 : 4;
+  }
+  return bytes;
+}
+
+/** `text` cut to at most `max` UTF-8 bytes, on a character boundary, ending "…" when cut. */
+export function clip(text, max) {
+  if (utf8Length(text) <= max) return text;
+  let out = '';
+  let bytes = 3; // the "…"
+  for (const ch of text) {
+    bytes += utf8Length(ch);
+    if (bytes > max) break;
+    out += ch;
+  }
+  return `${out}…`;
 }
 
 /** Fills a template that checkTemplate accepted. */
@@ -90,9 +130,9 @@ export function plan(coupon, settings) {
     position: String(coupon.position),
     expires: formatExpiry(coupon.expiresAtMs),
   };
-  const title = render(pick('title'), fields).slice(0, MAX_TEXT);
-  const body = render(pick('body'), fields).slice(0, MAX_TEXT);
-  const link = render(setting('link'), fields);
+  const title = clip(render(pick('title'), fields), MAX_TITLE);
+  const body = clip(render(pick('body'), fields), MAX_BODY);
+  const link = clip(render(setting('link'), fields), MAX_LINK);
   if (coupon.fcmToken) {
     const data = [
       ['campaign_id', coupon.campaignId],

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { checkSettings, formatExpiry, formatValue, plan } from './logic.js';
+import { checkSettings, clip, formatExpiry, formatValue, plan, utf8Length } from './logic.js';
 
 const coupon = {
   campaignId: 'weekend',
@@ -31,7 +31,7 @@ test('without a device, an email; without either, nothing', () => {
   const p = plan(noDevice, { 'body.20s': 'not this one' });
   assert.equal(p.channel, 'email');
   assert.equal(p.to, 'u1@shop.test');
-  assert.equal(p.body, 'AB12 is yours: 5,000 off. It expires 2026-12-31.\n');
+  assert.equal(p.body, 'AB12 is yours: 5,000 off.\n');
   assert.equal(plan(noDevice, { email_fallback: 'false' }).channel, 'none');
   assert.equal(plan({ ...noDevice, email: undefined }, {}).channel, 'none');
 });
@@ -50,5 +50,18 @@ test('bad settings are refused with what to fix', () => {
   assert.match(checkSettings([['body', 'hi {code']]), /unclosed/);
   assert.match(checkSettings([['email_fallback', 'yes']]), /true or false/);
   assert.match(checkSettings([['currency', 'won']]), /ISO 4217/);
-  assert.match(checkSettings([['title', 'x'.repeat(1001)]]), /at most 1000/);
+  assert.match(checkSettings([['title', '가'.repeat(334)]]), /at most 1000 bytes/);
+  assert.match(checkSettings([['body.60s', 'x']]), /unknown segment "60s"/);
+  assert.equal(checkSettings([['body.60_plus', 'x']]), undefined);
+  assert.match(checkSettings([['currency', 'KR']]), /ISO 4217/);
+});
+
+test('long text is cut to the host limits, in bytes', () => {
+  const long = '가'.repeat(333);
+  const p = plan({ ...coupon, campaignName: long }, { title: '{campaign}', body: `${long}{campaign}` });
+  assert.ok(utf8Length(p.title) <= 200 && p.title.endsWith('…'), p.title);
+  assert.ok(utf8Length(p.body) <= 1500 && p.body.endsWith('…'));
+  assert.equal(clip('abc', 3), 'abc');
+  assert.equal(clip('abcd', 3), '…');
+  assert.equal(utf8Length('a가😀'), 8);
 });

@@ -21,16 +21,44 @@ function handle(event) {
   }
 }
 
+/**
+ * Any exception as the event's failure. A capability that refuses throws an error whose
+ * `payload` is its delivery-error: `rejected` will never succeed (the dead letters at once),
+ * `unavailable` is worth retrying. Anything else is retried with back-off, then dead-lettered,
+ * with its message: an exception left to escape would trap, and its message would be lost.
+ */
+function failure(e) {
+  if (e?.tag === 'permanent' || e?.tag === 'retryable') return { tag: e.tag, val: text(e.val) };
+  const refused = e?.payload;
+  if (refused?.tag === 'rejected') return { tag: 'permanent', val: `refused: ${text(refused.val)}` };
+  if (refused?.tag === 'unavailable') return { tag: 'retryable', val: `unavailable: ${text(refused.val)}` };
+  return { tag: 'retryable', val: text(`${name(e)}: ${text(e?.message ?? e)}`) };
+}
+
+/** Anything as at most 1,000 characters of text (a Symbol or a hostile object included). */
+function text(value) {
+  try {
+    return String(value).slice(0, 1000);
+  } catch {
+    return 'an unprintable value';
+  }
+}
+
+function name(e) {
+  try {
+    return typeof e?.name === 'string' ? e.name : 'Error';
+  } catch {
+    return 'Error';
+  }
+}
+
 export const handler = {
   handle(event) {
     try {
       handle(event);
     } catch (e) {
       // Throw {tag: 'permanent', val: 'why'} to send the event straight to the dead letters.
-      if (e?.tag === 'permanent' || e?.tag === 'retryable') throw e;
-      // Anything else is retried with back-off, then dead-lettered, with its message: an
-      // exception left to escape would trap, and its message would be lost.
-      throw { tag: 'retryable', val: `${e?.name ?? 'Error'}: ${e?.message ?? e}`.slice(0, 1000) };
+      throw failure(e);
     }
   },
 };
