@@ -8,12 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use firstcome_plugin::Runtime;
 use firstcome_plugin::recording::Recording;
 use firstcome_plugin::services::Services;
-use firstcome_plugin::{Capability, PluginSpec, Runtime};
-use firstcome_store::Scope;
 
-use super::plugin::{component, events, native};
+use super::plugin::{bind_stats, component, events, native};
 
 /// Seconds to compile `path` in a runtime of its own (nothing cached), and the milliseconds of
 /// the first call after it (instantiation, the interpreter's start, one event).
@@ -26,20 +25,7 @@ async fn first_load(
     let started = Instant::now();
     let compiled = runtime.compile(&bytes)?;
     let compile = started.elapsed().as_secs_f64();
-    let spec = PluginSpec {
-        path: path.to_owned(),
-        sha256: None,
-        grants: [Capability::Stats].into_iter().collect(),
-        settings: Default::default(),
-        timeout_ms: None,
-        memory_mb: None,
-        reuse: None,
-    };
-    let scope = Scope {
-        campaign_id: "bench".into(),
-        role: "stats".into(),
-    };
-    let plugin = runtime.bind(scope, path.to_owned(), compiled, spec);
+    let plugin = bind_stats(&runtime, path, compiled, None);
     let services: Arc<dyn Services> = Arc::new(Recording::default());
     let started = Instant::now();
     runtime.call(&plugin, &event.0, &event.1, services).await?;

@@ -53,16 +53,14 @@ pub(crate) fn events(n: usize) -> anyhow::Result<Vec<(String, Event)>> {
         .collect()
 }
 
-/// One run of the component over `events`, after `warm_up` of them: events/s, per-call p50
-/// and p99 (µs), and the counters it produced.
-pub(crate) async fn component(
-    runtime: &Arc<Runtime>,
+/// Binds a compiled stats component as the campaign `bench`'s role `stats`, granted `stats`,
+/// with the host's default limits.
+pub(crate) fn bind_stats(
+    runtime: &Runtime,
     path: &std::path::Path,
+    compiled: Arc<firstcome_plugin::Compiled>,
     reuse: Option<u32>,
-    events: &[(String, Event)],
-    warm_up: usize,
-) -> anyhow::Result<(f64, f64, f64, Counts)> {
-    let compiled = runtime.compile(&Runtime::read(path, None)?)?;
+) -> firstcome_plugin::Plugin {
     let spec = PluginSpec {
         path: path.to_owned(),
         sha256: None,
@@ -76,7 +74,20 @@ pub(crate) async fn component(
         campaign_id: "bench".into(),
         role: "stats".into(),
     };
-    let plugin = runtime.bind(scope, path.to_owned(), compiled, spec);
+    runtime.bind(scope, path.to_owned(), compiled, spec)
+}
+
+/// One run of the component over `events`, after `warm_up` of them: events/s, per-call p50
+/// and p99 (µs), and the counters it produced.
+pub(crate) async fn component(
+    runtime: &Arc<Runtime>,
+    path: &std::path::Path,
+    reuse: Option<u32>,
+    events: &[(String, Event)],
+    warm_up: usize,
+) -> anyhow::Result<(f64, f64, f64, Counts)> {
+    let compiled = runtime.compile(&Runtime::read(path, None)?)?;
+    let plugin = bind_stats(runtime, path, compiled, reuse);
     let services: Arc<dyn Services> = Arc::new(Recording::default());
     // Warm up: the first instances fault their pool slots in.
     for (id, event) in events.iter().take(warm_up) {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::helpers::{
     Backend, Backends, firstcome_output, spawn_app_on, spec, unique, wait_for, with_plugin,
 };
-use crate::plugins::{FcmStandIn, SmtpServer, user};
+use crate::plugins::{FcmStandIn, SmtpServer, plugin_new, user};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -132,18 +132,7 @@ fn plugin_test(component: &Path, event: &Path, args: &[&str]) -> (i32, String) {
 /// a component, and that runs in the sandbox on the project's own sample event.
 #[test]
 fn plugin_new_python_scaffolds_a_working_module() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = firstcome_output(&[
-        "plugin",
-        "new",
-        "audit-trail",
-        "--lang",
-        "python",
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let project = dir.path().join("audit-trail");
+    let (_dir, project) = plugin_new("python");
     let pytest = std::process::Command::new("python3")
         .current_dir(&project)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
@@ -298,18 +287,7 @@ async fn the_python_hourly_digest_example_counts_and_emails() {
 /// its message.
 #[test]
 fn plugin_new_js_scaffolds_a_working_module() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = firstcome_output(&[
-        "plugin",
-        "new",
-        "audit-trail",
-        "--lang",
-        "js",
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let project = dir.path().join("audit-trail");
+    let (_dir, project) = plugin_new("js");
     // What `npm install` fills, from the pinned install of tests/run.sh.
     std::os::unix::fs::symlink(node_modules(), project.join("node_modules")).unwrap();
     let npm = |args: &[&str]| {

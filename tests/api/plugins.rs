@@ -920,20 +920,29 @@ fn campaign_validate_checks_plugins() {
     );
 }
 
-/// `firstcome plugin new` makes a crate that passes its own test, builds to a component,
-/// and runs in the sandbox.
-#[test]
-fn plugin_new_scaffolds_a_working_crate() {
+/// Runs `firstcome plugin new audit-trail --lang LANG` in a temporary folder: (the folder,
+/// kept as long as it lives; the project).
+pub(crate) fn plugin_new(lang: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = firstcome_output(&[
         "plugin",
         "new",
         "audit-trail",
+        "--lang",
+        lang,
         "--dir",
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let krate = dir.path().join("audit-trail");
+    let project = dir.path().join("audit-trail");
+    (dir, project)
+}
+
+/// `firstcome plugin new` makes a crate that passes its own test, builds to a component,
+/// and runs in the sandbox.
+#[test]
+fn plugin_new_scaffolds_a_working_crate() {
+    let (_dir, krate) = plugin_new("rust");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
