@@ -141,6 +141,10 @@ fn spec(capacity: usize) -> CampaignSpec {
         chunk_size: None,
         shards: None,
         plugins: Default::default(),
+        announce_at: None,
+        // The statistics stream's watchers read without the admin token.
+        public_stats: true,
+        limits: Default::default(),
     }
 }
 
@@ -216,11 +220,16 @@ async fn warmed_client(args: &Args, base: &str) -> anyhow::Result<reqwest::Clien
 }
 
 fn quiet_config(dir: &std::path::Path) -> Config {
-    Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..Config::default()
-    }
+    };
+    // Every benchmark client shares one address and sends as fast as it can: admission rates
+    // are off (the shoppers phase measures them on).
+    config.limits.per_user_per_s = 0;
+    config.limits.per_address_per_s = 0;
+    config
 }
 
 /// HTTP admission vs. a trivial endpoint on one server.

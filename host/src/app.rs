@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use firstcome_admission::Admission;
 use firstcome_admission::embedded::EmbeddedAdmission;
+use firstcome_api::shoppers::Shoppers;
 use firstcome_bus::EventBus;
 use firstcome_bus::embedded::LogBus;
 use firstcome_platform::Platform;
@@ -34,6 +35,7 @@ use firstcome_store::Store;
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
+    shoppers: Arc<Shoppers>,
     platform: Arc<Platform>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -134,6 +136,13 @@ impl App {
     ) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything counts.
         firstcome_platform::monitoring::handle();
+        // Who shoppers are, checked first: a host that would trust any user id on a public
+        // address refuses to start before it opens anything.
+        let shoppers = Arc::new(
+            Shoppers::from_config(&config)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus = open_bus(&config, &store).await?;
@@ -197,6 +206,7 @@ impl App {
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
+            shoppers,
             platform,
             shutdown,
             tracker,
@@ -223,7 +233,9 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let router = firstcome_api::router(self.platform.clone());
+        let router = firstcome_api::router(self.platform.clone(), self.shoppers.clone());
+        self.tracker
+            .spawn(self.shoppers.clone().run_upkeep(self.shutdown.clone()));
         let token = self.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "serving");
         let limits = self.platform.config().http.clone();

@@ -184,6 +184,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.issuer.retry_backoff_ms = 100;
     config.consumers.retry_backoff_ms = 20;
     config.consumers.poll_ms = 50;
+    // The suite's storms come from one address and retry one user many times: admission rates
+    // are off here, and on in the tests of limits (`shoppers.rs`).
+    config.limits.per_user_per_s = 0;
+    config.limits.per_address_per_s = 0;
     config
 }
 
@@ -242,6 +246,9 @@ pub fn spec(capacity: i64) -> CampaignSpec {
         chunk_size: None,
         shards: None,
         plugins: Default::default(),
+        announce_at: None,
+        public_stats: false,
+        limits: Default::default(),
     }
 }
 

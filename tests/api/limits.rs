@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use firstcome_core::campaign::CampaignSpec;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,13 +83,16 @@ async fn an_overflowing_counter_is_a_permanent_dead_letter(backend: Backend) {
     let backends = Backends::open(backend, dir.path()).await;
     let app = spawn_app_on(backends, dir, |c| c.consumers.max_retries = 3).await;
     let id = app
-        .campaign(with_plugin(
-            spec(3),
-            "stats",
-            &wasm("misbehave"),
-            &["stats"],
-            &[("mode", "big-stat")],
-        ))
+        .campaign(CampaignSpec {
+            public_stats: true,
+            ..with_plugin(
+                spec(3),
+                "stats",
+                &wasm("misbehave"),
+                &["stats"],
+                &[("mode", "big-stat")],
+            )
+        })
         .await;
     for user in ["a", "b", "c"] {
         assert_eq!(app.request(&id, user).await.0, 202);

@@ -22,5 +22,6 @@ mod prometheus;
 mod reuse;
 mod scale_out;
 mod shards;
+mod shoppers;
 mod soak;
 mod streams;

@@ -159,6 +159,9 @@ impl Rig {
                 campaigns.display().to_string(),
             ),
             ("FIRSTCOME_DATABASE_URL".into(), database_url.clone()),
+            // The soak's storms come from one address.
+            ("FIRSTCOME_LIMITS__PER_ADDRESS_PER_S".into(), "0".into()),
+            ("FIRSTCOME_LIMITS__PER_USER_PER_S".into(), "0".into()),
             ("FIRSTCOME_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
             ("FIRSTCOME_OUTBOX__TOPIC".into(), topic.clone()),
             ("FIRSTCOME_CAMPAIGNS_POLL_MS".into(), "100".into()),

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use firstcome_core::campaign::CampaignSpec;
+
 use crate::helpers::{Backend, TestApp, spawn_app, spec, storm, wasm, with_plugin};
 
 /// Reads `event:`/`data:` frames of a server-sent event stream.
@@ -54,13 +56,10 @@ impl Frames {
 async fn stats_stream_sends_the_snapshot_then_updates_then_the_final_state() {
     let app = spawn_app(Backend::Embedded).await;
     let id = app
-        .campaign(with_plugin(
-            spec(30),
-            "stats",
-            &wasm("stats"),
-            &["stats"],
-            &[],
-        ))
+        .campaign(CampaignSpec {
+            public_stats: true,
+            ..with_plugin(spec(30), "stats", &wasm("stats"), &["stats"], &[])
+        })
         .await;
     let path = format!("/api/v1/campaigns/{id}/stats/stream");
     let mut frames = Frames::open(&app, &path).await;

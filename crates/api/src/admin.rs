@@ -31,26 +31,35 @@ impl FromRequestParts<Arc<Platform>> for Admin {
         parts: &mut Parts,
         platform: &Arc<Platform>,
     ) -> Result<Self, ApiError> {
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let Some(expected) = platform
-            .config()
-            .admin_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-        else {
-            return Err(unauthorized(
-                "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
-            ));
-        };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
-            _ => Err(unauthorized("missing or wrong bearer token")),
-        }
+        check_admin(&parts.headers, platform)
+    }
+}
+
+/// Whether `headers` carry the admin bearer token (for routes that serve more to an operator,
+/// such as a campaign's statistics).
+pub fn is_admin(headers: &axum::http::HeaderMap, platform: &Platform) -> bool {
+    check_admin(headers, platform).is_ok()
+}
+
+fn check_admin(headers: &axum::http::HeaderMap, platform: &Platform) -> Result<Admin, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let Some(expected) = platform
+        .config()
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(unauthorized(
+            "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
+        _ => Err(unauthorized("missing or wrong bearer token")),
     }
 }
 

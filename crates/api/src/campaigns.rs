@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::error::{ApiError, ApiPath, ErrorBody};
-use super::requests::CampaignParam;
+use super::requests::{CampaignParam, visible};
 use firstcome_core::campaign::{Campaign, CampaignState};
 use firstcome_core::clock::{Timestamp, now_ms};
 use firstcome_platform::Platform;
@@ -87,9 +87,7 @@ pub async fn get(
     State(platform): State<Arc<Platform>>,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Json<CampaignView>, ApiError> {
-    let c = platform
-        .campaign(&campaign_id)
-        .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
+    let c = visible(&platform, &campaign_id)?;
     Ok(Json(view(&platform, &c).await?))
 }
 
@@ -112,30 +110,62 @@ pub struct CampaignList {
 )]
 pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<CampaignList>, ApiError> {
     let mut campaigns = Vec::new();
-    for c in platform.campaigns() {
+    let now = now_ms();
+    for c in platform
+        .campaigns()
+        .into_iter()
+        .filter(|c| c.announced(now))
+    {
         campaigns.push(view(&platform, &c).await?);
     }
     Ok(Json(CampaignList { campaigns }))
 }
 
+/// A campaign whose statistics the caller may read: with the admin bearer token any active
+/// campaign, else a visible one that sets `public_stats = true`. Otherwise `404`
+/// (`private_stats` for a visible campaign, so that an operator sees what to set).
+pub fn stats_visible(
+    platform: &Platform,
+    headers: &axum::http::HeaderMap,
+    campaign_id: &str,
+) -> Result<Arc<Campaign>, ApiError> {
+    if super::admin::is_admin(headers, platform) {
+        return platform
+            .campaign(campaign_id)
+            .ok_or_else(|| ApiError::unknown_campaign(campaign_id));
+    }
+    let c = visible(platform, campaign_id)?;
+    if c.public_stats() {
+        Ok(c)
+    } else {
+        Err(ApiError::not_found(
+            "private_stats",
+            format!(
+                "the statistics of {campaign_id:?} need the admin bearer token (or                  public_stats = true in the campaign)"
+            ),
+        ))
+    }
+}
+
 /// The counters the campaign's stats plugin keeps: issued, revenue, by gender and age group.
+/// Only with the admin bearer token, or when the campaign sets `public_stats = true`.
 #[utoipa::path(
     get,
     path = "/campaigns/{campaign_id}/stats",
     operation_id = "getCampaignStats",
     tag = "campaigns",
     params(CampaignParam),
+    security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "The statistics", body = firstcome_plugin::StatsSnapshot),
-        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 404, description = "`unknown_campaign`, or `private_stats`: its statistics need the admin token", body = ErrorBody),
     )
 )]
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
+    headers: axum::http::HeaderMap,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Json<firstcome_plugin::StatsSnapshot>, ApiError> {
-    let c = platform
-        .campaign(&campaign_id)
-        .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
+    let c = stats_visible(&platform, &headers, &campaign_id)?;
     Ok(Json(platform.plugin_stats(&c).await?))
 }

@@ -35,7 +35,13 @@ Follow a request with `GET .../requests/{user_id}` or its event stream.\n\n\
 Every error is a JSON object `{\"code\", \"message\"}`: `code` is stable and meant for programs, \
 `message` says what to fix. Every response carries `x-request-id` (the caller's, when it sent a \
 usable one), which the host's log lines of that request carry too.\n\n\
-The routes under `/api/v1/admin` need `Authorization: Bearer {FIRSTCOME_ADMIN_TOKEN}`.";
+The routes under `/api/v1/admin` need `Authorization: Bearer {FIRSTCOME_ADMIN_TOKEN}`.\n\n\
+The shopper routes (requests, their status and stream, a user's coupons, the legacy routes) \
+identify the shopper as the host's `auth.mode` says: `jwt` (`Authorization: Bearer` with a token \
+of the store's identity provider), `signed-header` (a gateway's signed `X-Firstcome-User`), or \
+`open` (the `user_id` the client sends; loopback or behind an authenticating gateway only). \
+With a credential, a `user_id` may be left out; naming another shopper is `403` on writes and \
+`404` on reads. Too many requests are `429` with `Retry-After`.";
 
 /// The document before the routes are added: description, tags, the admin token's scheme and
 /// the shared schemas.
@@ -75,6 +81,30 @@ pub fn base() -> OpenApi {
                     .description(Some("The host's `FIRSTCOME_ADMIN_TOKEN`"))
                     .build(),
             ),
+        )
+        .security_scheme(
+            "shopper_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "`auth.mode = \"jwt\"`: a token of the store's identity provider; the \
+                         shopper is its `sub` claim (or `auth.user_claim`)",
+                    ))
+                    .build(),
+            ),
+        )
+        .security_scheme(
+            "shopper_signed_header",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "X-Firstcome-Signature",
+                    "`auth.mode = \"signed-header\"`: hex HMAC-SHA256 under \
+                     `auth.signed_header.secret` over `{X-Firstcome-Timestamp}.{X-Firstcome-User}`, \
+                     sent with those two headers by the gateway in front",
+                ),
+            )),
         )
         .schema_from::<ErrorBody>()
         .build();
@@ -181,7 +211,15 @@ pub fn complete(document: &mut OpenApi) {
                     "`invalid_body`: the JSON does not fit the schema",
                 );
             }
-            if op.security.is_some() {
+            let (schemes, optional) = security_of(op);
+            if schemes.iter().any(|s| s.starts_with("shopper_")) {
+                add_response(
+                    op,
+                    "401",
+                    "`unauthenticated`: the shopper's credential is missing or wrong (jwt and \
+                     signed-header modes; `WWW-Authenticate` says why)",
+                );
+            } else if schemes.iter().any(|s| s == "admin_token") && !optional {
                 add_response(op, "401", "`unauthorized`: missing or wrong bearer token");
             }
             for response in op.responses.responses.values_mut() {
@@ -193,6 +231,22 @@ pub fn complete(document: &mut OpenApi) {
             }
         }
     }
+}
+
+/// The security schemes an operation names, and whether it may also be called without any
+/// (an empty requirement).
+fn security_of(op: &Operation) -> (Vec<String>, bool) {
+    let mut schemes = Vec::new();
+    let mut optional = false;
+    for requirement in op.security.iter().flatten() {
+        let names: Vec<String> = serde_json::to_value(requirement)
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
+        optional |= names.is_empty();
+        schemes.extend(names);
+    }
+    (schemes, optional)
 }
 
 /// This document: the OpenAPI 3.1 description of every route.

@@ -14,11 +14,14 @@ use firstcome_core::user::UserId;
 use firstcome_platform::PlatformError;
 use firstcome_store::StoreError;
 
+/// An answer other than success: its status, `code` and `message`, and any headers it needs
+/// (`WWW-Authenticate` on a `401`, `Retry-After` on a `429`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Every error the API answers: a stable machine-readable `code` and a message saying what to
@@ -38,7 +41,25 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same answer with a header added (a value that is no valid header is left out).
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// `429` with `code`, `message` and `Retry-After` in whole seconds (at least 1).
+    pub fn too_many(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            .with_header("retry-after", secs.max(1).to_string())
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -74,7 +95,13 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
     }
 }
 

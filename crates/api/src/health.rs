@@ -32,6 +32,10 @@ pub struct Health {
     /// configured (for Redis, read from its persistence settings).
     #[serde(skip_serializing_if = "Option::is_none")]
     admission_guarantee: Option<String>,
+    /// Readiness only: how shoppers are identified (`auth.mode`): `jwt`, `signed-header` or
+    /// `open` (the client names the shopper, unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shopper_auth: Option<&'static str>,
 }
 
 /// Liveness: the process answers.
@@ -47,6 +51,7 @@ pub async fn live() -> Json<Health> {
         status: HealthState::Ok,
         backends: BTreeMap::new(),
         admission_guarantee: None,
+        shopper_auth: None,
     })
 }
 
@@ -61,7 +66,10 @@ pub async fn live() -> Json<Health> {
         (status = 503, description = "A backend is down; `backends` says which", body = Health),
     )
 )]
-pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<Health>) {
+pub async fn ready(
+    State(platform): State<Arc<Platform>>,
+    shoppers: Option<axum::Extension<Arc<super::shoppers::Shoppers>>>,
+) -> (StatusCode, Json<Health>) {
     let readiness = platform.readiness().await;
     let ok = readiness.is_ready();
     let backends = readiness
@@ -90,6 +98,7 @@ pub async fn ready(State(platform): State<Arc<Platform>>) -> (StatusCode, Json<H
             },
             backends,
             admission_guarantee: Some(readiness.admission_guarantee),
+            shopper_auth: shoppers.map(|s| s.mode()),
         }),
     )
 }

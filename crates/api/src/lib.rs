@@ -5,7 +5,8 @@
 //!
 //! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
 //! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
-//! (bearer-token routes), `health`, `observe` (request ids, latency, `/metrics`), `server`
+//! (bearer-token routes), `shoppers` (who a shopper is: JWT, signed headers or open; limits
+//! per shopper and per address), `health`, `observe` (request ids, latency, `/metrics`), `server`
 //! (the HTTP/1 connection loop with its limits), `doc` (the OpenAPI document and its interactive page), and
 //! `page/index.html`, the live campaign page at `/`.
 //!
@@ -21,6 +22,7 @@ pub mod observe;
 pub mod requests;
 pub mod schema;
 pub mod server;
+pub mod shoppers;
 pub mod streams;
 
 use std::sync::Arc;
@@ -105,8 +107,13 @@ fn stateless() -> (Router<Arc<Platform>>, OpenApi) {
     (router, document)
 }
 
-pub fn router(platform: Arc<Platform>) -> Router {
-    stateless().0.with_state(platform)
+/// The host's router: every route over `platform`, shoppers verified and limited by
+/// `shoppers`.
+pub fn router(platform: Arc<Platform>, shoppers: Arc<shoppers::Shoppers>) -> Router {
+    stateless()
+        .0
+        .layer(axum::Extension(shoppers))
+        .with_state(platform)
 }
 
 /// The live campaign page: one self-contained HTML file (no build step), fed by the

@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, parse_user_id};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::shoppers::Shopper;
 use firstcome_admission::Admit;
 use firstcome_core::campaign::Campaign;
 use firstcome_core::clock::now_ms;
@@ -42,8 +43,11 @@ pub struct UserParam {
 #[serde(deny_unknown_fields)]
 pub struct RequestBody {
     /// Who asks: 1-128 characters, no control characters, no surrounding white space.
-    #[schema(value_type = UserId)]
-    user_id: String,
+    /// Required when the host's `auth.mode` is `open`; otherwise the verified shopper, and if
+    /// sent it must be the same (else `403 forbidden`).
+    #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
+    user_id: Option<String>,
 }
 
 /// An admitted request: the user holds a place in line and will get a coupon.
@@ -59,19 +63,24 @@ pub struct Queued {
     position: i64,
 }
 
-fn active(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
+/// An active campaign shoppers may see: its `announce_at` has passed. Before it, and for a
+/// campaign that does not exist, `404 unknown_campaign` alike.
+pub fn visible(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
     platform
         .campaign(campaign_id)
+        .filter(|c| c.announced(now_ms()))
         .ok_or_else(|| ApiError::unknown_campaign(campaign_id))
 }
 
 async fn admit(
     platform: &Platform,
+    shopper: &Shopper,
     campaign_id: &str,
-    user_id: &str,
+    claimed: Option<&str>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let user = parse_user_id(user_id)?;
-    let campaign = active(platform, campaign_id)?;
+    let user = shopper.acting_as(claimed)?;
+    let campaign = visible(platform, campaign_id)?;
+    shopper.admit(&campaign, &user)?;
     let admitted = platform.admit(&campaign, &user, now_ms()).await?;
     let gone = |code, what: &str| {
         ApiError::new(
@@ -97,7 +106,7 @@ async fn admit(
             StatusCode::CONFLICT,
             "duplicate_request",
             format!(
-                "user {user_id:?} already requested a coupon of {campaign_id:?} (position {position})"
+                "user {user:?} already requested a coupon of {campaign_id:?} (position {position})"
             ),
         )),
         Admit::SoldOut => Err(gone("sold_out", "has no coupons left")),
@@ -120,21 +129,25 @@ async fn admit(
     tag = "requests",
     params(CampaignParam),
     request_body = RequestBody,
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 403, description = "`forbidden`: `user_id` names another shopper than the credential", body = ErrorBody),
         (status = 404, description = "`unknown_campaign`", body = ErrorBody),
         (status = 409, description = "`duplicate_request`: this user already asked", body = ErrorBody),
         (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests from this shopper or address; see `Retry-After`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
     )
 )]
 pub async fn create(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiPath(campaign_id): ApiPath<String>,
     ApiJson(body): ApiJson<RequestBody>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    admit(&platform, &campaign_id, &body.user_id).await
+    admit(&platform, &shopper, &campaign_id, body.user_id.as_deref()).await
 }
 
 /// Where a user's request stands.
@@ -158,19 +171,21 @@ pub struct Status {
     operation_id = "getRequest",
     tag = "requests",
     params(CampaignParam, UserParam),
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 200, description = "The request's state", body = Status),
-        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 404, description = "`unknown_campaign`, or `unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
     )
 )]
 pub async fn status(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Json<Status>, ApiError> {
-    let user = parse_user_id(&user_id)?;
-    active(&platform, &campaign_id)?;
+    let user = shopper.reading(&user_id)?;
+    visible(&platform, &campaign_id)?;
     Ok(Json(status_of(&platform, &campaign_id, &user).await?))
 }
 
@@ -220,10 +235,12 @@ pub struct Coupons {
     coupons: Vec<CouponView>,
 }
 
-async fn coupons_of(platform: &Platform, user_id: String) -> Result<Json<Coupons>, ApiError> {
-    let user = parse_user_id(&user_id)?;
+async fn coupons_of(platform: &Platform, user: UserId) -> Result<Json<Coupons>, ApiError> {
     let coupons = platform.coupons_of(&user).await?;
-    Ok(Json(Coupons { user_id, coupons }))
+    Ok(Json(Coupons {
+        user_id: user.into_string(),
+        coupons,
+    }))
 }
 
 /// Every coupon a user holds, across campaigns.
@@ -233,16 +250,19 @@ async fn coupons_of(platform: &Platform, user_id: String) -> Result<Json<Coupons
     operation_id = "listUserCoupons",
     tag = "requests",
     params(UserParam),
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 200, description = "The user's coupons", body = Coupons),
+        (status = 404, description = "`unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
     )
 )]
 pub async fn user_coupons(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<Json<Coupons>, ApiError> {
-    coupons_of(&platform, user_id).await
+    coupons_of(&platform, shopper.reading(&user_id)?).await
 }
 
 /// An id the replaced system sent as a number or a string. A number must be a whole number
@@ -294,9 +314,11 @@ impl LegacyId {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyRequest {
-    /// The user: a number, or text following the rules of `UserId`.
+    /// The user: a number, or text following the rules of `UserId`. Required when the host's
+    /// `auth.mode` is `open`; otherwise the verified shopper, and if sent it must be the same.
+    #[serde(default)]
     #[schema(schema_with = legacy_user_id)]
-    user_id: LegacyId,
+    user_id: Option<LegacyId>,
     /// The campaign's id, as a number or as text.
     #[schema(schema_with = legacy_campaign_id)]
     promotion_id: LegacyId,
@@ -338,30 +360,36 @@ fn legacy_campaign_id() -> utoipa::openapi::schema::Schema {
     operation_id = "legacyRequestCoupon",
     tag = "legacy",
     request_body = LegacyRequest,
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 202, description = "Admitted: a coupon will be issued", body = Queued),
+        (status = 403, description = "`forbidden`: `userId` names another shopper than the credential", body = ErrorBody),
         (status = 404, description = "`unknown_campaign`", body = ErrorBody),
         (status = 409, description = "`duplicate_request`", body = ErrorBody),
         (status = 410, description = "`sold_out`, `closed` or `not_open`", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`, or `invalid_body`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down; try again", body = ErrorBody),
     )
 )]
 pub async fn legacy_request(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiJson(body): ApiJson<LegacyRequest>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let user_id = body.user_id.into_string();
-    admit(&platform, &body.promotion_id.into_string(), &user_id).await
+    let user_id = body.user_id.map(LegacyId::into_string);
+    let campaign_id = body.promotion_id.into_string();
+    admit(&platform, &shopper, &campaign_id, user_id.as_deref()).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct LegacyMy {
-    /// The user (a number or text).
-    #[param(value_type = UserId)]
-    user_id: LegacyId,
+    /// The user (a number or text). Required when the host's `auth.mode` is `open`; otherwise
+    /// the verified shopper's own.
+    #[param(value_type = Option<UserId>)]
+    user_id: Option<LegacyId>,
 }
 
 /// The replaced system's route, kept for its clients: a user's coupons.
@@ -371,15 +399,27 @@ pub struct LegacyMy {
     operation_id = "legacyMyCoupons",
     tag = "legacy",
     params(LegacyMy),
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 200, description = "The user's coupons", body = Coupons),
-        (status = 400, description = "`invalid_query`: `userId` is missing", body = ErrorBody),
+        (status = 400, description = "`invalid_query`: `userId` is missing (open mode)", body = ErrorBody),
+        (status = 404, description = "`unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
     )
 )]
 pub async fn legacy_my(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiQuery(query): ApiQuery<LegacyMy>,
 ) -> Result<Json<Coupons>, ApiError> {
-    coupons_of(&platform, query.user_id.into_string()).await
+    let user = match query.user_id {
+        Some(id) => shopper.reading(&id.into_string())?,
+        None => shopper.own().ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "userId is required (this host's auth.mode is open)",
+            )
+        })?,
+    };
+    coupons_of(&platform, user).await
 }

@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 
-use super::error::{ApiError, ApiPath, ErrorBody, parse_user_id};
-use super::requests::{CampaignParam, Status, UserParam, status_of};
+use super::error::{ApiError, ApiPath, ErrorBody};
+use super::requests::{CampaignParam, Status, UserParam, status_of, visible};
 use super::schema::{StatsEvent, StatusEvent};
+use super::shoppers::{Client, Shopper, StreamPermit};
 use firstcome_platform::Platform;
 use firstcome_platform::live::{FALLBACK, Feeds};
 
@@ -24,29 +25,52 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserialisable"))
 }
 
+/// Ends `stream` after `lifetime` (the client reconnects) or when the host shuts down, and
+/// holds `permit` (the stream's place under the per-address and per-shopper caps) while it
+/// runs.
+fn bounded<S: Stream + Send + 'static>(
+    stream: S,
+    permit: StreamPermit,
+    lifetime: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = S::Item> + Send + 'static {
+    stream
+        .take_until(tokio::time::sleep(lifetime))
+        .take_until(stop.cancelled_owned())
+        .map(move |item| {
+            let _ = &permit;
+            item
+        })
+}
+
 /// The campaign's live statistics as server-sent events: `stats` events whose data is a
 /// `LiveStats` document, the current snapshot first, then one per change (at most one per
 /// 250 ms; a slow client skips to the latest). A comment every 15 s keeps the connection
-/// alive; the stream ends when the host shuts down.
+/// alive; the stream ends after `limits.stream_max_lifetime_s` (reconnect) or when the host
+/// shuts down. Only with the admin bearer token, or when the campaign sets
+/// `public_stats = true`.
 #[utoipa::path(
     get,
     path = "/campaigns/{campaign_id}/stats/stream",
     operation_id = "streamCampaignStats",
     tag = "streams",
     params(CampaignParam),
+    security((), ("admin_token" = [])),
     responses(
-        (status = 200, description = "An endless stream of `stats` events",
+        (status = 200, description = "A stream of `stats` events",
             content_type = "text/event-stream", body = StatsEvent),
-        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 404, description = "`unknown_campaign`, or `private_stats`: its statistics need the admin token", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`: this address has its cap of streams open", body = ErrorBody),
     )
 )]
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
+    client: Client,
+    headers: axum::http::HeaderMap,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let c = platform
-        .campaign(&campaign_id)
-        .ok_or_else(|| ApiError::unknown_campaign(&campaign_id))?;
+    let c = super::campaigns::stats_visible(&platform, &headers, &campaign_id)?;
+    let permit = client.open_stream()?;
     let rx = Feeds::subscribe(&platform, c).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read live statistics");
         ApiError::internal(&e)
@@ -61,7 +85,7 @@ pub async fn stats(
         Some((Ok(event), (rx, false)))
     });
     // Streams end when the host shuts down, so that a graceful shutdown does not wait on them.
-    let stream = stream.take_until(stop.cancelled_owned());
+    let stream = bounded(stream, permit, client.stream_lifetime(), stop);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -74,22 +98,24 @@ pub async fn stats(
     operation_id = "streamRequest",
     tag = "streams",
     params(CampaignParam, UserParam),
+    security((), ("shopper_jwt" = []), ("shopper_signed_header" = [])),
     responses(
         (status = 200, description = "`status` events until the request is issued",
             content_type = "text/event-stream", body = StatusEvent),
-        (status = 404, description = "`unknown_campaign`", body = ErrorBody),
+        (status = 404, description = "`unknown_campaign`, or `unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`: this address or shopper has its cap of streams open", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
     )
 )]
 pub async fn request(
     State(platform): State<Arc<Platform>>,
+    shopper: Shopper,
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let user = parse_user_id(&user_id)?;
-    if platform.campaign(&campaign_id).is_none() {
-        return Err(ApiError::unknown_campaign(&campaign_id));
-    }
+    let user = shopper.reading(&user_id)?;
+    visible(&platform, &campaign_id)?;
+    let permit = shopper.open_stream(Some(&user))?;
     let changes = platform.subscribe_changes(&campaign_id);
     let first = status_of(&platform, &campaign_id, &user).await?;
     let stop = platform.shutdown_token();
@@ -124,6 +150,6 @@ pub async fn request(
             next = Some(status_of(&platform, &campaign_id, &user).await.ok()?);
         }
     });
-    let stream = stream.take_until(stop.cancelled_owned());
+    let stream = bounded(stream, permit, shopper.stream_lifetime(), stop);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

@@ -154,6 +154,48 @@ pub struct CampaignSpec {
     /// role name: 1-64 of `a-z`, `0-9`, `-` and `_`): `[plugins.{role}]` sections.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: BTreeMap<String, PluginSpec>,
+    /// When the campaign becomes visible to shoppers (RFC 3339); absent: always. Before it,
+    /// every public route answers as for an unknown campaign; the admin API sees it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "time_text_or_toml"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub announce_at: Option<DateTime<FixedOffset>>,
+    /// Whether anyone may read the campaign's statistics (revenue, demographics) and their
+    /// stream; default `false`: only with the admin credential.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_stats: bool,
+    /// Admission rates of this campaign, in place of the host's `limits.*`.
+    #[serde(default, skip_serializing_if = "CampaignLimits::is_empty")]
+    pub limits: CampaignLimits,
+}
+
+/// A campaign's own admission rates (`[limits]`); each absent one is the host's. A rate of 0
+/// turns that bucket off for the campaign.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignLimits {
+    /// Admission requests per second one shopper may send, sustained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user_per_s: Option<u32>,
+    /// Admission requests one shopper may send at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user_burst: Option<u32>,
+    /// Admission requests per second from one client address, sustained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_address_per_s: Option<u32>,
+    /// Admission requests at once from one client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_address_burst: Option<u32>,
+}
+
+impl CampaignLimits {
+    /// Whether the campaign sets no rate of its own.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl CampaignSpec {
@@ -201,6 +243,7 @@ impl CampaignSpec {
             ));
         }
         for (field, time) in [
+            ("announce_at", self.announce_at),
             ("opens_at", self.opens_at),
             ("closes_at", self.closes_at),
             ("coupon_expires_at", self.coupon_expires_at),
@@ -245,6 +288,14 @@ impl CampaignSpec {
         {
             return Err(invalid("closes_at", "must be after opens_at"));
         }
+        if let (Some(announce), Some(opens)) = (self.announce_at, self.opens_at)
+            && announce > opens
+        {
+            return Err(invalid(
+                "announce_at",
+                "must not be after opens_at: shoppers could not find an open campaign",
+            ));
+        }
         if let (Some(opens), Some(expires)) = (self.opens_at, self.coupon_expires_at)
             && expires <= opens
         {
@@ -271,6 +322,7 @@ pub struct Campaign {
     coupon_expires_at: Option<i64>,
     chunk_size: u32,
     shards: u32,
+    announce_at: Option<i64>,
     spec: CampaignSpec,
 }
 
@@ -288,6 +340,7 @@ impl Campaign {
             coupon_expires_at: spec.coupon_expires_at.map(|t| t.timestamp_millis()),
             chunk_size: spec.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
             shards: spec.shards.unwrap_or(1),
+            announce_at: spec.announce_at.map(|t| t.timestamp_millis()),
             spec,
         })
     }
@@ -336,6 +389,22 @@ impl Campaign {
     /// Most requests issued per database transaction (default [`DEFAULT_CHUNK_SIZE`]).
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
+    }
+
+    /// Whether shoppers may see the campaign at `now` (epoch ms): its `announce_at` has
+    /// passed, or it has none.
+    pub fn announced(&self, now: i64) -> bool {
+        self.announce_at.is_none_or(|at| now >= at)
+    }
+
+    /// Whether anyone may read the campaign's statistics (`public_stats`).
+    pub fn public_stats(&self) -> bool {
+        self.spec.public_stats
+    }
+
+    /// The campaign's own admission rates.
+    pub fn limits(&self) -> &CampaignLimits {
+        &self.spec.limits
     }
 
     /// The document the campaign was made from.

@@ -49,6 +49,167 @@ pub struct Config {
     /// last modified longer ago than this is applied when first read).
     pub campaigns_settle_ms: u64,
     pub http: HttpConfig,
+    /// How shoppers prove who they are (`auth.mode`).
+    pub auth: AuthConfig,
+    /// Admission requests and live streams per shopper and per client address.
+    pub limits: LimitsConfig,
+    /// Addresses or CIDR blocks (`10.0.0.0/8`, `::1`) of the load balancers and gateways in
+    /// front of the hosts: only from these is a client address taken from `X-Forwarded-For`
+    /// or `Forwarded`. Empty: the socket's address is the client's.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// How a shopper's identity is established on the shopper routes (admission, request status
+/// and stream, a user's coupons, the replaced system's routes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// `Authorization: Bearer <JWT>`, verified against `auth.jwks` or `auth.hs256_secret`;
+    /// the shopper is the token's `auth.user_claim`.
+    Jwt,
+    /// A gateway or storefront backend in front names the shopper in `X-Firstcome-User`, with
+    /// `X-Firstcome-Timestamp` and an HMAC-SHA256 signature in `X-Firstcome-Signature`.
+    SignedHeader,
+    /// The client names the shopper (`user_id` in the body or path), unverified. The default
+    /// only while the host listens on loopback.
+    Open,
+}
+
+/// `auth.*`: how shoppers are verified. Secrets never appear in `Debug` output.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `jwt`, `signed-header` or `open`. Unset: `open` on a loopback `listen` address; on any
+    /// other address the host refuses to start.
+    pub mode: Option<AuthMode>,
+    /// A JWKS document: a file path, or an `http(s)://` URL fetched and cached.
+    pub jwks: Option<String>,
+    /// The shared secret of HS256 tokens (at least 32 bytes).
+    pub hs256_secret: Option<String>,
+    /// Accepted `alg` values (`RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384`, `EdDSA`,
+    /// `HS256`). Empty: the asymmetric ones when `jwks` is set, plus `HS256` when
+    /// `hs256_secret` is.
+    pub algorithms: Vec<String>,
+    /// The `iss` a token must carry; unset: not checked.
+    pub issuer: Option<String>,
+    /// An `aud` a token must carry; unset: not checked.
+    pub audience: Option<String>,
+    /// The claim naming the shopper (default `sub`).
+    pub user_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30).
+    pub leeway_s: u64,
+    /// A JWKS is read again after this many seconds (default 300), so that removed keys stop
+    /// working.
+    pub jwks_max_age_s: u64,
+    /// A token naming a key the JWKS lacks makes the host read it again, at most once per
+    /// this many seconds (default 30).
+    pub jwks_refetch_s: u64,
+    pub signed_header: SignedHeaderConfig,
+}
+
+/// `auth.signed_header.*`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignedHeaderConfig {
+    /// The shared HMAC-SHA256 secret (at least 32 bytes).
+    pub secret: Option<String>,
+    /// A signature older (or further in the future) than this many seconds is refused
+    /// (default 60).
+    pub max_age_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            jwks: None,
+            hs256_secret: None,
+            algorithms: Vec::new(),
+            issuer: None,
+            audience: None,
+            user_claim: "sub".into(),
+            leeway_s: 30,
+            jwks_max_age_s: 300,
+            jwks_refetch_s: 30,
+            signed_header: SignedHeaderConfig::default(),
+        }
+    }
+}
+
+impl Default for SignedHeaderConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            max_age_s: 60,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("jwks", &self.jwks.as_deref().map(redact_url))
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("algorithms", &self.algorithms)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("user_claim", &self.user_claim)
+            .field("leeway_s", &self.leeway_s)
+            .field("jwks_max_age_s", &self.jwks_max_age_s)
+            .field("jwks_refetch_s", &self.jwks_refetch_s)
+            .field("signed_header", &self.signed_header)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SignedHeaderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedHeaderConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("max_age_s", &self.max_age_s)
+            .finish()
+    }
+}
+
+/// `limits.*`: token buckets on admission requests and caps on live streams. A rate of 0
+/// turns that bucket off. A campaign's `[limits]` replaces the admission rates for its own
+/// requests.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Admission requests per second one shopper may send, sustained (default 2).
+    pub per_user_per_s: u32,
+    /// Admission requests one shopper may send at once (default 10).
+    pub per_user_burst: u32,
+    /// Admission requests per second from one client address, sustained (default 1,000: a
+    /// mobile carrier's shared address carries many shoppers).
+    pub per_address_per_s: u32,
+    /// Admission requests at once from one client address (default 5,000).
+    pub per_address_burst: u32,
+    /// Live streams open at once from one client address (default 16).
+    pub streams_per_address: u32,
+    /// Live streams open at once for one shopper (default 4).
+    pub streams_per_user: u32,
+    /// A live stream ends after this many seconds (default 300); the client reconnects.
+    pub stream_max_lifetime_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_user_per_s: 2,
+            per_user_burst: 10,
+            per_address_per_s: 1_000,
+            per_address_burst: 5_000,
+            streams_per_address: 16,
+            streams_per_user: 4,
+            stream_max_lifetime_s: 300,
+        }
+    }
 }
 
 /// How the HTTP server treats slow and numerous clients.
@@ -132,6 +293,9 @@ impl Default for Config {
             campaigns_poll_ms: 500,
             campaigns_settle_ms: 2_000,
             http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -188,7 +352,50 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 28] = [
+        let checks: [(&str, i128, i128, i128); 36] = [
+            ("auth.leeway_s", self.auth.leeway_s as i128, 0, 600),
+            (
+                "auth.jwks_max_age_s",
+                self.auth.jwks_max_age_s as i128,
+                1,
+                DAY_MS / 1000,
+            ),
+            (
+                "auth.jwks_refetch_s",
+                self.auth.jwks_refetch_s as i128,
+                1,
+                3_600,
+            ),
+            (
+                "auth.signed_header.max_age_s",
+                self.auth.signed_header.max_age_s as i128,
+                1,
+                3_600,
+            ),
+            (
+                "limits.streams_per_address",
+                self.limits.streams_per_address as i128,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.streams_per_user",
+                self.limits.streams_per_user as i128,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.stream_max_lifetime_s",
+                self.limits.stream_max_lifetime_s as i128,
+                1,
+                DAY_MS / 1000,
+            ),
+            (
+                "limits.per_user_burst",
+                self.limits.per_user_burst as i128,
+                0,
+                1 << 24,
+            ),
             (
                 "admission.sold_out_recheck_ms",
                 self.admission.sold_out_recheck_ms as i128,
@@ -394,6 +601,10 @@ impl std::fmt::Debug for Config {
             .field("plugins", &self.plugins)
             .field("email", &self.email)
             .field("push", &self.push)
+            .field("http", &self.http)
+            .field("auth", &self.auth)
+            .field("limits", &self.limits)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
