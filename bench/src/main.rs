@@ -48,6 +48,7 @@ mod issuing;
 mod languages;
 mod plugin;
 mod shards;
+mod shoppers;
 
 /// The same allocator as the `firstcome` binary, so that the figures are the host's.
 #[global_allocator]
@@ -109,8 +110,11 @@ struct Args {
     /// Half-open connections in the slow-clients phase.
     #[arg(long, default_value_t = 1_000)]
     slow_clients: usize,
-    /// Run only these phases (comma-separated: admission, slow, issuer, consumers, sse, kafka,
-    /// plugin, shards, languages).
+    /// Rounds of the shoppers phase (open, jwt and signed-header in each).
+    #[arg(long, default_value_t = 5)]
+    shopper_rounds: usize,
+    /// Run only these phases (comma-separated: admission, shoppers, slow, issuer, consumers,
+    /// sse, kafka, plugin, shards, languages).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -820,6 +824,13 @@ async fn main() -> anyhow::Result<()> {
             http_phase(&args, "redis cluster", Some(url)).await?;
             http_phase_with(&args, "redis cluster, WAIT 1", Some(url), 1, true).await?;
         }
+    }
+    if args.runs("shoppers") {
+        println!(
+            "\nAdmission with the shopper verified (auth.mode jwt, RS256; signed-header) against \
+             open, on the embedded queue:\n"
+        );
+        shoppers::phase(args.requests, args.concurrency, args.shopper_rounds).await?;
     }
     if let Some(url) = args
         .redis_cluster_url
