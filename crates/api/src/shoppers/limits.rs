@@ -224,6 +224,18 @@ impl Limits {
     }
 }
 
+/// The address a bucket is kept for: an IPv4 address itself, an IPv6 address's /64 (one
+/// subscriber's network: a client given a /64 would otherwise have 2^64 buckets).
+fn bucket_address(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// A live stream's place; dropping it (the stream ended or the client left) frees it.
 #[derive(Debug)]
 pub struct StreamPermit {
@@ -286,6 +298,30 @@ mod tests {
         assert!(
             limits.admit(&c, &late, here).is_err(),
             "the address's burst is spent"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_network_shares_one_bucket() {
+        let limits = Limits::new(&LimitsConfig {
+            per_address_per_s: 1,
+            per_address_burst: 2,
+            ..LimitsConfig::default()
+        });
+        let c = campaign(Default::default());
+        for (i, address) in ["2001:db8:1:1::1", "2001:db8:1:1::2", "2001:db8:1:1:ffff::9"]
+            .iter()
+            .enumerate()
+        {
+            let user = UserId::parse(&format!("u{i}")).unwrap();
+            let answer = limits.admit(&c, &user, address.parse().unwrap());
+            assert_eq!(answer.is_ok(), i < 2, "{address}");
+        }
+        let elsewhere = UserId::parse("v").unwrap();
+        assert!(
+            limits
+                .admit(&c, &elsewhere, "2001:db8:1:2::1".parse().unwrap())
+                .is_ok()
         );
     }
 
