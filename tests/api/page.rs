@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use firstcome_core::campaign::CampaignSpec;
+
 use crate::browser::Browser;
 use crate::helpers::{Backend, spawn_app, spec, wait_for, wasm, with_plugin};
 
@@ -15,7 +17,11 @@ async fn the_live_page_follows_a_campaign_in_a_real_browser() {
     let app = spawn_app(Backend::Embedded).await;
     let id = app
         .campaign(with_plugin(
-            spec(10),
+            // The page is public: its statistics are shown only when the campaign says so.
+            CampaignSpec {
+                public_stats: true,
+                ..spec(10)
+            },
             "stats",
             &wasm("stats"),
             &["stats"],
@@ -72,5 +78,14 @@ async fn the_live_page_follows_a_campaign_in_a_real_browser() {
         std::fs::metadata(&laptop).unwrap().len() > 10_000
             && std::fs::metadata(&phone).unwrap().len() > 5_000
     );
+
+    // A campaign whose statistics are private: the page says so instead of retrying.
+    let private = app.campaign(spec(3)).await;
+    browser.open(&format!("{}/#{private}", app.address)).await;
+    wait_for(20, || async {
+        browser.text("state").await.contains("statistics private")
+    })
+    .await
+    .expect("the page says the statistics are private");
     app.stop().await;
 }

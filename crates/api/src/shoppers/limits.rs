@@ -155,7 +155,7 @@ impl Limits {
                 wait,
             ));
         }
-        if let Err(wait) = buckets.addresses.take(&address) {
+        if let Err(wait) = buckets.addresses.take(&bucket_address(address)) {
             metrics::counter!("firstcome_rate_limited_total", "by" => "address").increment(1);
             return Err(ApiError::too_many(
                 "rate_limited",
@@ -173,7 +173,10 @@ impl Limits {
         address: IpAddr,
         user: Option<&UserId>,
     ) -> Result<StreamPermit, ApiError> {
-        let mut keys = vec![(StreamKey::Address(address), self.config.streams_per_address)];
+        let mut keys = vec![(
+            StreamKey::Address(bucket_address(address)),
+            self.config.streams_per_address,
+        )];
         if let Some(user) = user {
             keys.push((StreamKey::User(user.clone()), self.config.streams_per_user));
         }
