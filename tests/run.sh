@@ -90,7 +90,8 @@ source tests/services.sh
 phase "tools: start what is missing"
 # Debian's packages: openssl signs FCM grants, a real Prometheus scrapes a test host, the
 # pages are tested in Chromium through chromedriver, HAProxy balances three test hosts, and
-# Node.js builds and tests JavaScript plugins (where the machine has none of its own).
+# Node.js builds and tests JavaScript plugins (where the machine has none of its own), and
+# libfaketime runs a host whose clock is off.
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v prometheus >/dev/null || missing+=(prometheus)
@@ -98,6 +99,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v faketime >/dev/null || missing+=(faketime)
 if ((${#missing[@]})); then
   background apt bash -c 'apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"' \

@@ -180,6 +180,9 @@ impl App {
             (shutdown.clone(), tracker.clone()),
         ));
 
+        // Windows and leases on the shared clock before any campaign is applied.
+        platform.follow_shared_clock().await;
+
         let relay = Relay {
             store: store.clone(),
             bus: bus.clone(),

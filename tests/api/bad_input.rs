@@ -108,6 +108,42 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
         "invalid_user_id",
     )
     .await;
+    // A key named twice: a gateway reading the first would see another shopper than we would
+    // (serde_json keeps the last). Refused on every JSON route, at any depth.
+    let raw = |req: reqwest::RequestBuilder, body: &'static str| {
+        req.header("content-type", "application/json").body(body)
+    };
+    for body in [
+        r#"{"user_id":"a","user_id":"b"}"#,
+        r#"{"user_id":"a","user\u005fid":"b"}"#,
+    ] {
+        let refused = expect(&app, raw(post(&requests), body), 422, "invalid_body").await;
+        assert!(
+            refused["message"].as_str().unwrap().contains("twice"),
+            "{refused}"
+        );
+    }
+    expect(
+        &app,
+        raw(
+            post("/api/v1/coupons/request"),
+            r#"{"userId":1,"promotionId":7,"userId":2}"#,
+        ),
+        422,
+        "invalid_body",
+    )
+    .await;
+    expect(
+        &app,
+        raw(
+            c.put(app.url("/api/v1/admin/campaigns/new-one"))
+                .bearer_auth(ADMIN_TOKEN),
+            r#"{"name":"n","capacity":3,"value":1,"capacity":5}"#,
+        ),
+        422,
+        "invalid_body",
+    )
+    .await;
     expect(
         &app,
         post(&requests).json(&json!({"user_id": "x".repeat(20_000)})),
@@ -182,6 +218,13 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
     expect(
         &app,
         c.get(app.url("/api/v1/coupons/my")),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect(
+        &app,
+        c.get(app.url("/api/v1/coupons/my?userId=1&userId=2")),
         400,
         "invalid_query",
     )

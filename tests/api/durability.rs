@@ -83,6 +83,26 @@ impl OwnRedis {
         }
     }
 
+    /// SIGSTOP: it stops answering but keeps its connections open, as a frozen or
+    /// partitioned server does; [`OwnRedis::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`OwnRedis::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Killed, then started again on the same data.
     pub async fn crash_and_restart(&mut self) {
         self.kill();

@@ -153,6 +153,13 @@ pub trait Admission: Send + Sync + Debug {
 
     async fn ping(&self) -> Result<()>;
 
+    /// The queue's own clock, as UTC epoch milliseconds, where the queue is shared by several
+    /// hosts (Redis's `TIME`): the one clock their windows are judged by. `None` for a queue
+    /// in this process.
+    async fn clock_ms(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     /// What an answered `202` survives with this queue as it is configured, in one sentence,
     /// for the start-up log and readiness (Redis: read with `CONFIG GET` where allowed).
     async fn durability(&self) -> String;

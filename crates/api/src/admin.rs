@@ -177,7 +177,9 @@ pub async fn put_campaign(
     Ok((status, Json(view(&platform, &c).await?)))
 }
 
-/// Stops a campaign and removes its file; its coupons and history stay.
+/// Stops a campaign and removes its file: it admits nobody from now on (`410 closed`), while
+/// the requests it already admitted are still issued (it is listed as `draining` until then,
+/// and their status can be read); its coupons and history stay. Answers at once.
 #[utoipa::path(
     delete,
     path = "/campaigns/{campaign_id}",
@@ -186,7 +188,7 @@ pub async fn put_campaign(
     params(CampaignIdParam),
     security(("admin_token" = [])),
     responses(
-        (status = 204, description = "Stopped and removed"),
+        (status = 204, description = "Stopped and removed; what it admitted is still issued"),
         (status = 400, description = "`invalid_campaign_id`", body = ErrorBody),
         (status = 404, description = "`unknown_campaign`: neither active nor a file", body = ErrorBody),
     )
@@ -217,6 +219,8 @@ pub async fn delete_campaign(
 pub struct CampaignFiles {
     /// Ids of the running campaigns.
     active: Vec<String>,
+    /// Ids of removed campaigns still issuing the requests they admitted; they admit nobody.
+    draining: Vec<String>,
     /// Files refused at their last change, with the reason; the previous version runs.
     rejected: std::collections::BTreeMap<String, String>,
 }
@@ -240,6 +244,7 @@ pub async fn list_campaigns(
             .iter()
             .map(|c| c.id().to_owned())
             .collect(),
+        draining: platform.draining_ids(),
         rejected: platform.rejections(),
     })
 }
@@ -338,6 +343,7 @@ impl ProfileBody {
     responses(
         (status = 200, description = "The stored profile", body = UserProfile),
         (status = 422, description = "`invalid_user` (says which field), or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy or unreachable; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn put_user(
@@ -401,6 +407,7 @@ pub struct BulkDone {
     responses(
         (status = 200, description = "All written", body = BulkDone),
         (status = 422, description = "`invalid_user` (says which, as `users[i]`), `too_many_users`, or `invalid_body`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy or unreachable; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn put_users(

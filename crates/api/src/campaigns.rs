@@ -159,6 +159,7 @@ pub fn stats_visible(
     responses(
         (status = 200, description = "The statistics", body = firstcome_plugin::StatsSnapshot),
         (status = 404, description = "`unknown_campaign`, or `private_stats`: its statistics need the admin token", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy or unreachable; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn stats(

@@ -178,13 +178,25 @@ impl From<PlatformError> for ApiError {
                     "the admission queue is unavailable; try again",
                 )
             }
-            PlatformError::Store(e) => Self::internal(&e),
+            PlatformError::Store(e) => e.into(),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
+    /// `503 unavailable` when the database cannot serve now (pool exhausted, lock or statement
+    /// timeout, connection lost, read-only, disk full: [`StoreError::is_unavailable`]), else
+    /// `500 internal`.
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is busy or unavailable; try again",
+            )
+            .with_header("retry-after", "1");
+        }
         Self::internal(&e)
     }
 }
@@ -205,8 +217,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) =
-            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        // Strict: a key named twice is refused (`invalid_body`), at any depth.
+        let axum::Json(crate::strict_json::StrictValue(value)) =
+            axum::Json::<crate::strict_json::StrictValue>::from_request(request, state).await?;
         if !value.is_object() {
             return Err(ApiError::unprocessable(
                 "invalid_body",

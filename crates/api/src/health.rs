@@ -36,6 +36,20 @@ pub struct Health {
     /// `open` (the client names the shopper, unverified).
     #[serde(skip_serializing_if = "Option::is_none")]
     shopper_auth: Option<&'static str>,
+    /// Readiness only: the clock campaign windows and leases are judged by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<Clock>,
+}
+
+/// The clock every host judges windows and leases by, and this host's distance from it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Clock {
+    /// `redis` (its `TIME`), `database` (the server's clock), or `host` (this host's own:
+    /// SQLite and the embedded queue, one host).
+    source: &'static str,
+    /// This host's wall clock minus the shared clock, in milliseconds (negative: behind). Past
+    /// a second the host logs a warning; windows and leases follow the shared clock anyway.
+    skew_ms: i64,
 }
 
 /// Liveness: the process answers.
@@ -52,6 +66,7 @@ pub async fn live() -> Json<Health> {
         backends: BTreeMap::new(),
         admission_guarantee: None,
         shopper_auth: None,
+        clock: None,
     })
 }
 
@@ -99,6 +114,10 @@ pub async fn ready(
             backends,
             admission_guarantee: Some(readiness.admission_guarantee),
             shopper_auth: shoppers.map(|s| s.mode()),
+            clock: Some(Clock {
+                source: readiness.clock.source,
+                skew_ms: readiness.clock.skew_ms,
+            }),
         }),
     )
 }

@@ -24,6 +24,7 @@ pub mod schema;
 pub mod server;
 pub mod shoppers;
 pub mod streams;
+pub mod strict_json;
 
 use std::sync::Arc;
 

@@ -72,6 +72,12 @@ pub fn visible(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, 
         .ok_or_else(|| ApiError::unknown_campaign(campaign_id))
 }
 
+/// A campaign whose requests can be read: visible, or removed and still issuing the requests
+/// it admitted ([`Platform::draining`]).
+pub fn readable(platform: &Platform, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
+    visible(platform, campaign_id).or_else(|unknown| platform.draining(campaign_id).ok_or(unknown))
+}
+
 async fn admit(
     platform: &Platform,
     shopper: &Shopper,
@@ -79,7 +85,18 @@ async fn admit(
     claimed: Option<&str>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let user = shopper.acting_as(claimed)?;
-    let campaign = visible(platform, campaign_id)?;
+    let campaign = visible(platform, campaign_id).map_err(|unknown| {
+        if platform.draining(campaign_id).is_some() {
+            // Removed: it admits nobody, while the requests it admitted are still issued.
+            ApiError::new(
+                StatusCode::GONE,
+                "closed",
+                format!("campaign {campaign_id:?} is closed"),
+            )
+        } else {
+            unknown
+        }
+    })?;
     shopper.admit(&campaign, &user)?;
     let admitted = platform.admit(&campaign, &user, now_ms()).await?;
     let gone = |code, what: &str| {
@@ -185,7 +202,7 @@ pub async fn status(
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Json<Status>, ApiError> {
     let user = shopper.reading(&user_id)?;
-    visible(&platform, &campaign_id)?;
+    readable(&platform, &campaign_id)?;
     Ok(Json(status_of(&platform, &campaign_id, &user).await?))
 }
 
@@ -255,6 +272,7 @@ async fn coupons_of(platform: &Platform, user: UserId) -> Result<Json<Coupons>, 
         (status = 200, description = "The user's coupons", body = Coupons),
         (status = 404, description = "`unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy or unreachable; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn user_coupons(
@@ -405,6 +423,7 @@ pub struct LegacyMy {
         (status = 400, description = "`invalid_query`: `userId` is missing (open mode)", body = ErrorBody),
         (status = 404, description = "`unknown_user`: another shopper than the credential's", body = ErrorBody),
         (status = 422, description = "`invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy or unreachable; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn legacy_my(

@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 
 use super::error::{ApiError, ApiPath, ErrorBody};
-use super::requests::{CampaignParam, Status, UserParam, status_of, visible};
+use super::requests::{CampaignParam, Status, UserParam, readable, status_of};
 use super::schema::{StatsEvent, StatusEvent};
 use super::shoppers::{Client, Shopper, StreamPermit};
 use firstcome_platform::Platform;
@@ -114,7 +114,7 @@ pub async fn request(
     ApiPath((campaign_id, user_id)): ApiPath<(String, String)>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let user = shopper.reading(&user_id)?;
-    visible(&platform, &campaign_id)?;
+    readable(&platform, &campaign_id)?;
     let permit = shopper.open_stream(Some(&user))?;
     let changes = platform.subscribe_changes(&campaign_id);
     let first = status_of(&platform, &campaign_id, &user).await?;

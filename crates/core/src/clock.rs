@@ -6,12 +6,51 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Now, as UTC epoch milliseconds.
+/// This process's monotonic zero: the shared clock is kept as an offset from it.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The shared clock's epoch milliseconds at [`base`], once [`follow`] was called.
+static SHARED_AT_BASE: AtomicI64 = AtomicI64::new(0);
+static FOLLOWING: AtomicBool = AtomicBool::new(false);
+
+/// Now, as UTC epoch milliseconds, on the one clock every host of a deployment judges by:
+/// the shared backend's (Redis's `TIME` or the database's, read by the platform and passed
+/// to [`follow`]) carried forward on this process's monotonic clock, so that a host whose
+/// wall clock is off, or is stepped, opens and closes campaigns and holds leases at the same
+/// moments as the others. Before the first reading (and with SQLite alone, where there is one
+/// host) it is this host's wall clock.
 pub fn now_ms() -> i64 {
+    if FOLLOWING.load(Ordering::Relaxed) {
+        SHARED_AT_BASE.load(Ordering::Relaxed) + base().elapsed().as_millis() as i64
+    } else {
+        host_now_ms()
+    }
+}
+
+/// This host's own wall clock, as UTC epoch milliseconds: for logs and for measuring how far
+/// it is from the shared clock, never for judging a window or a lease.
+pub fn host_now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// Makes [`now_ms`] follow a shared clock that read `shared_ms` at the instant `at` (the
+/// middle of the round trip that read it). Returns how far this host's wall clock is ahead of
+/// the shared one, in ms (negative: behind).
+pub fn follow(shared_ms: i64, at: Instant) -> i64 {
+    let since_base = at.saturating_duration_since(base()).as_millis() as i64;
+    SHARED_AT_BASE.store(shared_ms - since_base, Ordering::Relaxed);
+    FOLLOWING.store(true, Ordering::Relaxed);
+    host_now_ms() - now_ms()
 }
 
 /// Formats epoch milliseconds as RFC 3339 with millisecond precision, in UTC (`...Z`).

@@ -9,7 +9,10 @@
 //! their commits.
 //!
 //! Requests admitted by this host wake its issuer at once; requests admitted elsewhere are
-//! picked up within `issuer.poll_ms`.
+//! picked up within `issuer.poll_ms` while the campaign is busy, and within [`IDLE_POLL_MAX`]
+//! once its queue was found empty (the wait doubles from `poll_ms` with each empty look).
+//! (Every host admitting a request wakes its own issuer, so this bounds only how soon another
+//! host takes over the queue of one that died.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,9 @@ use crate::queue_guard::QueueGuard;
 use firstcome_admission::{Admission, AdmissionError, QueueItem};
 use firstcome_core::campaign::Campaign;
 use firstcome_store::Store;
+
+/// Longest wait between two looks at an idle campaign's queue.
+pub const IDLE_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// What every issuer task shares.
 #[derive(Clone, Debug)]
@@ -134,6 +140,7 @@ async fn drain(
     // A chunk claimed while the previous one committed: the queue's round trip overlaps the
     // database's. Commits stay one at a time and in queue order.
     let mut next: Vec<QueueItem> = Vec::new();
+    let mut idle = poll;
     tracing::debug!(campaign = %id, "issuer started");
     while !stop.is_cancelled() {
         // The operator's maximum per transaction: a chunk is whatever waits, up to it, so it
@@ -176,13 +183,17 @@ async fn drain(
             std::mem::take(&mut next)
         };
         if items.is_empty() {
+            // Idle: each empty look doubles the wait, up to IDLE_POLL_MAX, so that thousands
+            // of finished campaigns cost Redis next to nothing; an admission on this host
+            // wakes the issuer at once and the wait starts again from `poll_ms`.
             tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                () = wake.notified() => idle = poll,
+                () = tokio::time::sleep(idle) => idle = (idle * 2).min(IDLE_POLL_MAX.max(poll)),
                 () = stop.cancelled() => {}
             }
             continue;
         }
+        idle = poll;
         let prefetch = ctx.admission.claim(&id, &ctx.host_id, chunk, reclaim());
         let buckets = ctx.admission.buckets(&campaign.borrow());
         let (committed, prefetched) =

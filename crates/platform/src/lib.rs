@@ -12,6 +12,7 @@
 //! - [`queue_guard`]: the admission floor, the rebuild of a queue that lost or rolled back its
 //!   data, and the audit of lost admissions.
 //! - [`watcher`]: the watched folder of campaign files, applied without a restart.
+//! - [`shared_clock`]: the one clock every host judges windows and leases by.
 //! - [`live`]: per-campaign snapshot streams for server-sent events.
 //! - [`monitoring`]: the Prometheus recorder and the levels sampled at each scrape.
 //! - [`config`]: the host's typed configuration (defaults, file, `FIRSTCOME_*`), with the
@@ -25,6 +26,7 @@ pub mod outbox;
 mod platform;
 pub mod queue_guard;
 mod reads;
+pub mod shared_clock;
 pub mod sold_out;
 pub mod watcher;
 

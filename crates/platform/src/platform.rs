@@ -71,6 +71,11 @@ impl From<GuardError> for PlatformError {
 /// Pause before a failed consumer group member is started again.
 const MEMBER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
+/// Least time a removed campaign's issuer runs on after its removal, whatever its queue
+/// says: an admission that was in flight when it was removed is answered within it (Redis's
+/// 5 s response deadline, the embedded queue's wait for its write).
+pub const DRAIN_SETTLE: Duration = Duration::from_secs(6);
+
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
 const REBUILD_ATTEMPTS: usize = 3;
 
@@ -111,6 +116,11 @@ pub struct Platform {
     sold_out: Arc<crate::sold_out::SoldOutFlags>,
     consumers: Consumers,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
+    /// The shared clock's last reading (see [`crate::shared_clock`]).
+    pub(crate) clock: Arc<crate::shared_clock::ClockState>,
+    /// Removed campaigns whose queue still holds admitted requests: they admit nobody, but
+    /// their issuer runs and their requests can be read until the queue is empty.
+    draining: RwLock<HashMap<String, Arc<Campaign>>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
     /// Held by an admin change of a campaign from applying it to writing its file, and by the
@@ -155,10 +165,26 @@ impl Platform {
             feeds: crate::live::Feeds::default(),
             consumers,
             campaigns: RwLock::default(),
+            draining: RwLock::default(),
+            clock: Arc::default(),
             rejected: RwLock::default(),
             campaign_writes: tokio::sync::Mutex::default(),
             admin_writes: Mutex::default(),
         }
+    }
+
+    /// Reads the shared clock now and follows it (see [`crate::shared_clock`]); then keeps
+    /// reading it in the background until shutdown. A failed first reading leaves the host on
+    /// its own clock until a later one succeeds.
+    pub async fn follow_shared_clock(&self) {
+        if let Err(e) = self.clock.sync(self.admission.as_ref(), &self.store).await {
+            tracing::warn!(error = %e, "cannot read the shared clock; on this host's clock until it can");
+        }
+        self.consumers.tracker.spawn(self.clock.clone().run(
+            self.admission.clone(),
+            self.store.clone(),
+            self.consumers.shutdown.clone(),
+        ));
     }
 
     /// The host's configuration.
@@ -218,6 +244,19 @@ impl Platform {
         self.campaigns.read().unwrap().get(id).cloned()
     }
 
+    /// A removed campaign still issuing the requests it admitted (see
+    /// [`Platform::remove_campaign`]).
+    pub fn draining(&self, id: &str) -> Option<Arc<Campaign>> {
+        self.draining.read().unwrap().get(id).cloned()
+    }
+
+    /// Ids of removed campaigns still issuing what they admitted, sorted.
+    pub fn draining_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.draining.read().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Active campaigns, by id.
     pub fn campaigns(&self) -> Vec<Arc<Campaign>> {
         let mut all: Vec<_> = self.campaigns.read().unwrap().values().cloned().collect();
@@ -255,6 +294,8 @@ impl Platform {
             .write()
             .unwrap()
             .insert(campaign.id().to_owned(), campaign.clone());
+        // Added again while it drained: it runs on, and its drain ends without stopping it.
+        self.draining.write().unwrap().remove(campaign.id());
         self.issuers.run(campaign);
         Ok(())
     }
@@ -285,18 +326,85 @@ impl Platform {
         Ok(())
     }
 
-    /// Stops a campaign: no more admissions; its coupons, history and queue stay.
-    pub async fn remove_campaign(&self, id: &str) -> Result<bool, PlatformError> {
-        let removed = self.campaigns.write().unwrap().remove(id).is_some();
+    /// Removes a campaign (its file was deleted or renamed, or the admin API deleted it): it
+    /// admits nobody from now on, but every request it answered `202` is still issued. Its
+    /// issuer runs until the queue holds none of its requests and at least [`DRAIN_SETTLE`]
+    /// has passed (an admission in flight at the removal is answered within that); only then
+    /// is the issuer stopped and the database row marked inactive. Meanwhile its requests'
+    /// status can be read and new requests are answered `closed`. A host stopped before the
+    /// drain ends finds the row still active and its file gone at start-up, and drains again.
+    /// Returns whether the campaign was active; returns at once, the drain runs in the
+    /// background.
+    pub async fn remove_campaign(self: &Arc<Self>, id: &str) -> Result<bool, PlatformError> {
+        let Some(campaign) = self.campaigns.write().unwrap().remove(id) else {
+            return Ok(false);
+        };
         self.sold_out.clear(id);
-        if removed {
-            self.issuers.stop(id);
-            // Its plugins stay for the events still on their way, on fresh instances: the
-            // kept ones would hold pool slots for a campaign that is over.
-            self.plugins.drop_warm(id);
-            self.store.deactivate_campaign(id).await?;
+        // Its plugins stay for the events still on their way, on fresh instances: the kept
+        // ones would hold pool slots for a campaign that is over.
+        self.plugins.drop_warm(id);
+        self.draining
+            .write()
+            .unwrap()
+            .insert(id.to_owned(), campaign.clone());
+        let queued = self.admission.counts(id).await.map(|c| c.queued);
+        tracing::info!(campaign = %id, queued = ?queued.as_ref().ok(),
+            "campaign removed: it admits nobody; its issuer runs until its queue is empty");
+        self.consumers
+            .tracker
+            .spawn(self.clone().drain(id.to_owned()));
+        Ok(true)
+    }
+
+    /// Waits until a removed campaign's queue is empty, for at least [`DRAIN_SETTLE`] after
+    /// its removal, then ends its drain; leaves it to the next start when the host stops.
+    async fn drain(self: Arc<Self>, id: String) {
+        let started = std::time::Instant::now();
+        let poll = Duration::from_millis(self.config.issuer.poll_ms.clamp(50, 1_000));
+        let shutdown = self.consumers.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(poll) => {}
+            }
+            if self.draining(&id).is_none() {
+                return; // added again
+            }
+            let empty = match self.admission.counts(&id).await {
+                Ok(counts) => counts.queued == 0,
+                Err(e) => {
+                    tracing::warn!(campaign = %id, error = %e,
+                        "cannot read the removed campaign's queue; its drain waits");
+                    false
+                }
+            };
+            if empty && started.elapsed() >= DRAIN_SETTLE {
+                self.drained(&id).await;
+                return;
+            }
         }
-        Ok(removed)
+    }
+
+    /// Ends a drain: when the campaign was not added again meanwhile, stops its issuer and
+    /// marks its row inactive.
+    async fn drained(&self, id: &str) {
+        let removed = {
+            let mut draining = self.draining.write().unwrap();
+            let still =
+                draining.contains_key(id) && !self.campaigns.read().unwrap().contains_key(id);
+            if still {
+                draining.remove(id);
+            }
+            still
+        };
+        if !removed {
+            return;
+        }
+        self.issuers.stop(id);
+        if let Err(e) = self.store.deactivate_campaign(id).await {
+            tracing::warn!(campaign = %id, error = %e, "cannot mark the drained campaign inactive");
+        }
+        tracing::info!(campaign = %id, "removed campaign drained: every admitted request was issued");
     }
 
     /// Writes the campaign into the admission queue, rebuilding it from the database's

@@ -16,6 +16,10 @@ use firstcome_store::{CouponView, StoreError, UserProfile};
 
 use crate::{Platform, PlatformError};
 
+/// Longest a readiness probe waits for one backend's answer: below a load balancer's usual
+/// probe timeout, above a healthy round trip under load.
+pub const READINESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where a user's request stands, with what goes with its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestOf {
@@ -53,6 +57,8 @@ pub struct Backend {
 pub struct Readiness {
     pub backends: Vec<Backend>,
     pub admission_guarantee: String,
+    /// The clock windows and leases are judged by, and how far this host's is from it.
+    pub clock: crate::shared_clock::ClockReading,
 }
 
 impl Readiness {
@@ -107,14 +113,29 @@ impl Platform {
         self.store.upsert_users(profiles).await
     }
 
-    /// Asks every backend at once whether it answers.
+    /// Asks every backend at once whether it answers, each within [`READINESS_DEADLINE`]: a
+    /// backend that does not answer in time is down, named, and the probe itself never hangs.
     pub async fn readiness(&self) -> Readiness {
+        async fn within<E: std::fmt::Display>(
+            check: impl std::future::Future<Output = Result<(), E>>,
+        ) -> Result<(), String> {
+            match tokio::time::timeout(READINESS_DEADLINE, check).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "no answer within {} ms",
+                    READINESS_DEADLINE.as_millis()
+                )),
+            }
+        }
         let (db, queue, bus, guarantee) = tokio::join!(
-            self.store.ping(),
-            self.admission.ping(),
-            self.bus.ping(),
-            self.admission.durability()
+            within(self.store.ping()),
+            within(self.admission.ping()),
+            within(self.bus.ping()),
+            tokio::time::timeout(READINESS_DEADLINE, self.admission.durability())
         );
+        let guarantee = guarantee.unwrap_or_else(|_| {
+            "unknown now: the admission queue did not say in time how it keeps a 202".into()
+        });
         let backend = |name, kind: &str, r: Result<(), String>| Backend {
             name,
             kind: kind.to_owned(),
@@ -125,16 +146,13 @@ impl Platform {
                 backend(
                     "database",
                     &format!("{:?}", self.store.dialect()).to_lowercase(),
-                    db.map_err(|e| e.to_string()),
+                    db,
                 ),
-                backend(
-                    "admission",
-                    self.admission.kind(),
-                    queue.map_err(|e| e.to_string()),
-                ),
-                backend("event_bus", self.bus.kind(), bus.map_err(|e| e.to_string())),
+                backend("admission", self.admission.kind(), queue),
+                backend("event_bus", self.bus.kind(), bus),
             ],
             admission_guarantee: guarantee,
+            clock: self.clock.reading(),
         }
     }
 

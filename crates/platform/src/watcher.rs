@@ -205,9 +205,23 @@ impl Watcher {
         for campaign in applied {
             let id = campaign.id().to_owned();
             if present.as_ref().is_some_and(|p| !p.contains_key(&id)) {
-                // Removed while the host was down: stopped, as a removal is when running.
-                if let Err(e) = self.platform.store.deactivate_campaign(&id).await {
-                    tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
+                // Removed while the host was down, or before its drain ended: removed as when
+                // running, so that the requests it admitted are still issued. (Nobody is
+                // admitted meanwhile: the listener is not bound yet.)
+                match self.platform.apply_campaign(campaign).await {
+                    Ok(()) => {
+                        if let Err(e) = self.platform.remove_campaign(&id).await {
+                            tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(campaign = %id, error = %e,
+                            "the removed campaign cannot run to issue what it admitted; \
+                             marked inactive");
+                        if let Err(e) = self.platform.store.deactivate_campaign(&id).await {
+                            tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
+                        }
+                    }
                 }
                 continue;
             }

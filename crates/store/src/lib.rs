@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use admissions::AdmissionRow;
 pub use campaigns::CampaignRow;
@@ -82,6 +82,61 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Sqlx(sqlx::Error::Database(db))
             if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+    }
+
+    /// The database cannot serve this now, through no fault of the request: no connection
+    /// came free in time, a connection broke, a lock or statement timeout passed, the server
+    /// is read-only, shutting down or out of disk. Answered `503` and tried again later; any
+    /// other error is a bug or a broken schema.
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                #[cfg(feature = "mysql")]
+                if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    // Lock wait timeout, statement time limit (MySQL, MariaDB), read-only server
+                    // or transaction,
+                    // too many connections, server shutting down, disk full.
+                    return matches!(
+                        my.number(),
+                        1205 | 3024 | 1969 | 1290 | 1792 | 1836 | 1040 | 1053 | 1021
+                    );
+                }
+                let code = db.code();
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // SQLite's primary result codes (the low byte of an extended one): busy,
+                    // locked, read-only, I/O error, disk full, cannot open.
+                    return code
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14));
+                }
+                // PostgreSQL's SQLSTATE: lock not available, statement cancelled by its
+                // timeout, read-only transaction, too many connections, disk full, out of
+                // memory, shutting down, cannot connect now.
+                matches!(
+                    code.as_deref(),
+                    Some(
+                        "55P03"
+                            | "57014"
+                            | "25006"
+                            | "53300"
+                            | "53100"
+                            | "53200"
+                            | "57P01"
+                            | "57P02"
+                            | "57P03"
+                    )
+                )
+            }
+            _ => false,
+        }
     }
 }
 
@@ -150,16 +205,31 @@ impl Dialect {
     }
 }
 
+/// Longest wait for a free connection of a pool before the caller is told `unavailable`.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On MySQL and PostgreSQL, longest wait of one statement for a lock held by someone else.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On MySQL and PostgreSQL, longest run of one statement (on MySQL, of a `SELECT`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// On MySQL and PostgreSQL, the connections of the paths that keep the promise (the chunk
+/// transactions and the embedded queue's admission record), apart from the 16 of the rest.
+pub const PROMISE_CONNECTIONS: u32 = 4;
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// How to connect, for the migrations' own connection.
+    options: AnyConnectOptions,
     /// The embedded admission queue's record (`admissions`), written only by its group
     /// commits, which must be on disk before the host answers. On SQLite a database file of
     /// its own beside the main one (`{name}-admissions.db`), one connection with
     /// `synchronous = FULL` so that each commit fsyncs its WAL: the group commit then never
     /// waits for the issuer's write lock. Elsewhere the main pool (the server's own settings
-    /// decide, both durable by default).
+    /// decide, both durable by default), on the chunk transactions' connections.
     record: AnyPool,
     /// On SQLite, the record's file, which the embedded queue's writer opens itself.
     record_file: Option<std::path::PathBuf>,
@@ -167,7 +237,8 @@ pub struct Store {
     /// `synchronous = FULL`: a committed coupon is the platform's promise kept, so its commit
     /// fsyncs the WAL (one fsync per chunk of up to `chunk_size` coupons), while the many small
     /// commits of consumers and the relay keep `NORMAL` (safe against a process crash; their
-    /// work is redone from the bus after a power loss). Elsewhere the main pool.
+    /// work is redone from the bus after a power loss). Elsewhere [`PROMISE_CONNECTIONS`] of
+    /// their own.
     issuing: AnyPool,
     /// On SQLite, the turn to write to the main file (see [`Store::write_turn`]).
     write_turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -233,9 +304,52 @@ impl Store {
         let pool_options = |connections: u32, synchronous: &'static str| {
             let pool = AnyPoolOptions::new()
                 .max_connections(connections)
-                .acquire_timeout(Duration::from_secs(10));
+                .acquire_timeout(ACQUIRE_TIMEOUT);
             if dialect != Dialect::Sqlite {
-                return pool;
+                // A query waits for a lock at most LOCK_TIMEOUT and runs at most
+                // STATEMENT_TIMEOUT, then fails as `unavailable` (503, or the issuer's and
+                // relay's retry): a table locked by someone else parks no connection for
+                // longer, so the pool is not used up behind it.
+                let (limits, time_limits) = match dialect {
+                    Dialect::Postgres => (
+                        format!(
+                            "SET lock_timeout = {}; SET statement_timeout = {}",
+                            LOCK_TIMEOUT.as_millis(),
+                            STATEMENT_TIMEOUT.as_millis()
+                        ),
+                        vec![],
+                    ),
+                    // The statement limit is MariaDB's `max_statement_time` (seconds) or
+                    // MySQL's `max_execution_time` (ms): the one the server knows is set.
+                    _ => (
+                        format!(
+                            "SET SESSION innodb_lock_wait_timeout = {0}, SESSION lock_wait_timeout = {0}",
+                            LOCK_TIMEOUT.as_secs()
+                        ),
+                        vec![
+                            format!(
+                                "SET SESSION max_statement_time = {}",
+                                STATEMENT_TIMEOUT.as_secs()
+                            ),
+                            format!(
+                                "SET SESSION max_execution_time = {}",
+                                STATEMENT_TIMEOUT.as_millis()
+                            ),
+                        ],
+                    ),
+                };
+                return pool.after_connect(move |conn, _| {
+                    let (limits, time_limits) = (limits.clone(), time_limits.clone());
+                    Box::pin(async move {
+                        conn.execute(sqlx::raw_sql(&limits)).await?;
+                        for set in &time_limits {
+                            if conn.execute(sqlx::raw_sql(set)).await.is_ok() {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    })
+                });
             }
             pool.after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -255,8 +369,18 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let issuing = match dialect {
-            Dialect::Sqlite => pool_options(2, "FULL").connect_with(options).await?,
-            _ => pool.clone(),
+            Dialect::Sqlite => {
+                pool_options(2, "FULL")
+                    .connect_with(options.clone())
+                    .await?
+            }
+            // Its own connections: reads that pile up behind a lock never hold the ones the
+            // promise needs.
+            _ => {
+                pool_options(PROMISE_CONNECTIONS, "")
+                    .connect_with(options.clone())
+                    .await?
+            }
         };
         let sqlite_record = sqlite_record(&url).filter(|_| dialect == Dialect::Sqlite);
         let record_file = sqlite_record.as_ref().map(|(file, _)| file.clone());
@@ -268,9 +392,10 @@ impl Store {
                 sqlx::query(SQLITE_RECORD_SCHEMA).execute(&record).await?;
                 record
             }
-            None => pool.clone(),
+            None => issuing.clone(),
         };
         Ok(Self {
+            options,
             pool,
             record,
             record_file,
@@ -287,13 +412,23 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies the migrations not yet applied. On MySQL and PostgreSQL on a connection of its
+    /// own, without the pools' lock and statement timeouts: hosts starting together wait for
+    /// each other's migration, and a long one is not cut off.
     pub async fn migrate(&self) -> Result<()> {
         let migrator = match self.dialect {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::MySql => &MYSQL_MIGRATIONS,
             Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await?;
+        if self.dialect == Dialect::Sqlite {
+            migrator.run(&self.pool).await?;
+        } else {
+            let mut conn = sqlx::AnyConnection::connect_with(&self.options).await?;
+            let ran = migrator.run(&mut conn).await;
+            let _ = conn.close().await;
+            ran?;
+        }
         Ok(())
     }
 
@@ -308,6 +443,20 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The database server's clock, as UTC epoch milliseconds (MySQL/MariaDB, PostgreSQL);
+    /// `None` on SQLite, which runs on this host's clock.
+    pub async fn clock_ms(&self) -> Result<Option<i64>> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => return Ok(None),
+            Dialect::MySql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Dialect::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+            }
+        };
+        let ms: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
+        Ok(Some(ms))
     }
 
     /// Answers when the database does; used by readiness.

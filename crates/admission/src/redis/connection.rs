@@ -21,7 +21,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -133,6 +133,13 @@ pub enum Connection {
     Server(ConnectionManager),
     Cluster(Arc<Cluster>),
 }
+
+/// Longest wait for a connection to Redis to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for Redis's answer to one command or pipeline, on a server or a cluster. The
+/// replica acknowledgement's `WAIT` (at most `admission.redis_wait_timeout_ms`, 4 s) fits in it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Least time between two fresh cluster connections: while a failover is still under way
 /// (about the node timeout), each would find the same stale map.
@@ -251,15 +258,23 @@ impl Connection {
         match target {
             Target::Server(url) => {
                 let client = redis::Client::open(url.as_str())?;
-                Ok(Self::Server(ConnectionManager::new(client).await?))
+                // Deadlines as the cluster client's: a server that stops answering without
+                // closing its connections (frozen, a network partition) fails each command
+                // after 5 s, so that nothing waits on it for ever.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT);
+                Ok(Self::Server(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
             }
             Target::Cluster(nodes) => {
                 let client = ClusterClientBuilder::new(nodes.clone())
                     .retries(8)
                     .min_retry_wait(50)
                     .max_retry_wait(1_000)
-                    .connection_timeout(Duration::from_secs(2))
-                    .response_timeout(Duration::from_secs(5))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
                     .build()?;
                 let conn = client.get_async_connection().await?;
                 Ok(Self::Cluster(Arc::new(Cluster {

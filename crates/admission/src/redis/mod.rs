@@ -569,8 +569,31 @@ impl RedisAdmission {
                 b.waiting.drain(..n).collect()
             };
             let results = self.admit_with_stock(&key.0, &layout, bucket, &batch).await;
+            let unanswered = results.iter().any(|r| {
+                matches!(r, Err(AdmissionError::Redis(e)) if e.is_timeout())
+                    || matches!(r, Err(AdmissionError::Batch(e)) if e.contains("timed out"))
+            });
             for (w, result) in batch.into_iter().zip(results) {
                 let _ = w.answer.send(result);
+            }
+            if unanswered {
+                // Redis did not answer in time (frozen, partitioned): the requests that queued
+                // up behind the call are answered now, not sent, rather than each batch
+                // waiting out its own deadline in turn. The next request tries Redis again.
+                let behind: Vec<Waiting> = {
+                    let mut batches = self.batches.lock().unwrap();
+                    batches
+                        .get_mut(&key)
+                        .map(|b| std::mem::take(&mut b.waiting))
+                        .unwrap_or_default()
+                };
+                for w in behind {
+                    let _ = w.answer.send(Err(AdmissionError::Batch(
+                        "Redis did not answer the request before this one in time; this one \
+                         was not sent"
+                            .into(),
+                    )));
+                }
             }
         }
     }
@@ -1076,6 +1099,13 @@ impl Admission for RedisAdmission {
 
     async fn ping(&self) -> Result<()> {
         Ok(self.conn.clone().ping().await?)
+    }
+
+    async fn clock_ms(&self) -> Result<Option<i64>> {
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(Some(seconds * 1_000 + micros / 1_000))
     }
 
     async fn durability(&self) -> String {
