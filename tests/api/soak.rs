@@ -49,6 +49,13 @@ pub(crate) enum Fault {
     PluginTrap,
     PluginLoop,
     PluginHugeError,
+    /// `SIGSTOP` to Redis for 1–3 s (it keeps its connections open), then `SIGCONT`.
+    FreezeRedis,
+    /// Another session holds `coupons` locked (`LOCK TABLES ... WRITE`) for 1–3 s.
+    LockCoupons,
+    /// The round's campaign deleted through one host's admin API mid-storm: what it
+    /// admitted is still issued, and no more than that.
+    RemoveCampaign,
 }
 
 impl Fault {
@@ -123,6 +130,8 @@ pub(crate) struct Rig {
     /// Where storms are sent when not to the hosts themselves (a load balancer in front).
     pub(crate) entry: Option<String>,
     pub(crate) client: reqwest::Client,
+    /// The round's campaign, once written.
+    current: Option<String>,
 }
 
 fn tansu_installed() -> bool {
@@ -219,6 +228,7 @@ impl Rig {
             entry: None,
             client,
             dir,
+            current: None,
         };
         for i in 0..hosts {
             let data = rig.dir.path().join(format!("host-{i}"));
@@ -256,8 +266,14 @@ impl Rig {
     fn possible_faults(&self) -> Vec<Fault> {
         let mut faults = vec![Fault::KillHost];
         if self.redis.is_some() {
-            faults.extend([Fault::KillRedis, Fault::KillDbSessions]);
+            faults.extend([
+                Fault::KillRedis,
+                Fault::KillDbSessions,
+                Fault::FreezeRedis,
+                Fault::LockCoupons,
+            ]);
         }
+        faults.push(Fault::RemoveCampaign);
         if self.broker.is_some() {
             faults.push(Fault::FreezeBroker);
         }
@@ -337,6 +353,34 @@ impl Rig {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
                 broker.unpause();
             }
+            Fault::FreezeRedis => {
+                let redis = self.redis.as_ref().unwrap();
+                redis.freeze();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+                redis.thaw();
+            }
+            Fault::LockCoupons => {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::AnyConnection::connect(&self.database_url)
+                    .await
+                    .unwrap();
+                conn.execute("LOCK TABLES coupons WRITE").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+                conn.execute("UNLOCK TABLES").await.unwrap();
+                conn.close().await.unwrap();
+            }
+            Fault::RemoveCampaign => {
+                let host = &self.hosts[rng.random_range(0..self.hosts.len())];
+                let campaign = self.current.clone().unwrap();
+                let r = self
+                    .client
+                    .delete(format!("{}/api/v1/admin/campaigns/{campaign}", host.base()))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 204, "the removal is answered at once");
+            }
             Fault::Nothing => {}
             // The faulty plugin is in the campaign file from the start.
             Fault::PluginTrap | Fault::PluginLoop | Fault::PluginHugeError => {}
@@ -411,6 +455,7 @@ impl Rig {
     ) -> (Vec<String>, usize) {
         let logs_before: Vec<u64> = self.hosts.iter().map(Host::log_size).collect();
         let campaign = self.campaign(fault).await;
+        self.current = Some(campaign.clone());
         let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
         let bases: Vec<String> = match &self.entry {
             Some(entry) => vec![entry.clone()],
@@ -464,13 +509,38 @@ impl Rig {
         violations: &mut Vec<String>,
     ) {
         let store = &self.store;
+        // A campaign removed mid-storm issues what it admitted, which may be fewer than its
+        // capacity: every promise kept, never more than capacity.
+        let removed = fault == Fault::RemoveCampaign;
+        let promised: HashSet<&String> = answers
+            .iter()
+            .filter(|(_, answer)| {
+                matches!(answer, Some((202, _)))
+                    || matches!(answer, Some((409, code)) if code == "duplicate_request")
+            })
+            .map(|(user, _)| user)
+            .collect();
         let issued = wait_for(60, || async {
-            store.count_coupons(campaign).await.unwrap_or(0) >= CAPACITY
+            let holders = crate::helpers::coupons(store, campaign).await;
+            if removed {
+                let held: HashSet<&String> = holders.iter().map(|(u, _)| u).collect();
+                promised.iter().all(|u| held.contains(*u))
+            } else {
+                holders.len() as i64 >= CAPACITY
+            }
         })
         .await;
         let holders = crate::helpers::coupons(store, campaign).await;
-        if issued.is_none() || holders.len() as i64 != CAPACITY {
-            violations.push(format!("{} coupons, not {CAPACITY}", holders.len()));
+        let expected = if removed {
+            holders.len() as i64
+        } else {
+            CAPACITY
+        };
+        if issued.is_none() || holders.len() as i64 != expected || expected > CAPACITY {
+            violations.push(format!(
+                "{} coupons, not {expected} (capacity {CAPACITY})",
+                holders.len()
+            ));
         }
         let mut seen = HashSet::new();
         for (user, _) in &holders {
@@ -478,10 +548,8 @@ impl Rig {
                 violations.push(format!("{user} holds two coupons"));
             }
         }
-        for (user, answer) in answers {
-            let promised = matches!(answer, Some((202, _)))
-                || matches!(answer, Some((409, code)) if code == "duplicate_request");
-            if promised && !seen.contains(user) {
+        for user in &promised {
+            if !seen.contains(*user) {
                 violations.push(format!("{user} was promised a coupon and holds none"));
             }
         }
@@ -492,34 +560,34 @@ impl Rig {
                 .await
                 .unwrap_or_default();
             let stats = store.campaign_stats(campaign).await.unwrap_or_default();
-            history.len() as i64 >= CAPACITY && stats.get("issued").copied() >= Some(CAPACITY)
+            history.len() as i64 >= expected && stats.get("issued").copied() >= Some(expected)
         })
         .await;
         let history = store.history_of_campaign(campaign).await.unwrap();
         let events: HashSet<&String> = history.iter().map(|h| &h.event_id).collect();
         let stats = store.campaign_stats(campaign).await.unwrap();
-        if handled.is_none() || history.len() as i64 != CAPACITY || events.len() as i64 != CAPACITY
+        if handled.is_none() || history.len() as i64 != expected || events.len() as i64 != expected
         {
             violations.push(format!(
-                "history holds {} rows of {} events for {CAPACITY} coupons",
+                "history holds {} rows of {} events for {expected} coupons",
                 history.len(),
                 events.len()
             ));
         }
-        if stats.get("issued").copied() != Some(CAPACITY) {
+        if stats.get("issued").copied() != Some(expected) {
             violations.push(format!(
-                "stats counted {:?} issued for {CAPACITY} coupons (an event applied twice or never)",
+                "stats counted {:?} issued for {expected} coupons (an event applied twice or never)",
                 stats.get("issued")
             ));
         }
         if fault.plugin_mode().is_some() {
             let lettered = wait_for(120, || async {
-                self.dead_letters(campaign).await as i64 >= CAPACITY
+                self.dead_letters(campaign).await as i64 >= expected
             })
             .await;
             if lettered.is_none() {
                 let n = self.dead_letters(campaign).await;
-                violations.push(format!("{n} of {CAPACITY} faulty events dead-lettered"));
+                violations.push(format!("{n} of {expected} faulty events dead-lettered"));
             }
         }
         let settled = wait_for(90, || async {
