@@ -9,7 +9,8 @@
 #   --rounds N   rounds per fault kind and set-up (default 10)
 #   --seed S     replays the random moments of an earlier run (it prints its seed)
 #   --faults K,… only these kinds: KillHost, KillRedis, KillDbSessions, FreezeBroker,
-#                PluginTrap, PluginLoop, PluginHugeError
+#                FreezeRedis, LockCoupons, RemoveCampaign, PluginTrap, PluginLoop,
+#                PluginHugeError
 # A run with violations keeps the hosts' logs and says where.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 //! Backends that stop answering without closing anything: a Redis frozen with SIGSTOP, a
-//! table locked by another session. Nothing hangs: admissions answer `503 unavailable` within
+//! table locked by another session, the embedded queue's record file locked. Nothing hangs: admissions answer `503 unavailable` within
 //! a few seconds, readiness answers within its own deadline and names what is down, reads
 //! answer `503` (never `500`), and every `202` given before or after is still honoured.
 
@@ -262,4 +262,60 @@ async fn a_locked_table_answers_503_not_500_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_locked_table_answers_503_not_500_on_mariadb() {
     a_locked_table_answers_503_not_500(Backend::RedisMariaDb).await;
+}
+
+/// The embedded queue's record cannot be written (another session holds its SQLite file
+/// locked, as a full disk or a stalled volume would stop writes): an admission is answered
+/// `503` within the queue's wait, readiness says the queue is down, and the request that
+/// held a place meanwhile is issued once the record can be written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_admission_record_makes_the_host_unready() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let record = backends
+        .store
+        .record_file()
+        .expect("the embedded queue's record file")
+        .to_path_buf();
+    let app = spawn_app_on(backends, dir.clone(), |_| {}).await;
+    let id = app.campaign(spec(10)).await;
+    assert_eq!(admit(&app, &id, "before").await, 202);
+
+    sqlx::any::install_default_drivers();
+    let mut lock = sqlx::AnyConnection::connect(&format!("sqlite:{}", record.display()))
+        .await
+        .unwrap();
+    lock.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(admit(&app, &id, "stalled").await, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Down once an admission has waited longer than the queue's wait for its record.
+    wait_for(5, || async {
+        status_of(&app, "/health/ready").await == 503
+    })
+    .await
+    .expect("readiness says the queue cannot take a 202");
+    let (_, body) = app.get("/health/ready").await;
+    assert!(
+        body["backends"]["admission"]
+            .as_str()
+            .unwrap()
+            .contains("waited"),
+        "{body}"
+    );
+
+    lock.execute("ROLLBACK").await.unwrap();
+    lock.close().await.unwrap();
+    wait_for(30, || async {
+        status_of(&app, "/health/ready").await == 200
+    })
+    .await
+    .expect("ready again once the record is written");
+    // "It may still be admitted; its status tells": it held its place and is issued.
+    every_202_issued(&app, &id, &["before".to_owned(), "stalled".to_owned()]).await;
+    app.stop().await;
 }

@@ -637,8 +637,23 @@ impl Admission for EmbeddedAdmission {
         Ok(())
     }
 
+    /// Down while admissions wait longer than [`DURABLE_WAIT`] for their record to be written
+    /// (a full disk, a read-only or locked database): a `202` cannot be given now.
     async fn ping(&self) -> Result<()> {
-        Ok(())
+        let oldest = {
+            let state = self.shared.state.lock().unwrap();
+            state.unwritten.front().map(|u| u.item.admitted_at)
+        };
+        match oldest {
+            Some(at) if firstcome_core::clock::now_ms() - at > DURABLE_WAIT.as_millis() as i64 => {
+                Err(AdmissionError::NotRecorded(format!(
+                    "admissions have waited {} ms for their record to be written (the \
+                     database refuses or stalls the write: disk full, read-only, locked?)",
+                    firstcome_core::clock::now_ms() - at
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn durability(&self) -> String {

@@ -70,6 +70,9 @@ pub enum StoreError {
     /// one tried to apply them; the caller retries.
     #[error("consumer group {0}: the events' processed marks kept changing under the transaction")]
     Contended(String),
+    /// The server takes no writes (MySQL/MariaDB `read_only`, a PostgreSQL standby).
+    #[error("the database is read-only: it takes no writes")]
+    ReadOnly,
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
@@ -89,6 +92,9 @@ impl StoreError {
     /// is read-only, shutting down or out of disk. Answered `503` and tried again later; any
     /// other error is a bug or a broken schema.
     pub fn is_unavailable(&self) -> bool {
+        if matches!(self, Self::ReadOnly) {
+            return true;
+        }
         let Self::Sqlx(e) = self else {
             return false;
         };
@@ -459,9 +465,33 @@ impl Store {
         Ok(Some(ms))
     }
 
-    /// Answers when the database does; used by readiness.
+    /// Answers when the database does and takes writes; used by readiness. A MySQL/MariaDB
+    /// server with `read_only` set, or a PostgreSQL session that is read-only (a standby, or
+    /// `default_transaction_read_only`), fails with [`StoreError::ReadOnly`]: it could not
+    /// issue a coupon now.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let read_only = match self.dialect {
+            Dialect::Sqlite => {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                false
+            }
+            Dialect::MySql => {
+                let on: i64 = sqlx::query_scalar("SELECT CAST(@@global.read_only AS SIGNED)")
+                    .fetch_one(&self.pool)
+                    .await?;
+                on != 0
+            }
+            Dialect::Postgres => {
+                let on: String =
+                    sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
+                        .fetch_one(&self.pool)
+                        .await?;
+                on == "on"
+            }
+        };
+        if read_only {
+            return Err(StoreError::ReadOnly);
+        }
         Ok(())
     }
 
