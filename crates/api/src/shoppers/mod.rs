@@ -223,16 +223,7 @@ impl FromRequestParts<Arc<Platform>> for Shopper {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Platform>) -> Result<Self, ApiError> {
-        let shoppers = parts
-            .extensions
-            .get::<Arc<Shoppers>>()
-            .cloned()
-            .ok_or_else(|| ApiError::internal(&"the router was built without Shoppers"))?;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        let address = shoppers.proxies.client_address(peer, &parts.headers);
+        let (shoppers, address) = shoppers_and_address(parts)?;
         let identity = shoppers.identify(&parts.headers).await?;
         Ok(Self {
             identity,
@@ -240,6 +231,22 @@ impl FromRequestParts<Arc<Platform>> for Shopper {
             shoppers,
         })
     }
+}
+
+/// The router's [`Shoppers`] and the request's client address: the socket's peer, or what a
+/// trusted proxy says (the `address` module).
+fn shoppers_and_address(parts: &Parts) -> Result<(Arc<Shoppers>, IpAddr), ApiError> {
+    let shoppers = parts
+        .extensions
+        .get::<Arc<Shoppers>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(&"the router was built without Shoppers"))?;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let address = shoppers.proxies.client_address(peer, &parts.headers);
+    Ok((shoppers, address))
 }
 
 /// The client address of a request that is not a shopper route (the statistics stream).
@@ -265,19 +272,8 @@ impl FromRequestParts<Arc<Platform>> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Platform>) -> Result<Self, ApiError> {
-        let shoppers = parts
-            .extensions
-            .get::<Arc<Shoppers>>()
-            .cloned()
-            .ok_or_else(|| ApiError::internal(&"the router was built without Shoppers"))?;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        Ok(Self {
-            address: shoppers.proxies.client_address(peer, &parts.headers),
-            shoppers,
-        })
+        let (shoppers, address) = shoppers_and_address(parts)?;
+        Ok(Self { address, shoppers })
     }
 }
 
