@@ -565,12 +565,19 @@ impl Admission for EmbeddedAdmission {
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts> {
         let state = self.shared.state.lock().unwrap();
+        // Admissions whose record is not written yet hold their place too (they go to the
+        // issuer once written).
+        let unwritten = state
+            .unwritten
+            .iter()
+            .filter(|u| u.campaign_id == campaign_id)
+            .count();
         Ok(state
             .campaigns
             .get(campaign_id)
             .map_or_else(QueueCounts::default, |q| QueueCounts {
                 admitted: q.admitted,
-                queued: (q.waiting.len() + q.pending.len()) as i64,
+                queued: (q.waiting.len() + q.pending.len() + unwritten) as i64,
             }))
     }
 

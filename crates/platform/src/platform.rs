@@ -71,10 +71,10 @@ impl From<GuardError> for PlatformError {
 /// Pause before a failed consumer group member is started again.
 const MEMBER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
-/// Least time a removed campaign's issuer runs on after its removal, whatever its queue
-/// says: an admission that was in flight when it was removed is answered within it (Redis's
-/// 5 s response deadline, the embedded queue's wait for its write).
-pub const DRAIN_SETTLE: Duration = Duration::from_secs(6);
+/// Least time a removed campaign's issuer runs on after its removal, whatever its queue and
+/// its admissions under way say: room for a request that looked the campaign up just before
+/// the removal to be counted.
+pub const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
 const REBUILD_ATTEMPTS: usize = 3;
@@ -84,6 +84,34 @@ const REBUILD_ATTEMPTS: usize = 3;
 pub struct Admitted {
     pub outcome: Admit,
     pub request_id: String,
+}
+
+/// One admission under way for a campaign, counted in [`Platform`]'s `admitting` while it
+/// lives.
+struct Admitting<'a> {
+    counts: &'a Mutex<HashMap<String, usize>>,
+    campaign: &'a str,
+}
+
+impl<'a> Admitting<'a> {
+    fn enter(counts: &'a Mutex<HashMap<String, usize>>, campaign: &'a str) -> Self {
+        let mut all = counts.lock().unwrap();
+        match all.get_mut(campaign) {
+            Some(n) => *n += 1,
+            None => {
+                all.insert(campaign.to_owned(), 1);
+            }
+        }
+        Self { counts, campaign }
+    }
+}
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.counts.lock().unwrap().get_mut(self.campaign) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// The consumer groups of one host: one per plugin role any campaign names.
@@ -119,8 +147,14 @@ pub struct Platform {
     /// The shared clock's last reading (see [`crate::shared_clock`]).
     pub(crate) clock: Arc<crate::shared_clock::ClockState>,
     /// Removed campaigns whose queue still holds admitted requests: they admit nobody, but
-    /// their issuer runs and their requests can be read until the queue is empty.
-    draining: RwLock<HashMap<String, Arc<Campaign>>>,
+    /// their issuer runs and their requests can be read until the queue is empty. With the
+    /// removal's number, so that a drain ends only the removal it was started for.
+    draining: RwLock<HashMap<String, (Arc<Campaign>, u64)>>,
+    /// Removals so far (numbers the drains).
+    removals: std::sync::atomic::AtomicU64,
+    /// Admissions under way on this host, per campaign: a drain ends only once none is left
+    /// (an admission that started before the removal may still be answered `202`).
+    admitting: Mutex<HashMap<String, usize>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
     /// Held by an admin change of a campaign from applying it to writing its file, and by the
@@ -166,6 +200,8 @@ impl Platform {
             consumers,
             campaigns: RwLock::default(),
             draining: RwLock::default(),
+            removals: Default::default(),
+            admitting: Mutex::default(),
             clock: Arc::default(),
             rejected: RwLock::default(),
             campaign_writes: tokio::sync::Mutex::default(),
@@ -247,7 +283,11 @@ impl Platform {
     /// A removed campaign still issuing the requests it admitted (see
     /// [`Platform::remove_campaign`]).
     pub fn draining(&self, id: &str) -> Option<Arc<Campaign>> {
-        self.draining.read().unwrap().get(id).cloned()
+        self.draining
+            .read()
+            .unwrap()
+            .get(id)
+            .map(|(c, _)| c.clone())
     }
 
     /// Ids of removed campaigns still issuing what they admitted, sorted.
@@ -328,8 +368,8 @@ impl Platform {
 
     /// Removes a campaign (its file was deleted or renamed, or the admin API deleted it): it
     /// admits nobody from now on, but every request it answered `202` is still issued. Its
-    /// issuer runs until the queue holds none of its requests and at least [`DRAIN_SETTLE`]
-    /// has passed (an admission in flight at the removal is answered within that); only then
+    /// issuer runs until the queue holds none of its requests, no admission of it is under
+    /// way on this host and at least [`DRAIN_SETTLE`] has passed; only then
     /// is the issuer stopped and the database row marked inactive. Meanwhile its requests'
     /// status can be read and new requests are answered `closed`. A host stopped before the
     /// drain ends finds the row still active and its file gone at start-up, and drains again.
@@ -343,22 +383,26 @@ impl Platform {
         // Its plugins stay for the events still on their way, on fresh instances: the kept
         // ones would hold pool slots for a campaign that is over.
         self.plugins.drop_warm(id);
+        let removal = self
+            .removals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.draining
             .write()
             .unwrap()
-            .insert(id.to_owned(), campaign.clone());
+            .insert(id.to_owned(), (campaign.clone(), removal));
         let queued = self.admission.counts(id).await.map(|c| c.queued);
         tracing::info!(campaign = %id, queued = ?queued.as_ref().ok(),
             "campaign removed: it admits nobody; its issuer runs until its queue is empty");
         self.consumers
             .tracker
-            .spawn(self.clone().drain(id.to_owned()));
+            .spawn(self.clone().drain(id.to_owned(), removal));
         Ok(true)
     }
 
-    /// Waits until a removed campaign's queue is empty, for at least [`DRAIN_SETTLE`] after
-    /// its removal, then ends its drain; leaves it to the next start when the host stops.
-    async fn drain(self: Arc<Self>, id: String) {
+    /// Waits until a removed campaign's queue is empty and no admission of it is under way
+    /// here, for at least [`DRAIN_SETTLE`] after its removal, then ends its drain; leaves it
+    /// to the next start when the host stops.
+    async fn drain(self: Arc<Self>, id: String, removal: u64) {
         let started = std::time::Instant::now();
         let poll = Duration::from_millis(self.config.issuer.poll_ms.clamp(50, 1_000));
         let shutdown = self.consumers.shutdown.clone();
@@ -367,40 +411,59 @@ impl Platform {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(poll) => {}
             }
-            if self.draining(&id).is_none() {
-                return; // added again
+            if !self.is_draining(&id, removal) {
+                return; // added again, or removed again by a later removal
             }
-            let empty = match self.admission.counts(&id).await {
-                Ok(counts) => counts.queued == 0,
-                Err(e) => {
-                    tracing::warn!(campaign = %id, error = %e,
-                        "cannot read the removed campaign's queue; its drain waits");
-                    false
-                }
-            };
+            let admitting = self
+                .admitting
+                .lock()
+                .unwrap()
+                .get(&id)
+                .copied()
+                .unwrap_or(0);
+            let empty = admitting == 0
+                && match self.admission.counts(&id).await {
+                    Ok(counts) => counts.queued == 0,
+                    Err(e) => {
+                        tracing::warn!(campaign = %id, error = %e,
+                            "cannot read the removed campaign's queue; its drain waits");
+                        false
+                    }
+                };
             if empty && started.elapsed() >= DRAIN_SETTLE {
-                self.drained(&id).await;
+                self.drained(&id, removal).await;
                 return;
             }
         }
     }
 
-    /// Ends a drain: when the campaign was not added again meanwhile, stops its issuer and
-    /// marks its row inactive.
-    async fn drained(&self, id: &str) {
-        let removed = {
+    fn is_draining(&self, id: &str, removal: u64) -> bool {
+        self.draining
+            .read()
+            .unwrap()
+            .get(id)
+            .is_some_and(|(_, r)| *r == removal)
+    }
+
+    /// Ends a drain: when the campaign was neither added nor removed again meanwhile, stops
+    /// its issuer and marks its row inactive (under the campaign write lock, so that an apply
+    /// of the same campaign is not half undone).
+    async fn drained(&self, id: &str, removal: u64) {
+        let _writing = self.campaign_writes().await;
+        let ended = {
             let mut draining = self.draining.write().unwrap();
-            let still =
-                draining.contains_key(id) && !self.campaigns.read().unwrap().contains_key(id);
-            if still {
+            let ours = draining.get(id).is_some_and(|(_, r)| *r == removal)
+                && !self.campaigns.read().unwrap().contains_key(id);
+            if ours {
                 draining.remove(id);
             }
-            still
+            ours
         };
-        if !removed {
+        if !ended {
             return;
         }
         self.issuers.stop(id);
+        self.admitting.lock().unwrap().remove(id);
         if let Err(e) = self.store.deactivate_campaign(id).await {
             tracing::warn!(campaign = %id, error = %e, "cannot mark the drained campaign inactive");
         }
@@ -426,6 +489,15 @@ impl Platform {
     ) -> Result<Admitted, PlatformError> {
         let user_id = user.as_str();
         let request_id = Uuid::now_v7().to_string();
+        // Counted as under way before the campaign is looked up again: a removal either comes
+        // first (then this request is refused here) or waits for it to be answered.
+        let _admitting = Admitting::enter(&self.admitting, c.id());
+        if !self.campaigns.read().unwrap().contains_key(c.id()) {
+            return Ok(Admitted {
+                outcome: Admit::Closed,
+                request_id,
+            });
+        }
         // Within the window, a campaign this host saw sold out is answered without the queue
         // (outside it the queue answers closed / not open, as it would).
         if c.window_state(now) == firstcome_core::campaign::WindowState::Open

@@ -19,6 +19,13 @@ use firstcome_store::Store;
 /// How often the shared clock is read again: a monotonic clock drifts by parts per million.
 pub const RESYNC: Duration = Duration::from_secs(30);
 
+/// Readings taken each time; the one with the quickest round trip is kept.
+const READINGS: usize = 3;
+
+/// A reading whose round trip took longer than this is not trusted once the clock is followed
+/// (it could be off by half of it).
+const MAX_ROUND_TRIP: Duration = Duration::from_millis(100);
+
 /// A host whose wall clock is further than this from the shared clock is warned about.
 pub const SKEW_WARNING_MS: i64 = 1_000;
 
@@ -51,15 +58,34 @@ impl ClockState {
     /// Reads the shared clock once and follows it. Fails with the source's error, leaving the
     /// clock as it was (carried forward from the last reading).
     pub async fn sync(&self, admission: &dyn Admission, store: &Store) -> Result<(), String> {
-        let started = Instant::now();
-        let (source, shared) = match admission.clock_ms().await.map_err(|e| e.to_string())? {
-            Some(ms) => ("redis", ms),
-            None => match store.clock_ms().await.map_err(|e| e.to_string())? {
-                Some(ms) => ("database", ms),
-                None => return Ok(()),
-            },
+        // The reading is taken as of the middle of its round trip, so it is off by up to half
+        // of it: the quickest of a few readings is kept, and a slow one (the source busy
+        // behind other work) changes nothing once the clock is followed.
+        let mut best: Option<(&'static str, i64, Instant, Duration)> = None;
+        for _ in 0..READINGS {
+            let started = Instant::now();
+            let (source, shared) = match admission.clock_ms().await.map_err(|e| e.to_string())? {
+                Some(ms) => ("redis", ms),
+                None => match store.clock_ms().await.map_err(|e| e.to_string())? {
+                    Some(ms) => ("database", ms),
+                    None => return Ok(()),
+                },
+            };
+            let round_trip = started.elapsed();
+            if best.is_none_or(|(_, _, _, quickest)| round_trip < quickest) {
+                best = Some((source, shared, started, round_trip));
+            }
+        }
+        let Some((source, shared, started, round_trip)) = best else {
+            return Ok(());
         };
-        let round_trip = started.elapsed();
+        if round_trip > MAX_ROUND_TRIP && self.source.lock().unwrap().is_some() {
+            tracing::debug!(
+                ?round_trip,
+                "the shared clock answered slowly; reading skipped"
+            );
+            return Ok(());
+        }
         let skew = firstcome_core::clock::follow(shared, started + round_trip / 2);
         *self.source.lock().unwrap() = Some(source);
         let before = self.skew_ms.swap(skew, Ordering::Relaxed);

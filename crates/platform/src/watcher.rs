@@ -214,6 +214,13 @@ impl Watcher {
                             tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
                         }
                     }
+                    // The database or Redis is down for now: the row stays active, so that
+                    // the next start drains what it admitted.
+                    Err(e) if passing(&e) => {
+                        tracing::error!(campaign = %id, error = %e,
+                            "the removed campaign cannot run now to issue what it admitted; \
+                             it is tried again at the next start");
+                    }
                     Err(e) => {
                         tracing::error!(campaign = %id, error = %e,
                             "the removed campaign cannot run to issue what it admitted; \

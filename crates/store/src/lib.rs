@@ -456,7 +456,11 @@ impl Store {
     pub async fn clock_ms(&self) -> Result<Option<i64>> {
         let sql = match self.dialect {
             Dialect::Sqlite => return Ok(None),
-            Dialect::MySql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            // UTC directly: `UNIX_TIMESTAMP(NOW())` goes through the session's time zone,
+            // ambiguous for an hour when its daylight saving time ends.
+            Dialect::MySql => {
+                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000 AS SIGNED)"
+            }
             Dialect::Postgres => {
                 "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
             }

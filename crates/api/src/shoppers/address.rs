@@ -38,51 +38,46 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&address))
     }
 
-    /// The client's address: `peer` itself unless it is trusted; then the right-most address
-    /// of `X-Forwarded-For` (or of `Forwarded`'s `for=`) that is not a trusted proxy itself.
-    /// A header that cannot be read leaves the peer.
+    /// The client's address: `peer` itself unless it is trusted; then, reading the hops of
+    /// `X-Forwarded-For` (or of `Forwarded`'s `for=`) from the right, the first one that is
+    /// not a trusted proxy itself. Hops to its left are the client's to write and are never
+    /// read; a hop that cannot be read before it leaves the nearest trusted proxy's address.
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical(peer);
         if self.0.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let mut hops: Vec<IpAddr> = Vec::new();
+        let mut hops: Vec<&str> = Vec::new();
         for value in headers.get_all("x-forwarded-for") {
             let Ok(value) = value.to_str() else {
                 return peer;
             };
-            for hop in value.split(',') {
-                match parse_hop(hop) {
-                    Some(address) => hops.push(address),
-                    None => return peer,
-                }
-            }
+            hops.extend(value.split(','));
         }
         if hops.is_empty() {
             for value in headers.get_all("forwarded") {
                 let Ok(value) = value.to_str() else {
                     return peer;
                 };
-                for element in value.split(',') {
-                    let Some(for_value) = element.split(';').find_map(|pair| {
+                hops.extend(value.split(',').filter_map(|element| {
+                    element.split(';').find_map(|pair| {
                         let (name, value) = pair.split_once('=')?;
                         name.trim().eq_ignore_ascii_case("for").then_some(value)
-                    }) else {
-                        continue;
-                    };
-                    match parse_hop(for_value) {
-                        Some(address) => hops.push(address),
-                        None => return peer,
-                    }
-                }
+                    })
+                }));
             }
         }
-        hops.iter()
-            .rev()
-            .map(|a| canonical(*a))
-            .find(|a| !self.trusts(*a))
-            .or_else(|| hops.first().copied())
-            .unwrap_or(peer)
+        let mut nearest = peer;
+        for hop in hops.iter().rev() {
+            let Some(address) = parse_hop(hop).map(canonical) else {
+                return nearest;
+            };
+            if !self.trusts(address) {
+                return address;
+            }
+            nearest = address;
+        }
+        nearest
     }
 }
 
@@ -138,6 +133,13 @@ mod tests {
         );
         let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
         assert_eq!(proxies.client_address(lb, &garbage), lb);
+        // Junk the client writes to the left of its own hop is never read: it does not move
+        // the client into the proxy's bucket.
+        let junk_left = headers(&[("x-forwarded-for", "unknown, 198.51.100.4, 10.9.9.9")]);
+        assert_eq!(
+            proxies.client_address(lb, &junk_left),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(proxies.client_address(lb, &HeaderMap::new()), lb);
     }
 

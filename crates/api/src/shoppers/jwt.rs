@@ -92,6 +92,9 @@ pub struct JwtVerifier {
     max_age: Duration,
     refetch: Duration,
     verified: quick_cache::sync::Cache<[u8; 32], Verified>,
+    /// Raised each time a key set is put in force: a verification that began under an older
+    /// one is not kept in the cache.
+    generation: std::sync::atomic::AtomicU64,
     client: reqwest::Client,
 }
 
@@ -216,6 +219,7 @@ impl JwtVerifier {
             max_age: Duration::from_secs(config.jwks_max_age_s),
             refetch: Duration::from_secs(config.jwks_refetch_s),
             verified: quick_cache::sync::Cache::new(TOKEN_CACHE_ENTRIES),
+            generation: Default::default(),
             client,
         };
         if let Some(source) = &source {
@@ -317,19 +321,15 @@ impl JwtVerifier {
         Ok(body)
     }
 
-    /// Puts a newly read key set in force. Tokens verified under a key that is gone are
-    /// forgotten, so that they stop working now.
+    /// Puts a newly read key set in force and empties the token cache: a token verified under
+    /// a key that is gone, or whose material changed under the same `kid`, stops working now
+    /// (the others are verified again once, at their next use).
     fn install(&self, keys: Vec<Key>) {
-        let old = self.keys.read().expect("never poisoned").clone();
-        let removed = old
-            .keys
-            .iter()
-            .any(|k| !keys.iter().any(|n| n.kid == k.kid));
         *self.keys.write().expect("never poisoned") = Arc::new(KeySet { keys, read: true });
         *self.last_success.write().expect("never poisoned") = Some(Instant::now());
-        if removed {
-            self.verified.clear();
-        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.verified.clear();
     }
 
     /// Reads the JWKS again if `due` says so, one read at a time.
@@ -389,8 +389,13 @@ impl JwtVerifier {
         {
             return Ok(known.user);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let verified = self.verify_token(token).await?;
         self.verified.insert(digest, verified.clone());
+        // Keys put in force meanwhile: the entry may stem from the old ones.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            self.verified.remove(&digest);
+        }
         Ok(verified.user)
     }
 
