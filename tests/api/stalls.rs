@@ -288,6 +288,11 @@ async fn a_stalled_admission_record_makes_the_host_unready() {
     lock.execute("BEGIN EXCLUSIVE").await.unwrap();
     let started = Instant::now();
     assert_eq!(admit(&app, &id, "stalled").await, 503);
+    // "It may still be admitted; its status tells": it holds its place in memory.
+    let (_, stalled) = app
+        .get(&format!("/api/v1/campaigns/{id}/requests/stalled"))
+        .await;
+    assert_eq!(stalled["status"], "queued", "{stalled}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "{:?}",

@@ -91,12 +91,6 @@ struct State {
     waiters: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
 }
 
-impl State {
-    fn is_written(&self, held: Held) -> bool {
-        held.ticket <= self.written
-    }
-}
-
 #[derive(Debug)]
 struct Shared {
     store: Store,
@@ -558,8 +552,9 @@ impl Admission for EmbeddedAdmission {
         Ok(state
             .campaigns
             .get(campaign_id)
+            // A place whose record is still being written is held too (answered `503` after
+            // DURABLE_WAIT, it is issued once written): its status reads `queued`, not `none`.
             .and_then(|q| q.users.get(user_id).copied())
-            .filter(|held| state.is_written(*held))
             .map(|held| held.position))
     }
 

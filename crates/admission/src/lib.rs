@@ -112,8 +112,9 @@ pub trait Admission: Send + Sync + Debug {
         floor: Floor,
     ) -> Result<Admit>;
 
-    /// The position at which a user was admitted, if they were (and their admission is
-    /// recorded: a request whose write is still in flight has no position yet).
+    /// The position at which a user was admitted, if they were: the place they hold in the
+    /// queue (on the embedded queue also while its record is being written, since it is
+    /// written and issued unless the process dies first).
     async fn position(&self, campaign_id: &str, user_id: &str) -> Result<Option<i64>>;
 
     async fn counts(&self, campaign_id: &str) -> Result<QueueCounts>;
