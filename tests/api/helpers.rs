@@ -356,6 +356,19 @@ impl TestApp {
         r.text().await.unwrap()
     }
 
+    /// A `GET` with the admin token; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("the host answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .client

@@ -186,14 +186,7 @@ async fn campaign_numbers_that_overflow_are_refused() {
 }
 
 async fn admin_campaigns(app: &TestApp) -> (u16, Value) {
-    let r = app
-        .client
-        .get(app.url("/api/v1/admin/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    app.admin_get("/api/v1/admin/campaigns").await
 }
 
 /// How many times this process applied the campaign (its `firstcome_campaign_applies_total`).

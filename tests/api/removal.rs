@@ -61,14 +61,7 @@ async fn status(app: &TestApp, id: &str, user: &str) -> (u16, Value) {
 }
 
 async fn admin_list(app: &TestApp) -> Value {
-    let r = app
-        .client
-        .get(app.url("/api/v1/admin/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    r.json().await.unwrap()
+    app.admin_get("/api/v1/admin/campaigns").await.1
 }
 
 /// Admits `n` shoppers while issuing is held up; returns them.
