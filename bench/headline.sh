@@ -76,7 +76,7 @@ reuse = 128
 EOF
 http_port=$(free_port)
 FIRSTCOME_LISTEN="127.0.0.1:$http_port" FIRSTCOME_DATA_DIR="$work/data" \
-  FIRSTCOME_CAMPAIGNS_DIR="$work/campaigns" FIRSTCOME_DATABASE_URL="$mysql_url/$db" \
+  FIRSTCOME_CAMPAIGNS_DIR="$work/campaigns" FIRSTCOME_PLUGINS__DIR="$plugins" FIRSTCOME_DATABASE_URL="$mysql_url/$db" \
   FIRSTCOME_REDIS_URL="$redis_url" FIRSTCOME_KAFKA_BROKERS="$KAFKA_BROKERS" \
   FIRSTCOME_OUTBOX__TOPIC="$campaign" RUST_LOG="${RUST_LOG:-warn}" \
   FIRSTCOME_LIMITS__PER_ADDRESS_PER_S=0 \

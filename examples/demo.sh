@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo on the embedded default (SQLite, in-process queue and event log): builds the
-# reference plugins for wasm32-wasip2 into plugins/target (where the demo campaign file points)
+# reference plugins for wasm32-wasip2 into plugins/target (the plugins folder it serves with)
 # while the host builds, then serves examples/campaigns on http://127.0.0.1:8080. Extra
 # arguments go to `serve`.
 #
@@ -23,4 +23,4 @@ if ! wait "$plugins"; then
   exit 1
 fi
 exec cargo run --release --locked --no-default-features --bin firstcome -- \
-  serve --campaigns examples/campaigns "$@"
+  serve --campaigns examples/campaigns --plugins plugins/target/wasm32-wasip2/release "$@"

@@ -146,6 +146,8 @@ install_crate() { # install_crate CRATE@VERSION [cargo install options...]
 command -v tansu >/dev/null || background tansu install_crate tansu@0.6.0 --features dynostore,libsql
 # Plugins must also build with cargo-component, the other way plugin authors build them.
 command -v cargo-component >/dev/null || background cargo-component install_crate cargo-component@0.21.1
+# Licences, bans and sources of the host's dependencies (deny.toml).
+command -v cargo-deny >/dev/null || background cargo-deny install_crate cargo-deny@0.20.2
 # Plugins build for wasm32-wasip2.
 rustup target add wasm32-wasip2
 
@@ -225,6 +227,19 @@ for plugin in notification history stats; do
     --event examples/events/coupon-issued.json >/dev/null
   echo "$plugin: ok"
 done
+# The demo's campaign file names its plugins from the demo's plugins folder.
+FIRSTCOME_PLUGINS__DIR="$component_dir/wasm32-wasip1/release" \
+  "$firstcome" campaign validate examples/campaigns/spring-sale.toml
+
+phase "supply chain: cargo deny"
+await cargo-deny
+cargo deny --locked check licenses bans sources
+# Advisories need the RustSec database from GitHub: checked where it can be fetched.
+if timeout 120 cargo deny --locked fetch db >/dev/null 2>&1; then
+  cargo deny --locked check advisories
+else
+  echo "advisory database unreachable from here: advisories not checked"
+fi
 
 # --- the tests ----------------------------------------------------------------------------
 phase "tools: wait for the rest"

@@ -65,6 +65,7 @@ pub(crate) fn bind_stats(
         path: path.to_owned(),
         sha256: None,
         grants: [Capability::Stats].into_iter().collect(),
+        recipients: Default::default(),
         settings: Default::default(),
         timeout_ms: None,
         memory_mb: None,

@@ -16,11 +16,12 @@ use uuid::Uuid;
 
 use firstcome_admission::Admission;
 use firstcome_admission::embedded::EmbeddedAdmission;
+use firstcome_api::operators::{Operators, Plane};
 use firstcome_api::shoppers::Shoppers;
 use firstcome_bus::EventBus;
 use firstcome_bus::embedded::LogBus;
 use firstcome_platform::Platform;
-use firstcome_platform::config::Config;
+use firstcome_platform::config::{Config, Listeners};
 use firstcome_platform::issuer::{IssuerContext, Issuers};
 use firstcome_platform::outbox::{Relay, spawn_publisher};
 use firstcome_platform::queue_guard::QueueGuard;
@@ -35,7 +36,10 @@ use firstcome_store::Store;
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
+    /// The admin plane's own listener, when `admin_listen` names one.
+    admin_listener: Option<TcpListener>,
     shoppers: Arc<Shoppers>,
+    operators: Arc<Operators>,
     platform: Arc<Platform>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -143,6 +147,12 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
+        // The same for the admin plane: where it is served, and who may use it.
+        let listeners = config.listeners().map_err(|e| anyhow::anyhow!(e))?;
+        let operators = Arc::new(Operators::from_config(&config).map_err(|e| anyhow::anyhow!(e))?);
+        if !operators.enabled() {
+            tracing::info!("no admin credential configured: the admin API refuses every call");
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus = open_bus(&config, &store).await?;
@@ -189,6 +199,11 @@ impl App {
             config: config.outbox.clone(),
         };
         tracker.spawn(relay.run(shutdown.clone()));
+        tracker.spawn(firstcome_platform::retention::run(
+            store.clone(),
+            config.retention.clone(),
+            shutdown.clone(),
+        ));
         let dir = config.campaigns_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating campaign folder {}", dir.display()))?;
@@ -207,9 +222,19 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let admin_listener = match listeners {
+            Listeners::Shared => None,
+            Listeners::Apart(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding admin_listen {address}"))?,
+            ),
+        };
         Ok(Self {
             listener,
+            admin_listener,
             shoppers,
+            operators,
             platform,
             shutdown,
             tracker,
@@ -226,6 +251,13 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// Where the admin plane is served: its own listener's address, or the public one's.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .as_ref()
+            .map_or_else(|| self.local_addr(), |l| l.local_addr().expect("bound"))
+    }
+
     pub fn platform(&self) -> Arc<Platform> {
         self.platform.clone()
     }
@@ -236,13 +268,48 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let router = firstcome_api::router(self.platform.clone(), self.shoppers.clone());
+        let router = |plane| {
+            firstcome_api::router(
+                self.platform.clone(),
+                self.shoppers.clone(),
+                self.operators.clone(),
+                plane,
+            )
+        };
         self.tracker
             .spawn(self.shoppers.clone().run_upkeep(self.shutdown.clone()));
+        let operators = self.operators.clone();
+        let upkeep = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => operators.sweep(),
+                    () = upkeep.cancelled() => return,
+                }
+            }
+        });
         let token = self.shutdown.clone();
-        tracing::info!(addr = %self.local_addr(), "serving");
         let limits = self.platform.config().http.clone();
-        firstcome_api::server::serve(self.listener, router, &limits, token).await;
+        let public_addr = self.local_addr();
+        let public = match self.admin_listener {
+            Some(admin) => {
+                tracing::info!(addr = %public_addr,
+                    admin = %admin.local_addr().expect("bound"), "serving");
+                let admin_router = router(Plane::Admin);
+                let (admin_limits, admin_token) = (limits.clone(), token.clone());
+                self.tracker.spawn(async move {
+                    firstcome_api::server::serve(admin, admin_router, &admin_limits, admin_token)
+                        .await;
+                });
+                router(Plane::Public)
+            }
+            None => {
+                tracing::info!(addr = %public_addr, "serving (admin plane on the same listener)");
+                router(Plane::Both)
+            }
+        };
+        firstcome_api::server::serve(self.listener, public, &limits, token).await;
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -267,11 +334,17 @@ pub fn plugin_host(
         pusher: Arc::new(pusher),
     });
     let runtime = Arc::new(Runtime::new(config.plugins.clone())?);
+    let campaigns = config.campaigns_dir();
+    let files = firstcome_plugin::PluginFiles::new(
+        config.plugins.dir.as_deref().unwrap_or(&campaigns),
+        &config.data_dir,
+        &campaigns,
+    );
     Ok(PluginHost::new(
         runtime,
         services,
         store.clone(),
-        config.campaigns_dir(),
+        files,
         changes,
     ))
 }

@@ -41,6 +41,9 @@ enum Command {
         /// Watched folder of campaign files [default: DATA_DIR/campaigns; env FIRSTCOME_CAMPAIGNS_DIR].
         #[arg(long)]
         campaigns: Option<PathBuf>,
+        /// Folder plugin files are read from [default: the campaign folder; env FIRSTCOME_PLUGINS__DIR].
+        #[arg(long)]
+        plugins: Option<PathBuf>,
     },
     /// Apply the database migrations and exit.
     Migrate,
@@ -227,8 +230,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         listen,
         data_dir,
         campaigns,
+        plugins,
     } = &cli.command
     {
+        if let Some(p) = plugins {
+            config.plugins.dir = Some(p.clone());
+        }
         if let Some(l) = listen {
             config.listen = *l;
         }
@@ -265,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Campaign(CampaignCommand::Validate { files }) => Ok(validate(&files).await),
+            Command::Campaign(CampaignCommand::Validate { files }) => Ok(validate(&files, &config).await),
             Command::Dlt(command) => dlt(&config, command).await,
             Command::Plugin(PluginCommand::Test {
                 plugin,
@@ -309,13 +316,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Checks each file, and loads each plugin it names the way the host would (without
 /// running it on an event).
-async fn validate(files: &[PathBuf]) -> ExitCode {
+async fn validate(files: &[PathBuf], config: &Config) -> ExitCode {
     let mut ok = true;
     for file in files {
         let checked = match load_file(file) {
             Ok(c) => {
-                let base = file.parent().map(PathBuf::from).unwrap_or_default();
-                firstcome_plugin::recording::check_plugins(&c, &base)
+                // As a host serving the file's folder would read its plugins.
+                let folder = file.parent().map(PathBuf::from).unwrap_or_default();
+                let files = firstcome_plugin::PluginFiles::new(
+                    config.plugins.dir.as_deref().unwrap_or(&folder),
+                    &config.data_dir,
+                    &folder,
+                );
+                firstcome_plugin::recording::check_plugins(&c, &files)
                     .await
                     .map(|plugins| (c, plugins))
                     .map_err(|e| format!("{}: {e}", file.display()))
@@ -382,7 +395,14 @@ async fn dlt(config: &Config, command: DltCommand) -> anyhow::Result<ExitCode> {
     let bus = open_bus(config, &store).await?;
     let topic = dlt_topic(&config.outbox.topic);
     let letters = bus.fetch(&topic, DLT_SCAN).await?;
-    let header = |m: &Message, k: &str| m.headers.get(k).cloned().unwrap_or_default();
+    // Escaped: a header's text (a plugin's error, or anything another producer wrote) must not
+    // drive the terminal it is printed on.
+    let header = |m: &Message, k: &str| {
+        m.headers
+            .get(k)
+            .map(|v| firstcome_core::bounded::escaped(v).into_owned())
+            .unwrap_or_default()
+    };
     match command {
         DltCommand::List { limit } => {
             println!("{} dead letters in {topic}", letters.len());
@@ -439,6 +459,19 @@ async fn dlt(config: &Config, command: DltCommand) -> anyhow::Result<ExitCode> {
                 bus.publish(&original, &[m]).await?;
             }
             println!("replayed {} dead letters", chosen.len());
+            let ids: Vec<&str> = chosen.iter().map(|d| d.message.event_id.as_str()).collect();
+            firstcome_platform::audit::record(
+                &store,
+                firstcome_platform::audit::Change {
+                    actor: firstcome_platform::audit::CLI_ACTOR,
+                    action: "dead_letter.replay",
+                    target: &topic,
+                    before: None,
+                    after: None,
+                    detail: Some(format!("{} events: {}", ids.len(), ids.join(" "))),
+                },
+            )
+            .await;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -48,6 +48,7 @@ async fn a_host_whose_clock_runs_ahead_judges_windows_by_the_shared_clock() {
         .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
         .env("FIRSTCOME_DATA_DIR", dir.path().join("ahead"))
         .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+        .env("FIRSTCOME_PLUGINS__DIR", "/")
         .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
         .env("FIRSTCOME_REDIS_URL", backends.redis_url.as_ref().unwrap())
         .env("RUST_LOG", "warn")

@@ -199,6 +199,7 @@ async fn embedded_process_killed(at: KillAt) {
             .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
             .env("FIRSTCOME_DATA_DIR", &data)
             .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+            .env("FIRSTCOME_PLUGINS__DIR", "/")
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()

@@ -315,6 +315,7 @@ async fn killed_process_loses_nothing() {
             .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
             .env("FIRSTCOME_DATA_DIR", dir.path())
             .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+            .env("FIRSTCOME_PLUGINS__DIR", "/")
             .env("FIRSTCOME_DATABASE_URL", &backends.database_url)
             .env("FIRSTCOME_REDIS_URL", backends.redis_url.as_ref().unwrap())
             .env("FIRSTCOME_ISSUER__RECLAIM_IDLE_MS", "500")

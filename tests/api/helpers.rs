@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-of-thirty-two-chars-or-more";
 
 /// Which backends a test host runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +162,8 @@ impl Backends {
 #[derive(Debug)]
 pub struct TestApp {
     pub address: String,
+    /// Where the admin plane is served (`address` unless `admin_listen` names its own).
+    pub admin_address: String,
     pub client: reqwest::Client,
     pub platform: Arc<Platform>,
     pub backends: Backends,
@@ -188,6 +190,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // are off here, and on in the tests of limits (`shoppers.rs`).
     config.limits.per_user_per_s = 0;
     config.limits.per_address_per_s = 0;
+    // The suite loads components from the build's target folder and from temporary folders:
+    // any folder but the host's data folder (the tests of confinement set their own).
+    config.plugins.dir = Some("/".into());
     config
 }
 
@@ -212,11 +217,13 @@ pub async fn spawn_app_on(
         .await
         .expect("the host starts");
     let address = format!("http://{}", app.local_addr());
+    let admin_address = format!("http://{}", app.admin_addr());
     let platform = app.platform();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        admin_address,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()
@@ -285,6 +292,15 @@ pub fn wasm(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// Lets `role`'s plugin email `address` besides the event's shopper.
+pub fn recipient(spec: &mut CampaignSpec, role: &str, address: &str) {
+    spec.plugins
+        .get_mut(role)
+        .expect("the role has a plugin")
+        .recipients
+        .insert(address.to_owned());
+}
+
 /// `spec` with a `[plugins.{role}]` section.
 pub fn with_plugin(
     mut spec: CampaignSpec,
@@ -300,6 +316,7 @@ pub fn with_plugin(
             .iter()
             .map(|g| serde_json::from_value(Value::String((*g).to_owned())).expect("a capability"))
             .collect(),
+        recipients: Default::default(),
         settings: settings
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -200,13 +200,14 @@ async fn the_python_hourly_digest_example_counts_and_emails() {
     let backends = Backends::open(Backend::Embedded, dir.path()).await;
     let app = spawn_app_on(backends, dir, |c| smtp.configure(c)).await;
     let settings = [("operator_email", "desk@shop.test"), ("digest_every", "2")];
-    let campaign = with_plugin(
+    let mut campaign = with_plugin(
         spec(10),
         "hourly-digest",
         &component,
         &["kv", "email"],
         &settings,
     );
+    crate::helpers::recipient(&mut campaign, "hourly-digest", "desk@shop.test");
     // Applying compiles the component (CPython inside: tens of seconds in a debug host).
     let id = app.campaign(campaign).await;
     for i in 0..5 {

@@ -193,6 +193,7 @@ async fn a_request_id_finds_every_line_of_its_journey() {
         .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
         .env("FIRSTCOME_DATA_DIR", &data)
         .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+        .env("FIRSTCOME_PLUGINS__DIR", "/")
         .env("FIRSTCOME_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,journey=debug")
         .stderr(std::fs::File::create(&log).unwrap())

@@ -89,3 +89,54 @@ async fn the_live_page_follows_a_campaign_in_a_real_browser() {
     .expect("the page says the statistics are private");
     app.stop().await;
 }
+
+/// The pages work under the security headers every response carries (a
+/// Content-Security-Policy allowing no inline script or style): the live page's style sheet
+/// applies and its script runs, Swagger UI renders, and a credential typed into Swagger UI is
+/// not kept in the browser's storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pages_work_under_the_content_security_policy() {
+    let app = spawn_app(Backend::Embedded).await;
+    let id = app.campaign(spec(4)).await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/#{id}", app.address)).await;
+    wait_for(20, || async { browser.text("remaining").await == "4" })
+        .await
+        .expect("the live page's script runs");
+    let background = browser
+        .execute("return getComputedStyle(document.body).backgroundColor;")
+        .await;
+    assert_eq!(background, "rgb(246, 247, 249)", "the style sheet applies");
+
+    browser.open(&format!("{}/api/docs/", app.address)).await;
+    wait_for(30, || async {
+        browser
+            .execute("const t = document.querySelector('.swagger-ui .info .title'); return t ? t.textContent : '';")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("firstcome"))
+    })
+    .await
+    .expect("Swagger UI renders under the policy");
+    // Authorise as an operator would, then look for the credential in the page's storage.
+    let stored = browser
+        .execute(
+            "window.ui.authActions.authorize({admin_token: {name: 'admin_token', \
+             schema: {type: 'http', scheme: 'bearer'}, value: 'typed-in-secret-token'}}); \
+             return JSON.stringify(Object.assign({}, localStorage, sessionStorage));",
+        )
+        .await;
+    let stored = stored.as_str().unwrap_or_default().to_owned();
+    assert!(!stored.contains("typed-in-secret-token"), "{stored}");
+    let authorized = browser
+        .execute("return JSON.stringify(window.ui.authSelectors.authorized().toJS());")
+        .await;
+    assert!(
+        authorized
+            .as_str()
+            .unwrap_or_default()
+            .contains("typed-in-secret-token"),
+        "the page itself holds it: {authorized}"
+    );
+    app.stop().await;
+}

@@ -18,8 +18,8 @@ use firstcome_store::UserProfile;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, Backends, firstcome_output, spawn_app, spawn_app_on, spec, unique, wait_for, wasm,
-    with_history, with_plugin,
+    Backend, Backends, firstcome_output, recipient, spawn_app, spawn_app_on, spec, unique,
+    wait_for, wasm, with_history, with_plugin,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -997,16 +997,19 @@ async fn the_fraud_watch_example_flags_shared_devices_and_busy_domains() {
         user("erin", Some("erin@farm.test"), None),
     ];
     app.backends.store.upsert_users(&users).await.unwrap();
-    let campaign = with_plugin(
+    // It tells devices apart by their push tokens, which only a role granted `push` sees; it
+    // may email the desk, its one listed recipient, besides the event's shopper.
+    let mut campaign = with_plugin(
         spec(10),
         "fraud-watch",
         &wasm("fraud_watch"),
-        &["kv", "email"],
+        &["kv", "email", "push"],
         &[
             ("operator_email", "desk@shop.test"),
             ("max_per_domain", "3"),
         ],
     );
+    recipient(&mut campaign, "fraud-watch", "desk@shop.test");
     let id = app.campaign(campaign).await;
     for u in &users {
         assert_eq!(app.request(&id, &u.user_id).await.0, 202);

@@ -26,9 +26,9 @@ impl Drop for Prometheus {
 fn start_prometheus(target: &str) -> Prometheus {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let shipped = std::fs::read_to_string(root.join("deploy/prometheus.yml")).unwrap();
-    assert!(shipped.contains("firstcome:8080") && shipped.contains("metrics_path: /metrics"));
+    assert!(shipped.contains("firstcome:8081") && shipped.contains("metrics_path: /metrics"));
     let config = shipped
-        .replace("firstcome:8080", target)
+        .replace("firstcome:8081", target)
         .replace("scrape_interval: 5s", "scrape_interval: 1s");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();

@@ -51,6 +51,7 @@ fn plugin(
         path: path.clone(),
         sha256: None,
         grants: [Capability::Kv].into_iter().collect(),
+        recipients: Default::default(),
         settings,
         timeout_ms: Some(300),
         memory_mb: None,

@@ -172,6 +172,7 @@ impl Rig {
             ("FIRSTCOME_LIMITS__PER_ADDRESS_PER_S".into(), "0".into()),
             ("FIRSTCOME_LIMITS__PER_USER_PER_S".into(), "0".into()),
             ("FIRSTCOME_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ("FIRSTCOME_PLUGINS__DIR".into(), "/".into()),
             ("FIRSTCOME_OUTBOX__TOPIC".into(), topic.clone()),
             ("FIRSTCOME_CAMPAIGNS_POLL_MS".into(), "100".into()),
             ("FIRSTCOME_CAMPAIGNS_SETTLE_MS".into(), "200".into()),

@@ -1,71 +1,40 @@
-//! The admin API, behind `Authorization: Bearer {FIRSTCOME_ADMIN_TOKEN}`. Without a configured
-//! token every admin call is refused. Each handler takes [`Admin`] as its first argument, so the
-//! token is checked before anything else is read from the request.
+//! The admin API, behind a named admin credential (`Authorization: Bearer …`, see
+//! [`super::operators`]). Without a configured credential every admin call is refused. Each
+//! handler takes the role it needs ([`Viewer`], [`Operator`], [`Admin`]) as its first
+//! argument, so that the credential is checked before anything else is read from the request;
+//! every change is recorded in the audit log under the credential's name.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::campaigns::{CampaignView, view};
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use super::operators::{Admin, Operator, Viewer};
 use super::schema::{Email, FcmToken, UserId};
 use firstcome_core::campaign::{Campaign, CampaignSpec, validate_id};
-use firstcome_platform::Platform;
+use firstcome_platform::{Platform, audit};
 use firstcome_store::UserProfile;
 
 pub(super) const MAX_BULK_USERS: usize = 1_000;
 
-/// Proof that the request carries the admin bearer token; refuses it with 401 otherwise.
-#[derive(Debug)]
-pub struct Admin;
-
-impl FromRequestParts<Arc<Platform>> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        platform: &Arc<Platform>,
-    ) -> Result<Self, ApiError> {
-        check_admin(&parts.headers, platform)
+/// `role sha256:…` of each plugin a campaign runs now, for the audit log.
+fn plugin_versions(platform: &Platform, id: &str) -> String {
+    let versions: Vec<String> = platform
+        .plugin_statuses()
+        .into_iter()
+        .filter(|p| p.campaign_id == id)
+        .map(|p| format!("{} {}", p.role, p.version))
+        .collect();
+    if versions.is_empty() {
+        "no plugins".into()
+    } else {
+        format!("plugins: {}", versions.join(", "))
     }
-}
-
-/// Whether `headers` carry the admin bearer token (for routes that serve more to an operator,
-/// such as a campaign's statistics).
-pub fn is_admin(headers: &axum::http::HeaderMap, platform: &Platform) -> bool {
-    check_admin(headers, platform).is_ok()
-}
-
-fn check_admin(headers: &axum::http::HeaderMap, platform: &Platform) -> Result<Admin, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let Some(expected) = platform
-        .config()
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(unauthorized(
-            "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
-        _ => Err(unauthorized("missing or wrong bearer token")),
-    }
-}
-
-/// Compares without an early exit, so response time does not reveal the matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn campaign_file(platform: &Platform, id: &str) -> std::path::PathBuf {
@@ -147,7 +116,7 @@ pub struct CampaignIdParam {
     )
 )]
 pub async fn put_campaign(
-    _: Admin,
+    Operator(caller): Operator,
     State(platform): State<Arc<Platform>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<CampaignSpec>,
@@ -156,7 +125,8 @@ pub async fn put_campaign(
     let campaign = Campaign::new(&id, spec.clone())
         .map_err(|e| ApiError::unprocessable("invalid_campaign", e.to_string()))?;
     let _writing = platform.campaign_writes().await;
-    let existed = platform.campaign(&id).is_some();
+    let before = platform.campaign(&id).map(|c| c.spec().to_toml());
+    let existed = before.is_some();
     let text = spec.to_toml();
     let staged = stage(&campaign_file(&platform, &id), &text)?;
     if let Err(e) = platform.apply_campaign(campaign).await {
@@ -166,6 +136,18 @@ pub async fn put_campaign(
     staged.commit().map_err(|e| ApiError::internal(&e))?;
     platform.note_admin_write(&id, &text);
     platform.clear_rejection(&id);
+    audit::record(
+        platform.store(),
+        audit::Change {
+            actor: &caller.name,
+            action: "campaign.put",
+            target: &id,
+            before: before.as_deref(),
+            after: Some(&text),
+            detail: Some(plugin_versions(&platform, &id)),
+        },
+    )
+    .await;
     let c = platform
         .campaign(&id)
         .ok_or_else(|| ApiError::unknown_campaign(&id))?;
@@ -194,12 +176,13 @@ pub async fn put_campaign(
     )
 )]
 pub async fn delete_campaign(
-    _: Admin,
+    Operator(caller): Operator,
     State(platform): State<Arc<Platform>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     validate_id(&id).map_err(|e| ApiError::bad_request("invalid_campaign_id", e.to_string()))?;
     let _writing = platform.campaign_writes().await;
+    let before = platform.campaign(&id).map(|c| c.spec().to_toml());
     let path = campaign_file(&platform, &id);
     let had_file = match std::fs::remove_file(&path) {
         Ok(()) => true,
@@ -208,6 +191,18 @@ pub async fn delete_campaign(
     };
     let was_active = platform.remove_campaign(&id).await?;
     if had_file || was_active {
+        audit::record(
+            platform.store(),
+            audit::Change {
+                actor: &caller.name,
+                action: "campaign.delete",
+                target: &id,
+                before: before.as_deref(),
+                after: None,
+                detail: None,
+            },
+        )
+        .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::unknown_campaign(&id))
@@ -235,7 +230,7 @@ pub struct CampaignFiles {
     responses((status = 200, description = "Active and refused campaign files", body = CampaignFiles))
 )]
 pub async fn list_campaigns(
-    _: Admin,
+    _: Viewer,
     State(platform): State<Arc<Platform>>,
 ) -> Json<CampaignFiles> {
     Json(CampaignFiles {
@@ -347,7 +342,7 @@ impl ProfileBody {
     )
 )]
 pub async fn put_user(
-    _: Admin,
+    Admin(caller): Admin,
     State(platform): State<Arc<Platform>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<ProfileBody>,
@@ -358,6 +353,20 @@ pub async fn put_user(
     platform
         .upsert_users(std::slice::from_ref(&profile))
         .await?;
+    // The profile's digest only: the log keeps no personal data.
+    let after = serde_json::to_string(&profile).unwrap_or_default();
+    audit::record(
+        platform.store(),
+        audit::Change {
+            actor: &caller.name,
+            action: "user.put",
+            target: &profile.user_id,
+            before: None,
+            after: Some(&after),
+            detail: None,
+        },
+    )
+    .await;
     Ok(Json(profile))
 }
 
@@ -411,7 +420,7 @@ pub struct BulkDone {
     )
 )]
 pub async fn put_users(
-    _: Admin,
+    Admin(caller): Admin,
     State(platform): State<Arc<Platform>>,
     ApiJson(body): ApiJson<BulkBody>,
 ) -> Result<Json<BulkDone>, ApiError> {
@@ -438,6 +447,19 @@ pub async fn put_users(
         profiles.push(profile);
     }
     platform.upsert_users(&profiles).await?;
+    let after = serde_json::to_string(&profiles).unwrap_or_default();
+    audit::record(
+        platform.store(),
+        audit::Change {
+            actor: &caller.name,
+            action: "users.put",
+            target: "users",
+            before: None,
+            after: Some(&after),
+            detail: Some(format!("{} profiles", profiles.len())),
+        },
+    )
+    .await;
     Ok(Json(BulkDone {
         upserted: profiles.len(),
     }))
@@ -474,7 +496,7 @@ pub struct Consumers {
     )
 )]
 pub async fn consumers(
-    _: Admin,
+    _: Viewer,
     State(platform): State<Arc<Platform>>,
 ) -> Result<Json<Consumers>, ApiError> {
     let mut consumers = Vec::new();
@@ -512,7 +534,7 @@ pub struct Plugins {
     security(("admin_token" = [])),
     responses((status = 200, description = "The plugins", body = Plugins))
 )]
-pub async fn plugins(_: Admin, State(platform): State<Arc<Platform>>) -> Json<Plugins> {
+pub async fn plugins(_: Viewer, State(platform): State<Arc<Platform>>) -> Json<Plugins> {
     Json(Plugins {
         plugins: platform.plugin_statuses(),
         swaps: platform.plugin_swaps(),

@@ -6,9 +6,10 @@ use axum::Json;
 use axum::extract::State;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiPath, ErrorBody};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::operators::OperatorIfAny;
 use super::requests::{CampaignParam, visible};
 use firstcome_core::campaign::{Campaign, CampaignState};
 use firstcome_core::clock::{Timestamp, now_ms};
@@ -91,34 +92,77 @@ pub async fn get(
     Ok(Json(view(&platform, &c).await?))
 }
 
-/// Every active campaign.
+/// A page of the active campaigns.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignList {
     campaigns: Vec<CampaignView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
-/// Every active campaign with its live counts.
+/// Campaigns per page unless `limit` says otherwise, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+
+/// Which page of campaigns to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The `next` of the previous page: campaigns whose id sorts after it.
+    #[param(pattern = r"^[a-z0-9_-]{1,64}$")]
+    after: Option<String>,
+    /// Campaigns per page, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<usize>,
+}
+
+/// The active campaigns with their live counts, by id, a page at a time.
 #[utoipa::path(
     get,
     path = "/campaigns",
     operation_id = "listCampaigns",
     tag = "campaigns",
+    params(ListQuery),
     responses(
-        (status = 200, description = "The campaigns", body = CampaignList),
+        (status = 200, description = "A page of campaigns", body = CampaignList),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the admission queue is down", body = ErrorBody),
     )
 )]
-pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<CampaignList>, ApiError> {
-    let mut campaigns = Vec::new();
+pub async fn list(
+    State(platform): State<Arc<Platform>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<CampaignList>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
     let now = now_ms();
-    for c in platform
+    // Sorted by id: the cursor is the last id of the page.
+    let mut shown: Vec<_> = platform
         .campaigns()
         .into_iter()
         .filter(|c| c.announced(now))
-    {
-        campaigns.push(view(&platform, &c).await?);
+        .filter(|c| query.after.as_deref().is_none_or(|after| c.id() > after))
+        .take(limit + 1)
+        .collect();
+    let next = (shown.len() > limit).then(|| {
+        shown.truncate(limit);
+        shown.last().map(|c| c.id().to_owned())
+    });
+    let mut campaigns = Vec::with_capacity(shown.len());
+    for c in &shown {
+        campaigns.push(view(&platform, c).await?);
     }
-    Ok(Json(CampaignList { campaigns }))
+    Ok(Json(CampaignList {
+        campaigns,
+        next: next.flatten(),
+    }))
 }
 
 /// A campaign whose statistics the caller may read: with the admin bearer token any active
@@ -126,10 +170,10 @@ pub async fn list(State(platform): State<Arc<Platform>>) -> Result<Json<Campaign
 /// (`private_stats` for a visible campaign, so that an operator sees what to set).
 pub fn stats_visible(
     platform: &Platform,
-    headers: &axum::http::HeaderMap,
+    operator: &OperatorIfAny,
     campaign_id: &str,
 ) -> Result<Arc<Campaign>, ApiError> {
-    if super::admin::is_admin(headers, platform) {
+    if operator.0.is_some() {
         return platform
             .campaign(campaign_id)
             .ok_or_else(|| ApiError::unknown_campaign(campaign_id));
@@ -164,9 +208,9 @@ pub fn stats_visible(
 )]
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
-    headers: axum::http::HeaderMap,
+    operator: OperatorIfAny,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Json<firstcome_plugin::StatsSnapshot>, ApiError> {
-    let c = stats_visible(&platform, &headers, &campaign_id)?;
+    let c = stats_visible(&platform, &operator, &campaign_id)?;
     Ok(Json(platform.plugin_stats(&c).await?))
 }

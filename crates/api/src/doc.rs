@@ -35,7 +35,9 @@ Follow a request with `GET .../requests/{user_id}` or its event stream.\n\n\
 Every error is a JSON object `{\"code\", \"message\"}`: `code` is stable and meant for programs, \
 `message` says what to fix. Every response carries `x-request-id` (the caller's, when it sent a \
 usable one), which the host's log lines of that request carry too.\n\n\
-The routes under `/api/v1/admin` need `Authorization: Bearer {FIRSTCOME_ADMIN_TOKEN}`.\n\n\
+The routes under `/api/v1/admin` need a named admin credential, `Authorization: Bearer {token}`, \
+whose role allows the call (`viewer` reads, `operator` also changes campaigns, `admin` \
+everything); they are served on the admin listener (`admin_listen`).\n\n\
 The shopper routes (requests, their status and stream, a user's coupons, the legacy routes) \
 identify the shopper as the host's `auth.mode` says: `jwt` (`Authorization: Bearer` with a token \
 of the store's identity provider), `signed-header` (a gateway's signed `X-Firstcome-User`), or \
@@ -78,7 +80,9 @@ pub fn base() -> OpenApi {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The host's `FIRSTCOME_ADMIN_TOKEN`"))
+                    .description(Some(
+                        "A named admin credential (`admin_tokens`, or `FIRSTCOME_ADMIN_TOKEN`)",
+                    ))
                     .build(),
             ),
         )
@@ -221,6 +225,17 @@ pub fn complete(document: &mut OpenApi) {
                 );
             } else if schemes.iter().any(|s| s == "admin_token") && !optional {
                 add_response(op, "401", "`unauthorized`: missing or wrong bearer token");
+                add_response(
+                    op,
+                    "403",
+                    "`forbidden`: the credential's role does not allow this call",
+                );
+                add_response(
+                    op,
+                    "429",
+                    "`rate_limited`: too many failed credentials from this address; try again \
+                     after `Retry-After`",
+                );
             }
             for response in op.responses.responses.values_mut() {
                 if let RefOr::T(response) = response {
@@ -281,7 +296,9 @@ pub fn interactive_page<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
         // The default validator badge would call swagger.io from the user's browser.
         .validator_url("none")
         .try_it_out_enabled(true)
-        .persist_authorization(true);
+        // A credential typed in stays in the page's memory only: kept in localStorage, any
+        // script of the origin could read it, and it would outlive the tab.
+        .persist_authorization(false);
     let page: axum::Router<S> = utoipa_swagger_ui::SwaggerUi::new(PAGE_PATH)
         .config(config)
         .into();

@@ -159,6 +159,9 @@ impl From<PlatformError> for ApiError {
                 Self::unprocessable("invalid_campaign", e.to_string())
             }
             PlatformError::Plugin(reason) => Self::unprocessable("invalid_plugin", reason),
+            e @ PlatformError::TooManyCampaigns { .. } => {
+                Self::new(StatusCode::CONFLICT, "too_many_campaigns", e.to_string())
+            }
             PlatformError::Admission(firstcome_admission::AdmissionError::NotRecorded(_)) => {
                 tracing::error!(error = %e, "admission not recorded");
                 Self::new(

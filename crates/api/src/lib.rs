@@ -5,20 +5,29 @@
 //!
 //! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
 //! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
-//! (bearer-token routes), `shoppers` (who a shopper is: JWT, signed headers or open; limits
-//! per shopper and per address), `health`, `observe` (request ids, latency, `/metrics`), `server`
-//! (the HTTP/1 connection loop with its limits), `doc` (the OpenAPI document and its interactive page), and
-//! `page/index.html`, the live campaign page at `/`.
+//! (the operators' routes), `audit` (the audit log's route), `operators` (named admin
+//! credentials and their roles), `shoppers` (who a shopper is: JWT, signed headers or open;
+//! limits per shopper and per address), `health`, `observe` (request ids, latency, `/metrics`),
+//! `server` (the HTTP/1 connection loop with its limits), `doc` (the OpenAPI document and its
+//! interactive page), `headers` (the security headers of every response), and `page/`, the
+//! live campaign page at `/`.
+//!
+//! Two planes: the public one (the shopper API, health, what campaigns make public) and the
+//! admin one (admin routes, `/metrics`, the pages, the API document), each on its own
+//! listener or both on one ([`operators::Plane`]). A route of the other plane answers `404`.
 //!
 //! Every route is registered through [`utoipa_axum::routes!`], which takes its path and method
 //! from the handler's `#[utoipa::path]`: the router and the document cannot disagree.
 
 pub mod admin;
+pub mod audit;
 pub mod campaigns;
 pub mod doc;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod observe;
+pub mod operators;
 pub mod requests;
 pub mod schema;
 pub mod server;
@@ -52,6 +61,7 @@ fn api_v1() -> OpenApiRouter<Arc<Platform>> {
         .routes(routes!(admin::plugins))
         .routes(routes!(admin::put_campaign, admin::delete_campaign))
         .routes(routes!(admin::put_user))
+        .routes(routes!(audit::list))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(admin::put_users))
@@ -77,6 +87,8 @@ fn routes() -> OpenApiRouter<Arc<Platform>> {
         .nest("/api/v1", api_v1())
         .routes(routes!(page))
         .routes(routes!(dashboard))
+        .routes(routes!(live_css))
+        .routes(routes!(live_js))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(observe::metrics))
@@ -99,21 +111,30 @@ fn stateless() -> (Router<Arc<Platform>>, OpenApi) {
     let json = doc::Document::new(&document);
     let router = routes
         .merge(doc::interactive_page())
+        .route_layer(middleware::from_fn(headers::only_its_plane))
         .route_layer(middleware::from_fn(observe::tag_route))
         .layer(axum::Extension(json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(headers::secure))
         .layer(middleware::from_fn(observe::observe_request));
     (router, document)
 }
 
-/// The host's router: every route over `platform`, shoppers verified and limited by
-/// `shoppers`.
-pub fn router(platform: Arc<Platform>, shoppers: Arc<shoppers::Shoppers>) -> Router {
+/// The router of one listener: the routes of `plane` over `platform`, shoppers verified and
+/// limited by `shoppers`, operators by `operators`.
+pub fn router(
+    platform: Arc<Platform>,
+    shoppers: Arc<shoppers::Shoppers>,
+    operators: Arc<operators::Operators>,
+    plane: operators::Plane,
+) -> Router {
     stateless()
         .0
         .layer(axum::Extension(shoppers))
+        .layer(axum::Extension(operators))
+        .layer(axum::Extension(plane))
         .with_state(platform)
 }
 
@@ -143,6 +164,42 @@ async fn page() -> impl axum::response::IntoResponse {
 )]
 async fn dashboard() -> impl axum::response::IntoResponse {
     page().await
+}
+
+/// The live page's style sheet (a file of its own: the pages allow no inline style or script).
+#[utoipa::path(
+    get,
+    path = "/live.css",
+    operation_id = "livePageStyle",
+    tag = "pages",
+    responses((status = 200, description = "The live page's style sheet", content_type = "text/css", body = String))
+)]
+async fn live_css() -> impl axum::response::IntoResponse {
+    (
+        [
+            ("content-type", "text/css; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ],
+        include_str!("page/live.css"),
+    )
+}
+
+/// The live page's script.
+#[utoipa::path(
+    get,
+    path = "/live.js",
+    operation_id = "livePageScript",
+    tag = "pages",
+    responses((status = 200, description = "The live page's script", content_type = "text/javascript", body = String))
+)]
+async fn live_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            ("content-type", "text/javascript; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ],
+        include_str!("page/live.js"),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -66,10 +66,10 @@ fn bounded<S: Stream + Send + 'static>(
 pub async fn stats(
     State(platform): State<Arc<Platform>>,
     client: Client,
-    headers: axum::http::HeaderMap,
+    operator: super::operators::OperatorIfAny,
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let c = super::campaigns::stats_visible(&platform, &headers, &campaign_id)?;
+    let c = super::campaigns::stats_visible(&platform, &operator, &campaign_id)?;
     let permit = client.open_stream()?;
     let rx = Feeds::subscribe(&platform, c).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read live statistics");

@@ -206,3 +206,36 @@ fn the_document_states_the_checked_limits() {
         admin::MAX_BULK_USERS
     );
 }
+
+/// Each route is on the plane meant for it: a new route lands on both planes only by being
+/// added to the list below.
+#[test]
+fn every_route_belongs_to_its_plane() {
+    let (router, _) = stateless();
+    let mut both = BTreeSet::new();
+    for (_, path) in served(&router) {
+        let (admin, public) = (
+            super::headers::admin_only(&path),
+            super::headers::public_only(&path),
+        );
+        assert!(!(admin && public), "{path} claimed by both planes alone");
+        if path.starts_with("/api/v1/admin") || path == "/metrics" || path.starts_with("/api/docs")
+        {
+            assert!(admin, "{path} must be on the admin plane only");
+        }
+        if !admin && !public {
+            both.insert(path);
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{campaign_id}",
+        "/api/v1/campaigns/{campaign_id}/stats",
+        "/api/v1/campaigns/{campaign_id}/stats/stream",
+        "/health/live",
+        "/health/ready",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(both, expected);
+}

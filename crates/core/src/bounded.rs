@@ -27,28 +27,103 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
     ))
 }
 
-/// [`cut`] to [`MAX_ERROR_BYTES`], owned.
+/// [`escaped`], then [`cut`] to [`MAX_ERROR_BYTES`], owned: what a plugin's error may put in a
+/// log line, a dead letter's header or the CLI's output.
 pub fn error_text(text: impl AsRef<str>) -> String {
-    cut(text.as_ref(), MAX_ERROR_BYTES).into_owned()
+    cut(&escaped(text.as_ref()), MAX_ERROR_BYTES).into_owned()
 }
 
-/// Hides the password of `scheme://user:password@host/...`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+/// `text` with every control character (line breaks, the terminal's escape, C1 controls) and
+/// every bidirectional override written as a `\u{..}` escape: text from outside can then
+/// neither start a forged log line nor drive the terminal that shows it.
+pub fn escaped(text: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Hides the password of `scheme://user:password@host/...`, and the value of every query
+/// parameter that carries a secret (`?password=`, `sslpassword`, `token`, `secret`, `key`…).
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let secret = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            [
+                "pass",
+                "pwd",
+                "secret",
+                "token",
+                "key",
+                "credential",
+                "auth",
+            ]
+            .iter()
+            .any(|s| name.contains(s))
+        };
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if secret(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_urls_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h/d?sslmode=require&password=hunter2"),
+            "postgres://u:***@h/d?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("mysql://h/d?user=u&Password=x"),
+            "mysql://h/d?user=u&Password=***"
+        );
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escaped("a\nINFO forged\u{1b}]0;title\u{7}\u{202e}b"),
+            "a\\u{a}INFO forged\\u{1b}]0;title\\u{7}\\u{202e}b"
+        );
+        assert!(matches!(escaped("plain é"), Cow::Borrowed(_)));
+        assert!(!error_text("x\r\ny").contains('\n'));
+    }
 
     #[test]
     fn short_text_is_kept() {

@@ -200,7 +200,8 @@ impl CampaignLimits {
 
 impl CampaignSpec {
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let spec: Self = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        let spec: Self =
+            toml::from_str(text).map_err(|e| SpecError::Parse(parse_error(text, &e)))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -480,6 +481,43 @@ impl Counts {
     pub fn unissued(&self) -> i64 {
         (self.capacity - self.issued).max(0)
     }
+}
+
+/// Where a TOML document fails to parse and why, quoting none of its text: the parser's own
+/// message shows the offending line, and a value in it (a file linked from elsewhere, a
+/// password pasted by mistake) must not reach the admin API or a log.
+fn parse_error(text: &str, error: &toml::de::Error) -> String {
+    let message = without_quoted_values(error.message());
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// `message` with every double-quoted string in it replaced by `"…"` (serde quotes a value of
+/// the wrong type: `invalid type: string "…", expected u32`); field names, quoted with
+/// backticks, stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if quoted {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,7 @@ pub const MAX_MEMORY_MB: u32 = 1_024;
 /// lives and on what a leak in it can grow to).
 pub const MAX_REUSE: u32 = 10_000;
 const MAX_SETTINGS: usize = 100;
+const MAX_RECIPIENTS: usize = 20;
 const MAX_SETTING_LEN: usize = 16 * 1024;
 
 /// A host interface a plugin may call. `log` and `settings` are always available: they reach
@@ -70,7 +71,8 @@ impl fmt::Display for Capability {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
-    /// The `.wasm` component; a relative path is taken from the campaign folder.
+    /// The `.wasm` component, inside the host's `plugins.dir`; a relative path is taken from
+    /// there (by default the campaign folder).
     #[schema(value_type = String, min_length = 1, example = "plugins/history.wasm")]
     pub path: PathBuf,
     /// The expected SHA-256 of the file (hex); a file that differs is refused.
@@ -80,6 +82,11 @@ pub struct PluginSpec {
     /// The capabilities the plugin may call besides `log` and `settings`.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub grants: BTreeSet<Capability>,
+    /// Email addresses the plugin may write to besides the event's shopper (an operator's
+    /// desk, say); at most 20. Without them, `email.send` reaches only the shopper.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[schema(max_items = 20)]
+    pub recipients: BTreeSet<String>,
     /// The plugin's settings, as text.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
@@ -137,6 +144,20 @@ impl PluginSpec {
                 "plugins.{role}.reuse: must be between 1 and {MAX_REUSE} (events per instance)"
             ));
         }
+        if self.recipients.len() > MAX_RECIPIENTS {
+            return Err(format!(
+                "plugins.{role}.recipients: at most {MAX_RECIPIENTS} addresses"
+            ));
+        }
+        if let Some(bad) = self
+            .recipients
+            .iter()
+            .position(|r| !crate::user::is_email(r))
+        {
+            return Err(format!(
+                "plugins.{role}.recipients[{bad}]: not an email address"
+            ));
+        }
         if self.settings.len() > MAX_SETTINGS {
             return Err(format!(
                 "plugins.{role}.settings: at most {MAX_SETTINGS} settings"
@@ -152,15 +173,6 @@ impl PluginSpec {
             ));
         }
         Ok(())
-    }
-
-    /// The component's path, relative ones taken from `base` (the campaign folder).
-    pub fn resolve(&self, base: &Path) -> PathBuf {
-        if self.path.is_absolute() {
-            self.path.clone()
-        } else {
-            base.join(&self.path)
-        }
     }
 
     pub fn grants(&self, capability: Capability) -> bool {
@@ -186,7 +198,6 @@ mod tests {
         )
         .unwrap();
         assert!(s.grants(Capability::Email) && !s.grants(Capability::Kv));
-        assert_eq!(s.resolve(Path::new("/c")), PathBuf::from("/c/n.wasm"));
     }
 
     #[test]

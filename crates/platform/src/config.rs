@@ -24,8 +24,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Watched folder of campaign files; `{data_dir}/campaigns` when unset.
     pub campaigns_dir: Option<PathBuf>,
-    /// Bearer token of the admin API; unset refuses every admin call.
+    /// Where the admin plane (admin routes, `/metrics`, the live page, Swagger UI and the
+    /// OpenAPI document) is served: an address (`127.0.0.1:8081`), or `shared` for one
+    /// listener serving everything. Unset: shared while `listen` is a loopback address; a host
+    /// listening on any other address refuses to start until this is set.
+    pub admin_listen: Option<String>,
+    /// A single admin credential named `admin` with the `admin` role (at least 32
+    /// characters); `admin_tokens` names more. Neither set: every admin call is refused.
     pub admin_token: Option<String>,
+    /// Named admin credentials, each stored as the SHA-256 of its token.
+    pub admin_tokens: Vec<AdminTokenConfig>,
     /// `sqlite:...`, `mysql://...` or `postgres://...`; unset: `{data_dir}/firstcome.db`.
     pub database_url: Option<String>,
     /// Unset: the in-process admission queue. `redis://host:port/db` for one Redis server,
@@ -57,7 +65,55 @@ pub struct Config {
     /// front of the hosts: only from these is a client address taken from `X-Forwarded-For`
     /// or `Forwarded`. Empty: the socket's address is the client's.
     pub trusted_proxies: Vec<String>,
+    /// How long each kind of data is kept (`crate::retention`).
+    pub retention: crate::retention::RetentionConfig,
 }
+
+/// One named admin credential (`admin_tokens`): the operator's name (in the audit log), what
+/// it may do, and the hex SHA-256 of its bearer token (`printf %s "$TOKEN" | sha256sum`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// 1-64 of `a-z 0-9 . _ -`; recorded as the actor of every change it makes.
+    pub name: String,
+    pub role: AdminRole,
+    /// 64 hexadecimal digits.
+    pub sha256: String,
+}
+
+/// What an admin credential may do; each role includes the ones before it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Reads: campaigns, consumer groups, plugins, the audit log, metrics.
+    Viewer,
+    /// Campaigns (create, change, remove), dead letters and replays.
+    Operator,
+    /// Everything, user profiles included.
+    Admin,
+}
+
+impl AdminRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// How the admin plane is reached, from `listen` and `admin_listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listeners {
+    /// One listener serves the shopper API and the admin plane.
+    Shared,
+    /// The admin plane has a listener of its own at this address.
+    Apart(SocketAddr),
+}
+
+/// Shortest `admin_token` accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// How a shopper's identity is established on the shopper routes (admission, request status
 /// and stream, a user's coupons, the replaced system's routes).
@@ -196,6 +252,9 @@ pub struct LimitsConfig {
     pub streams_per_user: u32,
     /// A live stream ends after this many seconds (default 300); the client reconnects.
     pub stream_max_lifetime_s: u64,
+    /// Campaigns one host runs at most (default 1,000); another is refused (`409
+    /// too_many_campaigns` through the admin API, a refused file from the folder).
+    pub max_campaigns: usize,
 }
 
 impl Default for LimitsConfig {
@@ -208,6 +267,7 @@ impl Default for LimitsConfig {
             streams_per_address: 16,
             streams_per_user: 4,
             stream_max_lifetime_s: 300,
+            max_campaigns: 1_000,
         }
     }
 }
@@ -277,7 +337,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             campaigns_dir: None,
+            admin_listen: None,
             admin_token: None,
+            admin_tokens: Vec::new(),
             database_url: None,
             redis_url: None,
             admission: AdmissionConfig::default(),
@@ -296,6 +358,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             trusted_proxies: Vec::new(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -352,7 +415,7 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 36] = [
+        let checks: [(&str, i128, i128, i128); 37] = [
             ("auth.leeway_s", self.auth.leeway_s as i128, 0, 600),
             (
                 "auth.jwks_max_age_s",
@@ -389,6 +452,12 @@ impl Config {
                 self.limits.stream_max_lifetime_s as i128,
                 1,
                 DAY_MS / 1000,
+            ),
+            (
+                "limits.max_campaigns",
+                self.limits.max_campaigns as i128,
+                1,
+                100_000,
             ),
             (
                 "limits.per_user_burst",
@@ -563,6 +632,70 @@ impl Config {
                 ));
             }
         }
+        self.retention.check(self.outbox.retention_ms)
+    }
+
+    /// Whether the admin plane shares the public listener or has its own. Refuses (saying what
+    /// to set) an `admin_listen` that is neither `shared` nor an address, and a shared plane
+    /// on a `listen` address that is not loopback unless chosen with `admin_listen = "shared"`.
+    pub fn listeners(&self) -> Result<Listeners, String> {
+        match self.admin_listen.as_deref().map(str::trim) {
+            Some("shared") => Ok(Listeners::Shared),
+            Some(address) => address.parse().map(Listeners::Apart).map_err(|_| {
+                format!(
+                    "admin_listen = {address:?} is neither an address (127.0.0.1:8081) nor \
+                     \"shared\""
+                )
+            }),
+            None if self.listen.ip().is_loopback() => Ok(Listeners::Shared),
+            None => Err(format!(
+                "listening on {} (not loopback) with no admin_listen: the admin API, metrics \
+                 and Swagger UI would be served to shoppers. Set admin_listen to an address \
+                 only operators reach (FIRSTCOME_ADMIN_LISTEN=10.0.0.5:8081), or \
+                 admin_listen = \"shared\" to serve both on one listener deliberately",
+                self.listen
+            )),
+        }
+    }
+
+    /// Checks the admin credentials: `admin_token` at least [`MIN_ADMIN_TOKEN_CHARS`] long,
+    /// every `admin_tokens` entry with a valid name, unique, and a 64-digit hex digest. The
+    /// message names the entry, never a token.
+    pub fn check_admin_tokens(&self) -> Result<(), String> {
+        if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty())
+            && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(format!(
+                "admin_token is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: anyone could \
+                 guess it. Use a random one, e.g. `openssl rand -hex 32`"
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, entry) in self.admin_tokens.iter().enumerate() {
+            let valid_name = !entry.name.is_empty()
+                && entry.name.len() <= 64
+                && entry.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                });
+            if !valid_name {
+                return Err(format!(
+                    "admin_tokens[{i}].name: 1 to 64 of a-z, 0-9, '.', '_' and '-'"
+                ));
+            }
+            if !names.insert(entry.name.as_str()) {
+                return Err(format!(
+                    "admin_tokens[{i}].name: {:?} is named twice",
+                    entry.name
+                ));
+            }
+            if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "admin_tokens[{i}].sha256 ({}): must be the 64 hexadecimal digits of the \
+                     token's SHA-256 (`printf %s \"$TOKEN\" | sha256sum`)",
+                    entry.name
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -585,10 +718,12 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("campaigns_dir", &self.campaigns_dir())
+            .field("admin_listen", &self.admin_listen)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("admin_tokens", &self.admin_tokens)
             .field("database_url", &redact_url(&self.database_url()))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("admission", &self.admission)
@@ -605,6 +740,7 @@ impl std::fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("limits", &self.limits)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("retention", &self.retention)
             .finish()
     }
 }

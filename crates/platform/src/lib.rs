@@ -13,11 +13,14 @@
 //!   data, and the audit of lost admissions.
 //! - [`watcher`]: the watched folder of campaign files, applied without a restart.
 //! - [`shared_clock`]: the one clock every host judges windows and leases by.
+//! - [`retention`]: how long each kind of data is kept, and the sweep that deletes the rest.
 //! - [`live`]: per-campaign snapshot streams for server-sent events.
 //! - [`monitoring`]: the Prometheus recorder and the levels sampled at each scrape.
+//! - [`audit`]: recording admin changes in the audit log.
 //! - [`config`]: the host's typed configuration (defaults, file, `FIRSTCOME_*`), with the
 //!   sections of the crates below it.
 
+pub mod audit;
 pub mod config;
 pub mod issuer;
 pub mod live;
@@ -26,6 +29,7 @@ pub mod outbox;
 mod platform;
 pub mod queue_guard;
 mod reads;
+pub mod retention;
 pub mod shared_clock;
 pub mod sold_out;
 pub mod watcher;

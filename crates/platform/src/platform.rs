@@ -54,6 +54,12 @@ pub enum PlatformError {
     CapacityBelowAdmitted { capacity: i64, admitted: i64 },
     #[error("{0}")]
     Plugin(String),
+    /// A new campaign past `limits.max_campaigns`.
+    #[error(
+        "this host runs {running} campaigns, its limit (limits.max_campaigns); remove one, or \
+         raise the limit"
+    )]
+    TooManyCampaigns { running: usize },
 }
 
 impl From<GuardError> for PlatformError {
@@ -310,6 +316,12 @@ impl Platform {
     /// admission state; only then are its plugins swapped in and
     /// its issuer started. On error nothing changes in memory and the previous version stays.
     pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
+        let running = self.campaigns.read().unwrap().len();
+        if running >= self.config.limits.max_campaigns
+            && !self.campaigns.read().unwrap().contains_key(campaign.id())
+        {
+            return Err(PlatformError::TooManyCampaigns { running });
+        }
         let plugins = self
             .plugins
             .prepare(&campaign)

@@ -125,6 +125,9 @@ fn read_folder(dir: &Path) -> Option<HashMap<String, Read>> {
             return None;
         }
     };
+    // Links are followed only to files inside the folder: a link to `/etc/…` (or to another
+    // program's secrets) is refused unread.
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let mut present = HashMap::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -134,6 +137,24 @@ fn read_folder(dir: &Path) -> Option<HashMap<String, Read>> {
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };
+        if entry.file_type().is_ok_and(|t| t.is_symlink())
+            && !std::fs::canonicalize(&path).is_ok_and(|target| target.starts_with(&root))
+        {
+            let text = Err(
+                "a link to a file outside the campaign folder (or to nothing): \
+                            campaign files are read only inside the folder"
+                    .to_owned(),
+            );
+            present.insert(
+                stem,
+                Read {
+                    path,
+                    text,
+                    age: Duration::MAX,
+                },
+            );
+            continue;
+        }
         // The age of what a link points to: a link touched long ago to a file written now
         // is not settled.
         let age = std::fs::metadata(&path)
@@ -159,7 +180,8 @@ fn passing(error: &PlatformError) -> bool {
         PlatformError::CapacityBelowAdmitted { .. }
         | PlatformError::ShardsChanged { .. }
         | PlatformError::ShardedCapacityLowered { .. }
-        | PlatformError::Plugin(_) => false,
+        | PlatformError::Plugin(_)
+        | PlatformError::TooManyCampaigns { .. } => false,
     }
 }
 
@@ -279,9 +301,22 @@ impl Watcher {
             self.files.remove(&id);
             self.platform.clear_rejection(&id);
             let _writing = self.platform.campaign_writes().await;
+            let before = self.platform.campaign(&id).map(|c| c.spec().to_toml());
             match self.platform.remove_campaign(&id).await {
                 Ok(true) => {
-                    tracing::info!(campaign = %id, "campaign file removed; campaign stopped")
+                    tracing::info!(campaign = %id, "campaign file removed; campaign stopped");
+                    crate::audit::record(
+                        self.platform.store(),
+                        crate::audit::Change {
+                            actor: crate::audit::FILE_ACTOR,
+                            action: "campaign.file_removed",
+                            target: &id,
+                            before: before.as_deref(),
+                            after: None,
+                            detail: None,
+                        },
+                    )
+                    .await;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),
@@ -366,6 +401,7 @@ impl Watcher {
         };
         let spec = campaign.spec().clone();
         let running = self.platform.campaign(id);
+        let before = running.as_ref().map(|c| c.spec().to_toml());
         if starting && running.as_ref().is_some_and(|c| *c.spec() == spec) {
             // The version restored from the database is this file's: nothing to apply.
             tracked.decided = Some((text, Decision::Applied(spec)));
@@ -374,9 +410,29 @@ impl Watcher {
         }
         match self.platform.apply_campaign(campaign).await {
             Ok(()) => {
+                let after = spec.to_toml();
                 tracked.decided = Some((text, Decision::Applied(spec)));
                 self.platform.clear_rejection(id);
                 tracing::info!(campaign = %id, "campaign applied");
+                let versions: Vec<String> = self
+                    .platform
+                    .plugin_statuses()
+                    .into_iter()
+                    .filter(|p| p.campaign_id == id)
+                    .map(|p| format!("{} {}", p.role, p.version))
+                    .collect();
+                crate::audit::record(
+                    self.platform.store(),
+                    crate::audit::Change {
+                        actor: crate::audit::FILE_ACTOR,
+                        action: "campaign.file",
+                        target: id,
+                        before: before.as_deref(),
+                        after: Some(&after),
+                        detail: Some(format!("plugins: {}", versions.join(", "))),
+                    },
+                )
+                .await;
             }
             Err(e) if passing(&e) => {
                 // Tried again at the next scan (the text stays settled).

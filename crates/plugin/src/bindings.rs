@@ -87,14 +87,75 @@ pub struct CallState {
     /// Writes of earlier events of the same batch to this scope, not yet committed: kv reads
     /// and counters see them.
     pub pending: Option<Arc<Pending>>,
+    /// Who this call may write to: the event's shopper (when the plugin sees their email or
+    /// push token) and the campaign's listed `recipients`.
+    pub audience: Audience,
+    /// Emails and push notifications this call may still send (`plugins.max_sends_per_event`).
+    pub sends_left: u32,
 }
 
+/// The addresses and devices one call may send to.
+#[derive(Debug, Default, Clone)]
+pub struct Audience {
+    /// The event's shopper's email, lower-cased.
+    pub email: Option<String>,
+    /// The event's shopper's push token.
+    pub push_token: Option<String>,
+}
+
+impl Audience {
+    /// The shopper of `event`, as far as the plugin sees them.
+    pub fn of(event: &Event) -> Self {
+        let Event::CouponIssued(e) = event;
+        Self {
+            email: e.email.as_deref().map(str::to_ascii_lowercase),
+            push_token: e.fcm_token.clone(),
+        }
+    }
+}
+
+/// What every host call costs of the call's output budget besides the bytes it passes, so
+/// that a loop of small calls (reads included) ends like a loop of large ones.
+pub const HOST_CALL_COST: usize = 64;
+
 impl CallState {
+    /// `None` when `to` is the event's shopper or one of the campaign's `recipients`; else
+    /// the refusal the plugin sees.
+    fn email_allowed(&self, to: &str) -> Option<DeliveryError> {
+        let to = to.trim().to_ascii_lowercase();
+        let listed = self
+            .spec
+            .recipients
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&to));
+        (self.audience.email.as_deref() != Some(to.as_str()) && !listed).then(|| {
+            DeliveryError::Rejected(
+                "a plugin may email only the event's shopper and the campaign's `recipients`"
+                    .into(),
+            )
+        })
+    }
+
     fn require(&self, capability: Capability) -> WasmResult<()> {
         if self.spec.grants(capability) {
             Ok(())
         } else {
             Err(Denied::Ungranted(capability).into())
+        }
+    }
+
+    /// One send from the call's quota, or why not.
+    fn take_send(&mut self) -> Option<DeliveryError> {
+        match self.sends_left.checked_sub(1) {
+            Some(left) => {
+                self.sends_left = left;
+                None
+            }
+            None => Some(DeliveryError::Rejected(
+                "this event's quota of emails and push notifications is used up \
+                 (plugins.max_sends_per_event)"
+                    .into(),
+            )),
         }
     }
 
@@ -170,8 +231,11 @@ impl self::firstcome::plugin::delivery::Host for CallCtx {}
 
 impl self::firstcome::plugin::log::Host for CallCtx {
     async fn log(&mut self, level: Level, message: String) -> WasmResult<()> {
-        self.call.charge(message.len())?;
+        self.call.charge(HOST_CALL_COST + message.len())?;
         let whole = message.len();
+        // Escaped first: a line break or a terminal escape from a plugin must not forge a log
+        // line or reach an operator's terminal.
+        let message = firstcome_core::bounded::escaped(&message);
         let message = firstcome_core::bounded::cut(&message, limits::LOG_LINE);
         // Once a line does not fit, it and every later line are dropped.
         match self.call.log_left.checked_sub(message.len()) {
@@ -220,10 +284,12 @@ fn level_name(level: Level) -> &'static str {
 
 impl self::firstcome::plugin::settings::Host for CallCtx {
     async fn get(&mut self, key: String) -> WasmResult<Option<String>> {
+        self.call.charge(HOST_CALL_COST + key.len())?;
         Ok(self.call.spec.settings.get(&key).cloned())
     }
 
     async fn all(&mut self) -> WasmResult<Vec<(String, String)>> {
+        self.call.charge(HOST_CALL_COST)?;
         Ok(self
             .call
             .spec
@@ -251,17 +317,21 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
     async fn get(&mut self, key: String) -> WasmResult<Option<Vec<u8>>> {
         self.call.require(Capability::Kv)?;
         check_key(&key)?;
-        if let Some(written) = self.call.effects.kv.get(&key) {
-            return Ok(written.clone());
-        }
-        if let Some(written) = self.call.pending.as_ref().and_then(|p| p.kv.get(&key)) {
-            return Ok(written.clone());
-        }
-        let c = &self.call;
-        c.services
-            .kv_get(&c.scope, &key)
-            .await
-            .map_err(|e| Denied::Unavailable(e).into())
+        // Reads cost too: a loop of reads must end, like a loop of writes.
+        self.call.charge(HOST_CALL_COST + key.len())?;
+        let value = if let Some(written) = self.call.effects.kv.get(&key) {
+            written.clone()
+        } else if let Some(written) = self.call.pending.as_ref().and_then(|p| p.kv.get(&key)) {
+            written.clone()
+        } else {
+            let c = &self.call;
+            c.services
+                .kv_get(&c.scope, &key)
+                .await
+                .map_err(Denied::Unavailable)?
+        };
+        self.call.charge(value.as_ref().map_or(0, Vec::len))?;
+        Ok(value)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> WasmResult<()> {
@@ -274,7 +344,7 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
             ))
             .into());
         }
-        self.call.charge(key.len() + value.len())?;
+        self.call.charge(HOST_CALL_COST + key.len() + value.len())?;
         self.call.effects.kv.insert(key, Some(value));
         Ok(())
     }
@@ -282,7 +352,7 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
     async fn delete(&mut self, key: String) -> WasmResult<()> {
         self.call.require(Capability::Kv)?;
         check_key(&key)?;
-        self.call.charge(key.len())?;
+        self.call.charge(HOST_CALL_COST + key.len())?;
         self.call.effects.kv.insert(key, None);
         Ok(())
     }
@@ -290,7 +360,7 @@ impl self::firstcome::plugin::kv::Host for CallCtx {
     async fn increment(&mut self, key: String, delta: i64) -> WasmResult<i64> {
         self.call.require(Capability::Kv)?;
         check_key(&key)?;
-        self.call.charge(key.len() + 8)?;
+        self.call.charge(HOST_CALL_COST + key.len() + 8)?;
         let c = &self.call;
         let stored = c
             .services
@@ -322,10 +392,13 @@ impl self::firstcome::plugin::email::Host for CallCtx {
         body: String,
     ) -> WasmResult<Result<(), DeliveryError>> {
         self.call.require(Capability::Email)?;
-        self.call.charge(to.len() + subject.len() + body.len())?;
+        self.call
+            .charge(HOST_CALL_COST + to.len() + subject.len() + body.len())?;
         let refused = too_long("the address", to.len(), limits::EMAIL_TO)
             .or_else(|| too_long("the subject", subject.len(), limits::EMAIL_SUBJECT))
-            .or_else(|| too_long("the body", body.len(), limits::EMAIL_BODY));
+            .or_else(|| too_long("the body", body.len(), limits::EMAIL_BODY))
+            .or_else(|| self.call.email_allowed(&to))
+            .or_else(|| self.call.take_send());
         if let Some(refused) = refused {
             return Ok(Err(refused));
         }
@@ -348,10 +421,18 @@ impl self::firstcome::plugin::push::Host for CallCtx {
         self.call.require(Capability::Push)?;
         let size = data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         self.call
-            .charge(token.len() + title.len() + body.len() + size)?;
+            .charge(HOST_CALL_COST + token.len() + title.len() + body.len() + size)?;
         let payload = title.len() + body.len() + size;
         let refused = too_long("the token", token.len(), limits::PUSH_TOKEN)
-            .or_else(|| too_long("the payload", payload, limits::PUSH_PAYLOAD));
+            .or_else(|| too_long("the payload", payload, limits::PUSH_PAYLOAD))
+            .or_else(|| {
+                (self.call.audience.push_token.as_deref() != Some(token.as_str())).then(|| {
+                    DeliveryError::Rejected(
+                        "a plugin may push only to the event's shopper's device".into(),
+                    )
+                })
+            })
+            .or_else(|| self.call.take_send());
         if let Some(refused) = refused {
             return Ok(Err(refused));
         }
@@ -376,7 +457,7 @@ impl self::firstcome::plugin::history::Host for CallCtx {
             + entry.user_id.len()
             + entry.coupon_id.len()
             + entry.coupon_code.len();
-        self.call.charge(size)?;
+        self.call.charge(HOST_CALL_COST + size)?;
         if entry.event_id.is_empty() || entry.event_id.len() > limits::HISTORY_ID {
             return Err(Denied::Invalid("history entries need the event's id".into()).into());
         }
@@ -423,7 +504,7 @@ pub fn valid_stat_name(name: &str) -> bool {
 impl self::firstcome::plugin::stats::Host for CallCtx {
     async fn increment(&mut self, name: String, delta: i64) -> WasmResult<()> {
         self.call.require(Capability::Stats)?;
-        self.call.charge(name.len() + 8)?;
+        self.call.charge(HOST_CALL_COST + name.len() + 8)?;
         if !valid_stat_name(&name) {
             return Err(Denied::Invalid(format!(
                 "statistic {name:?}: use 1 to 128 characters of a-z, 0-9, '.', '-' and '_'"
@@ -439,6 +520,7 @@ impl self::firstcome::plugin::stats::Host for CallCtx {
 
     async fn publish(&mut self) -> WasmResult<()> {
         self.call.require(Capability::Stats)?;
+        self.call.charge(HOST_CALL_COST)?;
         self.call.effects.publish_stats = true;
         Ok(())
     }

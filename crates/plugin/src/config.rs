@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {
+    /// The folder plugin files are read from (a campaign's relative `path` starts here; a
+    /// path leaving it is refused). Unset: the campaign folder.
+    pub dir: Option<PathBuf>,
+    /// Emails and push notifications one event's call may send, together (default 5).
+    pub max_sends_per_event: u32,
     /// Wall-clock limit of one call (instantiation, init and handle), host calls included.
     pub timeout_ms: u64,
     /// Memory one instance may grow to.
@@ -20,6 +25,8 @@ pub struct PluginConfig {
 impl Default for PluginConfig {
     fn default() -> Self {
         Self {
+            dir: None,
+            max_sends_per_event: 5,
             timeout_ms: 2_000,
             memory_mb: 64,
             max_output_bytes: 1024 * 1024,
@@ -38,6 +45,9 @@ pub struct EmailConfig {
     pub tls: SmtpTls,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Allows `username`/`password` with `tls = "none"` (a relay on a private link); off by
+    /// default: credentials are refused on a connection without TLS.
+    pub allow_plaintext_auth: bool,
     /// The sender, e.g. `Coupons <coupons@example.com>`.
     pub from: String,
     /// Folder of `.eml` files when no relay is set; default `{data_dir}/mail`.
@@ -61,6 +71,7 @@ impl Default for EmailConfig {
             tls: SmtpTls::Starttls,
             username: None,
             password: None,
+            allow_plaintext_auth: false,
             from: "firstcome <coupons@firstcome.invalid>".into(),
             mail_dir: None,
             timeout_ms: 10_000,
@@ -76,6 +87,7 @@ impl std::fmt::Debug for EmailConfig {
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .field("from", &self.from)
             .field("mail_dir", &self.mail_dir)
             .finish()

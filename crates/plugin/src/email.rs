@@ -44,6 +44,19 @@ impl Mailer {
                 if let Some(port) = config.smtp_port {
                     builder = builder.port(port);
                 }
+                // Credentials over a connection anyone on the path can read: refused unless
+                // the operator says the path is private (`email.allow_plaintext_auth`).
+                if config.username.is_some()
+                    && config.tls == SmtpTls::None
+                    && !config.allow_plaintext_auth
+                {
+                    anyhow::bail!(
+                        "email.username is set with email.tls = \"none\": the SMTP password \
+                         would cross the network in the clear. Use tls = \"starttls\" or \
+                         \"tls\", or set email.allow_plaintext_auth = true for a relay on a \
+                         private link"
+                    );
+                }
                 if let Some(user) = &config.username {
                     let password = config.password.clone().unwrap_or_default();
                     builder = builder.credentials(Credentials::new(user.clone(), password));
@@ -72,7 +85,7 @@ impl Mailer {
     pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), SendError> {
         let to: Mailbox = to
             .parse()
-            .map_err(|e| SendError::Rejected(format!("address {to:?}: {e}")))?;
+            .map_err(|e| SendError::Rejected(format!("the address is not one: {e}")))?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)

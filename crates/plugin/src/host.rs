@@ -6,7 +6,6 @@
 //! start of each event, so an event in progress finishes on the version it started with.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -15,13 +14,14 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::bindings::{CouponIssued as WitCouponIssued, Event};
+use super::files::PluginFiles;
 use super::runtime::{CounterSnapshot, Plugin, Runtime};
 use super::services::Services;
 use firstcome_bus::{Delivered, Handler, HandlerError};
 use firstcome_core::campaign::{Campaign, Counts};
 use firstcome_core::clock::now_ms;
 use firstcome_core::event::{COUPON_ISSUED, CouponIssued, Envelope};
-use firstcome_core::plugin_spec::Capability;
+use firstcome_core::plugin_spec::{Capability, PluginSpec};
 use firstcome_store::{Effects, Pending, PluginWrites, Scope, Store};
 
 /// One campaign's plugins, by role.
@@ -99,8 +99,8 @@ pub struct PluginHost {
     pub runtime: Arc<Runtime>,
     services: Arc<dyn Services>,
     store: Store,
-    /// Relative plugin paths are taken from here (the campaign folder).
-    base_dir: PathBuf,
+    /// Where plugin files may be read from.
+    files: PluginFiles,
     active: RwLock<HashMap<String, Arc<CampaignPlugins>>>,
     /// Campaigns whose file is refused: their events are retried (and dead-lettered) rather
     /// than skipped, so that nothing is silently dropped while the file is being fixed.
@@ -115,14 +115,14 @@ impl PluginHost {
         runtime: Arc<Runtime>,
         services: Arc<dyn Services>,
         store: Store,
-        base_dir: PathBuf,
+        files: PluginFiles,
         changes: Arc<firstcome_store::Changes>,
     ) -> Self {
         Self {
             runtime,
             services,
             store,
-            base_dir,
+            files,
             active: RwLock::default(),
             blocked: RwLock::default(),
             changes,
@@ -137,7 +137,10 @@ impl PluginHost {
         let mut roles = BTreeMap::new();
         for (role, spec) in &campaign.spec().plugins {
             spec.validate(role)?;
-            let path = spec.resolve(&self.base_dir);
+            let path = self
+                .files
+                .resolve(&spec.path)
+                .map_err(|e| format!("plugins.{role}: {e}"))?;
             let fail =
                 |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
             let compiled = self
@@ -333,7 +336,7 @@ impl PluginHost {
             tracing::debug!(target: firstcome_core::JOURNEY, "no plugin for the role");
             return Ok(None);
         };
-        let event = wit_event(envelope, capacity)?;
+        let event = visible_to(wit_event(envelope, capacity)?, &plugin.spec);
         let result = self
             .runtime
             .call_after(
@@ -541,6 +544,27 @@ pub fn wit_event(
         issued_at_ms: p.issued_at.millis(),
         expires_at_ms: p.expires_at.map(|t| t.millis()),
     }))
+}
+
+/// `event` as a plugin with `spec`'s grants sees it: the shopper's email only with `email`,
+/// the push token only with `push`, the profile (gender, age group) only with `email`,
+/// `push` or `stats` (what the statistics count). Other roles see `none` for them.
+pub fn visible_to(event: Event, spec: &PluginSpec) -> Event {
+    let Event::CouponIssued(mut e) = event;
+    if !spec.grants(Capability::Email) {
+        e.email = None;
+    }
+    if !spec.grants(Capability::Push) {
+        e.fcm_token = None;
+    }
+    if ![Capability::Email, Capability::Push, Capability::Stats]
+        .iter()
+        .any(|c| spec.grants(*c))
+    {
+        e.gender = None;
+        e.age_group = None;
+    }
+    Event::CouponIssued(e)
 }
 
 /// The consumer group of one role.

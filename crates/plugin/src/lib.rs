@@ -17,13 +17,14 @@
 //! Layout: `config` (the host's plugin, email and push settings), `runtime` (engine, loading, one call),
 //! `bindings` (the WIT capabilities as seen from the sandbox), `services` (what the
 //! capabilities reach: the database, email, push), `email` and `fcm` (the two senders),
-//! `host` (the per-campaign registry and the consumer-group handler), `recording` (the
+//! `files` (where component files may be read from), `host` (the per-campaign registry and the consumer-group handler), `recording` (the
 //! runner behind `firstcome plugin test`), `scaffold` (`firstcome plugin new`).
 
 mod bindings;
 mod config;
 pub mod email;
 pub mod fcm;
+pub mod files;
 pub mod host;
 pub mod recording;
 pub mod runtime;
@@ -33,6 +34,7 @@ pub mod services;
 /// The event a plugin's `handle` receives (the WIT `event` variant).
 pub use bindings::Event;
 pub use config::{EmailConfig, PluginConfig, PushConfig, SmtpTls};
+pub use files::PluginFiles;
 pub use firstcome_core::plugin_spec::{Capability, PluginSpec};
 pub use host::{PluginHost, PluginStatus, StatsSnapshot};
 pub use runtime::{CallError, Compiled, LoadError, Plugin, Runtime};

@@ -133,6 +133,7 @@ pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<
         grants: run
             .grants
             .unwrap_or_else(|| Capability::ALL.into_iter().collect()),
+        recipients: Default::default(),
         settings: run.settings,
         timeout_ms: run.timeout_ms,
         memory_mb: run.memory_mb,
@@ -153,6 +154,8 @@ pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<
     }
     let event = super::host::wit_event(envelope.clone(), run.capacity)
         .map_err(|e| anyhow::anyhow!("the event cannot be handed to a plugin: {e}"))?;
+    // As the host would hand it over: personal fields only under their grants.
+    let event = super::host::visible_to(event, &plugin.spec);
     println!("handle {}:", envelope.event_id);
     let started = Instant::now();
     let result = runtime
@@ -223,12 +226,14 @@ fn parse_event(text: &str) -> anyhow::Result<firstcome_core::event::Envelope<ser
 /// returning each role's version.
 pub async fn check_plugins(
     campaign: &firstcome_core::campaign::Campaign,
-    base: &Path,
+    files: &crate::PluginFiles,
 ) -> Result<Vec<(String, String)>, String> {
     let runtime = Arc::new(Runtime::new(PluginConfig::default()).map_err(|e| e.to_string())?);
     let mut versions = Vec::new();
     for (role, spec) in &campaign.spec().plugins {
-        let path = spec.resolve(base);
+        let path = files
+            .resolve(&spec.path)
+            .map_err(|e| format!("plugins.{role}: {e}"))?;
         let fail = |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
         let compiled = runtime
             .fetch(&path, spec.sha256.as_deref())

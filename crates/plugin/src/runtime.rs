@@ -28,7 +28,8 @@ use wasmtime::{
 };
 
 use super::bindings::{
-    CallCtx, CallState, Consumer, ConsumerIndices, ConsumerPre, Denied, Event, HandleError,
+    Audience, CallCtx, CallState, Consumer, ConsumerIndices, ConsumerPre, Denied, Event,
+    HandleError,
 };
 use super::services::Services;
 use crate::config::PluginConfig;
@@ -68,8 +69,11 @@ const PACKAGE_VERSION: &str = "0.1.0";
 pub enum LoadError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
-    #[error("sha256 mismatch: the campaign file expects {expected}, the file is {actual}")]
-    Hash { expected: String, actual: String },
+    /// The file's digest is not given: the error must not tell anyone what a file holds.
+    #[error(
+        "sha256 mismatch: the file's SHA-256 is not the {expected} its campaign gives (check it with `sha256sum`)"
+    )]
+    Hash { expected: String },
     #[error(
         "this is a core WebAssembly module, not a component: build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
     )]
@@ -382,7 +386,6 @@ impl Runtime {
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(LoadError::Hash {
                     expected: expected.to_ascii_lowercase(),
-                    actual,
                 });
             }
         }
@@ -398,6 +401,12 @@ impl Runtime {
         }
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             return Err(LoadError::CoreModule);
+        }
+        // Not WebAssembly at all: the parser's message would quote the file's first bytes.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::Invalid(
+                "the file does not start with WebAssembly's magic number".into(),
+            ));
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
@@ -506,7 +515,9 @@ impl Runtime {
     }
 
     fn call_state(
+        &self,
         plugin: &Plugin,
+        event: Option<&Event>,
         event_id: &str,
         services: Arc<dyn Services>,
         pending: Option<Arc<Pending>>,
@@ -524,6 +535,8 @@ impl Runtime {
             log_left: super::bindings::limits::LOG_PER_CALL,
             log_dropped: 0,
             pending,
+            audience: event.map(Audience::of).unwrap_or_default(),
+            sends_left: self.limits.max_sends_per_event,
         }
     }
 
@@ -534,7 +547,7 @@ impl Runtime {
         plugin: &Plugin,
         services: Arc<dyn Services>,
     ) -> Result<(), LoadError> {
-        let mut store = self.store(plugin, Self::call_state(plugin, "", services, None));
+        let mut store = self.store(plugin, self.call_state(plugin, None, "", services, None));
         let run = async {
             let instance = plugin
                 .compiled
@@ -580,7 +593,7 @@ impl Runtime {
         pending: Option<Arc<Pending>>,
     ) -> Result<Effects, CallError> {
         let started = Instant::now();
-        let call = Self::call_state(plugin, event_id, services, pending);
+        let call = self.call_state(plugin, Some(event), event_id, services, pending);
         let kept = if plugin.reuse > 1 {
             plugin.warm.lock().unwrap().pop()
         } else {

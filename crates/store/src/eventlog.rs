@@ -111,14 +111,18 @@ impl Store {
             .collect()
     }
 
-    /// Deletes log entries written before `before`, every topic; returns how many. Offsets
-    /// stay as they were: a group behind the retention continues at the oldest entry left.
+    /// Deletes log entries written before `before`, every topic but the dead-letter topics
+    /// (`*.DLT`: a dead letter is kept until it is replayed or discarded, however old);
+    /// returns how many. Offsets stay as they were: a group behind the retention continues at
+    /// the oldest entry left.
     pub async fn purge_log(&self, before: i64) -> Result<u64> {
         let _turn = self.write_turn().await;
-        let done = sqlx::query(&self.sql("DELETE FROM event_log WHERE created_at < ?"))
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            &self.sql("DELETE FROM event_log WHERE created_at < ? AND topic NOT LIKE '%.DLT'"),
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 

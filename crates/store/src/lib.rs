@@ -10,15 +10,18 @@
 //! Layout: `changes` (per-campaign change counters for the live views), `campaigns` (campaign rows and their issued count), `coupons` (the chunk transaction
 //! and coupon look-ups), `users`, `outbox` (claiming unpublished events), `eventlog` (the tables
 //! of the embedded event bus and its consumers), `plugins` (what consumer plugins keep),
-//! `admissions` (the embedded admission queue's durable record, and the issue mark).
+//! `admissions` (the embedded admission queue's durable record, and the issue mark), `audit`
+//! (the audit log of admin changes), `retention` (purges of what is kept only for a while).
 
 mod admissions;
+mod audit;
 mod campaigns;
 mod changes;
 mod coupons;
 mod eventlog;
 mod outbox;
 mod plugins;
+mod retention;
 mod users;
 
 use std::borrow::Cow;
@@ -30,6 +33,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use admissions::AdmissionRow;
+pub use audit::{AuditEntry, AuditFilter};
 pub use campaigns::CampaignRow;
 pub use changes::Changes;
 pub use coupons::{ChunkOutcome, CouponView};

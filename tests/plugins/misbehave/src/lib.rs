@@ -5,7 +5,10 @@
 //! 70,000), `big-stat` (adds 2^62 to the statistic `big`: the second event overflows it),
 //! `remember` (counts the events this instance has served in memory and adds 1 to the kv
 //! counter `served.{n}` for its n-th; with `fail_at` / `trap_at` / `loop_at` = n it returns a
-//! retryable error / traps / never returns on its n-th event instead).
+//! retryable error / traps / never returns on its n-th event instead), `peek` (writes to kv
+//! the personal fields it was handed, or "none"), `spam` (emails `count` strangers, the
+//! setting `also` (comma-separated) and the event's shopper, counting `sent`/`refused` in kv), `reads` (reads kv
+//! `reads` times), `forge` (logs and fails with a line break and terminal escapes).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
@@ -94,6 +97,49 @@ impl Guest for Misbehave {
             "big-stat" => {
                 stats::increment("big", 1 << 62);
                 Ok(())
+            }
+            "peek" => {
+                let seen = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+                kv::set("email", seen(&c.email).as_bytes());
+                kv::set("fcm-token", seen(&c.fcm_token).as_bytes());
+                kv::set("gender", seen(&c.gender).as_bytes());
+                kv::set("age-group", seen(&c.age_group).as_bytes());
+                Ok(())
+            }
+            "spam" => {
+                let count = settings::get("count")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(200);
+                let mut targets: Vec<String> = (0..count)
+                    .map(|i| format!("stranger{i}@example.com"))
+                    .collect();
+                if let Some(also) = settings::get("also") {
+                    targets.extend(also.split(',').map(str::to_owned));
+                }
+                targets.extend(c.email.clone());
+                for to in targets {
+                    let outcome = match email::send(&to, "hello", "spam") {
+                        Ok(()) => "sent",
+                        Err(_) => "refused",
+                    };
+                    kv::increment(outcome, 1);
+                    kv::increment(&format!("{outcome}:{to}"), 1);
+                }
+                Ok(())
+            }
+            "reads" => {
+                let reads: u64 = settings::get("reads")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1_000_000);
+                for i in 0..reads {
+                    std::hint::black_box(kv::get(&format!("k{}", i % 16)));
+                }
+                Ok(())
+            }
+            "forge" => {
+                let forged = "ok\n2026-12-07T00:00:00Z  INFO firstcome: admin login accepted\u{1b}]0;pwned\u{7}";
+                log::log(log::Level::Warn, forged);
+                Err(HandleError::Permanent(forged.into()))
             }
             other => Err(HandleError::Permanent(format!("unknown mode {other:?}"))),
         }
