@@ -295,12 +295,30 @@ async fn rejects_bad_input_and_writes_nothing(backend: Backend) {
         "invalid_body",
     )
     .await;
-    // A plugin path that is not a regular file (a device would block or fill the memory).
+    // A plugin path that is no component: a device (it would block or fill the memory), and
+    // a folder named like one.
     let body = expect(
         &app,
         admin_put("/api/v1/admin/campaigns/new-one").json(&json!({
             "name": "n", "capacity": 1, "value": 1,
             "plugins": {"history": {"path": "/dev/zero", "grants": ["history"]}}
+        })),
+        422,
+        "invalid_plugin",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains(".wasm file"),
+        "{body}"
+    );
+    let folder = tempfile::tempdir().unwrap();
+    let named_like_one = folder.path().join("history.wasm");
+    std::fs::create_dir(&named_like_one).unwrap();
+    let body = expect(
+        &app,
+        admin_put("/api/v1/admin/campaigns/new-one").json(&json!({
+            "name": "n", "capacity": 1, "value": 1,
+            "plugins": {"history": {"path": named_like_one, "grants": ["history"]}}
         })),
         422,
         "invalid_plugin",

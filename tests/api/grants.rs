@@ -224,3 +224,93 @@ async fn reads_are_charged_and_plugin_text_is_escaped() {
     assert!(!out.contains('\u{1b}') && out.contains("\\u{1b}"), "{out}");
     app.stop().await;
 }
+
+/// Six campaigns whose plugins each hold 20 MiB and ask to be kept for 100 events, under a
+/// budget of 64 MiB: every event is handled, the account never passes the budget, at most one
+/// instance is kept; a plugin that alone needs more than the budget fails its events (and
+/// dead-letters them) instead of growing the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_wide_budget_bounds_plugin_memory() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let backends = Backends::open(Backend::Embedded, dir.path()).await;
+    let app = spawn_app_on(backends, dir, |c| {
+        c.plugins.memory_budget_mb = 64;
+        c.consumers.max_retries = 1;
+    })
+    .await;
+    let holder = |mb: &str| {
+        let mut s = misbehave(spec(5), "holder", &["kv"], &[("mode", "touch"), ("mb", mb)]);
+        let plugin = s.plugins.get_mut("holder").unwrap();
+        plugin.reuse = Some(100);
+        plugin.memory_mb = Some(256);
+        s
+    };
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(app.campaign(holder("20")).await);
+    }
+    let greedy = app.campaign(holder("100")).await;
+    for id in ids.iter().chain([&greedy]) {
+        for user in ["ann", "bo"] {
+            assert_eq!(app.request(id, user).await.0, 202);
+        }
+    }
+    let store = app.backends.store.clone();
+    let touched = |id: &String| {
+        let scope = Scope {
+            campaign_id: id.clone(),
+            role: "holder".into(),
+        };
+        let store = store.clone();
+        async move { store.kv_counter(&scope, "touched").await.unwrap() }
+    };
+    let most_used = std::cell::Cell::new(0.0f64);
+    let most_kept = std::cell::Cell::new(0u64);
+    let done = wait_for(90, || async {
+        let metrics = app.text("/metrics").await;
+        let used = metrics
+            .lines()
+            .find(|l| l.starts_with("firstcome_plugin_memory_bytes"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_default();
+        most_used.set(most_used.get().max(used));
+        let (_, plugins) = app.admin_get("/api/v1/admin/plugins").await;
+        let kept: u64 = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["warm_instances"].as_u64().unwrap_or_default())
+            .sum();
+        most_kept.set(most_kept.get().max(kept));
+        for id in &ids {
+            if touched(id).await < 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(done.is_some(), "every event of the six campaigns handled");
+    let (most_used, most_kept) = (most_used.get(), most_kept.get());
+    assert!(
+        most_used <= (64 << 20) as f64,
+        "the account passed the budget: {most_used}"
+    );
+    assert!(most_used > 0.0, "the account is kept");
+    assert!(most_kept <= 1, "{most_kept} instances kept");
+    let bus = app.platform.bus().clone();
+    wait_for(60, || async {
+        bus.fetch("coupon-issued.DLT", 100).await.unwrap().len() >= 2
+    })
+    .await
+    .expect("the greedy plugin's events dead-lettered");
+    for letter in bus.fetch("coupon-issued.DLT", 100).await.unwrap() {
+        let envelope: Value = serde_json::from_str(&letter.message.payload).unwrap();
+        assert_eq!(envelope["campaign_id"], greedy.as_str());
+        let error = &letter.message.headers["dlt.error"];
+        assert!(error.contains("memory budget"), "{error}");
+    }
+    assert_eq!(touched(&greedy).await, 0);
+    app.stop().await;
+}

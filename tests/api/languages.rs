@@ -154,7 +154,7 @@ fn plugin_new_python_scaffolds_a_working_module() {
         "--event",
         event.to_str().unwrap(),
         "--grants",
-        "kv",
+        "kv,stats",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -305,7 +305,7 @@ fn plugin_new_js_scaffolds_a_working_module() {
     npm(&["run", "build"]);
     let component = project.join("audit_trail.wasm");
     let event = project.join("event.json");
-    let (code, out) = plugin_test(&component, &event, &["--grants", "kv"]);
+    let (code, out) = plugin_test(&component, &event, &["--grants", "kv,stats"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("log.info \"u1 got coupon #1 of Spring\"")

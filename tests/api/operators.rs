@@ -399,6 +399,14 @@ async fn the_audit_log_records_who_changed_what(backend: Backend) {
     wait_for(20, || async { app.platform.campaign(&file_id).is_some() })
         .await
         .expect("the file is applied");
+    // The removal is recorded in the background.
+    wait_for(10, || async {
+        audit(&app, format!("target={id}")).await["entries"]
+            .as_array()
+            .is_some_and(|e| e.len() == 4)
+    })
+    .await
+    .expect("the removal recorded");
     let page = audit(&app, format!("target={id}")).await;
     let entries = page["entries"].as_array().unwrap();
     let actions: Vec<&str> = entries
@@ -578,4 +586,28 @@ async fn files_stay_in_their_folders_and_refusals_quote_nothing() {
         "{text}"
     );
     app.stop().await;
+}
+
+/// What ships for users: the compose file has no default admin token and publishes no
+/// backend's port, its admin plane only on loopback; the image runs as a user of its own.
+#[test]
+fn the_shipped_deployment_is_safe_by_default() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    assert!(!compose.contains("change-me"), "a default admin token");
+    assert!(compose.contains("FIRSTCOME_ADMIN_TOKEN: ${FIRSTCOME_ADMIN_TOKEN:-}"));
+    for backend in ["6379:", "3306:", "9092:", "9093:"] {
+        assert!(
+            !compose.contains(&format!("\"{backend}")),
+            "{backend} published"
+        );
+    }
+    assert!(compose.contains("\"127.0.0.1:8081:8081\""));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("\nUSER firstcome\n"),
+        "the image runs as root"
+    );
 }

@@ -97,7 +97,12 @@ async fn the_live_page_follows_a_campaign_in_a_real_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pages_work_under_the_content_security_policy() {
     let app = spawn_app(Backend::Embedded).await;
-    let id = app.campaign(spec(4)).await;
+    let id = app
+        .campaign(CampaignSpec {
+            public_stats: true,
+            ..spec(4)
+        })
+        .await;
     let browser = Browser::start().await;
     browser.open(&format!("{}/#{id}", app.address)).await;
     wait_for(20, || async { browser.text("remaining").await == "4" })

@@ -903,7 +903,19 @@ fn campaign_validate_checks_plugins() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, with_history(spec(5)).to_toml()).unwrap();
-    let (code, out, err) = firstcome_output(&["campaign", "validate", good.to_str().unwrap()]);
+    // As a host would: from its plugins folder only (the file's folder unless set).
+    let (code, _, err) = firstcome_output(&["campaign", "validate", good.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is outside plugins.dir"), "{err}");
+    let built = wasm("history");
+    let plugins = built.parent().unwrap().to_str().unwrap().to_owned();
+    let validate = |file: &std::path::Path| {
+        crate::helpers::firstcome_run(
+            &["campaign", "validate", file.to_str().unwrap()],
+            &[("FIRSTCOME_PLUGINS__DIR", &plugins)],
+        )
+    };
+    let (code, out, err) = validate(&good);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("history plugin sha256:"), "{out}");
     let rogue = dir.path().join("rogue.toml");
@@ -912,7 +924,7 @@ fn campaign_validate_checks_plugins() {
         with_plugin(spec(5), "history", &wasm("rogue"), &[], &[]).to_toml(),
     )
     .unwrap();
-    let (code, _, err) = firstcome_output(&["campaign", "validate", rogue.to_str().unwrap()]);
+    let (code, _, err) = validate(&rogue);
     assert_eq!(code, 2);
     assert!(
         err.contains("imports `acme:rogue/socket`, which this host does not offer"),

@@ -191,18 +191,20 @@ pub async fn delete_campaign(
     };
     let was_active = platform.remove_campaign(&id).await?;
     if had_file || was_active {
-        audit::record(
-            platform.store(),
-            audit::Change {
+        // Recorded in the background: the removal answers at once, even while the database
+        // is held up by the drain it starts.
+        let store = platform.store().clone();
+        tokio::spawn(async move {
+            let change = audit::Change {
                 actor: &caller.name,
                 action: "campaign.delete",
                 target: &id,
                 before: before.as_deref(),
                 after: None,
                 detail: None,
-            },
-        )
-        .await;
+            };
+            audit::record(&store, change).await;
+        });
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::unknown_campaign(&id))

@@ -75,6 +75,12 @@ pub async fn list(
             format!("limit must be 1 to {MAX_LIMIT}"),
         ));
     }
+    if query.since_ms.is_some_and(|t| t < 0) || query.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "since_ms is at least 0 and before at least 1",
+        ));
+    }
     let too_long = [
         ("actor", &query.actor, 64),
         ("action", &query.action, 64),

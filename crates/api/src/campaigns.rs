@@ -142,6 +142,14 @@ pub async fn list(
             format!("limit must be 1 to {MAX_PAGE}"),
         ));
     }
+    if let Some(after) = &query.after
+        && firstcome_core::campaign::validate_id(after).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "after is a campaign id: 1 to 64 of a-z, 0-9, '-' and '_'",
+        ));
+    }
     let now = now_ms();
     // Sorted by id: the cursor is the last id of the page.
     let mut shown: Vec<_> = platform

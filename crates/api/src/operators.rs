@@ -7,9 +7,11 @@
 //! and compares the digest of what it is given with every credential's in constant time
 //! (`subtle`): neither the time taken nor the answer says how close a guess came.
 //!
-//! Failed attempts are counted per client address (`firstcome_admin_auth_failures_total`)
-//! and slowed: after [`FAILURE_BURST`] failures, an address may try once every
-//! [`FAILURE_PERIOD`], and is answered `429` with `Retry-After` until then, whatever it sends.
+//! Wrong credentials are counted per client address (`firstcome_admin_auth_failures_total`)
+//! and slowed: after `limits.admin_auth_failures_burst` (10) of them, an address may try once
+//! every `limits.admin_auth_failure_period_ms` (6 s), and is answered `429` with `Retry-After`
+//! until then, whatever credential it sends. A request with no credential at all guesses
+//! nothing: it is answered `401` and not counted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,10 +31,6 @@ use super::error::ApiError;
 use firstcome_platform::Platform;
 use firstcome_platform::config::{AdminRole, Config};
 
-/// Failed attempts an address may make at once.
-pub const FAILURE_BURST: u32 = 10;
-/// After the burst, one more attempt per this long.
-pub const FAILURE_PERIOD: Duration = Duration::from_secs(6);
 /// Addresses whose failures are remembered at once; past it, the oldest are forgotten.
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
 
@@ -99,9 +97,13 @@ impl Operators {
                 sha256,
             });
         }
-        let quota = Quota::with_period(FAILURE_PERIOD)
+        let limits = &config.limits;
+        let period = Duration::from_millis(limits.admin_auth_failure_period_ms.max(1));
+        let quota = Quota::with_period(period)
             .expect("a period above zero")
-            .allow_burst(NonZeroU32::new(FAILURE_BURST).expect("above zero"));
+            .allow_burst(
+                NonZeroU32::new(limits.admin_auth_failures_burst.max(1)).expect("above zero"),
+            );
         Ok(Self {
             credentials,
             failures: RateLimiter::keyed(quota),
@@ -123,14 +125,14 @@ impl Operators {
                 "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN or admin_tokens",
             ));
         }
+        let Some(token) = bearer(headers) else {
+            return Err(unauthorized("missing bearer token"));
+        };
         // An address that used up its failures is not heard until it may fail again, so that
         // guessing goes no faster with a right guess among the wrong ones.
         if let Err(not_until) = self.failures_left(address) {
             return Err(slowed(not_until));
         }
-        let Some(token) = bearer(headers) else {
-            return Err(self.failed(address, "missing bearer token"));
-        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every credential is compared, whichever matches: the time taken is the same.
         let mut found = None;
@@ -378,7 +380,12 @@ mod tests {
         )]))
         .unwrap();
         let guesser = IpAddr::from([10, 0, 0, 2]);
-        for _ in 0..FAILURE_BURST {
+        // No credential at all guesses nothing.
+        for _ in 0..50 {
+            let e = ops.verify(&HeaderMap::new(), guesser).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        }
+        for _ in 0..Config::default().limits.admin_auth_failures_burst {
             let e = ops.verify(&with("Bearer wrong"), guesser).unwrap_err();
             assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         }

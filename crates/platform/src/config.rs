@@ -255,6 +255,10 @@ pub struct LimitsConfig {
     /// Campaigns one host runs at most (default 1,000); another is refused (`409
     /// too_many_campaigns` through the admin API, a refused file from the folder).
     pub max_campaigns: usize,
+    /// Wrong admin credentials one client address may send at once (default 10)...
+    pub admin_auth_failures_burst: u32,
+    /// ...then one more per this many milliseconds (default 6,000); meanwhile `429`.
+    pub admin_auth_failure_period_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -268,6 +272,8 @@ impl Default for LimitsConfig {
             streams_per_user: 4,
             stream_max_lifetime_s: 300,
             max_campaigns: 1_000,
+            admin_auth_failures_burst: 10,
+            admin_auth_failure_period_ms: 6_000,
         }
     }
 }
@@ -415,7 +421,7 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 37] = [
+        let checks: [(&str, i128, i128, i128); 40] = [
             ("auth.leeway_s", self.auth.leeway_s as i128, 0, 600),
             (
                 "auth.jwks_max_age_s",
@@ -452,6 +458,18 @@ impl Config {
                 self.limits.stream_max_lifetime_s as i128,
                 1,
                 DAY_MS / 1000,
+            ),
+            (
+                "limits.admin_auth_failures_burst",
+                self.limits.admin_auth_failures_burst as i128,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.admin_auth_failure_period_ms",
+                self.limits.admin_auth_failure_period_ms as i128,
+                1,
+                DAY_MS,
             ),
             (
                 "limits.max_campaigns",
@@ -507,6 +525,12 @@ impl Config {
                 self.plugins.memory_mb as i128,
                 1,
                 plugin_memory,
+            ),
+            (
+                "plugins.memory_budget_mb",
+                self.plugins.memory_budget_mb as i128,
+                i128::from(self.plugins.memory_mb),
+                1 << 20,
             ),
             (
                 "plugins.max_output_bytes",

@@ -67,9 +67,13 @@ impl RetentionConfig {
     }
 }
 
-/// Runs one sweep now, then every [`SWEEP_EVERY`], until `shutdown`.
+/// How long after start-up the first sweep runs: not while the host applies its campaigns.
+pub const FIRST_SWEEP_AFTER: Duration = Duration::from_secs(300);
+
+/// Sweeps [`FIRST_SWEEP_AFTER`] start-up, then every [`SWEEP_EVERY`], until `shutdown`.
 pub async fn run(store: Store, config: RetentionConfig, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let first = tokio::time::Instant::now() + FIRST_SWEEP_AFTER;
+    let mut tick = tokio::time::interval_at(first, SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

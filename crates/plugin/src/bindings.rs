@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use wasmtime::Result as WasmResult;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Result as WasmResult, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::services::{PushMessage, SendError, Services};
@@ -174,7 +174,7 @@ impl CallState {
 pub struct CallCtx {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: crate::budget::Limiter,
     pub call: CallState,
 }
 
@@ -187,7 +187,7 @@ impl std::fmt::Debug for CallCtx {
 }
 
 impl CallCtx {
-    pub fn new(limits: StoreLimits, call: CallState) -> Self {
+    pub fn new(limits: crate::budget::Limiter, call: CallState) -> Self {
         // No preopened directories, no environment, no arguments, no sockets, no name lookup:
         // WASI only supplies clocks, random numbers and empty stdio.
         let wasi = WasiCtx::builder()

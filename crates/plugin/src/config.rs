@@ -20,6 +20,9 @@ pub struct PluginConfig {
     pub memory_mb: u32,
     /// Bytes one call may pass to the host (log lines, kv writes, emails, ...).
     pub max_output_bytes: usize,
+    /// Memory all plugin instances of the host may hold together, running or kept for reuse
+    /// (default 1,024 MiB; see `budget`).
+    pub memory_budget_mb: u32,
 }
 
 impl Default for PluginConfig {
@@ -30,6 +33,7 @@ impl Default for PluginConfig {
             timeout_ms: 2_000,
             memory_mb: 64,
             max_output_bytes: 1024 * 1024,
+            memory_budget_mb: 1024,
         }
     }
 }

@@ -15,12 +15,14 @@
 //! old version, the next one uses the new.
 //!
 //! Layout: `config` (the host's plugin, email and push settings), `runtime` (engine, loading, one call),
+//! `budget` (the process-wide memory budget of plugin instances),
 //! `bindings` (the WIT capabilities as seen from the sandbox), `services` (what the
 //! capabilities reach: the database, email, push), `email` and `fcm` (the two senders),
 //! `files` (where component files may be read from), `host` (the per-campaign registry and the consumer-group handler), `recording` (the
 //! runner behind `firstcome plugin test`), `scaffold` (`firstcome plugin new`).
 
 mod bindings;
+pub mod budget;
 mod config;
 pub mod email;
 pub mod fcm;

@@ -32,6 +32,7 @@ use super::bindings::{
     HandleError,
 };
 use super::services::Services;
+use crate::budget::{BudgetExceeded, MemoryBudget};
 use crate::config::PluginConfig;
 use firstcome_bus::HandlerError;
 use firstcome_core::bounded::error_text;
@@ -324,6 +325,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallCtx>,
     cache: Mutex<HashMap<String, Arc<Compiled>>>,
+    /// What every instance's memory is charged to.
+    budget: Arc<MemoryBudget>,
     pub limits: PluginConfig,
 }
 
@@ -349,6 +352,7 @@ impl Runtime {
             engine,
             linker,
             cache: Mutex::new(HashMap::new()),
+            budget: MemoryBudget::new((limits.memory_budget_mb as usize) << 20),
             limits,
         })
     }
@@ -504,6 +508,7 @@ impl Runtime {
             .memory_size(plugin.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
+        let limits = crate::budget::Limiter::new(limits, self.budget.clone());
         let mut store = Store::new(&self.engine, CallCtx::new(limits, call));
         store.limiter(|ctx| &mut ctx.limits);
         store.set_epoch_deadline(1);
@@ -689,8 +694,11 @@ impl Runtime {
         if served < plugin.reuse {
             let slot = slot.or_else(WarmSlot::take);
             let mut warm = plugin.warm.lock().unwrap();
+            // Kept only while the process's plugin memory allows (see `budget`): a store
+            // dropped here gives its memory back.
             if let Some(slot) = slot
                 && warm.len() < MAX_WARM_PER_PLUGIN
+                && self.budget.may_keep()
             {
                 warm.push(Warm {
                     store,
@@ -724,6 +732,9 @@ async fn run_init(
 fn classify(error: wasmtime::Error, plugin: &Plugin) -> CallError {
     if let Some(denied) = error.downcast_ref::<Denied>() {
         return CallError::Denied(denied.clone());
+    }
+    if let Some(budget) = error.downcast_ref::<BudgetExceeded>() {
+        return CallError::Trap(budget.to_string());
     }
     let message = error_text(format!("{error:#}"));
     if message.contains("forcing trap when growing memory") {

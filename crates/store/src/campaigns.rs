@@ -18,7 +18,7 @@ pub struct CampaignRow {
 }
 
 /// Times a change of a campaign runs when the database keeps breaking deadlocks with it.
-const UPSERT_ATTEMPTS: u32 = 5;
+const UPSERT_ATTEMPTS: u32 = 10;
 
 impl Store {
     /// Inserts or updates a campaign, keeping its issued count; refuses a capacity below it.

@@ -58,21 +58,28 @@ impl Store {
     }
 
     /// Deletes what plugins kept (kv values, counters, statistics) for campaigns removed
-    /// before `before`; returns how many rows.
+    /// before `before`; returns how many rows. The campaigns are read first, on their own, so
+    /// that no delete holds locks on the campaigns table (InnoDB would lock the rows a
+    /// subquery of a DELETE reads, against a campaign being applied meanwhile).
     pub async fn purge_removed_campaigns(&self, before: i64) -> Result<u64> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            &self.sql("SELECT id FROM campaigns WHERE active = 0 AND updated_at < ?"),
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
         let mut total = 0;
-        for table in ["plugin_kv", "plugin_counters", "campaign_stats"] {
-            let sql = format!(
-                "DELETE FROM {table} WHERE campaign_id IN \
-                 (SELECT id FROM campaigns WHERE active = 0 AND updated_at < ?)"
-            );
-            let sql = self.sql(&sql);
-            let _turn = self.write_turn().await;
-            total += sqlx::query(&sql)
-                .bind(before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        for id in ids {
+            for table in ["plugin_kv", "plugin_counters", "campaign_stats"] {
+                let sql = format!("DELETE FROM {table} WHERE campaign_id = ?");
+                let sql = self.sql(&sql);
+                let _turn = self.write_turn().await;
+                total += sqlx::query(&sql)
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
         }
         Ok(total)
     }

@@ -16,7 +16,8 @@ function handle(event) {
   if (event.tag === 'coupon-issued') {
     const c = event.val;
     log('info', describe(c.userId, c.campaignName, c.position));
-    // Needs `grants = ["kv"]` in the campaign file.
+    // Needs `grants = ["kv", "stats"]` in the campaign file: kv for the counter, stats for
+    // the age group (handed only to roles granted stats, email or push).
     increment(counterKey(c.ageGroup), 1n);
   }
 }

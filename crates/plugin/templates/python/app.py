@@ -61,5 +61,6 @@ if wit_world is not None:
         if isinstance(event, types.Event_CouponIssued):
             c = event.value
             log.log(log.Level.INFO, describe(c.user_id, c.campaign_name, c.position))
-            # Needs `grants = ["kv"]` in the campaign file.
+            # Needs `grants = ["kv", "stats"]` in the campaign file: kv for the counter, stats for
+            # the age group (handed only to roles granted stats, email or push).
             kv.increment(counter_key(c.age_group), 1)

@@ -41,7 +41,9 @@ mod component {
             match event {
                 Event::CouponIssued(c) => {
                     log::log(Level::Info, &crate::describe(&c.user_id, &c.campaign_name, c.position));
-                    // Needs `grants = ["kv"]` in the campaign file.
+                    // Needs `grants = ["kv", "stats"]` in the campaign file: kv for the counter,
+                    // stats for the age group (handed only to roles granted stats, email or
+                    // push).
                     kv::increment(&crate::counter_key(c.age_group.as_deref()), 1);
                 }
             }

@@ -8,7 +8,8 @@
 //! retryable error / traps / never returns on its n-th event instead), `peek` (writes to kv
 //! the personal fields it was handed, or "none"), `spam` (emails `count` strangers, the
 //! setting `also` (comma-separated) and the event's shopper, counting `sent`/`refused` in kv), `reads` (reads kv
-//! `reads` times), `forge` (logs and fails with a line break and terminal escapes).
+//! `reads` times), `forge` (logs and fails with a line break and terminal escapes), `touch`
+//! (holds `mb` MiB, default 20, for the instance's life; counts `touched` in kv).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
@@ -22,6 +23,9 @@ struct Misbehave;
 /// Events this instance has served (`remember`): survives between events only when the host
 /// reuses the instance.
 static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Memory `touch` holds for the instance's life.
+static HELD: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 impl Guest for Misbehave {
     fn handle(event: Event) -> Result<(), HandleError> {
@@ -96,6 +100,19 @@ impl Guest for Misbehave {
             }
             "big-stat" => {
                 stats::increment("big", 1 << 62);
+                Ok(())
+            }
+            "touch" => {
+                // Holds `mb` MiB, every page written, for as long as the instance lives.
+                let mb: usize = settings::get("mb")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(20);
+                let mut held = HELD.lock().unwrap();
+                if held.is_empty() {
+                    *held = vec![1u8; mb << 20];
+                }
+                std::hint::black_box(&*held);
+                kv::increment("touched", 1);
                 Ok(())
             }
             "peek" => {
