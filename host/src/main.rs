@@ -451,7 +451,14 @@ async fn dlt(config: &Config, command: DltCommand) -> anyhow::Result<ExitCode> {
                     .get("dlt.original_topic")
                     .cloned()
                     .unwrap_or_else(|| topic.trim_end_matches(DLT_SUFFIX).to_owned());
+                // Only the group that failed it handles it again: the others did, and their
+                // marks of it may be gone by now (retention.processed_days).
+                let group = m.headers.get("dlt.consumer_group").cloned();
                 m.headers.retain(|k, _| !k.starts_with("dlt."));
+                if let Some(group) = group {
+                    m.headers
+                        .insert(firstcome_bus::REPLAYED_FOR_GROUP.into(), group);
+                }
                 m.headers.insert(
                     "replayed_from".into(),
                     format!("{topic}[{}]@{}", d.partition, d.offset),

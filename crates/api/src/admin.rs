@@ -355,8 +355,8 @@ pub async fn put_user(
     platform
         .upsert_users(std::slice::from_ref(&profile))
         .await?;
-    // The profile's digest only: the log keeps no personal data.
-    let after = serde_json::to_string(&profile).unwrap_or_default();
+    // No digest of a profile: a few fields of few values, it could be confirmed by guessing
+    // an email. The log keeps that it changed, by whom.
     audit::record(
         platform.store(),
         audit::Change {
@@ -364,7 +364,7 @@ pub async fn put_user(
             action: "user.put",
             target: &profile.user_id,
             before: None,
-            after: Some(&after),
+            after: None,
             detail: None,
         },
     )
@@ -449,7 +449,6 @@ pub async fn put_users(
         profiles.push(profile);
     }
     platform.upsert_users(&profiles).await?;
-    let after = serde_json::to_string(&profiles).unwrap_or_default();
     audit::record(
         platform.store(),
         audit::Change {
@@ -457,7 +456,7 @@ pub async fn put_users(
             action: "users.put",
             target: "users",
             before: None,
-            after: Some(&after),
+            after: None,
             detail: Some(format!("{} profiles", profiles.len())),
         },
     )

@@ -220,5 +220,10 @@ pub async fn stats(
     ApiPath(campaign_id): ApiPath<String>,
 ) -> Result<Json<firstcome_plugin::StatsSnapshot>, ApiError> {
     let c = stats_visible(&platform, &operator, &campaign_id)?;
-    Ok(Json(platform.plugin_stats(&c).await?))
+    let snapshot = platform.plugin_stats(&c).await?;
+    Ok(Json(if operator.0.is_some() {
+        snapshot
+    } else {
+        snapshot.public()
+    }))
 }

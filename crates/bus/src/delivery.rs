@@ -80,8 +80,20 @@ pub async fn deliver_batch(
     let mut outcomes = Vec::with_capacity(events.len());
     let mut rest = events;
     while !rest.is_empty() {
-        let (handled, failed) = handler.handle_batch(rest).await;
-        let handled = handled.min(rest.len());
+        // A replayed dead letter is for the group that failed it: the others handled it
+        // before, and may have forgotten that by now (retention).
+        if replayed_for_another(&rest[0], group) {
+            outcomes.push(Outcome::Handled);
+            rest = &rest[1..];
+            continue;
+        }
+        let end = rest
+            .iter()
+            .position(|e| replayed_for_another(e, group))
+            .unwrap_or(rest.len());
+        let batch = &rest[..end];
+        let (handled, failed) = handler.handle_batch(batch).await;
+        let handled = handled.min(batch.len());
         if handled > 0 {
             metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
                 .increment(handled as u64);
@@ -92,6 +104,10 @@ pub async fn deliver_batch(
             break;
         };
         let Some(error) = failed else {
+            if handled == batch.len() {
+                // The batch ended at a replay for another group, skipped next.
+                continue;
+            }
             // The handler ended its batch early (its time budget): the rest is the next batch,
             // after the caller has recorded its progress when it asked to.
             if after_failure == AfterFailure::Stop {
@@ -108,6 +124,18 @@ pub async fn deliver_batch(
         rest = &rest[1..];
     }
     outcomes
+}
+
+/// The header a replayed dead letter carries: the consumer group it is replayed for.
+pub const REPLAYED_FOR_GROUP: &str = "replayed_for_group";
+
+/// Whether `event` is a dead letter replayed for another group than `group`.
+fn replayed_for_another(event: &Delivered, group: &str) -> bool {
+    event
+        .message
+        .headers
+        .get(REPLAYED_FOR_GROUP)
+        .is_some_and(|g| g != group)
 }
 
 /// [`deliver`], when the first try already happened and failed with `first`.
@@ -350,6 +378,28 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_replayed_dead_letter_reaches_only_the_group_it_is_replayed_for() {
+        let h = Batches {
+            bad: vec!["b"],
+            ..Batches::default()
+        };
+        let mut all = events(&["a", "b", "c", "d"]);
+        all[1]
+            .message
+            .headers
+            .insert(REPLAYED_FOR_GROUP.into(), "other".into());
+        all[3]
+            .message
+            .headers
+            .insert(REPLAYED_FOR_GROUP.into(), "g".into());
+        let never = CancellationToken::new();
+        let out = deliver_batch(&h, &all, "g", FAST, &never, AfterFailure::GoOn).await;
+        assert!(out.iter().all(|o| *o == Outcome::Handled), "{out:?}");
+        let seen = h.batches.lock().unwrap().clone();
+        assert_eq!(seen, [vec!["a"], vec!["c", "d"]], "b is not this group's");
     }
 
     #[tokio::test]

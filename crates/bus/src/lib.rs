@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ConsumerConfig, KafkaConfig};
-pub use delivery::RetryPolicy;
+pub use delivery::{REPLAYED_FOR_GROUP, RetryPolicy};
 
 /// Suffix of a topic's dead-letter twin.
 pub const DLT_SUFFIX: &str = ".DLT";

@@ -33,12 +33,18 @@ pub fn error_text(text: impl AsRef<str>) -> String {
     cut(&escaped(text.as_ref()), MAX_ERROR_BYTES).into_owned()
 }
 
-/// `text` with every control character (line breaks, the terminal's escape, C1 controls) and
-/// every bidirectional override written as a `\u{..}` escape: text from outside can then
+/// `text` with every control character (line breaks, the terminal's escape, C1 controls), the
+/// Unicode line and paragraph separators and every bidirectional override written as a
+/// `\u{..}` escape: text from outside can then
 /// neither start a forged log line nor drive the terminal that shows it.
 pub fn escaped(text: &str) -> Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            )
+    };
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
@@ -56,20 +62,23 @@ pub fn escaped(text: &str) -> Cow<'_, str> {
 /// Hides the password of `scheme://user:password@host/...`, and the value of every query
 /// parameter that carries a secret (`?password=`, `sslpassword`, `token`, `secret`, `key`…).
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match base.split_once("://") {
+    // The password may hold a `?` (`u:p?ss@h`): the user part ends at the last `@`, and the
+    // query starts after it.
+    let (head, tail) = match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => base.to_owned(),
+            Some((userinfo, after)) => match userinfo.split_once(':') {
+                Some((user, _)) => (format!("{scheme}://{user}:***@"), after),
+                None => (format!("{scheme}://{userinfo}@"), after),
             },
-            None => base.to_owned(),
+            None => (format!("{scheme}://"), rest),
         },
-        None => base.to_owned(),
+        None => (String::new(), url),
     };
+    let (base, query) = match tail.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (tail, None),
+    };
+    let mut out = format!("{head}{base}");
     if let Some(query) = query {
         let secret = |name: &str| {
             let name = name.to_ascii_lowercase();
@@ -113,6 +122,11 @@ mod tests {
             "mysql://h/d?user=u&Password=***"
         );
         assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redact_url("postgres://u:p?ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite:data/x.db"), "sqlite:data/x.db");
     }
 
     #[test]

@@ -483,9 +483,39 @@ impl Counts {
     }
 }
 
+/// Every key a campaign document may hold (its fields, its `[limits]` and its plugin
+/// sections): the only words of a refused document an error may repeat.
+const KNOWN_KEYS: &[&str] = &[
+    "name",
+    "capacity",
+    "value",
+    "opens_at",
+    "closes_at",
+    "coupon_expires_at",
+    "chunk_size",
+    "shards",
+    "announce_at",
+    "public_stats",
+    "limits",
+    "per_user_per_s",
+    "per_user_burst",
+    "per_address_per_s",
+    "per_address_burst",
+    "plugins",
+    "path",
+    "sha256",
+    "grants",
+    "recipients",
+    "settings",
+    "timeout_ms",
+    "memory_mb",
+    "reuse",
+];
+
 /// Where a TOML document fails to parse and why, quoting none of its text: the parser's own
 /// message shows the offending line, and a value in it (a file linked from elsewhere, a
-/// password pasted by mistake) must not reach the admin API or a log.
+/// password pasted by mistake) must not reach the admin API or a log. Only a known key is
+/// named.
 fn parse_error(text: &str, error: &toml::de::Error) -> String {
     let message = without_quoted_values(error.message());
     match error.span() {
@@ -493,18 +523,12 @@ fn parse_error(text: &str, error: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            // The key of that line, when it is a plain one: a name, not a value.
             let key = text
                 .lines()
                 .nth(line - 1)
                 .and_then(|l| l.split_once('='))
                 .map(|(k, _)| k.trim())
-                .filter(|k| {
-                    !k.is_empty()
-                        && k.len() <= 64
-                        && k.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                });
+                .filter(|k| KNOWN_KEYS.contains(k));
             match key {
                 Some(key) => format!("line {line}, column {column} ({key}): {message}"),
                 None => format!("line {line}, column {column}: {message}"),
@@ -514,24 +538,32 @@ fn parse_error(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-/// `message` with every double-quoted string in it replaced by `"…"` (serde quotes a value of
-/// the wrong type: `invalid type: string "…", expected u32`); field names, quoted with
-/// backticks, stay.
+/// `message` with every quoted span (serde quotes a value of the wrong type with `"…"` or
+/// with backticks, `invalid type: integer \`123\``, and an unknown key with backticks)
+/// replaced by `…`, unless it is a known key.
 fn without_quoted_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
-    for c in message.chars() {
-        if c == '"' {
-            if quoted {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
-        }
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest[open..].chars().next().expect("found");
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push(quote);
+            out.push('…');
+            return out;
+        };
+        let inner = &after[..close];
+        out.push(quote);
+        out.push_str(if KNOWN_KEYS.contains(&inner) {
+            inner
+        } else {
+            "…"
+        });
+        out.push(quote);
+        rest = &after[close + 1..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -709,5 +741,21 @@ mod tests {
     fn documents_round_trip() {
         let spec = CampaignSpec::from_toml("name = \"x\"\ncapacity = 3\nvalue = 7\n").unwrap();
         assert_eq!(CampaignSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_refused_document_is_not_quoted() {
+        for doc in [
+            "c2VjcmV0S2V5MTIz==\nname = \"x\"\n",
+            "name = \"x\"\ncapacity = \"hunter2\"\nvalue = 1\n",
+            "name = \"x\"\ncapacity = 1\nvalue = 1\nhunter2 = 3\n",
+            "name = \"x\"\ncapacity = 123456789\nvalue = \"1\"\n",
+        ] {
+            let err = CampaignSpec::from_toml(doc).unwrap_err().to_string();
+            for secret in ["c2VjcmV0", "hunter2", "123456789"] {
+                assert!(!err.contains(secret), "{doc:?}: {err}");
+            }
+            assert!(err.contains("line "), "{err}");
+        }
     }
 }

@@ -661,7 +661,8 @@ impl Config {
 
     /// Whether the admin plane shares the public listener or has its own. Refuses (saying what
     /// to set) an `admin_listen` that is neither `shared` nor an address, and a shared plane
-    /// on a `listen` address that is not loopback unless chosen with `admin_listen = "shared"`.
+    /// unless chosen with `admin_listen = "shared"` on a `listen` address that is not
+    /// loopback, or behind `trusted_proxies` (a proxy on the machine).
     pub fn listeners(&self) -> Result<Listeners, String> {
         match self.admin_listen.as_deref().map(str::trim) {
             Some("shared") => Ok(Listeners::Shared),
@@ -671,7 +672,17 @@ impl Config {
                      \"shared\""
                 )
             }),
-            None if self.listen.ip().is_loopback() => Ok(Listeners::Shared),
+            // A proxy on this machine would hand the admin plane to whoever reaches it.
+            None if self.listen.ip().is_loopback() && self.trusted_proxies.is_empty() => {
+                Ok(Listeners::Shared)
+            }
+            None if self.listen.ip().is_loopback() => Err(format!(
+                "listening on {} behind trusted_proxies with no admin_listen: the proxy would \
+                 serve the admin API, metrics and Swagger UI to whoever reaches it. Set \
+                 admin_listen to an address the proxy does not forward to, or admin_listen = \
+                 \"shared\" if it forwards only the shopper routes",
+                self.listen
+            )),
             None => Err(format!(
                 "listening on {} (not loopback) with no admin_listen: the admin API, metrics \
                  and Swagger UI would be served to shoppers. Set admin_listen to an address \
@@ -693,6 +704,16 @@ impl Config {
                 "admin_token is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: anyone could \
                  guess it. Use a random one, e.g. `openssl rand -hex 32`"
             ));
+        }
+        if let Some(token) = self.admin_token.as_deref()
+            && token.matches('.').count() == 2
+        {
+            return Err(
+                "admin_token is shaped like a JWT (two dots): on a shared listener it \
+                        would be taken for a shopper's token. Use a random one, e.g. \
+                        `openssl rand -hex 32`"
+                    .into(),
+            );
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, entry) in self.admin_tokens.iter().enumerate() {

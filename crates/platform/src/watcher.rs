@@ -33,6 +33,10 @@ use crate::platform::{Platform, PlatformError};
 use firstcome_core::campaign::{Campaign, CampaignSpec, SpecError};
 use firstcome_store::StoreError;
 
+/// Why a file linked out of the campaign folder is not read.
+const OUTSIDE: &str = "a link to a file outside the campaign folder (or to nothing): campaign \
+                       files are read only inside the folder";
+
 /// Largest campaign file read, in bytes; a larger one is refused.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -42,14 +46,17 @@ pub fn load_file(path: &Path) -> Result<Campaign, String> {
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or_else(|| format!("{}: not a campaign file name", path.display()))?;
-    let text = read_bounded(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = read_bounded(path, None).map_err(|e| format!("{}: {e}", path.display()))?;
     parse(stem, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The text of a regular file (or of the regular file a link points to) of at most
 /// [`MAX_FILE_BYTES`]. A FIFO, device or folder is refused without being opened for a
-/// blocking read; a file that grows past the limit while being read is refused too.
-fn read_bounded(path: &Path) -> Result<String, String> {
+/// blocking read; a file that grows past the limit while being read is refused too. With
+/// `root`, the file opened must lie inside it (checked on the open file: a link swapped in
+/// after the folder was listed does not lead the read out of the folder).
+fn read_bounded(path: &Path, root: Option<&Path>) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let not_regular = || "not a regular file".to_owned();
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
@@ -68,6 +75,13 @@ fn read_bounded(path: &Path) -> Result<String, String> {
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
         .map_err(|e| e.to_string())?;
+    if let Some(root) = root {
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| e.to_string())?;
+        if !real.starts_with(root) {
+            return Err(OUTSIDE.to_owned());
+        }
+    }
     if !file.metadata().map_err(|e| e.to_string())?.is_file() {
         return Err(not_regular());
     }
@@ -140,11 +154,7 @@ fn read_folder(dir: &Path) -> Option<HashMap<String, Read>> {
         if entry.file_type().is_ok_and(|t| t.is_symlink())
             && !std::fs::canonicalize(&path).is_ok_and(|target| target.starts_with(&root))
         {
-            let text = Err(
-                "a link to a file outside the campaign folder (or to nothing): \
-                            campaign files are read only inside the folder"
-                    .to_owned(),
-            );
+            let text = Err(OUTSIDE.to_owned());
             present.insert(
                 stem,
                 Read {
@@ -162,7 +172,7 @@ fn read_folder(dir: &Path) -> Option<HashMap<String, Read>> {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .unwrap_or_default();
-        let text = read_bounded(&path);
+        let text = read_bounded(&path, Some(&root));
         present.insert(stem, Read { path, text, age });
     }
     Some(present)
@@ -383,7 +393,9 @@ impl Watcher {
         let reason = read.text.err();
         let _writing = self.platform.campaign_writes().await;
         // Read again under the lock: the admin API may have written or removed it since.
-        if readable && read_bounded(&read.path).ok().as_deref() != Some(text.as_str()) {
+        let root = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        if readable && read_bounded(&read.path, Some(&root)).ok().as_deref() != Some(text.as_str())
+        {
             return;
         }
         let tracked = self.files.get_mut(id).expect("tracked above");

@@ -170,6 +170,9 @@ impl CallState {
     }
 }
 
+/// Host resources one store may hold at once (WASI streams, pollables, ...).
+pub const MAX_RESOURCES: usize = 4_096;
+
 /// The data of one sandbox (one store): WASI with nothing granted, limits, and the call.
 pub struct CallCtx {
     wasi: WasiCtx,
@@ -195,9 +198,13 @@ impl CallCtx {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        // Resources (WASI streams, pollables) live in host memory outside the budget: a
+        // plugin looping on `subscribe-duration` must hit a bound, not the host's memory.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limits,
             call,
         }

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wasmtime::{ResourceLimiter, StoreLimits};
 
+/// What one table element is charged.
+const TABLE_ELEMENT_BYTES: usize = 16;
+
 /// The account every instance's memory is charged to.
 #[derive(Debug)]
 pub struct MemoryBudget {
@@ -128,7 +131,21 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.own.table_growing(current, desired, maximum)
+        if !self.own.table_growing(current, desired, maximum)?
+            || maximum.is_some_and(|max| desired > max)
+        {
+            return Ok(false);
+        }
+        // A table element is at most two pointers.
+        let more = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        if !self.budget.reserve(more) {
+            metrics::counter!("firstcome_plugin_memory_budget_refusals_total").increment(1);
+            return Err(BudgetExceeded(self.budget.limit >> 20).into());
+        }
+        self.charged += more;
+        Ok(true)
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {

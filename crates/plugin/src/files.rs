@@ -57,20 +57,30 @@ impl PluginFiles {
         if !joined.starts_with(&self.dir) {
             return Err(outside());
         }
-        let real = std::fs::canonicalize(&joined).map_err(|e| {
+        // One answer for every failure: which one (no such file, not a folder, permission
+        // denied) would say what exists behind a link out of the folder.
+        let real = std::fs::canonicalize(&joined).map_err(|_| {
             format!(
-                "{} (in plugins.dir {}): {}",
+                "{} is no readable file in plugins.dir ({})",
                 path.display(),
-                self.shown.display(),
-                match e.kind() {
-                    std::io::ErrorKind::NotFound => "no such file".to_owned(),
-                    std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-                    _ => "cannot be read".to_owned(),
-                }
+                self.shown.display()
             )
         })?;
+        self.admits(path, &real)?;
+        Ok(real)
+    }
+
+    /// Whether `real` (a path with every link followed: what was resolved, or what an open
+    /// file turned out to be) may be read as the plugin `path` names.
+    pub fn admits(&self, path: &Path, real: &Path) -> Result<(), String> {
         if !real.starts_with(&self.dir) {
-            return Err(outside());
+            return Err(format!(
+                "{} is outside plugins.dir ({}): plugins are read only from there (set \
+                 plugins.dir, or FIRSTCOME_PLUGINS__DIR, to the folder your components are \
+                 built into)",
+                path.display(),
+                self.shown.display()
+            ));
         }
         if real.starts_with(&self.data) && !real.starts_with(&self.campaigns) {
             return Err(format!(
@@ -84,7 +94,7 @@ impl PluginFiles {
                 path.display()
             ));
         }
-        Ok(real)
+        Ok(())
     }
 }
 
@@ -142,7 +152,7 @@ mod tests {
             ("../../../../etc/x.wasm", "outside plugins.dir"),
             ("out.wasm", "outside plugins.dir"),
             ("db.wasm", "outside plugins.dir"),
-            ("missing.wasm", "no such file"),
+            ("missing.wasm", "no readable file"),
         ] {
             let e = files.resolve(Path::new(path)).unwrap_err();
             assert!(e.contains(needle), "{path}: {e}");

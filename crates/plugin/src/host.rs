@@ -49,10 +49,14 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     pub fn new(campaign_id: &str, capacity: i64, counters: BTreeMap<String, i64>) -> Self {
-        let pick = |prefix: &str| -> BTreeMap<String, i64> {
+        // Only the values a profile can hold (and `unknown`): a plugin's counter name is its
+        // own text, and the breakdowns are shown to whoever may see the statistics.
+        let pick = |prefix: &str, known: &[&str]| -> BTreeMap<String, i64> {
             counters
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|g| (g.to_owned(), *v)))
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|g| (g, *v)))
+                .filter(|(g, _)| *g == "unknown" || known.contains(g))
+                .map(|(g, v)| (g.to_owned(), v))
                 .collect()
         };
         let issued = counters.get("issued").copied().unwrap_or(0);
@@ -68,11 +72,27 @@ impl StatsSnapshot {
             }
             .unissued(),
             revenue: counters.get("revenue").copied().unwrap_or(0),
-            by_gender: pick("gender."),
-            by_age_group: pick("age_group."),
+            by_gender: pick("gender.", firstcome_core::user::GENDERS),
+            by_age_group: pick("age_group.", firstcome_core::user::AGE_GROUPS),
             counters,
             at_ms: now_ms(),
         }
+    }
+
+    /// The snapshot as the public sees it (`public_stats`): without the counters a plugin
+    /// named itself, whose names could carry anything it was handed.
+    pub fn public(mut self) -> Self {
+        let shown = |name: &str| {
+            matches!(name, "issued" | "revenue")
+                || name
+                    .strip_prefix("gender.")
+                    .is_some_and(|g| g == "unknown" || firstcome_core::user::GENDERS.contains(&g))
+                || name.strip_prefix("age_group.").is_some_and(|a| {
+                    a == "unknown" || firstcome_core::user::AGE_GROUPS.contains(&a)
+                })
+        };
+        self.counters.retain(|name, _| shown(name));
+        self
     }
 }
 
@@ -145,7 +165,7 @@ impl PluginHost {
                 |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
             let compiled = self
                 .runtime
-                .fetch(&path, spec.sha256.as_deref())
+                .fetch(&path, spec.sha256.as_deref(), Some(&self.files))
                 .await
                 .map_err(|e| fail(&e))?;
             let running = current.as_ref().and_then(|c| c.roles.get(role));

@@ -119,7 +119,7 @@ pub struct TestOutcome {
 /// `firstcome dlt show` prints it) once. Load errors are returned as text.
 pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<TestOutcome> {
     let runtime = Arc::new(Runtime::new(PluginConfig::default())?);
-    let compiled = runtime.fetch(wasm, None).await?;
+    let compiled = runtime.fetch(wasm, None, None).await?;
     let version = compiled.version.clone();
     println!("plugin {} ({version})", wasm.display());
     let envelope = parse_event(event_json)?;
@@ -236,7 +236,7 @@ pub async fn check_plugins(
             .map_err(|e| format!("plugins.{role}: {e}"))?;
         let fail = |e: &dyn std::fmt::Display| format!("plugins.{role} ({}): {e}", path.display());
         let compiled = runtime
-            .fetch(&path, spec.sha256.as_deref())
+            .fetch(&path, spec.sha256.as_deref(), Some(files))
             .await
             .map_err(|e| fail(&e))?;
         let scope = Scope {

@@ -34,6 +34,7 @@ use super::bindings::{
 use super::services::Services;
 use crate::budget::{BudgetExceeded, MemoryBudget};
 use crate::config::PluginConfig;
+use crate::files::PluginFiles;
 use firstcome_bus::HandlerError;
 use firstcome_core::bounded::error_text;
 use firstcome_core::plugin_spec::{MAX_MEMORY_MB, PluginSpec};
@@ -58,6 +59,9 @@ const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
 /// The same for each table and async stack, which small plugins touch little of: scanning a
 /// larger range measured slower.
 const KEEP_RESIDENT_SMALL: usize = 64 << 10;
+/// Elements one table may grow to (a table element is a pointer or two; the budget charges
+/// them, see `budget`).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// The largest component file the host reads; the reference plugins are about 100 KiB.
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 const HANDLER_EXPORT: &str = "firstcome:plugin/handler@0.1.0";
@@ -359,14 +363,38 @@ impl Runtime {
 
     /// Reads a component file, checking its hash when `expected_sha256` is given.
     pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<Vec<u8>, LoadError> {
+        Self::read_within(path, expected_sha256, None)
+    }
+
+    /// [`Self::read`], and when `files` is given, the file opened must be one `files` admits
+    /// (checked on the open file itself: a link swapped in after the path was resolved does
+    /// not lead the read elsewhere).
+    pub fn read_within(
+        path: &Path,
+        expected_sha256: Option<&str>,
+        files: Option<&PluginFiles>,
+    ) -> Result<Vec<u8>, LoadError> {
         use std::io::Read;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let refuse = |reason: String| LoadError::File {
             path: path.display().to_string(),
             reason,
         };
-        // Only a regular file of sane size: a path naming a device or a pipe (a typo in a
-        // campaign file, or `/dev/zero`) must be refused, not block or fill the memory.
-        let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+        // Opened without blocking (a FIFO swapped in must not hang the load), then checked:
+        // only a regular file of sane size, so that a device (`/dev/zero`) or a pipe is
+        // refused, not read into memory.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| refuse(e.to_string()))?;
+        if let Some(files) = files {
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(|e| refuse(e.to_string()))?;
+            files.admits(path, &real).map_err(refuse)?;
+        }
+        let meta = file.metadata().map_err(|e| refuse(e.to_string()))?;
         if !meta.is_file() {
             return Err(refuse("not a regular file".into()));
         }
@@ -377,8 +405,8 @@ impl Runtime {
             )));
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes))
+        file.take(MAX_COMPONENT_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| refuse(e.to_string()))?;
         if bytes.len() as u64 > MAX_COMPONENT_BYTES {
             return Err(refuse(format!(
@@ -451,10 +479,12 @@ impl Runtime {
         self: &Arc<Self>,
         path: &Path,
         sha256: Option<&str>,
+        files: Option<&PluginFiles>,
     ) -> Result<Arc<Compiled>, LoadError> {
         let (runtime, path, sha256) = (self.clone(), path.to_owned(), sha256.map(str::to_owned));
+        let files = files.cloned();
         tokio::task::spawn_blocking(move || {
-            let bytes = Runtime::read(&path, sha256.as_deref())?;
+            let bytes = Runtime::read_within(&path, sha256.as_deref(), files.as_ref())?;
             runtime.compile(&bytes)
         })
         .await
@@ -506,6 +536,7 @@ impl Runtime {
     fn store(&self, plugin: &Plugin, call: CallState) -> Store<CallCtx> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(plugin.memory_bytes)
+            .table_elements(MAX_TABLE_ELEMENTS)
             .trap_on_grow_failure(true)
             .build();
         let limits = crate::budget::Limiter::new(limits, self.budget.clone());
