@@ -267,13 +267,7 @@ async fn a_process_wide_budget_bounds_plugin_memory() {
     let most_used = std::cell::Cell::new(0.0f64);
     let most_kept = std::cell::Cell::new(0u64);
     let done = wait_for(90, || async {
-        let metrics = app.text("/metrics").await;
-        let used = metrics
-            .lines()
-            .find(|l| l.starts_with("firstcome_plugin_memory_bytes"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or_default();
+        let used = app.metric("firstcome_plugin_memory_bytes").await;
         most_used.set(most_used.get().max(used));
         let (_, plugins) = app.admin_get("/api/v1/admin/plugins").await;
         let kept: u64 = plugins["plugins"]

@@ -397,6 +397,16 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The value of an unlabelled metric in `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.text("/metrics").await;
+        text.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_default()
+    }
+
     /// Waits until the campaign has `n` coupons in the database (or panics after `secs`).
     pub async fn wait_issued(&self, campaign: &str, n: i64, secs: u64) {
         wait_for(secs, || async {

@@ -106,7 +106,9 @@ async fn an_overflowing_counter_is_a_permanent_dead_letter(backend: Backend) {
         assert!(h["dlt.error"].contains("would overflow"), "{h:?}");
     }
     // A counter the plugin named itself is an operator's to read; the public does not see it.
-    let (status, stats) = app.admin_get(&format!("/api/v1/campaigns/{id}/stats")).await;
+    let (status, stats) = app
+        .admin_get(&format!("/api/v1/campaigns/{id}/stats"))
+        .await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["counters"]["big"], json!(1i64 << 62), "{stats}");
     let (status, public) = app.get(&format!("/api/v1/campaigns/{id}/stats")).await;

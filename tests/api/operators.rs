@@ -309,13 +309,7 @@ async fn guessing_credentials_is_slowed_and_counted() {
     // Now even the right token waits: the guess cannot be confirmed.
     let (status, ..) = call(&app, reqwest::Method::GET, url, Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, 429);
-    let metrics = app.text("/metrics").await;
-    let failures = metrics
-        .lines()
-        .find(|l| l.starts_with("firstcome_admin_auth_failures_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or_default();
+    let failures = app.metric("firstcome_admin_auth_failures_total").await;
     assert!(failures >= 10.0, "{failures}");
     app.stop().await;
 }

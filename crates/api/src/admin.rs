@@ -22,21 +22,6 @@ use firstcome_store::UserProfile;
 
 pub(super) const MAX_BULK_USERS: usize = 1_000;
 
-/// `role sha256:…` of each plugin a campaign runs now, for the audit log.
-fn plugin_versions(platform: &Platform, id: &str) -> String {
-    let versions: Vec<String> = platform
-        .plugin_statuses()
-        .into_iter()
-        .filter(|p| p.campaign_id == id)
-        .map(|p| format!("{} {}", p.role, p.version))
-        .collect();
-    if versions.is_empty() {
-        "no plugins".into()
-    } else {
-        format!("plugins: {}", versions.join(", "))
-    }
-}
-
 fn campaign_file(platform: &Platform, id: &str) -> std::path::PathBuf {
     platform.config().campaigns_dir().join(format!("{id}.toml"))
 }
@@ -144,7 +129,7 @@ pub async fn put_campaign(
             target: &id,
             before: before.as_deref(),
             after: Some(&text),
-            detail: Some(plugin_versions(&platform, &id)),
+            detail: Some(audit::plugins_in_force(&platform, &id)),
         },
     )
     .await;

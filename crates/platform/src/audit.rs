@@ -28,6 +28,23 @@ pub struct Change<'a> {
     pub detail: Option<String>,
 }
 
+/// `plugins: role sha256:…, …` of the plugins campaign `id` runs now (`no plugins` when it
+/// runs none), an audit entry's detail.
+pub fn plugins_in_force(platform: &crate::Platform, id: &str) -> String {
+    let versions = platform
+        .campaign(id)
+        .map(|c| platform.plugin_versions(&c))
+        .unwrap_or_default();
+    if versions.is_empty() {
+        return "no plugins".into();
+    }
+    let listed: Vec<String> = versions
+        .iter()
+        .map(|(role, version)| format!("{role} {version}"))
+        .collect();
+    format!("plugins: {}", listed.join(", "))
+}
+
 /// Records `change` in `store`'s audit log.
 pub async fn record(store: &Store, change: Change<'_>) {
     let entry = AuditEntry {

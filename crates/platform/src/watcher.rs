@@ -426,13 +426,6 @@ impl Watcher {
                 tracked.decided = Some((text, Decision::Applied(spec)));
                 self.platform.clear_rejection(id);
                 tracing::info!(campaign = %id, "campaign applied");
-                let versions: Vec<String> = self
-                    .platform
-                    .plugin_statuses()
-                    .into_iter()
-                    .filter(|p| p.campaign_id == id)
-                    .map(|p| format!("{} {}", p.role, p.version))
-                    .collect();
                 crate::audit::record(
                     self.platform.store(),
                     crate::audit::Change {
@@ -441,7 +434,7 @@ impl Watcher {
                         target: id,
                         before: before.as_deref(),
                         after: Some(&after),
-                        detail: Some(format!("plugins: {}", versions.join(", "))),
+                        detail: Some(crate::audit::plugins_in_force(&self.platform, id)),
                     },
                 )
                 .await;

@@ -98,6 +98,16 @@ impl Limiter {
             charged: 0,
         }
     }
+
+    /// Takes `more` bytes from the budget for this store, or traps the growth.
+    fn charge(&mut self, more: usize) -> wasmtime::Result<bool> {
+        if !self.budget.reserve(more) {
+            metrics::counter!("firstcome_plugin_memory_budget_refusals_total").increment(1);
+            return Err(BudgetExceeded(self.budget.limit >> 20).into());
+        }
+        self.charged += more;
+        Ok(true)
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -112,13 +122,7 @@ impl ResourceLimiter for Limiter {
         {
             return Ok(false);
         }
-        let more = desired.saturating_sub(current);
-        if !self.budget.reserve(more) {
-            metrics::counter!("firstcome_plugin_memory_budget_refusals_total").increment(1);
-            return Err(BudgetExceeded(self.budget.limit >> 20).into());
-        }
-        self.charged += more;
-        Ok(true)
+        self.charge(desired.saturating_sub(current))
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -137,15 +141,11 @@ impl ResourceLimiter for Limiter {
             return Ok(false);
         }
         // A table element is at most two pointers.
-        let more = desired
-            .saturating_sub(current)
-            .saturating_mul(TABLE_ELEMENT_BYTES);
-        if !self.budget.reserve(more) {
-            metrics::counter!("firstcome_plugin_memory_budget_refusals_total").increment(1);
-            return Err(BudgetExceeded(self.budget.limit >> 20).into());
-        }
-        self.charged += more;
-        Ok(true)
+        self.charge(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
