@@ -96,6 +96,25 @@ async fn the_admin_plane_is_served_apart_from_the_shoppers() {
         let (status, ..) = call(&app, get.clone(), admin(path), Some(ADMIN_TOKEN), None).await;
         assert_eq!(status, 200, "{path} on the admin listener");
     }
+    // Nor does another method tell that they exist there.
+    let (status, ..) = call(
+        &app,
+        reqwest::Method::POST,
+        public("/api/v1/admin/audit"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, ..) = call(
+        &app,
+        reqwest::Method::POST,
+        admin("/api/v1/admin/audit"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 405);
     // The shoppers' routes are not on the admin listener.
     let (status, ..) = call(
         &app,

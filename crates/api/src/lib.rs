@@ -206,7 +206,16 @@ async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// `405`, except for a route of the admin plane on a listener that does not serve it: `404`,
+/// as for any route it does not have (a `405` would tell that the route exists).
+async fn method_not_allowed(
+    plane: Option<axum::Extension<operators::Plane>>,
+    uri: axum::http::Uri,
+) -> ApiError {
+    let public_only = plane.is_some_and(|p| p.0 == operators::Plane::Public);
+    if public_only && headers::admin_only(uri.path()) {
+        return ApiError::not_found("not_found", "no such route");
+    }
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -120,6 +120,8 @@ impl Operators {
     /// credential (counted against `address`), `429 rate_limited` while `address` has used
     /// up its failures.
     pub fn verify(&self, headers: &HeaderMap, address: IpAddr) -> Result<Caller, ApiError> {
+        // An IPv6 client holds a /64: its failures are counted together, as its admissions.
+        let address = super::shoppers::bucket_address(address);
         if self.credentials.is_empty() {
             return Err(unauthorized(
                 "the admin API is disabled: set FIRSTCOME_ADMIN_TOKEN or admin_tokens",

@@ -229,7 +229,7 @@ impl Limits {
 
 /// The address a bucket is kept for: an IPv4 address itself, an IPv6 address's /64 (one
 /// subscriber's network: a client given a /64 would otherwise have 2^64 buckets).
-fn bucket_address(address: IpAddr) -> IpAddr {
+pub(crate) fn bucket_address(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);

@@ -249,6 +249,8 @@ fn shoppers_and_address(parts: &Parts) -> Result<(Arc<Shoppers>, IpAddr), ApiErr
     Ok((shoppers, address))
 }
 
+pub(crate) use limits::bucket_address;
+
 /// The client address of any request: the socket's peer, or what a trusted proxy says.
 pub(crate) fn client_address(parts: &Parts) -> Result<IpAddr, ApiError> {
     shoppers_and_address(parts).map(|(_, address)| address)
