@@ -56,23 +56,29 @@ pub fn public_only(route: &str) -> bool {
 /// Route layer: `404 not_found` for a route of the plane this listener does not serve, as if
 /// it did not exist.
 pub async fn only_its_plane(request: Request, next: Next) -> Response {
+    if elsewhere(&request) {
+        return ApiError::not_found("not_found", "no such route").into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `request` matched a route of the plane its listener does not serve. On the
+/// admission path: no allocation, and nothing to look at on a shared listener.
+fn elsewhere(request: &Request) -> bool {
     let plane = request
         .extensions()
         .get::<Plane>()
         .copied()
         .unwrap_or(Plane::Both);
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let elsewhere = match plane {
-        Plane::Both => false,
-        Plane::Public => admin_only(&route),
-        Plane::Admin => public_only(&route),
+    let route = || {
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
     };
-    if elsewhere {
-        return ApiError::not_found("not_found", "no such route").into_response();
+    match plane {
+        Plane::Both => false,
+        Plane::Public => route().is_some_and(admin_only),
+        Plane::Admin => route().is_some_and(public_only),
     }
-    next.run(request).await
 }

@@ -175,13 +175,7 @@ async fn dashboard() -> impl axum::response::IntoResponse {
     responses((status = 200, description = "The live page's style sheet", content_type = "text/css", body = String))
 )]
 async fn live_css() -> impl axum::response::IntoResponse {
-    (
-        [
-            ("content-type", "text/css; charset=utf-8"),
-            ("cache-control", "no-cache"),
-        ],
-        include_str!("page/live.css"),
-    )
+    page_file("text/css; charset=utf-8", include_str!("page/live.css"))
 }
 
 /// The live page's script.
@@ -193,12 +187,20 @@ async fn live_css() -> impl axum::response::IntoResponse {
     responses((status = 200, description = "The live page's script", content_type = "text/javascript", body = String))
 )]
 async fn live_js() -> impl axum::response::IntoResponse {
+    page_file(
+        "text/javascript; charset=utf-8",
+        include_str!("page/live.js"),
+    )
+}
+
+/// A file of the live page, fetched again whenever the page loads (it changes with the host).
+fn page_file(content_type: &'static str, body: &'static str) -> impl axum::response::IntoResponse {
     (
         [
-            ("content-type", "text/javascript; charset=utf-8"),
+            ("content-type", content_type),
             ("cache-control", "no-cache"),
         ],
-        include_str!("page/live.js"),
+        body,
     )
 }
 
