@@ -132,12 +132,15 @@ if [[ "$(cat "$node_tools/.lock-sha256" 2>/dev/null)" != "$node_sum" ]]; then
   if command -v npm >/dev/null; then background node-tools install_node_tools; else node_tools_later=1; fi
 fi
 export FC_TEST_NODE_MODULES="$node_tools/node_modules"
-# Rust-built tools, pinned, kept in ~/.cargo/bin. Built at opt-level 1: they only serve the
-# tests, and it builds them in about half the time of the default release profile. Each has
-# its own build directory so that neither waits on the other or on the project's build.
+# Rust-built tools, pinned, kept in ~/.cargo/bin. Built at opt-level 1, without the link-time
+# optimisation and single codegen unit some of them ask for (cargo-deny, cargo-component): they
+# only serve the tests, and these settings build them in a fraction of the time. Each has its
+# own build directory so that neither waits on the other or on the project's build.
 install_crate() { # install_crate CRATE@VERSION [cargo install options...]
   local crate=$1; shift
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install "$crate" --locked \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=false \
+    cargo install "$crate" --locked \
     --target-dir "$tools/build/${crate%@*}" "$@"
   rm -rf "$tools/build/${crate%@*}"
 }

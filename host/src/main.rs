@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use firstcome::app::{App, open_backends, open_bus};
-use firstcome_bus::{DLT_SUFFIX, Message, dlt_topic};
 use firstcome_platform::config::Config;
 use firstcome_platform::watcher::load_file;
 
@@ -107,23 +106,45 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 enum DltCommand {
-    /// List dead letters: where each came from, which group failed it and why.
+    /// List open dead letters (neither replayed nor discarded): where each came from, which
+    /// group failed it and why.
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Which to list: open (default), settled (replayed or discarded), all.
+        #[arg(long, value_enum, default_value_t = ListShow::Open)]
+        show: ListShow,
     },
-    /// Print one dead letter in full.
+    /// Print one dead letter in full (its payload holds the shopper's personal data).
     Show { event_id: String },
     /// Send dead letters back to their original topic, after the cause is fixed. Groups that
     /// handled the event before drop it again; the group that failed it handles it.
     Replay {
-        /// The dead letter to replay.
+        /// The dead letters to replay, by event id.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
-        event_id: Option<String>,
-        /// Replay every dead letter.
+        event_ids: Vec<String>,
+        /// Replay every open dead letter.
         #[arg(long)]
         all: bool,
     },
+    /// Settle dead letters without handling them: they leave the open list, and the
+    /// embedded log may purge them.
+    Discard {
+        /// The dead letters to discard, by event id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        event_ids: Vec<String>,
+        /// Discard every open dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Which dead letters `dlt list` prints.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ListShow {
+    Open,
+    Settled,
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,99 +408,82 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Dead letters hold at most this many messages for the CLI to look through.
-const DLT_SCAN: usize = 100_000;
-
 async fn dlt(config: &Config, command: DltCommand) -> anyhow::Result<ExitCode> {
+    use firstcome_platform::dead_letters::{DeadLetterError, DeadLetters, Show, Which};
     let (store, _) = open_backends(config).await?;
     let bus = open_bus(config, &store).await?;
-    let topic = dlt_topic(&config.outbox.topic);
-    let letters = bus.fetch(&topic, DLT_SCAN).await?;
-    // Escaped: a header's text (a plugin's error, or anything another producer wrote) must not
-    // drive the terminal it is printed on.
-    let header = |m: &Message, k: &str| {
-        m.headers
-            .get(k)
-            .map(|v| firstcome_core::bounded::escaped(v).into_owned())
-            .unwrap_or_default()
+    let letters = DeadLetters::new(&store, &*bus, &config.outbox.topic);
+    let topic = letters.topic().to_owned();
+    let which = |event_ids: Vec<String>, all: bool| {
+        if all {
+            Which::AllOpen
+        } else {
+            Which::Events(event_ids)
+        }
     };
-    match command {
-        DltCommand::List { limit } => {
-            println!("{} dead letters in {topic}", letters.len());
-            for d in letters.iter().take(limit) {
-                let m = &d.message;
+    let acted = match command {
+        DltCommand::List { limit, show } => {
+            let show = match show {
+                ListShow::Open => Show::Open,
+                ListShow::Settled => Show::Settled,
+                ListShow::All => Show::All,
+            };
+            let (listed, total) = letters.list(show, limit).await?;
+            println!("{total} dead letters ({show:?}) in {topic}");
+            let or_blank = |v: &Option<String>| v.clone().unwrap_or_default();
+            let number = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+            for d in listed {
+                let settled = d
+                    .settled
+                    .map(|s| format!("  [{:?} by {}]", s.outcome, s.actor).to_lowercase())
+                    .unwrap_or_default();
+                // Every text is escaped: a header (a plugin's error, or anything another
+                // producer wrote) must not drive the terminal it is printed on.
                 println!(
-                    "{}  from {}[{}]@{}  group {}  after {} tries: {}",
-                    m.event_id,
-                    header(m, "dlt.original_topic"),
-                    header(m, "dlt.original_partition"),
-                    header(m, "dlt.original_offset"),
-                    header(m, "dlt.consumer_group"),
-                    header(m, "dlt.attempts"),
-                    header(m, "dlt.error"),
+                    "{}  from {}[{}]@{}  group {}  after {} tries: {}{settled}",
+                    d.event_id,
+                    or_blank(&d.original_topic),
+                    number(d.original_partition.map(i64::from)),
+                    number(d.original_offset),
+                    or_blank(&d.consumer_group),
+                    number(d.attempts.map(i64::from)),
+                    d.error,
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            return Ok(ExitCode::SUCCESS);
         }
         DltCommand::Show { event_id } => {
-            let found: Vec<_> = letters
-                .iter()
-                .filter(|d| d.message.event_id == event_id)
-                .collect();
+            let found = letters.messages_of(&event_id).await?;
             if found.is_empty() {
-                eprintln!("no dead letter with event id {event_id} in {topic}");
+                eprintln!(
+                    "no dead letter with event id {} in {topic}",
+                    firstcome_core::bounded::escaped(&event_id)
+                );
                 return Ok(ExitCode::from(2));
             }
-            for d in found {
-                println!("{}", serde_json::to_string_pretty(&d.message)?);
+            for m in found {
+                println!("{}", serde_json::to_string_pretty(&m)?);
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DltCommand::Replay { event_ids, all } => letters
+            .replay(&which(event_ids, all), firstcome_platform::audit::CLI_ACTOR)
+            .await
+            .map(|n| format!("replayed {n} dead letters")),
+        DltCommand::Discard { event_ids, all } => letters
+            .discard(&which(event_ids, all), firstcome_platform::audit::CLI_ACTOR)
+            .await
+            .map(|n| format!("discarded {n} dead letters")),
+    };
+    match acted {
+        Ok(done) => {
+            println!("{done}");
             Ok(ExitCode::SUCCESS)
         }
-        DltCommand::Replay { event_id, all } => {
-            let chosen: Vec<_> = letters
-                .iter()
-                .filter(|d| all || event_id.as_deref() == Some(d.message.event_id.as_str()))
-                .collect();
-            if chosen.is_empty() {
-                eprintln!("nothing to replay in {topic}");
-                return Ok(ExitCode::from(2));
-            }
-            for d in &chosen {
-                let mut m = d.message.clone();
-                let original = m
-                    .headers
-                    .get("dlt.original_topic")
-                    .cloned()
-                    .unwrap_or_else(|| topic.trim_end_matches(DLT_SUFFIX).to_owned());
-                // Only the group that failed it handles it again: the others did, and their
-                // marks of it may be gone by now (retention.processed_days).
-                let group = m.headers.get("dlt.consumer_group").cloned();
-                m.headers.retain(|k, _| !k.starts_with("dlt."));
-                if let Some(group) = group {
-                    m.headers
-                        .insert(firstcome_bus::REPLAYED_FOR_GROUP.into(), group);
-                }
-                m.headers.insert(
-                    "replayed_from".into(),
-                    format!("{topic}[{}]@{}", d.partition, d.offset),
-                );
-                bus.publish(&original, &[m]).await?;
-            }
-            println!("replayed {} dead letters", chosen.len());
-            let ids: Vec<&str> = chosen.iter().map(|d| d.message.event_id.as_str()).collect();
-            firstcome_platform::audit::record(
-                &store,
-                firstcome_platform::audit::Change {
-                    actor: firstcome_platform::audit::CLI_ACTOR,
-                    action: "dead_letter.replay",
-                    target: &topic,
-                    before: None,
-                    after: None,
-                    detail: Some(format!("{} events: {}", ids.len(), ids.join(" "))),
-                },
-            )
-            .await;
-            Ok(ExitCode::SUCCESS)
+        Err(e @ (DeadLetterError::Bus(_) | DeadLetterError::Store(_))) => Err(e.into()),
+        Err(e) => {
+            eprintln!("nothing done in {topic}: {e}");
+            Ok(ExitCode::from(2))
         }
     }
 }

@@ -455,6 +455,21 @@ async fn dead_letters_can_be_listed_and_replayed() {
     wait_for(10, || async { h.seen.lock().unwrap().len() == 2 })
         .await
         .expect("replay handled");
+    // Settled: off the open list, on the settled one, not replayed twice.
+    assert!(cli(&["list"]).contains("0 dead letters"));
+    let settled = cli(&["list", "--show", "settled"]);
+    assert!(settled.contains("[replayed by cli]"), "{settled}");
+    let env = [
+        ("FIRSTCOME_DATABASE_URL", db.as_str()),
+        ("FIRSTCOME_OUTBOX__TOPIC", topic.as_str()),
+        ("FIRSTCOME_DATA_DIR", data.as_str()),
+    ];
+    let (code, _, err) = crate::helpers::firstcome_run(&["dlt", "replay", "e1"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already replayed or discarded: e1"), "{err}");
+    let (code, _, err) = crate::helpers::firstcome_run(&["dlt", "discard", "nope"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no dead letter with event id nope"), "{err}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         *h.seen.lock().unwrap(),
@@ -488,6 +503,43 @@ async fn event_log_keeps_entries_for_the_retention_only(backend: Backend) {
         store.log_head(&topic).await.unwrap(),
         3,
         "offsets keep counting"
+    );
+
+    // Dead letters go only once settled, however old.
+    let dlt = firstcome_bus::dlt_topic(&topic);
+    store
+        .append_log(&dlt, &[message(1), message(2)], 1_000)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_log(2_000).await.unwrap(), 0, "both open");
+    let settled = firstcome_store::Settled {
+        outcome: firstcome_store::Settlement::Discarded,
+        actor: "cli".into(),
+        at_ms: 1_500,
+    };
+    let first = firstcome_store::LetterPlace {
+        topic: dlt.clone(),
+        partition: 0,
+        offset: 1,
+    };
+    let marked = store
+        .settle_dead_letters(&[(first.clone(), "e1".into())], &settled)
+        .await
+        .unwrap();
+    assert_eq!(marked, 1);
+    let again = store
+        .settle_dead_letters(&[(first, "e1".into())], &settled)
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "a letter is settled once");
+    assert_eq!(store.purge_log(2_000).await.unwrap(), 1, "the settled one");
+    let left = store.read_log(&dlt, 1, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message.event_id, "e2");
+    assert_eq!(
+        store.purge_settled_dead_letters(2_000).await.unwrap(),
+        1,
+        "marks go after their retention"
     );
 }
 

@@ -135,7 +135,7 @@ impl Drop for Broker {
     }
 }
 
-fn settings() -> KafkaConfig {
+pub fn settings() -> KafkaConfig {
     KafkaConfig {
         delivery_timeout_ms: 5_000,
         session_timeout_ms: 6_000,

@@ -14,6 +14,7 @@ mod faults;
 mod grants;
 mod helpers;
 mod kafka;
+mod lanes;
 mod languages;
 mod limits;
 mod metrics;

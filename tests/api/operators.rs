@@ -624,3 +624,189 @@ fn the_shipped_deployment_is_safe_by_default() {
         "the image runs as root"
     );
 }
+
+/// Dead letters through the admin API: listed without their payload, replayed and discarded
+/// by an operator (not a viewer), settled once, each action in the audit log under the
+/// credential's name; a wrong selection changes nothing.
+async fn dead_letters_are_listed_replayed_and_discarded_by_operators(backend: Backend) {
+    let app = host(backend, false).await;
+    let failing = with_plugin(
+        spec(5),
+        "worker",
+        &wasm("misbehave"),
+        &[],
+        &[("mode", "permanent")],
+    );
+    let id = app.campaign(failing).await;
+    assert_eq!(app.request(&id, "ann").await.0, 202);
+    let url = |path: &str| format!("{}/api/v1/admin/dead-letters{path}", app.admin_address);
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let open = || async {
+        let (status, _, body) = call(&app, get.clone(), url(""), Some(VIEWER), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    wait_for(30, || async { open().await["total"] == 1 })
+        .await
+        .expect("the event is dead-lettered");
+    let listed = open().await;
+    let letter = &listed["letters"][0];
+    assert_eq!(letter["consumer_group"], "worker");
+    assert_eq!(letter["campaign_id"], id.as_str());
+    assert_eq!(letter["attempts"], 1, "a permanent error is not retried");
+    assert!(
+        letter["error"].as_str().unwrap().contains("refuses"),
+        "{letter}"
+    );
+    assert!(letter["settled"].is_null());
+    assert!(
+        letter.get("payload").is_none(),
+        "no personal data: {letter}"
+    );
+    let event_id = letter["event_id"].as_str().unwrap().to_owned();
+
+    // A viewer reads, an operator acts; a wrong selection changes nothing.
+    let ids = json!({ "event_ids": [event_id] });
+    let (status, _, _) = call(
+        &app,
+        post.clone(),
+        url("/replay"),
+        Some(VIEWER),
+        Some(ids.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for (body, status, code) in [
+        (json!({}), 422, "invalid_body"),
+        (
+            json!({ "all": true, "event_ids": ["x"] }),
+            422,
+            "invalid_body",
+        ),
+        (
+            json!({ "event_ids": ["nope", event_id] }),
+            404,
+            "unknown_dead_letter",
+        ),
+        (
+            json!({ "event_ids": ["x"], "extra": 1 }),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let (got, _, answer) = call(
+            &app,
+            post.clone(),
+            url("/replay"),
+            Some(OPERATOR),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{answer}"
+        );
+    }
+    assert_eq!(open().await["total"], 1, "nothing replayed");
+
+    let (status, _, done) = call(
+        &app,
+        post.clone(),
+        url("/replay"),
+        Some(OPERATOR),
+        Some(ids.clone()),
+    )
+    .await;
+    assert_eq!((status, done["count"].as_u64()), (200, Some(1)), "{done}");
+    // The plugin fails it again: a new open letter, the first settled as replayed by otto.
+    wait_for(30, || async {
+        open().await["total"] == 1 && open().await["letters"][0]["offset"] != letter["offset"]
+    })
+    .await
+    .expect("the replay fails again into a new dead letter");
+    let (_, _, settled) = call(&app, get.clone(), url("?show=settled"), Some(VIEWER), None).await;
+    assert_eq!(settled["total"], 1, "{settled}");
+    assert_eq!(settled["letters"][0]["settled"]["outcome"], "replayed");
+    assert_eq!(settled["letters"][0]["settled"]["actor"], "otto");
+
+    let all = json!({ "all": true });
+    let (status, _, done) = call(
+        &app,
+        post.clone(),
+        url("/discard"),
+        Some(OPERATOR),
+        Some(all.clone()),
+    )
+    .await;
+    assert_eq!((status, done["count"].as_u64()), (200, Some(1)), "{done}");
+    assert_eq!(open().await["total"], 0);
+    let (status, _, answer) = call(
+        &app,
+        post.clone(),
+        url("/discard"),
+        Some(OPERATOR),
+        Some(ids),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("dead_letter_settled")),
+        "{answer}"
+    );
+    let (status, _, answer) = call(
+        &app,
+        post.clone(),
+        url("/discard"),
+        Some(OPERATOR),
+        Some(all),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("unknown_dead_letter")),
+        "{answer}"
+    );
+    let (_, _, every) = call(
+        &app,
+        get.clone(),
+        url("?show=all&limit=1"),
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            every["total"].as_u64(),
+            every["letters"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+
+    let (_, _, audit) = call(
+        &app,
+        get,
+        format!("{}/api/v1/admin/audit?actor=otto", app.admin_address),
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["dead_letter.discard", "dead_letter.replay"],
+        "{audit}"
+    );
+    app.stop().await;
+}
+
+on_all_backends!(
+    dead_letter_api,
+    dead_letters_are_listed_replayed_and_discarded_by_operators
+);

@@ -5,7 +5,8 @@
 //!
 //! Layout: `requests` (admission, request status, a user's coupons, the replaced system's
 //! routes), `campaigns` (views with live counts), `streams` (server-sent events), `admin`
-//! (the operators' routes), `audit` (the audit log's route), `operators` (named admin
+//! (the operators' routes), `audit` (the audit log's route),
+//! `dead_letters` (listing, replaying and discarding dead letters), `operators` (named admin
 //! credentials and their roles), `shoppers` (who a shopper is: JWT, signed headers or open;
 //! limits per shopper and per address), `health`, `observe` (request ids, latency, `/metrics`),
 //! `server` (the HTTP/1 connection loop with its limits), `doc` (the OpenAPI document and its
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod audit;
 pub mod campaigns;
+pub mod dead_letters;
 pub mod doc;
 pub mod error;
 pub mod headers;
@@ -62,6 +64,9 @@ fn api_v1() -> OpenApiRouter<Arc<Platform>> {
         .routes(routes!(admin::put_campaign, admin::delete_campaign))
         .routes(routes!(admin::put_user))
         .routes(routes!(audit::list))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(dead_letters::discard))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(admin::put_users))

@@ -80,7 +80,12 @@ impl Operators {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         config.check_admin_tokens()?;
         let mut credentials = Vec::new();
-        if let Some(token) = config.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        if let Some(token) = config
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose())
+            .filter(|t| !t.is_empty())
+        {
             credentials.push(Credential {
                 name: "admin".into(),
                 role: AdminRole::Admin,

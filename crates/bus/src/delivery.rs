@@ -52,78 +52,51 @@ pub async fn deliver(
     deliver_after(handler, event, group, policy, shutdown, None).await
 }
 
-/// Whether [`deliver_batch`] goes on after an event that failed in its batch, or after a
-/// batch the handler ended early.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// Every event is tried (a Kafka fetch: the rest is already taken off the stream).
-    GoOn,
-    /// Stop after the failed event's outcome (or the short batch), so that the caller records
-    /// its progress (and renews a lease) before going on.
-    Stop,
-}
-
-/// Delivers events in order, in batches ([`Handler::handle_batch`]): the events a batch
-/// handles count as handled; the first that fails is retried alone under the policy
-/// ([`deliver`], its failed try in the batch counting as the first), and the next batch
-/// starts after it. Returns one outcome per event, in order, up to and including an
-/// [`Outcome::Interrupted`] (the events after it are not tried), or up to the first failed
-/// event's outcome with [`AfterFailure::Stop`].
-pub async fn deliver_batch(
+/// Hands the handler one batch ([`Handler::handle_batch`]) from the front of `events`, as far
+/// as the next dead letter replayed for another group; returns how many of the first events
+/// count as handled, and the error of the next one when its first try failed (retry it with
+/// [`retry`]). Fewer than all without an error: the handler ended the batch early (its time
+/// budget), or the events after the handled ones are replays for another group; call again
+/// with the rest. Replays for another group at the front count as handled without a call.
+pub async fn try_batch(
     handler: &dyn Handler,
     events: &[Delivered],
     group: &str,
+) -> (usize, Option<HandlerError>) {
+    // A replayed dead letter is for the group that failed it: the others handled it before,
+    // and may have forgotten that by now (retention).
+    let others = events
+        .iter()
+        .take_while(|e| replayed_for_another(e, group))
+        .count();
+    if others > 0 {
+        return (others, None);
+    }
+    let end = events
+        .iter()
+        .position(|e| replayed_for_another(e, group))
+        .unwrap_or(events.len());
+    let (handled, failed) = handler.handle_batch(&events[..end]).await;
+    let handled = handled.min(end);
+    if handled > 0 {
+        metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
+            .increment(handled as u64);
+    }
+    (handled, failed.filter(|_| handled < end))
+}
+
+/// Retries an event whose first try (in [`try_batch`]) failed with `first`, under the policy:
+/// a permanent error dead-letters it at once, a retryable one is tried again after each
+/// back-off until the policy's retries are spent.
+pub async fn retry(
+    handler: &dyn Handler,
+    event: &Delivered,
+    group: &str,
     policy: RetryPolicy,
     shutdown: &CancellationToken,
-    after_failure: AfterFailure,
-) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(events.len());
-    let mut rest = events;
-    while !rest.is_empty() {
-        // A replayed dead letter is for the group that failed it: the others handled it
-        // before, and may have forgotten that by now (retention).
-        if replayed_for_another(&rest[0], group) {
-            outcomes.push(Outcome::Handled);
-            rest = &rest[1..];
-            continue;
-        }
-        let end = rest
-            .iter()
-            .position(|e| replayed_for_another(e, group))
-            .unwrap_or(rest.len());
-        let batch = &rest[..end];
-        let (handled, failed) = handler.handle_batch(batch).await;
-        let handled = handled.min(batch.len());
-        if handled > 0 {
-            metrics::counter!("firstcome_events_handled_total", "group" => group.to_owned())
-                .increment(handled as u64);
-            outcomes.extend((0..handled).map(|_| Outcome::Handled));
-        }
-        rest = &rest[handled..];
-        let Some(first) = rest.first() else {
-            break;
-        };
-        let Some(error) = failed else {
-            if handled == batch.len() {
-                // The batch ended at a replay for another group, skipped next.
-                continue;
-            }
-            // The handler ended its batch early (its time budget): the rest is the next batch,
-            // after the caller has recorded its progress when it asked to.
-            if after_failure == AfterFailure::Stop {
-                break;
-            }
-            continue;
-        };
-        let outcome = deliver_after(handler, first, group, policy, shutdown, Some(error)).await;
-        let interrupted = outcome == Outcome::Interrupted;
-        outcomes.push(outcome);
-        if interrupted || after_failure == AfterFailure::Stop {
-            break;
-        }
-        rest = &rest[1..];
-    }
-    outcomes
+    first: HandlerError,
+) -> Outcome {
+    deliver_after(handler, event, group, policy, shutdown, Some(first)).await
 }
 
 /// The header a replayed dead letter carries: the consumer group it is replayed for.
@@ -382,10 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replayed_dead_letter_reaches_only_the_group_it_is_replayed_for() {
-        let h = Batches {
-            bad: vec!["b"],
-            ..Batches::default()
-        };
+        let h = Batches::default();
         let mut all = events(&["a", "b", "c", "d"]);
         all[1]
             .message
@@ -395,37 +365,26 @@ mod tests {
             .message
             .headers
             .insert(REPLAYED_FOR_GROUP.into(), "g".into());
-        let never = CancellationToken::new();
-        let out = deliver_batch(&h, &all, "g", FAST, &never, AfterFailure::GoOn).await;
-        assert!(out.iter().all(|o| *o == Outcome::Handled), "{out:?}");
+        // a; then b, another group's, without a call; then c and d together.
+        assert_eq!(try_batch(&h, &all, "g").await, (1, None));
+        assert_eq!(try_batch(&h, &all[1..], "g").await, (1, None));
+        assert_eq!(try_batch(&h, &all[2..], "g").await, (2, None));
         let seen = h.batches.lock().unwrap().clone();
         assert_eq!(seen, [vec!["a"], vec!["c", "d"]], "b is not this group's");
     }
 
     #[tokio::test]
-    async fn a_batch_stops_at_a_failure_retries_it_alone_and_goes_on_after_it() {
+    async fn a_batch_stops_at_a_failure_whose_retries_follow_alone() {
         let h = Batches {
             bad: vec!["c"],
             ..Batches::default()
         };
-        let out = deliver_batch(
-            &h,
-            &events(&["a", "b", "c", "d", "e"]),
-            "g",
-            FAST,
-            &CancellationToken::new(),
-            AfterFailure::GoOn,
-        )
-        .await;
-        assert_eq!(out.len(), 5);
-        assert!(matches!(out[2], Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "4"));
-        for i in [0, 1, 3, 4] {
-            assert_eq!(out[i], Outcome::Handled, "{i}");
-        }
-        assert_eq!(
-            *h.batches.lock().unwrap(),
-            [vec!["a", "b", "c", "d", "e"], vec!["d", "e"]]
-        );
+        let all = events(&["a", "b", "c", "d", "e"]);
+        let (handled, failed) = try_batch(&h, &all, "g").await;
+        assert_eq!(handled, 2);
+        let never = CancellationToken::new();
+        let out = retry(&h, &all[2], "g", FAST, &never, failed.unwrap()).await;
+        assert!(matches!(out, Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "4"));
         // The batch's try was the first; three retries alone.
         assert_eq!(*h.singles.lock().unwrap(), ["c", "c", "c"]);
 
@@ -434,19 +393,15 @@ mod tests {
             permanent: true,
             ..Batches::default()
         };
-        let never = CancellationToken::new();
-        let ab = events(&["a", "b"]);
-        let out = deliver_batch(&h, &ab, "g", FAST, &never, AfterFailure::GoOn).await;
-        assert!(matches!(out[0], Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "1"));
-        assert_eq!(out[1], Outcome::Handled);
+        let (handled, failed) = try_batch(&h, &events(&["a", "b"]), "g").await;
+        assert_eq!(handled, 0);
+        let out = retry(&h, &all[0], "g", FAST, &never, failed.unwrap()).await;
+        assert!(matches!(out, Outcome::DeadLetter(ref m) if m.headers["dlt.attempts"] == "1"));
         assert!(h.singles.lock().unwrap().is_empty());
-        // Stopping after a failure: its outcome is the last.
-        let out = deliver_batch(&h, &ab, "g", FAST, &never, AfterFailure::Stop).await;
-        assert!(matches!(out[..], [Outcome::DeadLetter(_)]));
     }
 
     #[tokio::test]
-    async fn shutdown_during_a_retry_ends_the_batch_there() {
+    async fn shutdown_during_a_back_off_interrupts_the_retry() {
         let h = Batches {
             bad: vec!["b"],
             ..Batches::default()
@@ -457,9 +412,9 @@ mod tests {
             backoff: Duration::from_secs(60),
             max_retries: 3,
         };
-        let abc = events(&["a", "b", "c"]);
-        let out = deliver_batch(&h, &abc, "g", slow, &stop, AfterFailure::GoOn).await;
-        assert_eq!(out, [Outcome::Handled, Outcome::Interrupted]);
+        let down = HandlerError::Retryable("down".into());
+        let out = retry(&h, &events(&["b"])[0], "g", slow, &stop, down).await;
+        assert_eq!(out, Outcome::Interrupted);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The embedded event bus: a durable log in the database (`event_log`, offsets gapless per
 //! topic), consumer groups whose position is held under a lease in `consumer_offsets` (one
 //! member of a group reads at a time; another takes over when the lease lapses), and dedupe by
-//! event id in `processed_events`. It survives restarts and works across hosts that share a
+//! event id in `processed_events`. The member that holds the lease handles each campaign's
+//! events in a lane of its own ([`super::lanes`]). It survives restarts and works across hosts that share a
 //! MySQL or PostgreSQL database.
 
 use std::sync::Arc;
@@ -12,30 +13,18 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::delivery::{AfterFailure, Outcome, deliver_batch};
+use super::lanes::{DeadLetters, Lanes, Progress};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use firstcome_core::clock::now_ms;
 use firstcome_store::Store;
 
 /// How long a group member's claim on its group lasts without renewal.
 const LEASE: Duration = Duration::from_secs(15);
-/// How long after renewing its lease (by taking it, or by storing the group's position, which
-/// renews it too) a member goes on from the position it stored without taking the lease again:
-/// a member that keeps up then takes the lease about once a second instead of before each of
-/// its batches (tens per second in a storm). Small against [`LEASE`], so that a batch started
-/// without taking the lease still has 14 s of it, as good as the 15 s it had before.
+/// How often a member that holds its group renews its lease (by storing the group's position,
+/// moved or not) while its lanes work. Small against [`LEASE`].
 const RENEW_AFTER: Duration = Duration::from_secs(1);
-/// Records a group member reads and handles per step (one transaction for their effects when
-/// the handler batches, and one for the group's position).
+/// Records a group member reads at a time (one dedupe query for them).
 const BATCH: i64 = 500;
-
-/// What a member knows of its group after storing its position: where it goes on from, and
-/// when that renewed its lease.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    next: i64,
-    renewed: std::time::Instant,
-}
 
 /// The database-backed bus.
 #[derive(Debug, Clone)]
@@ -76,28 +65,41 @@ impl EventBus for LogBus {
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let owner = Uuid::new_v4().to_string();
-        let lease_ms = LEASE.as_millis() as i64;
-        let dlt = dlt_topic(&spec.topic);
-        let mut held = None;
+        let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters {
+            bus: self.clone(),
+            topic: dlt_topic(&spec.topic),
+            backoff: spec.retry.backoff,
+        });
         while !shutdown.is_cancelled() {
-            // Registered before reading, so a publish between the read and the wait wakes us.
+            // Registered before asking, so a publish meanwhile wakes us.
             let woken = self.published.notified();
-            let step = self.consume_batch(
-                &spec, &*handler, &owner, lease_ms, &dlt, &shutdown, &mut held,
-            );
-            let progressed = match step.await {
-                Ok(n) => n > 0,
+            let lease = LEASE.as_millis() as i64;
+            match (self.store)
+                .lease_group(&spec.group, &spec.topic, &owner, now_ms(), lease)
+                .await
+            {
+                Ok(Some(next)) => {
+                    let member = Member {
+                        bus: self,
+                        spec: &spec,
+                        owner: &owner,
+                        dead_letters: dead_letters.clone(),
+                    };
+                    if let Err(e) = member.hold(next, handler.clone(), &shutdown).await {
+                        tracing::warn!(group = %spec.group, error = %e, "consumer step failed");
+                    }
+                    continue;
+                }
+                // Another member holds the group.
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(group = %spec.group, error = %e, "consumer step failed");
-                    false
                 }
-            };
-            if !progressed {
-                tokio::select! {
-                    () = woken => {}
-                    () = tokio::time::sleep(spec.poll_interval) => {}
-                    () = shutdown.cancelled() => {}
-                }
+            }
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(spec.poll_interval) => {}
+                () = shutdown.cancelled() => {}
             }
         }
         self.store
@@ -131,143 +133,208 @@ impl EventBus for LogBus {
     }
 }
 
-impl LogBus {
-    /// Writes a dead letter; if the store refuses the message itself (a value too long for its
-    /// column), writes its [`super::delivery::minimal`] form so that the group moves on. Any
-    /// other failure (the database is down) fails the batch, which is tried again from this
-    /// event.
-    async fn dead_letter(&self, dlt: &str, message: Message) -> Result<(), BusError> {
-        match self.publish(dlt, std::slice::from_ref(&message)).await {
-            Ok(()) => Ok(()),
-            Err(e) if !e.is_refusal() => Err(e),
-            Err(e) => {
-                tracing::warn!(topic = dlt, error = %e, event_id = %message.event_id,
-                    "dead letter refused; writing its minimal form");
-                self.publish(dlt, &[super::delivery::minimal(&message)])
-                    .await
+/// A member while it holds its group's lease.
+struct Member<'a> {
+    bus: &'a LogBus,
+    spec: &'a ConsumerSpec,
+    owner: &'a str,
+    dead_letters: Arc<dyn DeadLetters>,
+}
+
+impl Member<'_> {
+    /// Reads the group's events from `next` into per-campaign [`Lanes`] and stores the
+    /// group's position as they finish, renewing the lease at least every [`RENEW_AFTER`],
+    /// until shutdown, an error, or the lease goes to another member. Stopping, the lanes end
+    /// after the calls they are in, and what finished is stored.
+    async fn hold(
+        &self,
+        next: i64,
+        handler: Arc<dyn Handler>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let spec = self.spec;
+        let mut lanes = Lanes::new(
+            handler.clone(),
+            &spec.group,
+            spec.retry,
+            self.dead_letters.clone(),
+            shutdown,
+        );
+        let mut read_from = next;
+        let mut unstored = Unstored {
+            position: next - 1,
+            moved: false,
+            handled: Vec::new(),
+            records: !handler.records_processed(),
+        };
+        let mut renewed = std::time::Instant::now();
+        let ended = loop {
+            if shutdown.is_cancelled() {
+                break Ok(true);
             }
+            let woken = self.bus.published.notified();
+            let read = if lanes.room() > 0 {
+                match self.read(read_from, &mut lanes).await {
+                    Ok(Some(last)) => {
+                        read_from = last + 1;
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => break Err(e),
+                }
+            } else {
+                false
+            };
+            lanes.collect();
+            unstored.take(lanes.progress());
+            if unstored.moved || renewed.elapsed() >= RENEW_AFTER {
+                let at = std::time::Instant::now();
+                match self.store(&mut unstored).await {
+                    Ok(true) => renewed = at,
+                    Ok(false) => break Ok(false),
+                    Err(e) => break Err(e),
+                }
+            }
+            if read {
+                continue;
+            }
+            tokio::select! {
+                () = lanes.next_finished() => {}
+                () = woken => {}
+                () = tokio::time::sleep(spec.poll_interval.min(RENEW_AFTER)) => {}
+                () = shutdown.cancelled() => {}
+            }
+        };
+        unstored.take(lanes.stop().await);
+        match ended {
+            // The lease is still this member's: store what the lanes finished.
+            Ok(true) => {
+                self.store(&mut unstored).await?;
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::info!(group = %spec.group, "lease lost to another member");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Handles one batch if this member holds the group's lease; returns how many events it
-    /// moved past. The events the handler handles in one unit of work ([`deliver_batch`]);
-    /// the group's position, its lease and the handled events' processed marks (unless the
-    /// handler [records them itself](Handler::records_processed)) move in one transaction
-    /// after them. A batch ends after an event that failed, so that the lease is
-    /// renewed between retry chains.
-    ///
-    /// `held` is what the last stored position told this member: within [`RENEW_AFTER`] of it,
-    /// the member reads on from there without taking the lease again. Safe if another member
-    /// took the group meanwhile: the events it handled are skipped as processed, and storing
-    /// the position, which requires the lease, fails and sends this member back to the lease.
-    #[allow(clippy::too_many_arguments)]
-    async fn consume_batch(
-        &self,
-        spec: &ConsumerSpec,
-        handler: &dyn Handler,
-        owner: &str,
-        lease_ms: i64,
-        dlt: &str,
-        shutdown: &CancellationToken,
-        held: &mut Option<Held>,
-    ) -> Result<usize, BusError> {
-        let store = &self.store;
-        let known = match held.take() {
-            Some(h) if h.renewed.elapsed() < RENEW_AFTER => h,
-            _ => {
-                let renewed = std::time::Instant::now();
-                match store
-                    .lease_group(&spec.group, &spec.topic, owner, now_ms(), lease_ms)
-                    .await?
-                {
-                    Some(next) => Held { next, renewed },
-                    None => return Ok(0),
-                }
-            }
+    /// Reads up to the lanes' room from `from`, starts the events the group has not handled
+    /// and passes the rest; returns the offset of the last record read.
+    async fn read(&self, from: i64, lanes: &mut Lanes) -> Result<Option<i64>, BusError> {
+        let store = &self.bus.store;
+        let max = BATCH.min(lanes.room() as i64);
+        let records = store.read_log(&self.spec.topic, from, max).await?;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(None);
         };
-        let next = known.next;
-        let records = store.read_log(&spec.topic, next, BATCH).await?;
-        if records.is_empty() {
-            *held = Some(known);
-            return Ok(0);
-        }
         let ids: Vec<&str> = records
             .iter()
             .map(|r| r.message.event_id.as_str())
             .collect();
-        let done = store.processed_among(&spec.group, &ids).await?;
+        let done = store.processed_among(&self.spec.group, &ids).await?;
         let mut seen = std::collections::HashSet::new();
-        let (places, todo): (Vec<usize>, Vec<Delivered>) = records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| {
-                let id = r.message.event_id.as_str();
-                !done.contains(id) && seen.insert(id)
-            })
-            .map(|(i, r)| {
-                let delivered = Delivered {
-                    topic: r.topic.clone(),
-                    partition: 0,
-                    offset: r.offset,
-                    timestamp_ms: r.created_at,
-                    message: r.message.clone(),
-                };
-                (i, delivered)
-            })
-            .unzip();
-        let outcomes = deliver_batch(
-            handler,
-            &todo,
-            &spec.group,
-            spec.retry,
-            shutdown,
-            AfterFailure::Stop,
-        )
-        .await;
-        // The group moves past every record before `finished`: those already processed, the
-        // handled and the dead-lettered ones.
-        let mut finished = match places.get(outcomes.len()) {
-            Some(&place) => place,
-            None => records.len(),
-        };
-        let mut handled: Vec<&str> = Vec::new();
-        for (k, outcome) in outcomes.into_iter().enumerate() {
-            let id = records[places[k]].message.event_id.as_str();
-            match outcome {
-                // A handler that records its events itself did so with its writes.
-                Outcome::Handled if handler.records_processed() => {}
-                Outcome::Handled => handled.push(id),
-                Outcome::DeadLetter(message) => self.dead_letter(dlt, message).await?,
-                Outcome::Interrupted => {
-                    finished = places[k];
-                    break;
-                }
+        for r in records {
+            let delivered = Delivered {
+                topic: r.topic,
+                partition: 0,
+                offset: r.offset,
+                timestamp_ms: r.created_at,
+                message: r.message,
+            };
+            let id = delivered.message.event_id.as_str();
+            if done.contains(id) || !seen.insert(id.to_owned()) {
+                lanes.pass(&delivered);
+            } else {
+                lanes.start(delivered);
             }
         }
-        if finished == 0 {
-            *held = Some(known);
-            return Ok(0);
-        }
-        let renewed = std::time::Instant::now();
-        let kept = store
+        Ok(Some(last))
+    }
+
+    /// Stores the group's position and the handled events' marks, renewing the lease;
+    /// `false` when the lease is another member's now.
+    async fn store(&self, unstored: &mut Unstored) -> Result<bool, BusError> {
+        let handled: Vec<&str> = unstored.handled.iter().map(String::as_str).collect();
+        let kept = self
+            .bus
+            .store
             .commit_offset(
-                &spec.group,
-                &spec.topic,
-                owner,
-                records[finished - 1].offset,
+                &self.spec.group,
+                &self.spec.topic,
+                self.owner,
+                unstored.position,
                 &handled,
                 now_ms(),
-                lease_ms,
+                LEASE.as_millis() as i64,
             )
             .await?;
-        if !kept {
-            tracing::info!(group = %spec.group, "lease lost to another member");
-            return Ok(0);
+        if kept {
+            unstored.moved = false;
+            unstored.handled.clear();
         }
-        *held = Some(Held {
-            next: records[finished - 1].offset + 1,
-            renewed,
-        });
-        Ok(finished)
+        Ok(kept)
+    }
+}
+
+/// What a member has to store: the group's position (the offset of the last event it is past)
+/// and, when the handler does not record them itself, the ids of the events handled.
+#[derive(Debug)]
+struct Unstored {
+    position: i64,
+    moved: bool,
+    handled: Vec<String>,
+    /// Whether the bus records handled events (the handler does not).
+    records: bool,
+}
+
+impl Unstored {
+    fn take(&mut self, progress: Progress) {
+        if let Some(&(_, offset)) = progress.positions.first() {
+            self.position = offset;
+            self.moved = true;
+        }
+        if self.records && !progress.handled.is_empty() {
+            self.handled.extend(progress.handled);
+            self.moved = true;
+        }
+    }
+}
+
+/// Dead letters written to the log's `.DLT` topic.
+struct LogDeadLetters {
+    bus: LogBus,
+    topic: String,
+    backoff: Duration,
+}
+
+#[async_trait]
+impl DeadLetters for LogDeadLetters {
+    /// Writes the dead letter; when the store refuses the message itself (a value too long
+    /// for its column), its [`super::delivery::minimal`] form, so that the group moves on.
+    /// Any other failure (the database is down) is tried again after the back-off.
+    async fn write(&self, mut message: Message, shutdown: &CancellationToken) -> bool {
+        loop {
+            match self
+                .bus
+                .publish(&self.topic, std::slice::from_ref(&message))
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(topic = %self.topic, error = %e, event_id = %message.event_id,
+                        "dead letter refused; writing its minimal form");
+                    message = super::delivery::minimal(&message);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "dead letter not written; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.backoff) => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! user's events stay in order while a hot campaign spreads over partitions. `event_id` and
 //! `event_type` also travel as headers.
 //!
-//! Consuming: one consumer group per role; offsets are stored only after an event was handled
+//! Consuming: one consumer group per role, each campaign's events in a lane of their own
+//! ([`super::lanes`]); a partition's offset is stored only past events that were handled
 //! or dead-lettered (`enable.auto.offset.store=false`; stored offsets are committed in the
 //! background and on shutdown), so a rebalance or a crash redelivers instead of losing. Event
 //! ids a group handled are recorded in the database (`processed_events`), so redeliveries and
@@ -29,7 +30,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{AfterFailure, Outcome, deliver_batch};
+use super::lanes::{DeadLetters, Lanes, Progress};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use crate::config::KafkaConfig;
 use firstcome_core::clock::now_ms;
@@ -185,23 +186,91 @@ impl KafkaBus {
         }
     }
 
-    /// Writes a dead letter, retrying until the broker acknowledges it or shutdown. After the
-    /// broker refuses the message itself, the retries send its [`super::delivery::minimal`]
-    /// form, so that a message the broker will never take (over `message.max.bytes`) does not
-    /// hold the group.
-    async fn dead_letter(
+    /// Takes `first` and whatever else is already fetched (up to [`CONSUME_BATCH`] and the
+    /// lanes' room; nothing waits for a batch to fill), drops the events the group handled
+    /// before (one dedupe query for them all) and hands the rest to their lanes.
+    async fn start(
         &self,
-        dlt: &str,
-        mut message: Message,
-        backoff: Duration,
-        shutdown: &CancellationToken,
-    ) -> bool {
+        spec: &ConsumerSpec,
+        consumer: &StreamConsumer,
+        first: BorrowedMessage<'_>,
+        lanes: &mut Lanes,
+    ) -> Result<(), BusError> {
+        let mut events = vec![delivered(&first)];
+        drop(first);
+        let max = CONSUME_BATCH.min(lanes.room());
+        while events.len() < max {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                Ok(Ok(msg)) => events.push(delivered(&msg)),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
+        let done = self.store.processed_among(&spec.group, &ids).await?;
+        // A re-sent event can sit twice in a fetch: it is handled once.
+        let mut seen = std::collections::HashSet::new();
+        for event in events {
+            let id = event.message.event_id.as_str();
+            if done.contains(id) || !seen.insert(id.to_owned()) {
+                lanes.pass(&event);
+            } else {
+                lanes.start(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what the lanes handled as processed (unless the handler did, `records` false),
+    /// then stores each partition's new position for the next commit.
+    async fn settle(
+        &self,
+        spec: &ConsumerSpec,
+        consumer: &StreamConsumer,
+        progress: Progress,
+        records: bool,
+    ) -> Result<(), BusError> {
+        if records && !progress.handled.is_empty() {
+            let handled: Vec<&str> = progress.handled.iter().map(String::as_str).collect();
+            self.store
+                .mark_processed(&spec.group, &handled, now_ms())
+                .await?;
+        }
+        for (partition, offset) in progress.positions {
+            // Stores offset + 1, as for a message. Fails for a partition taken away by a
+            // rebalance meanwhile: its new owner gets these events again and drops them as
+            // already handled.
+            if let Err(e) = consumer.store_offset(&spec.topic, partition, offset) {
+                tracing::debug!(group = %spec.group, error = %e, "offset not stored");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Dead letters written to the topic's `.DLT` twin.
+struct KafkaDeadLetters {
+    bus: KafkaBus,
+    topic: String,
+    backoff: Duration,
+}
+
+#[async_trait]
+impl DeadLetters for KafkaDeadLetters {
+    /// Retries until the broker acknowledges the dead letter or shutdown. After the broker
+    /// refuses the message itself, the retries send its [`super::delivery::minimal`] form, so
+    /// that a message the broker will never take (over `message.max.bytes`) does not hold the
+    /// lane.
+    async fn write(&self, mut message: Message, shutdown: &CancellationToken) -> bool {
         let mut minimal = false;
         loop {
-            match self.publish(dlt, std::slice::from_ref(&message)).await {
+            match self
+                .bus
+                .publish(&self.topic, std::slice::from_ref(&message))
+                .await
+            {
                 Ok(()) => return true,
                 Err(e) => {
-                    tracing::warn!(topic = dlt, error = %e, "dead letter not written; retrying");
+                    tracing::warn!(topic = %self.topic, error = %e, "dead letter not written; retrying");
                     if !minimal && e.is_refusal() {
                         message = super::delivery::minimal(&message);
                         minimal = true;
@@ -209,7 +278,7 @@ impl KafkaBus {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(self.backoff) => {}
                 () = shutdown.cancelled() => return false,
             }
         }
@@ -323,110 +392,56 @@ impl EventBus for KafkaBus {
         consumer
             .subscribe(&[&spec.topic])
             .map_err(|e| BusError::Consume(e.to_string()))?;
-        let dlt = dlt_topic(&spec.topic);
+        let dead_letters = Arc::new(KafkaDeadLetters {
+            bus: self.clone(),
+            topic: dlt_topic(&spec.topic),
+            backoff: spec.retry.backoff,
+        });
+        let records = !handler.records_processed();
+        let mut lanes = Lanes::new(handler, &spec.group, spec.retry, dead_letters, &shutdown);
         let mut watch = StallWatch::default();
-        loop {
-            let first = tokio::select! {
-                m = tokio::time::timeout(STALL_CHECK, consumer.recv()) => m,
-                () = shutdown.cancelled() => break,
-            };
-            let first = match first {
-                Err(_idle) => {
+        let ended = loop {
+            tokio::select! {
+                received = consumer.recv(), if lanes.room() > 0 => match received {
+                    Ok(first) => {
+                        watch.lowest = None;
+                        if let Err(e) = self.start(&spec, &consumer, first, &mut lanes).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %spec.group, error = %e, "consume error");
+                        tokio::time::sleep(spec.poll_interval).await;
+                    }
+                },
+                () = lanes.next_finished() => {}
+                // Nothing received, nothing under way for a while: is the group stuck?
+                () = tokio::time::sleep(STALL_CHECK), if lanes.is_idle() => {
                     if self.stalled(&spec, &mut watch).await {
-                        return Err(BusError::Consume(format!(
+                        break Err(BusError::Consume(format!(
                             "group {} has had events waiting and made no progress for {STALL:?}; \
                              rejoining",
                             spec.group
                         )));
                     }
-                    continue;
                 }
-                Ok(Ok(msg)) => {
-                    watch.lowest = None;
-                    msg
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(group = %spec.group, error = %e, "consume error");
-                    tokio::time::sleep(spec.poll_interval).await;
-                    continue;
-                }
-            };
-            // Whatever else is already fetched joins the batch: one dedupe query and one
-            // insert per batch instead of per event. Nothing waits for a batch to fill.
-            let mut batch = vec![first];
-            while batch.len() < CONSUME_BATCH {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(Ok(msg)) => batch.push(msg),
-                    Ok(Err(_)) | Err(_) => break,
-                }
+                () = shutdown.cancelled() => break Ok(()),
             }
-            let events: Vec<Delivered> = batch.iter().map(delivered).collect();
-            let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
-            let done = self.store.processed_among(&spec.group, &ids).await?;
-            // The events to hand over, each id once (a re-sent event can sit twice in a fetch),
-            // with where each sits in the batch.
-            let mut seen = std::collections::HashSet::new();
-            let (places, todo): (Vec<usize>, Vec<Delivered>) = events
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| {
-                    let id = e.message.event_id.as_str();
-                    !done.contains(id) && seen.insert(id)
-                })
-                .map(|(i, e)| (i, e.clone()))
-                .unzip();
-            let outcomes = deliver_batch(
-                &*handler,
-                &todo,
-                &spec.group,
-                spec.retry,
-                &shutdown,
-                AfterFailure::GoOn,
-            )
-            .await;
-            let mut handled: Vec<&str> = Vec::new();
-            // Offsets are stored for the events before `finished` only.
-            let mut finished = events.len();
-            for (i, outcome) in outcomes.into_iter().enumerate() {
-                let place = places[i];
-                match outcome {
-                    Outcome::Handled => handled.push(events[place].message.event_id.as_str()),
-                    Outcome::DeadLetter(dead) => {
-                        if !self
-                            .dead_letter(&dlt, dead, spec.retry.backoff, &shutdown)
-                            .await
-                        {
-                            finished = place;
-                            break;
-                        }
-                    }
-                    Outcome::Interrupted => {
-                        finished = place;
-                        break;
-                    }
-                }
+            lanes.collect();
+            if let Err(e) = self
+                .settle(&spec, &consumer, lanes.progress(), records)
+                .await
+            {
+                break Err(e);
             }
-            if !handler.records_processed() {
-                self.store
-                    .mark_processed(&spec.group, &handled, now_ms())
-                    .await?;
-            }
-            for msg in &batch[..finished] {
-                // Fails for a partition taken away by a rebalance during the batch: its new
-                // owner gets these events again and drops them as already handled.
-                if let Err(e) = consumer.store_offset_from_message(msg) {
-                    tracing::debug!(group = %spec.group, error = %e, "offset not stored");
-                }
-            }
-            if finished < events.len() {
-                break;
-            }
-        }
+        };
+        let finished = lanes.stop().await;
+        self.settle(&spec, &consumer, finished, records).await?;
         // Hand the stored positions over before leaving the group.
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(group = %spec.group, error = %e, "nothing to commit on shutdown");
         }
-        Ok(())
+        ended
     }
 
     async fn fetch(&self, topic: &str, max: usize) -> Result<Vec<Delivered>, BusError> {

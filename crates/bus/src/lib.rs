@@ -8,16 +8,18 @@
 //! stores its position only after an event was handled (or dead-lettered), and drops events
 //! whose id it has handled before. A failing handler is retried with a fixed back-off, then
 //! the event goes to `{topic}.DLT` with headers saying where it came from and why it failed
-//! ([`delivery`]).
+//! ([`delivery`]). Within a group, each campaign's events run in a lane of their own
+//! ([`lanes`]): a slow or failing campaign holds back no other.
 //!
 //! Layout: `lib.rs` (the types and traits), `config` (its configuration sections), `delivery` (retry and dead-letter policy shared by
-//! every bus), `embedded` (the database log), `kafka` (rdkafka).
+//! every bus), `lanes` (per-campaign lanes of a group member, shared by every bus), `embedded` (the database log), `kafka` (rdkafka).
 
 mod config;
 pub mod delivery;
 pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod lanes;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! - [`queue`]: the admission queue's vocabulary (queue item, answer, counts, floor).
 //! - [`event`]: the event envelope and the bus message.
 //! - [`bounded`]: size limits on text from outside; [`clock`]: epoch milliseconds.
+//! - [`secret`]: a secret of the configuration (a token, a key, a password).
 //! - [`schema`]: the OpenAPI schemas of the rules above, from the same constants.
 //!
 //! Nothing here opens a file, a socket or a database; `cargo test -p firstcome-core` needs no
@@ -29,4 +30,5 @@ pub mod event;
 pub mod plugin_spec;
 pub mod queue;
 pub mod schema;
+pub mod secret;
 pub mod user;

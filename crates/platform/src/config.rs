@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use firstcome_core::secret::Secret;
+
 pub use firstcome_admission::AdmissionConfig;
 pub use firstcome_bus::{ConsumerConfig, KafkaConfig};
 pub use firstcome_plugin::{EmailConfig, PluginConfig, PushConfig, SmtpTls};
@@ -31,7 +33,7 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// A single admin credential named `admin` with the `admin` role (at least 32
     /// characters); `admin_tokens` names more. Neither set: every admin call is refused.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Named admin credentials, each stored as the SHA-256 of its token.
     pub admin_tokens: Vec<AdminTokenConfig>,
     /// `sqlite:...`, `mysql://...` or `postgres://...`; unset: `{data_dir}/firstcome.db`.
@@ -141,7 +143,7 @@ pub struct AuthConfig {
     /// A JWKS document: a file path, or an `http(s)://` URL fetched and cached.
     pub jwks: Option<String>,
     /// The shared secret of HS256 tokens (at least 32 bytes).
-    pub hs256_secret: Option<String>,
+    pub hs256_secret: Option<Secret>,
     /// Accepted `alg` values (`RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384`, `EdDSA`,
     /// `HS256`). Empty: the asymmetric ones when `jwks` is set, plus `HS256` when
     /// `hs256_secret` is.
@@ -168,7 +170,7 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SignedHeaderConfig {
     /// The shared HMAC-SHA256 secret (at least 32 bytes).
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// A signature older (or further in the future) than this many seconds is refused
     /// (default 60).
     pub max_age_s: u64,
@@ -206,10 +208,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("mode", &self.mode)
             .field("jwks", &self.jwks.as_deref().map(redact_url))
-            .field(
-                "hs256_secret",
-                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("hs256_secret", &self.hs256_secret)
             .field("algorithms", &self.algorithms)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -225,7 +224,7 @@ impl std::fmt::Debug for AuthConfig {
 impl std::fmt::Debug for SignedHeaderConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignedHeaderConfig")
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret", &self.secret)
             .field("max_age_s", &self.max_age_s)
             .finish()
     }
@@ -697,7 +696,11 @@ impl Config {
     /// every `admin_tokens` entry with a valid name, unique, and a 64-digit hex digest. The
     /// message names the entry, never a token.
     pub fn check_admin_tokens(&self) -> Result<(), String> {
-        if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty())
+        if let Some(token) = self
+            .admin_token
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|t| !t.is_empty())
             && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
         {
             return Err(format!(
@@ -705,7 +708,7 @@ impl Config {
                  guess it. Use a random one, e.g. `openssl rand -hex 32`"
             ));
         }
-        if let Some(token) = self.admin_token.as_deref()
+        if let Some(token) = self.admin_token.as_ref().map(Secret::expose)
             && token.matches('.').count() == 2
         {
             return Err(
@@ -764,10 +767,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("campaigns_dir", &self.campaigns_dir())
             .field("admin_listen", &self.admin_listen)
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("admin_token", &self.admin_token)
             .field("admin_tokens", &self.admin_tokens)
             .field("database_url", &redact_url(&self.database_url()))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))

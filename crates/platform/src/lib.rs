@@ -17,11 +17,13 @@
 //! - [`live`]: per-campaign snapshot streams for server-sent events.
 //! - [`monitoring`]: the Prometheus recorder and the levels sampled at each scrape.
 //! - [`audit`]: recording admin changes in the audit log.
+//! - [`dead_letters`]: listing, replaying and discarding dead letters (CLI and admin API).
 //! - [`config`]: the host's typed configuration (defaults, file, `FIRSTCOME_*`), with the
 //!   sections of the crates below it.
 
 pub mod audit;
 pub mod config;
+pub mod dead_letters;
 pub mod issuer;
 pub mod live;
 pub mod monitoring;

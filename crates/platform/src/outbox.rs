@@ -45,6 +45,10 @@ fn message(e: &OutboxEvent) -> Message {
         "event_type".to_owned(),
         firstcome_core::event::COUPON_ISSUED.to_owned(),
     );
+    // The consumer groups' lane: each campaign's events are handled apart.
+    if let Some(campaign) = firstcome_bus::lanes::campaign_in(&e.payload) {
+        headers.insert(firstcome_bus::lanes::LANE_HEADER.to_owned(), campaign);
+    }
     Message {
         event_id: e.event_id.clone(),
         key: e.key.clone(),

@@ -7,7 +7,7 @@
 //! | sends made per event (email, push) | `deliveries_days` (14), for the same reason |
 //! | history | `history_days` (0: for ever) |
 //! | plugin kv, counters and statistics of a removed campaign | `removed_campaign_days` (30) after its removal |
-//! | the audit log | `audit_days` (365) |
+//! | the audit log, and which dead letters were settled (replayed or discarded) | `audit_days` (365) |
 //! | published outbox rows, the embedded event log | `outbox.retention_ms` (7 days); dead letters until replayed or discarded |
 //! | campaigns, coupons, users | for ever |
 
@@ -103,6 +103,10 @@ pub async fn sweep(store: &Store, config: &RetentionConfig, now: i64) {
             "audit log",
             (config.audit_days > 0).then(|| before(config.audit_days)),
         ),
+        (
+            "dead-letter settlements",
+            (config.audit_days > 0).then(|| before(config.audit_days)),
+        ),
     ];
     for (what, cutoff) in purges {
         let Some(cutoff) = cutoff else { continue };
@@ -111,7 +115,8 @@ pub async fn sweep(store: &Store, config: &RetentionConfig, now: i64) {
             "sends" => store.purge_deliveries(cutoff).await,
             "history" => store.purge_history(cutoff).await,
             "removed campaigns' plugin state" => store.purge_removed_campaigns(cutoff).await,
-            _ => store.purge_audit(cutoff).await,
+            "audit log" => store.purge_audit(cutoff).await,
+            _ => store.purge_settled_dead_letters(cutoff).await,
         };
         match done {
             Ok(0) => {}

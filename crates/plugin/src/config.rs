@@ -48,7 +48,7 @@ pub struct EmailConfig {
     pub smtp_port: Option<u16>,
     pub tls: SmtpTls,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<firstcome_core::secret::Secret>,
     /// Allows `username`/`password` with `tls = "none"` (a relay on a private link); off by
     /// default: credentials are refused on a connection without TLS.
     pub allow_plaintext_auth: bool,
@@ -90,7 +90,7 @@ impl std::fmt::Debug for EmailConfig {
             .field("smtp_port", &self.smtp_port)
             .field("tls", &self.tls)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password)
             .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .field("from", &self.from)
             .field("mail_dir", &self.mail_dir)

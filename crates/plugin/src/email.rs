@@ -58,7 +58,11 @@ impl Mailer {
                     );
                 }
                 if let Some(user) = &config.username {
-                    let password = config.password.clone().unwrap_or_default();
+                    let password = config
+                        .password
+                        .as_ref()
+                        .map(|p| p.expose().to_owned())
+                        .unwrap_or_default();
                     builder = builder.credentials(Credentials::new(user.clone(), password));
                 }
                 builder = builder.timeout(Some(Duration::from_millis(config.timeout_ms)));

@@ -111,15 +111,17 @@ impl Store {
             .collect()
     }
 
-    /// Deletes log entries written before `before`, every topic but the dead-letter topics
-    /// (`*.DLT`: a dead letter is kept until it is replayed or discarded, however old);
-    /// returns how many. Offsets stay as they were: a group behind the retention continues at
+    /// Deletes log entries written before `before`; of the dead-letter topics (`*.DLT`) only
+    /// the letters an operator settled (a dead letter is kept until it is replayed or
+    /// discarded, however old). Returns how many. Offsets stay as they were: a group behind the retention continues at
     /// the oldest entry left.
     pub async fn purge_log(&self, before: i64) -> Result<u64> {
         let _turn = self.write_turn().await;
-        let done = sqlx::query(
-            &self.sql("DELETE FROM event_log WHERE created_at < ? AND topic NOT LIKE '%.DLT'"),
-        )
+        let done = sqlx::query(&self.sql(
+            "DELETE FROM event_log WHERE created_at < ? AND (topic NOT LIKE '%.DLT' OR \
+                 EXISTS (SELECT 1 FROM dead_letters_settled s WHERE s.topic = event_log.topic \
+                 AND s.dlt_partition = 0 AND s.dlt_offset = event_log.log_offset))",
+        ))
         .bind(before)
         .execute(&self.pool)
         .await?;

@@ -10,7 +10,7 @@ pub const PURGE_BATCH: u32 = 5_000;
 impl Store {
     /// Deletes rows of `table` whose `column` (epoch ms) is below `before`, a batch at a time;
     /// returns how many.
-    async fn purge_older(&self, table: &str, column: &str, before: i64) -> Result<u64> {
+    pub(super) async fn purge_older(&self, table: &str, column: &str, before: i64) -> Result<u64> {
         // One statement per engine: MySQL refuses LIMIT in an IN subquery but takes it on
         // DELETE; SQLite and PostgreSQL take it in a subquery of row ids.
         let sql = match self.dialect {

@@ -158,7 +158,7 @@ impl JwtVerifier {
                     .into(),
             );
         }
-        let hs256 = match config.hs256_secret.as_deref() {
+        let hs256 = match config.hs256_secret.as_ref().map(|s| s.expose()) {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => {
                 return Err(format!(
                     "auth.hs256_secret must be at least {MIN_SECRET_BYTES} bytes (for example \

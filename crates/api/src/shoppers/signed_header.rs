@@ -47,7 +47,7 @@ impl std::fmt::Debug for SignedHeader {
 impl SignedHeader {
     /// Refuses a missing or short secret.
     pub fn from_config(config: &SignedHeaderConfig) -> Result<Self, String> {
-        let secret = config.secret.as_deref().unwrap_or_default();
+        let secret = config.secret.as_ref().map_or("", |s| s.expose());
         if secret.len() < MIN_SECRET_BYTES {
             return Err(format!(
                 "auth.mode = \"signed-header\" needs auth.signed_header.secret of at least \

@@ -9,7 +9,8 @@
 //! the personal fields it was handed, or "none"), `spam` (emails `count` strangers, the
 //! setting `also` (comma-separated) and the event's shopper, counting `sent`/`refused` in kv), `reads` (reads kv
 //! `reads` times), `forge` (logs and fails with a line break and terminal escapes), `touch`
-//! (holds `mb` MiB, default 20, for the instance's life; counts `touched` in kv).
+//! (holds `mb` MiB, default 20, for the instance's life; counts `touched` in kv), `slow`
+//! (works `ms` milliseconds, default 10,000, then counts `seen` in kv).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
@@ -96,6 +97,18 @@ impl Guest for Misbehave {
                     )));
                 }
                 kv::increment(&format!("served.{n}"), 1);
+                Ok(())
+            }
+            "slow" => {
+                let ms: u64 = settings::get("ms")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(10_000);
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                let mut spin: u64 = 0;
+                while std::time::Instant::now() < until {
+                    spin = std::hint::black_box(spin.wrapping_add(1));
+                }
+                kv::increment("seen", 1);
                 Ok(())
             }
             "big-stat" => {
