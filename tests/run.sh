@@ -168,7 +168,7 @@ deps_of() { # deps_of CRATE [DEPTH]: CRATE's normal dependencies (to DEPTH), one
     || return 1
   sed 's/ .*//' <<<"$out" | sort -u | { grep -vx "$1" || true; }
 }
-core_allowed="chrono crc32fast serde thiserror toml unicode-properties utoipa uuid"
+core_allowed="chrono crc32fast secrecy serde thiserror toml unicode-properties utoipa uuid"
 deps=$(deps_of firstcome-core 1)
 for dep in $deps; do
   [[ " $core_allowed " == *" $dep "* ]] || { echo "firstcome-core depends on $dep" >&2; exit 1; }

@@ -342,6 +342,9 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Compiled versions the cache keeps before it drops those no plugin holds.
+const CACHE_KEEP: usize = 32;
+
 /// `sha256:{hex}` of some bytes.
 pub fn version_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -469,7 +472,13 @@ impl Runtime {
             indices,
             init,
         });
-        self.cache.lock().unwrap().insert(version, compiled.clone());
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= CACHE_KEEP {
+            // Versions nothing runs any more (a swapped plugin, a removed campaign) go; the
+            // ones in force stay, however many.
+            cache.retain(|_, c| Arc::strong_count(c) > 1);
+        }
+        cache.insert(version, compiled.clone());
         Ok(compiled)
     }
 
