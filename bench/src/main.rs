@@ -578,6 +578,7 @@ async fn kafka_throughput(args: &Args, brokers: &str) -> anyhow::Result<()> {
         topic: topic.clone(),
         retry: RetryPolicy::default(),
         poll_interval: Duration::from_millis(50),
+        busy_lanes: firstcome_bus::default_busy_lanes(),
     };
     let consumer = {
         let (bus, counted, stop) = (bus.clone(), counted.clone(), stop.clone());

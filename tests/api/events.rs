@@ -175,6 +175,7 @@ fn consumer(group: &str, topic: &str) -> ConsumerSpec {
             max_retries: 3,
         },
         poll_interval: Duration::from_millis(20),
+        busy_lanes: firstcome_bus::default_busy_lanes(),
     }
 }
 
@@ -526,12 +527,12 @@ async fn event_log_keeps_entries_for_the_retention_only(backend: Backend) {
         .settle_dead_letters(&[(first.clone(), "e1".into())], &settled)
         .await
         .unwrap();
-    assert_eq!(marked, 1);
+    assert_eq!(marked, [0]);
     let again = store
         .settle_dead_letters(&[(first, "e1".into())], &settled)
         .await
         .unwrap();
-    assert_eq!(again, 0, "a letter is settled once");
+    assert!(again.is_empty(), "a letter is settled once");
     assert_eq!(store.purge_log(2_000).await.unwrap(), 1, "the settled one");
     let left = store.read_log(&dlt, 1, 10).await.unwrap();
     assert_eq!(left.len(), 1);

@@ -160,6 +160,7 @@ fn consumer(group: &str, topic: &str) -> ConsumerSpec {
             max_retries: 3,
         },
         poll_interval: Duration::from_millis(50),
+        busy_lanes: firstcome_bus::default_busy_lanes(),
     }
 }
 

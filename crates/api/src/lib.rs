@@ -52,7 +52,7 @@ use firstcome_platform::Platform;
 
 /// Request bodies are small JSON documents; anything larger is refused with 413.
 const BODY_LIMIT: usize = 16 * 1024;
-/// Except the bulk user upload: 1,000 profiles.
+/// Except the bulk user upload (1,000 profiles) and the dead-letter selections (200 ids).
 const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The versioned API under `/api/v1`.
@@ -65,11 +65,12 @@ fn api_v1() -> OpenApiRouter<Arc<Platform>> {
         .routes(routes!(admin::put_user))
         .routes(routes!(audit::list))
         .routes(routes!(dead_letters::list))
-        .routes(routes!(dead_letters::replay))
-        .routes(routes!(dead_letters::discard))
         .merge(
+            // Up to 1,000 profiles; up to 200 event ids of 255 bytes each, written escaped.
             OpenApiRouter::new()
                 .routes(routes!(admin::put_users))
+                .routes(routes!(dead_letters::replay))
+                .routes(routes!(dead_letters::discard))
                 .layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
         );
     OpenApiRouter::new()

@@ -36,6 +36,15 @@ pub struct ConsumerConfig {
     pub retry_backoff_ms: u64,
     pub max_retries: u32,
     pub poll_ms: u64,
+    /// Lanes (campaigns) of one group member whose handler runs at once (default: the CPU
+    /// cores, at least 2): a slow campaign takes one, the others go on in the rest. Plugin
+    /// timeouts are wall-clock: more calls at once than cores make each take longer.
+    pub busy_lanes: usize,
+}
+
+/// [`ConsumerConfig::busy_lanes`] unless configured: the CPU cores, at least 2.
+pub fn default_busy_lanes() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 impl Default for ConsumerConfig {
@@ -45,6 +54,7 @@ impl Default for ConsumerConfig {
             retry_backoff_ms: retry.backoff.as_millis() as u64,
             max_retries: retry.max_retries,
             poll_ms: 200,
+            busy_lanes: default_busy_lanes(),
         }
     }
 }

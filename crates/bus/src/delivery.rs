@@ -103,7 +103,7 @@ pub async fn retry(
 pub const REPLAYED_FOR_GROUP: &str = "replayed_for_group";
 
 /// Whether `event` is a dead letter replayed for another group than `group`.
-fn replayed_for_another(event: &Delivered, group: &str) -> bool {
+pub(crate) fn replayed_for_another(event: &Delivered, group: &str) -> bool {
     event
         .message
         .headers

@@ -153,13 +153,7 @@ impl Member<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let spec = self.spec;
-        let mut lanes = Lanes::new(
-            handler.clone(),
-            &spec.group,
-            spec.retry,
-            self.dead_letters.clone(),
-            shutdown,
-        );
+        let mut lanes = Lanes::new(handler.clone(), spec, self.dead_letters.clone(), shutdown);
         let mut read_from = next;
         let mut unstored = Unstored {
             position: next - 1,
@@ -199,7 +193,11 @@ impl Member<'_> {
                 continue;
             }
             tokio::select! {
-                () = lanes.next_finished() => {}
+                finished = lanes.next_finished() => {
+                    if let Err(e) = finished {
+                        break Err(e);
+                    }
+                }
                 () = woken => {}
                 () = tokio::time::sleep(spec.poll_interval.min(RENEW_AFTER)) => {}
                 () = shutdown.cancelled() => {}
@@ -220,8 +218,8 @@ impl Member<'_> {
         }
     }
 
-    /// Reads up to the lanes' room from `from`, starts the events the group has not handled
-    /// and passes the rest; returns the offset of the last record read.
+    /// Reads up to the lanes' room from `from` into the lanes ([`Lanes::take`]); returns the
+    /// offset of the last record read.
     async fn read(&self, from: i64, lanes: &mut Lanes) -> Result<Option<i64>, BusError> {
         let store = &self.bus.store;
         let max = BATCH.min(lanes.room() as i64);
@@ -234,22 +232,17 @@ impl Member<'_> {
             .map(|r| r.message.event_id.as_str())
             .collect();
         let done = store.processed_among(&self.spec.group, &ids).await?;
-        let mut seen = std::collections::HashSet::new();
-        for r in records {
-            let delivered = Delivered {
+        let events = records
+            .into_iter()
+            .map(|r| Delivered {
                 topic: r.topic,
                 partition: 0,
                 offset: r.offset,
                 timestamp_ms: r.created_at,
                 message: r.message,
-            };
-            let id = delivered.message.event_id.as_str();
-            if done.contains(id) || !seen.insert(id.to_owned()) {
-                lanes.pass(&delivered);
-            } else {
-                lanes.start(delivered);
-            }
-        }
+            })
+            .collect();
+        lanes.take(events, &done);
         Ok(Some(last))
     }
 

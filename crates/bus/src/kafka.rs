@@ -208,15 +208,7 @@ impl KafkaBus {
         let ids: Vec<&str> = events.iter().map(|e| e.message.event_id.as_str()).collect();
         let done = self.store.processed_among(&spec.group, &ids).await?;
         // A re-sent event can sit twice in a fetch: it is handled once.
-        let mut seen = std::collections::HashSet::new();
-        for event in events {
-            let id = event.message.event_id.as_str();
-            if done.contains(id) || !seen.insert(id.to_owned()) {
-                lanes.pass(&event);
-            } else {
-                lanes.start(event);
-            }
-        }
+        lanes.take(events, &done);
         Ok(())
     }
 
@@ -398,7 +390,7 @@ impl EventBus for KafkaBus {
             backoff: spec.retry.backoff,
         });
         let records = !handler.records_processed();
-        let mut lanes = Lanes::new(handler, &spec.group, spec.retry, dead_letters, &shutdown);
+        let mut lanes = Lanes::new(handler, &spec, dead_letters, &shutdown);
         let mut watch = StallWatch::default();
         let ended = loop {
             tokio::select! {
@@ -414,7 +406,11 @@ impl EventBus for KafkaBus {
                         tokio::time::sleep(spec.poll_interval).await;
                     }
                 },
-                () = lanes.next_finished() => {}
+                finished = lanes.next_finished() => {
+                    if let Err(e) = finished {
+                        break Err(e);
+                    }
+                }
                 // Nothing received, nothing under way for a while: is the group stuck?
                 () = tokio::time::sleep(STALL_CHECK), if lanes.is_idle() => {
                     if self.stalled(&spec, &mut watch).await {

@@ -11,18 +11,20 @@
 //! so that a redelivery after a crash drops it.
 //!
 //! A member holds at most [`WINDOW`] unfinished events: a lane that falls that far behind
-//! holds the others back again, by design, so that memory stays bounded.
+//! holds the others back again, by design, so that memory stays bounded. At most
+//! `busy_lanes` of a member's lanes run their handler at once (a permit per call, not held
+//! during a retry's back-off): CPU and plugin memory stay bounded however many campaigns run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{Outcome, RetryPolicy, retry, try_batch};
-use super::{Delivered, Handler, Message};
+use super::delivery::{Outcome, RetryPolicy, replayed_for_another, retry, try_batch};
+use super::{BusError, ConsumerSpec, Delivered, Handler, HandlerError, Message};
 
 /// The header that names an event's lane: its campaign. Written by the outbox on every event.
 pub const LANE_HEADER: &str = "campaign_id";
@@ -67,8 +69,9 @@ struct Finished {
     lane: String,
     partition: i32,
     offset: i64,
-    /// The event's id when it was handled (rather than dead-lettered).
-    handled: Option<String>,
+    event_id: String,
+    /// Handled, rather than dead-lettered.
+    handled: bool,
 }
 
 /// What a member may store after its lanes moved on.
@@ -91,6 +94,30 @@ struct Shared {
     stop: CancellationToken,
 }
 
+/// The member's handler, each call holding one of `busy_lanes` permits (taken in turn).
+#[derive(Debug)]
+struct Throttled {
+    inner: Arc<dyn Handler>,
+    permits: Semaphore,
+}
+
+#[async_trait]
+impl Handler for Throttled {
+    async fn handle(&self, event: &Delivered) -> Result<(), HandlerError> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        self.inner.handle(event).await
+    }
+
+    async fn handle_batch(&self, events: &[Delivered]) -> (usize, Option<HandlerError>) {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        self.inner.handle_batch(events).await
+    }
+
+    fn records_processed(&self) -> bool {
+        self.inner.records_processed()
+    }
+}
+
 /// A running lane: its inbox and how many of its events are unfinished.
 struct Lane {
     inbox: mpsc::UnboundedSender<Delivered>,
@@ -107,6 +134,8 @@ pub struct Lanes {
     /// Per partition, the events read and not yet passed by the position, in the order read,
     /// each with whether it is finished.
     order: HashMap<i32, VecDeque<(i64, bool)>>,
+    /// Ids of the events the lanes hold, with how many copies.
+    in_flight: HashMap<String, usize>,
     unfinished: usize,
     handled: Vec<String>,
 }
@@ -122,21 +151,25 @@ impl std::fmt::Debug for Lanes {
 }
 
 impl Lanes {
-    /// Lanes that handle events with `handler` under `retry`, dead-lettering to
-    /// `dead_letters`; `shutdown` (or [`Self::stop`]) interrupts their back-offs.
+    /// Lanes that handle `spec.group`'s events with `handler` under `spec.retry`, at most
+    /// `spec.busy_lanes` calls at once, dead-lettering to `dead_letters`; `shutdown` (or
+    /// [`Self::stop`]) interrupts their back-offs.
     pub fn new(
         handler: Arc<dyn Handler>,
-        group: &str,
-        retry: RetryPolicy,
+        spec: &ConsumerSpec,
         dead_letters: Arc<dyn DeadLetters>,
         shutdown: &CancellationToken,
     ) -> Self {
         let (finished_tx, finished) = mpsc::unbounded_channel();
+        let handler = Arc::new(Throttled {
+            inner: handler,
+            permits: Semaphore::new(spec.busy_lanes.max(1)),
+        });
         Self {
             shared: Arc::new(Shared {
                 handler,
-                group: group.to_owned(),
-                retry,
+                group: spec.group.clone(),
+                retry: spec.retry,
                 dead_letters,
                 stop: shutdown.child_token(),
             }),
@@ -145,6 +178,7 @@ impl Lanes {
             finished_tx,
             finished,
             order: HashMap::new(),
+            in_flight: HashMap::new(),
             unfinished: 0,
             handled: Vec::new(),
         }
@@ -160,16 +194,47 @@ impl Lanes {
         self.unfinished == 0
     }
 
+    /// Takes events in the order they were read: passes the dead letters replayed for another
+    /// group (before anything else: the same event's replay for this group may follow in the
+    /// same read), the events the group handled before (`processed`) and a second copy within
+    /// the read; hands the rest to their lanes.
+    pub fn take(&mut self, events: Vec<Delivered>, processed: &HashSet<String>) {
+        let mut seen = HashSet::new();
+        for event in events {
+            if replayed_for_another(&event, &self.shared.group) {
+                self.pass(&event);
+                continue;
+            }
+            let id = event.message.event_id.clone();
+            if processed.contains(&id) || !seen.insert(id) {
+                self.pass(&event);
+            } else {
+                self.start(event);
+            }
+        }
+    }
+
     /// Takes an event that needs nothing (handled before), so that the position moves past it.
-    pub fn pass(&mut self, event: &Delivered) {
+    fn pass(&mut self, event: &Delivered) {
         self.order
             .entry(event.partition)
             .or_default()
             .push_back((event.offset, true));
     }
 
-    /// Hands an event to its campaign's lane, starting the lane if it is not running.
-    pub fn start(&mut self, event: Delivered) {
+    /// Hands an event to its campaign's lane, starting the lane if it is not running. An event
+    /// whose id a lane holds already (the broker sent it again after a rebalance, before the
+    /// first copy finished) is passed: the first copy's place holds the position back until it
+    /// finishes.
+    fn start(&mut self, event: Delivered) {
+        if self.in_flight.contains_key(&event.message.event_id) {
+            self.pass(&event);
+            return;
+        }
+        *self
+            .in_flight
+            .entry(event.message.event_id.clone())
+            .or_default() += 1;
         self.order
             .entry(event.partition)
             .or_default()
@@ -197,13 +262,29 @@ impl Lanes {
         let _ = lane.inbox.send(event);
     }
 
-    /// Waits until a lane finishes an event (forever when none is unfinished).
-    pub async fn next_finished(&mut self) {
+    /// Waits until a lane finishes an event (forever when none is unfinished). An error when a
+    /// lane panicked: its events would never finish, so the member must fail and start again
+    /// from its stored position.
+    pub async fn next_finished(&mut self) -> Result<(), BusError> {
         if self.unfinished == 0 {
             return std::future::pending().await;
         }
-        if let Some(done) = self.finished.recv().await {
-            self.apply(done);
+        loop {
+            tokio::select! {
+                Some(done) = self.finished.recv() => {
+                    self.apply(done);
+                    return Ok(());
+                }
+                Some(Err(e)) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if e.is_panic() {
+                        return Err(BusError::Consume(format!(
+                            "a lane of group {} panicked; the member starts again",
+                            self.shared.group
+                        )));
+                    }
+                }
+                else => return Ok(()),
+            }
         }
     }
 
@@ -226,8 +307,14 @@ impl Lanes {
                 entry.1 = true;
             }
         }
-        if let Some(id) = done.handled {
-            self.handled.push(id);
+        if let Some(copies) = self.in_flight.get_mut(&done.event_id) {
+            *copies -= 1;
+            if *copies == 0 {
+                self.in_flight.remove(&done.event_id);
+            }
+        }
+        if done.handled {
+            self.handled.push(done.event_id);
         }
         if let Some(lane) = self.lanes.get_mut(&done.lane) {
             lane.unfinished -= 1;
@@ -314,18 +401,19 @@ async fn run_lane(
             }
         }
         let batch: Vec<Delivered> = queue.drain(..queue.len().min(LANE_BATCH)).collect();
-        let report = |event: &Delivered, handled: Option<String>| {
+        let report = |event: &Delivered, handled: bool| {
             finished.send(Finished {
                 lane: name.clone(),
                 partition: event.partition,
                 offset: event.offset,
+                event_id: event.message.event_id.clone(),
                 handled,
             })
         };
         // What a batch handled is reported before a failed event's retries begin.
         let (handled, failed) = try_batch(&*shared.handler, &batch, &shared.group).await;
         for event in &batch[..handled] {
-            if report(event, Some(event.message.event_id.clone())).is_err() {
+            if report(event, true).is_err() {
                 return;
             }
         }
@@ -343,12 +431,12 @@ async fn run_lane(
             )
             .await
             {
-                Outcome::Handled => Some(event.message.event_id.clone()),
+                Outcome::Handled => true,
                 Outcome::DeadLetter(message) => {
                     if !shared.dead_letters.write(message, &shared.stop).await {
                         return;
                     }
-                    None
+                    false
                 }
                 Outcome::Interrupted => return,
             };
@@ -373,7 +461,6 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::HandlerError;
 
     /// Sleeps `slow` for the events of lane "a"; fails the events whose id ends in "!"
     /// (permanently) or "?" (for now); records when it handled each event.
@@ -429,12 +516,21 @@ mod tests {
         }
     }
 
+    fn spec(backoff: Duration) -> ConsumerSpec {
+        ConsumerSpec {
+            group: "g".into(),
+            topic: "t".into(),
+            retry: RetryPolicy {
+                backoff,
+                max_retries: 3,
+            },
+            poll_interval: Duration::from_millis(10),
+            busy_lanes: 2,
+        }
+    }
+
     fn lanes(handler: Arc<Campaigns>, letters: Arc<Letters>, backoff: Duration) -> Lanes {
-        let retry = RetryPolicy {
-            backoff,
-            max_retries: 3,
-        };
-        Lanes::new(handler, "g", retry, letters, &CancellationToken::new())
+        Lanes::new(handler, &spec(backoff), letters, &CancellationToken::new())
     }
 
     #[tokio::test]
@@ -451,19 +547,21 @@ mod tests {
         lanes.pass(&event("b", "b0", 0, 3));
         lanes.start(event("b", "b2!", 0, 4));
         lanes.start(event("b", "b3", 1, 7));
+        // A second copy of a1 (a rebalance sent it again) is not handled twice.
+        lanes.start(event("a", "a1", 1, 8));
         while lanes.unfinished > 1 {
-            lanes.next_finished().await;
+            lanes.next_finished().await.unwrap();
         }
         assert!(
             started.elapsed() < Duration::from_millis(300),
             "b waited for a"
         );
         let progress = lanes.progress();
-        // Partition 0 waits for a1; partition 1 moves.
-        assert_eq!(progress.positions, [(1, 7)]);
+        // Partition 0 waits for a1; partition 1 moves, past a1's second copy.
+        assert_eq!(progress.positions, [(1, 8)]);
         assert_eq!(progress.handled, ["b1", "b3"]);
         assert_eq!(*letters.0.lock().unwrap(), ["b2!"]);
-        lanes.next_finished().await;
+        lanes.next_finished().await.unwrap();
         let progress = lanes.progress();
         assert_eq!(progress.positions, [(0, 4)]);
         assert_eq!(progress.handled, ["a1"]);
@@ -479,7 +577,7 @@ mod tests {
             lanes.start(event("c", id, 0, offset));
         }
         while lanes.handled.is_empty() {
-            lanes.next_finished().await;
+            lanes.next_finished().await.unwrap();
         }
         let started = Instant::now();
         let progress = lanes.stop().await;
@@ -487,6 +585,89 @@ mod tests {
         // c2 waits out its back-off when the lanes stop: it and c3 stay unfinished.
         assert_eq!(progress.positions, [(0, 1)]);
         assert_eq!(progress.handled, ["c1"]);
+    }
+
+    #[tokio::test]
+    async fn a_replay_for_another_group_is_passed_and_the_same_events_replay_for_this_one_handled()
+    {
+        let handler = Arc::new(Campaigns::default());
+        let mut lanes = lanes(handler.clone(), Arc::default(), Duration::from_millis(1));
+        let mut theirs = event("b", "e", 0, 1);
+        theirs
+            .message
+            .headers
+            .insert(crate::REPLAYED_FOR_GROUP.into(), "other".into());
+        let mut ours = event("b", "e", 0, 2);
+        ours.message
+            .headers
+            .insert(crate::REPLAYED_FOR_GROUP.into(), "g".into());
+        let done = HashSet::from(["old".to_owned()]);
+        lanes.take(vec![theirs, ours, event("b", "old", 0, 3)], &done);
+        lanes.next_finished().await.unwrap();
+        assert!(lanes.is_idle());
+        let progress = lanes.progress();
+        assert_eq!(progress.positions, [(0, 3)]);
+        assert_eq!(
+            progress.handled,
+            ["e"],
+            "the other group's replay is not marked for this one"
+        );
+        assert_eq!(handler.handled.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_busy_lanes_handlers_run_at_once() {
+        #[derive(Debug, Default)]
+        struct Counting {
+            now: std::sync::atomic::AtomicUsize,
+            most: std::sync::atomic::AtomicUsize,
+        }
+        #[async_trait]
+        impl Handler for Counting {
+            async fn handle(&self, _: &Delivered) -> Result<(), HandlerError> {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = self.now.fetch_add(1, SeqCst) + 1;
+                self.most.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.now.fetch_sub(1, SeqCst);
+                Ok(())
+            }
+        }
+        let handler = Arc::new(Counting::default());
+        let spec = spec(Duration::from_millis(1));
+        let letters: Arc<Letters> = Arc::default();
+        let mut lanes = Lanes::new(handler.clone(), &spec, letters, &CancellationToken::new());
+        let events = (0..5)
+            .map(|i| event(&format!("c{i}"), &format!("e{i}"), 0, i))
+            .collect();
+        lanes.take(events, &HashSet::new());
+        while !lanes.is_idle() {
+            lanes.next_finished().await.unwrap();
+        }
+        let most = handler.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most, spec.busy_lanes, "five lanes, two busy at once");
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_panics_fails_the_member() {
+        #[derive(Debug)]
+        struct Panics;
+        #[async_trait]
+        impl Handler for Panics {
+            async fn handle(&self, _: &Delivered) -> Result<(), HandlerError> {
+                panic!("a bug in a handler");
+            }
+        }
+        let letters: Arc<Letters> = Arc::default();
+        let never = CancellationToken::new();
+        let spec = spec(Duration::from_secs(1));
+        let mut lanes = Lanes::new(Arc::new(Panics), &spec, letters, &never);
+        lanes.take(vec![event("a", "a1", 0, 1)], &HashSet::new());
+        let failed = tokio::time::timeout(Duration::from_secs(5), lanes.next_finished()).await;
+        assert!(
+            matches!(failed, Ok(Err(BusError::Consume(_)))),
+            "{failed:?}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConsumerConfig, KafkaConfig};
+pub use config::{ConsumerConfig, KafkaConfig, default_busy_lanes};
 pub use delivery::{REPLAYED_FOR_GROUP, RetryPolicy};
 
 /// Suffix of a topic's dead-letter twin.
@@ -130,6 +130,8 @@ pub struct ConsumerSpec {
     pub retry: RetryPolicy,
     /// How often to look for new events when not woken.
     pub poll_interval: Duration,
+    /// Lanes whose handler runs at once ([`ConsumerConfig::busy_lanes`]).
+    pub busy_lanes: usize,
 }
 
 /// A bus: publishes batches, runs consumer groups.

@@ -420,7 +420,7 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 40] = [
+        let checks: [(&str, i128, i128, i128); 41] = [
             ("auth.leeway_s", self.auth.leeway_s as i128, 0, 600),
             (
                 "auth.jwks_max_age_s",
@@ -622,6 +622,12 @@ impl Config {
                 self.consumers.poll_ms as i128,
                 1,
                 60_000,
+            ),
+            (
+                "consumers.busy_lanes",
+                self.consumers.busy_lanes as i128,
+                1,
+                256,
             ),
             (
                 "http.header_read_timeout_ms",

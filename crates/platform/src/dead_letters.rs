@@ -134,7 +134,10 @@ impl<'a> DeadLetters<'a> {
         Ok(letters
             .into_iter()
             .map(|d| {
-                let s = settled.remove(&(d.partition, d.offset));
+                let s = settled
+                    .remove(&(d.partition, d.offset))
+                    .filter(|(id, _)| *id == d.message.event_id)
+                    .map(|(_, s)| s);
                 (d, s)
             })
             .collect())
@@ -219,11 +222,14 @@ impl<'a> DeadLetters<'a> {
 
     /// Sends the chosen letters back to their original topics, each for the group that failed
     /// it (the other groups handled it before; their marks of it may be gone by now:
-    /// `retention.processed_days`), then settles them as replayed. Returns how many.
+    /// `retention.processed_days`). The letters are claimed first (settled as replayed), so
+    /// that two operators replaying at once send each letter once; when the bus refuses the
+    /// publish, the claim is taken back and the letters stay open. Returns how many.
     pub async fn replay(&self, which: &Which, actor: &str) -> Result<usize, DeadLetterError> {
         let chosen = self.chosen(which).await?;
+        let claimed = self.claim(chosen, Settlement::Replayed, actor).await?;
         let mut by_topic: BTreeMap<String, Vec<Message>> = BTreeMap::new();
-        for d in &chosen {
+        for d in &claimed {
             let mut m = d.message.clone();
             let original = m
                 .headers
@@ -243,43 +249,72 @@ impl<'a> DeadLetters<'a> {
             by_topic.entry(original).or_default().push(m);
         }
         for (topic, messages) in &by_topic {
-            self.bus.publish(topic, messages).await?;
+            if let Err(e) = self.bus.publish(topic, messages).await {
+                // A topic published before this one stays replayed: its groups handle a second
+                // replay of the same letters as already handled.
+                let places: Vec<LetterPlace> = claimed.iter().map(|d| self.place(d)).collect();
+                self.store.unsettle_dead_letters(&places).await?;
+                return Err(e.into());
+            }
         }
-        self.settle(&chosen, Settlement::Replayed, actor).await?;
-        Ok(chosen.len())
+        self.record(&claimed, Settlement::Replayed, actor).await;
+        Ok(claimed.len())
     }
 
     /// Settles the chosen letters as discarded: nobody handles them. Returns how many.
     pub async fn discard(&self, which: &Which, actor: &str) -> Result<usize, DeadLetterError> {
         let chosen = self.chosen(which).await?;
-        self.settle(&chosen, Settlement::Discarded, actor).await?;
-        Ok(chosen.len())
+        let claimed = self.claim(chosen, Settlement::Discarded, actor).await?;
+        self.record(&claimed, Settlement::Discarded, actor).await;
+        Ok(claimed.len())
     }
 
-    async fn settle(
+    fn place(&self, d: &Delivered) -> LetterPlace {
+        LetterPlace {
+            topic: self.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+        }
+    }
+
+    /// Settles the chosen letters that nobody settled meanwhile; returns those. None left (all
+    /// settled by someone else since they were read): [`DeadLetterError::AlreadySettled`].
+    async fn claim(
         &self,
-        chosen: &[Delivered],
+        chosen: Vec<Delivered>,
         outcome: Settlement,
         actor: &str,
-    ) -> Result<(), DeadLetterError> {
+    ) -> Result<Vec<Delivered>, DeadLetterError> {
         let places: Vec<(LetterPlace, String)> = chosen
             .iter()
-            .map(|d| {
-                let place = LetterPlace {
-                    topic: self.topic.clone(),
-                    partition: d.partition,
-                    offset: d.offset,
-                };
-                (place, d.message.event_id.clone())
-            })
+            .map(|d| (self.place(d), d.message.event_id.clone()))
             .collect();
         let settled = Settled {
             outcome,
             actor: actor.to_owned(),
             at_ms: now_ms(),
         };
-        self.store.settle_dead_letters(&places, &settled).await?;
-        let ids: Vec<&str> = chosen.iter().map(|d| d.message.event_id.as_str()).collect();
+        let claimed = self.store.settle_dead_letters(&places, &settled).await?;
+        if claimed.is_empty() {
+            let ids = chosen
+                .iter()
+                .map(|d| bounded::escaped(&d.message.event_id).into_owned())
+                .collect();
+            return Err(DeadLetterError::AlreadySettled(ids));
+        }
+        let mut chosen: Vec<Option<Delivered>> = chosen.into_iter().map(Some).collect();
+        Ok(claimed
+            .into_iter()
+            .filter_map(|i| chosen[i].take())
+            .collect())
+    }
+
+    /// Records a settlement in the audit log.
+    async fn record(&self, settled: &[Delivered], outcome: Settlement, actor: &str) {
+        let ids: Vec<&str> = settled
+            .iter()
+            .map(|d| d.message.event_id.as_str())
+            .collect();
         let action = match outcome {
             Settlement::Replayed => "dead_letter.replay",
             Settlement::Discarded => "dead_letter.discard",
@@ -298,6 +333,5 @@ impl<'a> DeadLetters<'a> {
             },
         )
         .await;
-        Ok(())
     }
 }

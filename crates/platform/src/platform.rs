@@ -651,6 +651,7 @@ impl Platform {
             topic: self.config.outbox.topic.clone(),
             retry: self.config.consumers.retry(),
             poll_interval: Duration::from_millis(self.config.consumers.poll_ms),
+            busy_lanes: self.config.consumers.busy_lanes,
         };
         let handler = Arc::new(RoleHandler {
             host: self.plugins.clone(),

@@ -63,6 +63,17 @@ impl RetentionConfig {
                 ));
             }
         }
+        // A settled dead letter stays in the embedded log up to the log's retention: its mark
+        // must outlive it, or it would be listed as open (and replayed) again.
+        if self.audit_days > 0 && u64::from(self.audit_days) < log_days.max(1) {
+            return Err(format!(
+                "retention.audit_days = {} is below the event log's retention \
+                 (outbox.retention_ms, {log_days} days): a settled dead letter would be listed \
+                 as open again. Keep it at least {} days, or 0 (for ever)",
+                self.audit_days,
+                log_days.max(1)
+            ));
+        }
         Ok(())
     }
 }
@@ -123,5 +134,41 @@ pub async fn sweep(store: &Store, config: &RetentionConfig, now: i64) {
             Ok(n) => tracing::info!(what, deleted = n, "retention sweep"),
             Err(e) => tracing::warn!(what, error = %e, "retention sweep failed; tried again later"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_kept_for_less_than_the_log_are_refused_naming_both_settings() {
+        let week = 7 * DAY_MS as u64;
+        assert_eq!(RetentionConfig::default().check(week), Ok(()));
+        for (config, name) in [
+            (
+                RetentionConfig {
+                    processed_days: 3,
+                    ..RetentionConfig::default()
+                },
+                "retention.processed_days = 3",
+            ),
+            (
+                RetentionConfig {
+                    audit_days: 2,
+                    ..RetentionConfig::default()
+                },
+                "retention.audit_days = 2",
+            ),
+        ] {
+            let refused = config.check(week).unwrap_err();
+            assert!(refused.starts_with(name), "{refused}");
+            assert!(refused.contains("outbox.retention_ms, 7 days"), "{refused}");
+        }
+        let for_ever = RetentionConfig {
+            audit_days: 0,
+            ..RetentionConfig::default()
+        };
+        assert_eq!(for_ever.check(week), Ok(()));
     }
 }

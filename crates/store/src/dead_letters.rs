@@ -52,13 +52,14 @@ pub struct LetterPlace {
 }
 
 impl Store {
-    /// Marks dead letters settled, each with its event id; a letter settled before keeps its
-    /// first settlement. Returns how many it marked.
+    /// Claims dead letters for a settlement, each with its event id: marks those no one
+    /// settled before and returns their indexes in `letters` (a letter settled meanwhile by
+    /// another operator or host is not claimed twice).
     pub async fn settle_dead_letters(
         &self,
         letters: &[(LetterPlace, String)],
         settled: &Settled,
-    ) -> Result<u64> {
+    ) -> Result<Vec<usize>> {
         let sql = self.dialect.insert_ignore(
             "dead_letters_settled (topic, dlt_partition, dlt_offset, event_id, outcome, actor, \
              at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -66,9 +67,9 @@ impl Store {
         let sql = self.sql(&sql);
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        let mut marked = 0;
-        for (place, event_id) in letters {
-            marked += sqlx::query(&sql)
+        let mut claimed = Vec::new();
+        for (i, (place, event_id)) in letters.iter().enumerate() {
+            let marked = sqlx::query(&sql)
                 .bind(&place.topic)
                 .bind(place.partition)
                 .bind(place.offset)
@@ -79,29 +80,57 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if marked > 0 {
+                claimed.push(i);
+            }
         }
         tx.commit().await?;
-        Ok(marked)
+        Ok(claimed)
     }
 
-    /// The settled dead letters of `topic`, by partition and offset.
-    pub async fn settled_dead_letters(&self, topic: &str) -> Result<HashMap<(i32, i64), Settled>> {
+    /// Takes settlements back (a replay whose publish failed: its letters are open again).
+    pub async fn unsettle_dead_letters(&self, letters: &[LetterPlace]) -> Result<()> {
+        let sql = self.sql(
+            "DELETE FROM dead_letters_settled WHERE topic = ? AND dlt_partition = ? AND \
+             dlt_offset = ?",
+        );
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        for place in letters {
+            sqlx::query(&sql)
+                .bind(&place.topic)
+                .bind(place.partition)
+                .bind(place.offset)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The settled dead letters of `topic`, by partition and offset, each with the event id it
+    /// was settled for (a letter at the same place with another id, on a topic made anew, is
+    /// not the one settled).
+    pub async fn settled_dead_letters(
+        &self,
+        topic: &str,
+    ) -> Result<HashMap<(i32, i64), (String, Settled)>> {
         let rows = sqlx::query(&self.sql(
-            "SELECT dlt_partition, dlt_offset, outcome, actor, at_ms FROM dead_letters_settled \
-             WHERE topic = ?",
+            "SELECT dlt_partition, dlt_offset, event_id, outcome, actor, at_ms \
+             FROM dead_letters_settled WHERE topic = ?",
         ))
         .bind(topic)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let outcome: String = r.try_get(2)?;
+                let outcome: String = r.try_get(3)?;
                 let settled = Settled {
                     outcome: Settlement::parse(&outcome),
-                    actor: r.try_get(3)?,
-                    at_ms: r.try_get(4)?,
+                    actor: r.try_get(4)?,
+                    at_ms: r.try_get(5)?,
                 };
-                Ok(((r.try_get(0)?, r.try_get(1)?), settled))
+                Ok(((r.try_get(0)?, r.try_get(1)?), (r.try_get(2)?, settled)))
             })
             .collect()
     }
