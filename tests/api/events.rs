@@ -344,18 +344,27 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
         0,
         "all marked published"
     );
-    let lag: serde_json::Value = app
-        .client
-        .get(app.url("/api/v1/admin/consumers"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let consumers = || async {
+        let lag: serde_json::Value = app
+            .client
+            .get(app.url("/api/v1/admin/consumers"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        lag
+    };
+    // The group's position is stored just after the writes it follows.
+    wait_for(10, || async {
+        consumers().await["consumers"][0]["lag"] == 0
+    })
+    .await
+    .expect("the history group's lag reaches 0");
+    let lag = consumers().await;
     assert_eq!(lag["consumers"][0]["group"], "history", "{lag}");
-    assert_eq!(lag["consumers"][0]["lag"], 0, "{lag}");
     assert_eq!(lag["consumers"][1]["group"], "stats", "{lag}");
     wait_for(20, || async {
         store.campaign_stats(&id).await.unwrap().get("issued") == Some(&40)

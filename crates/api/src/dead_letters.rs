@@ -18,6 +18,7 @@ use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::operators::{Operator, Viewer};
 use firstcome_platform::Platform;
 use firstcome_platform::dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Show, Which};
+use firstcome_store::Settlement;
 
 /// Letters per page unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -177,12 +178,7 @@ pub async fn replay(
     State(platform): State<Arc<Platform>>,
     ApiJson(selection): ApiJson<DeadLetterSelection>,
 ) -> Result<Json<DeadLetterAction>, ApiError> {
-    let which = which(selection)?;
-    let count = letters(&platform)
-        .replay(&which, &caller.name)
-        .await
-        .map_err(failed)?;
-    Ok(Json(DeadLetterAction { count }))
+    settle(&platform, &caller.name, selection, Settlement::Replayed).await
 }
 
 /// Settles dead letters without handling them: they leave the open list, stay on the
@@ -208,12 +204,25 @@ pub async fn discard(
     State(platform): State<Arc<Platform>>,
     ApiJson(selection): ApiJson<DeadLetterSelection>,
 ) -> Result<Json<DeadLetterAction>, ApiError> {
+    settle(&platform, &caller.name, selection, Settlement::Discarded).await
+}
+
+/// Replays or discards the selected letters as `actor`.
+async fn settle(
+    platform: &Platform,
+    actor: &str,
+    selection: DeadLetterSelection,
+    outcome: Settlement,
+) -> Result<Json<DeadLetterAction>, ApiError> {
     let which = which(selection)?;
-    let count = letters(&platform)
-        .discard(&which, &caller.name)
-        .await
-        .map_err(failed)?;
-    Ok(Json(DeadLetterAction { count }))
+    let letters = letters(platform);
+    let count = match outcome {
+        Settlement::Replayed => letters.replay(&which, actor).await,
+        Settlement::Discarded => letters.discard(&which, actor).await,
+    };
+    Ok(Json(DeadLetterAction {
+        count: count.map_err(failed)?,
+    }))
 }
 
 fn which(selection: DeadLetterSelection) -> Result<Which, ApiError> {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::lanes::{DeadLetters, Lanes, Progress};
+use super::lanes::{DeadLetters, Lanes, Progress, Published};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use firstcome_core::clock::now_ms;
 use firstcome_store::Store;
@@ -65,7 +65,7 @@ impl EventBus for LogBus {
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let owner = Uuid::new_v4().to_string();
-        let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters {
+        let dead_letters: Arc<dyn DeadLetters> = Arc::new(Published {
             bus: self.clone(),
             topic: dlt_topic(&spec.topic),
             backoff: spec.retry.backoff,
@@ -110,16 +110,7 @@ impl EventBus for LogBus {
 
     async fn fetch(&self, topic: &str, max: usize) -> Result<Vec<Delivered>, BusError> {
         let records = self.store.read_log(topic, 1, max as i64).await?;
-        Ok(records
-            .into_iter()
-            .map(|r| Delivered {
-                topic: r.topic,
-                partition: 0,
-                offset: r.offset,
-                timestamp_ms: r.created_at,
-                message: r.message,
-            })
-            .collect())
+        Ok(records.into_iter().map(delivered).collect())
     }
 
     async fn lag(&self, group: &str, topic: &str) -> Result<i64, BusError> {
@@ -232,17 +223,7 @@ impl Member<'_> {
             .map(|r| r.message.event_id.as_str())
             .collect();
         let done = store.processed_among(&self.spec.group, &ids).await?;
-        let events = records
-            .into_iter()
-            .map(|r| Delivered {
-                topic: r.topic,
-                partition: 0,
-                offset: r.offset,
-                timestamp_ms: r.created_at,
-                message: r.message,
-            })
-            .collect();
-        lanes.take(events, &done);
+        lanes.take(records.into_iter().map(delivered).collect(), &done);
         Ok(Some(last))
     }
 
@@ -295,39 +276,13 @@ impl Unstored {
     }
 }
 
-/// Dead letters written to the log's `.DLT` topic.
-struct LogDeadLetters {
-    bus: LogBus,
-    topic: String,
-    backoff: Duration,
-}
-
-#[async_trait]
-impl DeadLetters for LogDeadLetters {
-    /// Writes the dead letter; when the store refuses the message itself (a value too long
-    /// for its column), its [`super::delivery::minimal`] form, so that the group moves on.
-    /// Any other failure (the database is down) is tried again after the back-off.
-    async fn write(&self, mut message: Message, shutdown: &CancellationToken) -> bool {
-        loop {
-            match self
-                .bus
-                .publish(&self.topic, std::slice::from_ref(&message))
-                .await
-            {
-                Ok(()) => return true,
-                Err(e) if e.is_refusal() => {
-                    tracing::warn!(topic = %self.topic, error = %e, event_id = %message.event_id,
-                        "dead letter refused; writing its minimal form");
-                    message = super::delivery::minimal(&message);
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "dead letter not written; retrying");
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.backoff) => {}
-                () = shutdown.cancelled() => return false,
-            }
-        }
+/// A log record as the bus hands it to handlers (the log has one partition, 0).
+fn delivered(r: firstcome_store::LogRecord) -> Delivered {
+    Delivered {
+        topic: r.topic,
+        partition: 0,
+        offset: r.offset,
+        timestamp_ms: r.created_at,
+        message: r.message,
     }
 }

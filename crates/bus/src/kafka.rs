@@ -30,7 +30,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::lanes::{DeadLetters, Lanes, Progress};
+use super::lanes::{Lanes, Progress, Published};
 use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_topic};
 use crate::config::KafkaConfig;
 use firstcome_core::clock::now_ms;
@@ -239,44 +239,6 @@ impl KafkaBus {
     }
 }
 
-/// Dead letters written to the topic's `.DLT` twin.
-struct KafkaDeadLetters {
-    bus: KafkaBus,
-    topic: String,
-    backoff: Duration,
-}
-
-#[async_trait]
-impl DeadLetters for KafkaDeadLetters {
-    /// Retries until the broker acknowledges the dead letter or shutdown. After the broker
-    /// refuses the message itself, the retries send its [`super::delivery::minimal`] form, so
-    /// that a message the broker will never take (over `message.max.bytes`) does not hold the
-    /// lane.
-    async fn write(&self, mut message: Message, shutdown: &CancellationToken) -> bool {
-        let mut minimal = false;
-        loop {
-            match self
-                .bus
-                .publish(&self.topic, std::slice::from_ref(&message))
-                .await
-            {
-                Ok(()) => return true,
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "dead letter not written; retrying");
-                    if !minimal && e.is_refusal() {
-                        message = super::delivery::minimal(&message);
-                        minimal = true;
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.backoff) => {}
-                () = shutdown.cancelled() => return false,
-            }
-        }
-    }
-}
-
 /// The partition ids of a topic, from the cluster's metadata (blocking).
 fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BusError> {
     let metadata = consumer
@@ -384,7 +346,7 @@ impl EventBus for KafkaBus {
         consumer
             .subscribe(&[&spec.topic])
             .map_err(|e| BusError::Consume(e.to_string()))?;
-        let dead_letters = Arc::new(KafkaDeadLetters {
+        let dead_letters = Arc::new(Published {
             bus: self.clone(),
             topic: dlt_topic(&spec.topic),
             backoff: spec.retry.backoff,

@@ -63,6 +63,50 @@ pub trait DeadLetters: Send + Sync {
     async fn write(&self, message: Message, shutdown: &CancellationToken) -> bool;
 }
 
+/// Dead letters published to a dead-letter topic of a bus.
+#[derive(Debug)]
+pub struct Published<B> {
+    pub bus: B,
+    /// The dead-letter topic.
+    pub topic: String,
+    /// The wait between tries.
+    pub backoff: std::time::Duration,
+}
+
+#[async_trait]
+impl<B: super::EventBus> DeadLetters for Published<B> {
+    /// Tries until the bus acknowledges the dead letter or shutdown. Once the bus refuses the
+    /// message itself (over a broker's `message.max.bytes`, a value too long for a column), the
+    /// tries send its [`super::delivery::minimal`] form, so that a letter the bus will never
+    /// take does not hold the lane.
+    async fn write(&self, mut message: Message, shutdown: &CancellationToken) -> bool {
+        let mut minimal = false;
+        loop {
+            match self
+                .bus
+                .publish(&self.topic, std::slice::from_ref(&message))
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) if !minimal && e.is_refusal() => {
+                    tracing::warn!(topic = %self.topic, error = %e, event_id = %message.event_id,
+                        "dead letter refused; writing its minimal form");
+                    message = super::delivery::minimal(&message);
+                    minimal = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "dead letter not written; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.backoff) => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
+    }
+}
+
 /// What a lane tells its member about one event.
 #[derive(Debug)]
 struct Finished {
