@@ -344,19 +344,7 @@ async fn every_coupon_reaches_history_once(backend: Backend) {
         0,
         "all marked published"
     );
-    let consumers = || async {
-        let lag: serde_json::Value = app
-            .client
-            .get(app.url("/api/v1/admin/consumers"))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        lag
-    };
+    let consumers = || async { app.admin_get("/api/v1/admin/consumers").await.1 };
     // The group's position is stored just after the writes it follows.
     wait_for(10, || async {
         consumers().await["consumers"][0]["lag"] == 0
