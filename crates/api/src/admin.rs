@@ -109,7 +109,7 @@ pub async fn put_campaign(
     validate_id(&id).map_err(|e| ApiError::bad_request("invalid_campaign_id", e.to_string()))?;
     let campaign = Campaign::new(&id, spec.clone())
         .map_err(|e| ApiError::unprocessable("invalid_campaign", e.to_string()))?;
-    let _writing = platform.campaign_writes().await;
+    let _writing = platform.campaign_writes(&id).await;
     let before = platform.campaign(&id).map(|c| c.spec().to_toml());
     let existed = before.is_some();
     let text = spec.to_toml();
@@ -166,7 +166,7 @@ pub async fn delete_campaign(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     validate_id(&id).map_err(|e| ApiError::bad_request("invalid_campaign_id", e.to_string()))?;
-    let _writing = platform.campaign_writes().await;
+    let _writing = platform.campaign_writes(&id).await;
     let before = platform.campaign(&id).map(|c| c.spec().to_toml());
     let path = campaign_file(&platform, &id);
     let had_file = match std::fs::remove_file(&path) {
@@ -205,6 +205,12 @@ pub struct CampaignFiles {
     draining: Vec<String>,
     /// Files refused at their last change, with the reason; the previous version runs.
     rejected: std::collections::BTreeMap<String, String>,
+    /// Ids of campaign files being applied right now: their plugins are compiling or in
+    /// `init`; the previous version (if any) runs meanwhile.
+    applying: Vec<String>,
+    /// Ids of running campaigns whose plugins are loading in the background (put back into
+    /// service at start-up): they admit and issue; their events wait for the plugins.
+    loading: Vec<String>,
 }
 
 /// The running campaigns, and the files refused at their last change with the reason.
@@ -228,6 +234,8 @@ pub async fn list_campaigns(
             .collect(),
         draining: platform.draining_ids(),
         rejected: platform.rejections(),
+        applying: platform.applying_ids(),
+        loading: platform.loading_ids(),
     })
 }
 

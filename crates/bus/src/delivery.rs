@@ -99,6 +99,9 @@ pub async fn retry(
     deliver_after(handler, event, group, policy, shutdown, Some(first)).await
 }
 
+/// The least time between two tries of an event its handler was not ready for.
+const NOT_READY_WAIT: Duration = Duration::from_millis(100);
+
 /// The header a replayed dead letter carries: the consumer group it is replayed for.
 pub const REPLAYED_FOR_GROUP: &str = "replayed_for_group";
 
@@ -136,6 +139,18 @@ async fn deliver_after(
             // Bounded before it is logged or stored, whatever the handler put in it.
             Err(e) => e.bounded(),
         };
+        if let HandlerError::NotReady(reason) = &error {
+            // Not an attempt: the handler never ran the event.
+            attempts -= 1;
+            metrics::counter!("firstcome_events_waiting_total", "group" => group.to_owned())
+                .increment(1);
+            tracing::debug!(group, event_id = %event.message.event_id, %reason, "waiting");
+            tokio::select! {
+                () = tokio::time::sleep(policy.backoff.max(NOT_READY_WAIT)) => {}
+                () = shutdown.cancelled() => return Outcome::Interrupted,
+            }
+            continue;
+        }
         let permanent = matches!(error, HandlerError::Permanent(_));
         if permanent || attempts > policy.max_retries {
             tracing::warn!(group, event_id = %event.message.event_id, attempts, %error,

@@ -73,13 +73,19 @@ impl BusError {
 }
 
 /// How a handler failed. A retryable failure is tried again after the back-off; a permanent
-/// one goes straight to the dead-letter topic.
+/// one goes straight to the dead-letter topic; an event the handler is not ready for yet
+/// waits, without spending its retries.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
     #[error("retryable: {0}")]
     Retryable(String),
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The handler cannot run this event yet, for a reason that ends by itself (its campaign's
+    /// plugins are still loading): tried again after each back-off for as long as it lasts,
+    /// never dead-lettered for it. Only the event's own lane waits.
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl HandlerError {
@@ -88,6 +94,7 @@ impl HandlerError {
         match self {
             Self::Retryable(m) => Self::Retryable(firstcome_core::bounded::error_text(m)),
             Self::Permanent(m) => Self::Permanent(firstcome_core::bounded::error_text(m)),
+            Self::NotReady(m) => Self::NotReady(firstcome_core::bounded::error_text(m)),
         }
     }
 }

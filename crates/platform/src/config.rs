@@ -420,7 +420,7 @@ impl Config {
         const DAY_MS: i128 = 86_400_000;
         let plugin_timeout = i128::from(firstcome_core::plugin_spec::MAX_TIMEOUT_MS);
         let plugin_memory = i128::from(firstcome_core::plugin_spec::MAX_MEMORY_MB);
-        let checks: [(&str, i128, i128, i128); 41] = [
+        let checks: [(&str, i128, i128, i128); 42] = [
             ("auth.leeway_s", self.auth.leeway_s as i128, 0, 600),
             (
                 "auth.jwks_max_age_s",
@@ -524,6 +524,12 @@ impl Config {
                 self.plugins.memory_mb as i128,
                 1,
                 plugin_memory,
+            ),
+            (
+                "plugins.compile_timeout_ms",
+                self.plugins.compile_timeout_ms as i128,
+                100,
+                3_600_000,
             ),
             (
                 "plugins.memory_budget_mb",

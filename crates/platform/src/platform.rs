@@ -82,6 +82,9 @@ const MEMBER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// the removal to be counted.
 pub const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 
+/// Campaign write locks kept before the ones nobody holds are dropped.
+const WRITE_LOCKS_KEPT: usize = 4_096;
+
 /// Rebuilds tried for one request when the queue keeps losing a campaign's state.
 const REBUILD_ATTEMPTS: usize = 3;
 
@@ -163,9 +166,13 @@ pub struct Platform {
     admitting: Mutex<HashMap<String, usize>>,
     /// Campaign files refused at their last change, with the reason.
     rejected: RwLock<BTreeMap<String, String>>,
-    /// Held by an admin change of a campaign from applying it to writing its file, and by the
-    /// watcher while it applies a file, so that changes are applied and written in one order.
-    campaign_writes: tokio::sync::Mutex<()>,
+    /// One lock per campaign, held by an admin change of the campaign from applying it to
+    /// writing its file, by the watcher while it applies the campaign's file, and by the
+    /// background load of its plugins, so that its changes are applied and written in one
+    /// order. Per campaign, so that a slow plugin holds up only its own campaign.
+    campaign_writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Campaign files being applied right now (their plugins are loading), sorted.
+    applying: Mutex<BTreeSet<String>>,
     /// The text the admin API last wrote to each campaign file, whose document it applied:
     /// the watcher does not apply it a second time.
     admin_writes: Mutex<HashMap<String, String>>,
@@ -210,7 +217,8 @@ impl Platform {
             admitting: Mutex::default(),
             clock: Arc::default(),
             rejected: RwLock::default(),
-            campaign_writes: tokio::sync::Mutex::default(),
+            campaign_writes: Mutex::default(),
+            applying: Mutex::default(),
             admin_writes: Mutex::default(),
         }
     }
@@ -278,8 +286,37 @@ impl Platform {
     }
 
     /// Serialises admin changes of campaigns (apply, then write the file) on this host.
-    pub async fn campaign_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.campaign_writes.lock().await
+    pub async fn campaign_writes(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.campaign_writes.lock().unwrap();
+            if locks.len() > WRITE_LOCKS_KEPT && !locks.contains_key(id) {
+                // Locks nobody holds or waits for are made again when needed.
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Notes that a campaign file is being applied (`true`) or no longer (`false`).
+    pub fn note_applying(&self, id: &str, applying: bool) {
+        let mut ids = self.applying.lock().unwrap();
+        if applying {
+            ids.insert(id.to_owned());
+        } else {
+            ids.remove(id);
+        }
+    }
+
+    /// Campaign files being applied right now (their plugins loading), sorted.
+    pub fn applying_ids(&self) -> Vec<String> {
+        self.applying.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Campaigns in force whose plugins are loading in the background (put back into
+    /// service at start-up): they admit, and their events wait for the plugins.
+    pub fn loading_ids(&self) -> Vec<String> {
+        self.plugins.loading_ids()
     }
 
     pub fn campaign(&self, id: &str) -> Option<Arc<Campaign>> {
@@ -315,18 +352,99 @@ impl Platform {
     /// is written (which refuses a capacity below the coupons already issued), then its
     /// admission state; only then are its plugins swapped in and
     /// its issuer started. On error nothing changes in memory and the previous version stays.
+    /// Callers hold the campaign's [`Self::campaign_writes`] lock.
     pub async fn apply_campaign(&self, campaign: Campaign) -> Result<(), PlatformError> {
-        let running = self.campaigns.read().unwrap().len();
-        if running >= self.config.limits.max_campaigns
-            && !self.campaigns.read().unwrap().contains_key(campaign.id())
-        {
-            return Err(PlatformError::TooManyCampaigns { running });
-        }
+        self.check_room(&campaign)?;
         let plugins = self
             .plugins
             .prepare(&campaign)
             .await
             .map_err(PlatformError::Plugin)?;
+        let roles: Vec<String> = plugins.roles.keys().cloned().collect();
+        self.put_in_force(campaign, Some(plugins), &roles).await
+    }
+
+    /// Start-up: puts a version in force (the database's copy, checked when it was applied)
+    /// back into service at once, without waiting for its plugins: they are loaded in the
+    /// background, under the campaign's lock, while it admits and issues; its events wait
+    /// for them (only its own lanes). When they cannot load any more (the file was changed
+    /// or removed since), the campaign is listed as refused and its events are retried and
+    /// dead-lettered, as for a refused file.
+    pub async fn restore_campaign(
+        self: &Arc<Self>,
+        campaign: Campaign,
+    ) -> Result<(), PlatformError> {
+        self.check_room(&campaign)?;
+        let id = campaign.id().to_owned();
+        let roles: Vec<String> = campaign.spec().plugins.keys().cloned().collect();
+        self.plugins.loading(&id);
+        if let Err(e) = self.put_in_force(campaign.clone(), None, &roles).await {
+            self.plugins.stop_loading(&id);
+            return Err(e);
+        }
+        let platform = self.clone();
+        let shutdown = self.consumers.shutdown.clone();
+        self.consumers.tracker.spawn(async move {
+            tokio::select! {
+                () = platform.load_in_force(campaign) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Loads the plugins of a version put back into service by [`Self::restore_campaign`],
+    /// unless another version was applied meanwhile (which brought its own).
+    async fn load_in_force(&self, campaign: Campaign) {
+        let id = campaign.id();
+        let _writing = self.campaign_writes(id).await;
+        let in_force = self.campaign(id).or_else(|| self.draining(id));
+        if in_force.is_none_or(|c| c.spec() != campaign.spec()) {
+            self.plugins.stop_loading(id);
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.plugins.prepare(&campaign).await {
+            Ok(plugins) => {
+                self.plugins.install(id, plugins);
+                tracing::info!(campaign = %id, ms = started.elapsed().as_millis() as u64,
+                    "plugins of the version in force loaded");
+            }
+            Err(e) => {
+                tracing::error!(campaign = %id, error = %e,
+                    "the version in force cannot load its plugins; its events wait for a fix");
+                self.reject(
+                    id,
+                    format!("the version in force cannot load its plugins: {e}"),
+                );
+            }
+        }
+    }
+
+    /// Whether a campaign's plugins (possibly none) are in service: not loading, not refused.
+    pub fn plugins_in_service(&self, id: &str) -> bool {
+        self.plugins.installed(id)
+    }
+
+    /// Refuses a new campaign past `limits.max_campaigns`.
+    fn check_room(&self, campaign: &Campaign) -> Result<(), PlatformError> {
+        let campaigns = self.campaigns.read().unwrap();
+        let running = campaigns.len();
+        if running >= self.config.limits.max_campaigns && !campaigns.contains_key(campaign.id()) {
+            return Err(PlatformError::TooManyCampaigns { running });
+        }
+        Ok(())
+    }
+
+    /// The part of an apply after the plugins: admission checks, the database row, the
+    /// admission state, then (in memory) the plugins when given, the consumer groups of
+    /// `roles`, the campaign and its issuer.
+    async fn put_in_force(
+        &self,
+        campaign: Campaign,
+        plugins: Option<firstcome_plugin::CampaignPlugins>,
+        roles: &[String],
+    ) -> Result<(), PlatformError> {
         let admitted = self.admission.counts(campaign.id()).await?.admitted;
         if campaign.capacity() < admitted {
             return Err(PlatformError::CapacityBelowAdmitted {
@@ -337,10 +455,11 @@ impl Platform {
         self.check_split(&campaign, admitted).await?;
         self.store.upsert_campaign(&campaign).await?;
         self.sync_admission(&campaign, false).await?;
-        let roles: Vec<String> = plugins.roles.keys().cloned().collect();
-        self.plugins.install(campaign.id(), plugins);
+        if let Some(plugins) = plugins {
+            self.plugins.install(campaign.id(), plugins);
+        }
         crate::monitoring::campaign_started(campaign.id());
-        self.start_consumers(&roles);
+        self.start_consumers(roles);
         let campaign = Arc::new(campaign);
         self.campaigns
             .write()
@@ -461,7 +580,7 @@ impl Platform {
     /// its issuer and marks its row inactive (under the campaign write lock, so that an apply
     /// of the same campaign is not half undone).
     async fn drained(&self, id: &str, removal: u64) {
-        let _writing = self.campaign_writes().await;
+        let _writing = self.campaign_writes(id).await;
         let ended = {
             let mut draining = self.draining.write().unwrap();
             let ours = draining.get(id).is_some_and(|(_, r)| *r == removal)

@@ -14,12 +14,18 @@
 //! loaded. A change refused for a passing reason (the database or the queue unreachable) is
 //! tried again at the next scan.
 //!
+//! Each settled file is applied on a task of its own, at most one per campaign, under that
+//! campaign's write lock: a plugin slow to compile or to `init` holds up only its own
+//! campaign's file, never another's or an admin change of another campaign.
+//!
 //! The version in force survives restarts: every applied document is kept in the database
-//! ([`firstcome_store::Store::applied_campaigns`]). At start-up that version runs when the file is
-//! refused, or still changing after three settle times (files changed just before start-up are
-//! waited for); a refused file is listed, with its reason, by the admin API until it is fixed.
-//! A file removed while the host was down stops its campaign. An unreadable folder changes
-//! nothing.
+//! ([`firstcome_store::Store::applied_campaigns`]). At start-up it is put back into service at
+//! once, its plugins loading in the background ([`Platform::restore_campaign`]), and it runs
+//! when the file is refused or still changing; files changed just before start-up, and their
+//! applies, are waited for, but for at most three settle times, so that the host serves
+//! however slow a plugin is. A refused file is listed, with its reason, by the admin API until
+//! it is fixed. A file removed while the host was down stops its campaign. An unreadable folder
+//! changes nothing.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -195,6 +201,16 @@ fn passing(error: &PlatformError) -> bool {
     }
 }
 
+/// How an apply of a file, run on its own task, ended.
+#[derive(Debug)]
+enum Applied {
+    Decided(Decision),
+    /// Refused for a passing reason: tried again at the next scan.
+    Again,
+    /// The file changed (or the admin API wrote it) before it was applied: read again.
+    Changed,
+}
+
 /// Watches one folder and applies what changes in it.
 #[derive(Debug)]
 pub struct Watcher {
@@ -202,6 +218,11 @@ pub struct Watcher {
     platform: Arc<Platform>,
     settle: Duration,
     files: HashMap<String, Tracked>,
+    /// Applies under way, each on its own task and at most one per campaign: a plugin slow to
+    /// compile or to `init` holds up only its own campaign's file.
+    applying: tokio::task::JoinSet<(String, String, Applied)>,
+    /// The campaign each apply under way is for.
+    applying_ids: HashMap<tokio::task::Id, String>,
 }
 
 impl Watcher {
@@ -212,6 +233,43 @@ impl Watcher {
             platform,
             settle,
             files: HashMap::new(),
+            applying: tokio::task::JoinSet::new(),
+            applying_ids: HashMap::new(),
+        }
+    }
+
+    fn is_applying(&self, id: &str) -> bool {
+        self.applying_ids.values().any(|a| a == id)
+    }
+
+    /// Takes in the applies that ended since the last scan.
+    fn finish_applies(&mut self) {
+        while let Some(done) = self.applying.try_join_next_with_id() {
+            let (task, outcome) = match done {
+                Ok((task, (_, text, applied))) => (task, Some((text, applied))),
+                Err(e) => (e.id(), None),
+            };
+            let Some(id) = self.applying_ids.remove(&task) else {
+                continue;
+            };
+            self.platform.note_applying(&id, false);
+            let tracked = self.files.entry(id.clone()).or_default();
+            match outcome {
+                Some((text, Applied::Decided(decision))) => {
+                    tracked.decided = Some((text, decision));
+                    tracked.pending = None;
+                }
+                Some((text, Applied::Again)) => {
+                    // Settled already: applied again at the next scan.
+                    let now = Instant::now();
+                    tracked.pending = Some((text, now.checked_sub(self.settle).unwrap_or(now)));
+                }
+                Some((_, Applied::Changed)) => tracked.pending = None,
+                None => {
+                    tracing::error!(campaign = %id, "applying the campaign file failed; trying again");
+                    tracked.pending = None;
+                }
+            }
         }
     }
 
@@ -240,7 +298,7 @@ impl Watcher {
                 // Removed while the host was down, or before its drain ended: removed as when
                 // running, so that the requests it admitted are still issued. (Nobody is
                 // admitted meanwhile: the listener is not bound yet.)
-                match self.platform.apply_campaign(campaign).await {
+                match self.platform.restore_campaign(campaign).await {
                     Ok(()) => {
                         if let Err(e) = self.platform.remove_campaign(&id).await {
                             tracing::warn!(campaign = %id, error = %e, "cannot stop campaign");
@@ -264,21 +322,29 @@ impl Watcher {
                 }
                 continue;
             }
-            if let Err(e) = self.platform.apply_campaign(campaign).await {
+            if let Err(e) = self.platform.restore_campaign(campaign).await {
                 tracing::error!(campaign = %id, error = %e, "the version in force cannot run");
             }
         }
         if let Some(present) = present {
             self.decide_all(present, true).await;
         }
-        // Files changed just before start-up are waited for, so that the host serves what the
-        // folder says; a file that keeps changing is left to the running watcher.
+        // Files changed just before start-up are waited for, and their applies, so that the
+        // host serves what the folder says; but for at most three settle times: a file that
+        // keeps changing, or a plugin slow to compile or to `init`, is left to the running
+        // watcher, and the host serves meanwhile.
         let deadline = Instant::now() + self.settle * 3;
-        while self.files.values().any(|t| t.pending.is_some()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        while (self.files.values().any(|t| t.pending.is_some()) || !self.applying.is_empty())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             if let Some(present) = self.read_folder().await {
                 self.decide_all(present, true).await;
             }
+        }
+        if !self.applying.is_empty() {
+            tracing::warn!(campaigns = ?self.platform.applying_ids(),
+                "serving before these campaign files are applied: their plugins are still loading");
         }
     }
 
@@ -290,10 +356,11 @@ impl Watcher {
     }
 
     async fn decide_all(&mut self, present: HashMap<String, Read>, starting: bool) {
+        self.finish_applies();
         let gone: Vec<String> = self
             .files
             .keys()
-            .filter(|id| !present.contains_key(*id))
+            .filter(|id| !present.contains_key(*id) && !self.is_applying(id))
             .cloned()
             .collect();
         for (id, read) in present {
@@ -310,7 +377,7 @@ impl Watcher {
             }
             self.files.remove(&id);
             self.platform.clear_rejection(&id);
-            let _writing = self.platform.campaign_writes().await;
+            let _writing = self.platform.campaign_writes(&id).await;
             let before = self.platform.campaign(&id).map(|c| c.spec().to_toml());
             match self.platform.remove_campaign(&id).await {
                 Ok(true) => {
@@ -348,6 +415,9 @@ impl Watcher {
 
     /// Applies, refuses or waits on one file.
     async fn decide(&mut self, id: &str, read: Read, starting: bool) {
+        if self.is_applying(id) {
+            return; // read again once its apply has ended
+        }
         let settle = self.settle;
         // An unreadable file is decided on as the text of its reason.
         let (text, readable) = match &read.text {
@@ -390,73 +460,29 @@ impl Watcher {
             }
             return;
         }
-        let reason = read.text.err();
-        let _writing = self.platform.campaign_writes().await;
-        // Read again under the lock: the admin API may have written or removed it since.
-        let root = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-        if readable && read_bounded(&read.path, Some(&root)).ok().as_deref() != Some(text.as_str())
-        {
-            return;
-        }
-        let tracked = self.files.get_mut(id).expect("tracked above");
         tracked.pending = None;
-        let campaign = match reason {
-            Some(reason) => Err(reason),
-            None => parse(id, &text).map_err(|e| e.to_string()),
-        };
-        let campaign = match campaign {
-            Ok(campaign) => campaign,
-            Err(reason) => {
-                tracked.decided = Some((text, Decision::Refused));
-                return self.refuse(id, &read.path, reason);
-            }
-        };
-        let spec = campaign.spec().clone();
-        let running = self.platform.campaign(id);
-        let before = running.as_ref().map(|c| c.spec().to_toml());
-        if starting && running.as_ref().is_some_and(|c| *c.spec() == spec) {
-            // The version restored from the database is this file's: nothing to apply.
-            tracked.decided = Some((text, Decision::Applied(spec)));
-            self.platform.clear_rejection(id);
+        if starting
+            && let Ok(campaign) = parse(id, &text)
+            && let Some(running) = self.platform.campaign(id)
+            && running.spec() == campaign.spec()
+        {
+            // The version restored from the database is this file's: nothing to apply (its
+            // plugins load in the background; if they cannot, it is listed as refused until
+            // the file changes).
+            tracked.decided = Some((text, Decision::Applied(campaign.spec().clone())));
             return;
         }
-        match self.platform.apply_campaign(campaign).await {
-            Ok(()) => {
-                let after = spec.to_toml();
-                tracked.decided = Some((text, Decision::Applied(spec)));
-                self.platform.clear_rejection(id);
-                tracing::info!(campaign = %id, "campaign applied");
-                crate::audit::record(
-                    self.platform.store(),
-                    crate::audit::Change {
-                        actor: crate::audit::FILE_ACTOR,
-                        action: "campaign.file",
-                        target: id,
-                        before: before.as_deref(),
-                        after: Some(&after),
-                        detail: Some(crate::audit::plugins_in_force(&self.platform, id)),
-                    },
-                )
-                .await;
-            }
-            Err(e) if passing(&e) => {
-                // Tried again at the next scan (the text stays settled).
-                tracked.pending = Some((text, now.checked_sub(settle).unwrap_or(now)));
-                tracing::warn!(campaign = %id, error = %e,
-                    "campaign file not applied yet; trying again");
-            }
-            Err(e) => {
-                tracked.decided = Some((text, Decision::Refused));
-                self.refuse(id, &read.path, e.to_string());
-            }
-        }
-    }
-
-    fn refuse(&self, id: &str, path: &Path, reason: String) {
-        tracing::error!(file = %path.display(), %reason,
-            "campaign file refused; the version in force (if any) stays");
-        self.platform
-            .reject(id, format!("{}: {reason}", path.display()));
+        let apply = Apply {
+            platform: self.platform.clone(),
+            dir: self.dir.clone(),
+            id: id.to_owned(),
+            read,
+            text,
+            starting,
+        };
+        self.platform.note_applying(id, true);
+        let task = self.applying.spawn(apply.run());
+        self.applying_ids.insert(task.id(), id.to_owned());
     }
 
     pub async fn run(mut self, every: Duration, shutdown: CancellationToken) {
@@ -468,4 +494,105 @@ impl Watcher {
             self.scan().await;
         }
     }
+}
+
+/// One settled file's apply, run on a task of its own under the campaign's write lock.
+struct Apply {
+    platform: Arc<Platform>,
+    dir: PathBuf,
+    id: String,
+    read: Read,
+    /// The text decided on (for an unreadable file, its reason).
+    text: String,
+    starting: bool,
+}
+
+impl Apply {
+    async fn run(self) -> (String, String, Applied) {
+        let applied = self.apply().await;
+        (self.id, self.text, applied)
+    }
+
+    async fn apply(&self) -> Applied {
+        let Self {
+            platform,
+            id,
+            read,
+            text,
+            ..
+        } = self;
+        let _writing = platform.campaign_writes(id).await;
+        // Read again under the lock: the admin API may have written or removed it since.
+        let root = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let readable = read.text.is_ok();
+        let path = read.path.clone();
+        if readable
+            && tokio::task::spawn_blocking(move || read_bounded(&path, Some(&root)).ok())
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                != Some(text.as_str())
+        {
+            return Applied::Changed;
+        }
+        let campaign = match &read.text {
+            Err(reason) => Err(reason.clone()),
+            Ok(_) => parse(id, text).map_err(|e| e.to_string()),
+        };
+        let campaign = match campaign {
+            Ok(campaign) => campaign,
+            Err(reason) => {
+                refuse(platform, id, &read.path, reason);
+                return Applied::Decided(Decision::Refused);
+            }
+        };
+        let spec = campaign.spec().clone();
+        let running = platform.campaign(id);
+        let before = running.as_ref().map(|c| c.spec().to_toml());
+        if self.starting
+            && running.as_ref().is_some_and(|c| *c.spec() == spec)
+            && platform.plugins_in_service(id)
+        {
+            // The version restored from the database is this file's, plugins loaded: nothing
+            // to apply.
+            platform.clear_rejection(id);
+            return Applied::Decided(Decision::Applied(spec));
+        }
+        match platform.apply_campaign(campaign).await {
+            Ok(()) => {
+                let after = spec.to_toml();
+                platform.clear_rejection(id);
+                tracing::info!(campaign = %id, "campaign applied");
+                crate::audit::record(
+                    platform.store(),
+                    crate::audit::Change {
+                        actor: crate::audit::FILE_ACTOR,
+                        action: "campaign.file",
+                        target: id,
+                        before: before.as_deref(),
+                        after: Some(&after),
+                        detail: Some(crate::audit::plugins_in_force(platform, id)),
+                    },
+                )
+                .await;
+                Applied::Decided(Decision::Applied(spec))
+            }
+            Err(e) if passing(&e) => {
+                tracing::warn!(campaign = %id, error = %e,
+                    "campaign file not applied yet; trying again");
+                Applied::Again
+            }
+            Err(e) => {
+                refuse(platform, id, &read.path, e.to_string());
+                Applied::Decided(Decision::Refused)
+            }
+        }
+    }
+}
+
+fn refuse(platform: &Platform, id: &str, path: &Path, reason: String) {
+    tracing::error!(file = %path.display(), %reason,
+        "campaign file refused; the version in force (if any) stays");
+    platform.reject(id, format!("{}: {reason}", path.display()));
 }

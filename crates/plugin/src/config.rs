@@ -23,6 +23,10 @@ pub struct PluginConfig {
     /// Memory all plugin instances of the host may hold together, running or kept for reuse
     /// (default 1,024 MiB; see `budget`).
     pub memory_budget_mb: u32,
+    /// Wall-clock limit of compiling one component (default 60,000 ms): a version that takes
+    /// longer is refused (the file is at most 64 MiB). Compiling runs beside everything else
+    /// and holds up only its own campaign.
+    pub compile_timeout_ms: u64,
 }
 
 impl Default for PluginConfig {
@@ -34,6 +38,7 @@ impl Default for PluginConfig {
             memory_mb: 64,
             max_output_bytes: 1024 * 1024,
             memory_budget_mb: 1024,
+            compile_timeout_ms: 60_000,
         }
     }
 }

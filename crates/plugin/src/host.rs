@@ -5,7 +5,7 @@
 //! swaps the campaign's set in one step. A handler takes the campaign's current plugin at the
 //! start of each event, so an event in progress finishes on the version it started with.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -125,6 +125,9 @@ pub struct PluginHost {
     /// Campaigns whose file is refused: their events are retried (and dead-lettered) rather
     /// than skipped, so that nothing is silently dropped while the file is being fixed.
     blocked: RwLock<HashMap<String, String>>,
+    /// Campaigns whose plugins are being loaded in the background (a version in force put
+    /// back into service at start-up): their events wait, without spending retries.
+    loading: RwLock<HashSet<String>>,
     /// Change counters of live views; a stats plugin's `publish` bumps its campaign's.
     pub changes: Arc<firstcome_store::Changes>,
     swaps: AtomicU64,
@@ -145,6 +148,7 @@ impl PluginHost {
             files,
             active: RwLock::default(),
             blocked: RwLock::default(),
+            loading: RwLock::default(),
             changes,
             swaps: AtomicU64::new(0),
         }
@@ -209,6 +213,7 @@ impl PluginHost {
             .unwrap()
             .insert(campaign_id.to_owned(), plugins.clone());
         self.blocked.write().unwrap().remove(campaign_id);
+        self.loading.write().unwrap().remove(campaign_id);
         for (role, plugin) in &plugins.roles {
             let before = old
                 .as_ref()
@@ -224,6 +229,33 @@ impl PluginHost {
         }
     }
 
+    /// Records that a campaign's plugins are being loaded in the background: until
+    /// [`Self::install`] or [`Self::block`], its events wait (they are neither skipped nor
+    /// dead-lettered).
+    pub fn loading(&self, campaign_id: &str) {
+        if !self.active.read().unwrap().contains_key(campaign_id) {
+            self.loading.write().unwrap().insert(campaign_id.to_owned());
+        }
+    }
+
+    /// Ends [`Self::loading`] without plugins: the campaign's events are handled as having
+    /// no plugin (the campaign did not come into service, or another version replaced it).
+    pub fn stop_loading(&self, campaign_id: &str) {
+        self.loading.write().unwrap().remove(campaign_id);
+    }
+
+    /// Whether a campaign's plugins (possibly none) are in service.
+    pub fn installed(&self, campaign_id: &str) -> bool {
+        self.active.read().unwrap().contains_key(campaign_id)
+    }
+
+    /// The campaigns whose plugins are being loaded in the background, sorted.
+    pub fn loading_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.loading.read().unwrap().iter().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Records that a campaign's file is refused (its events wait rather than being skipped).
     pub fn block(&self, campaign_id: &str, reason: &str) {
         if !self.active.read().unwrap().contains_key(campaign_id) {
@@ -232,6 +264,7 @@ impl PluginHost {
                 .unwrap()
                 .insert(campaign_id.to_owned(), reason.to_owned());
         }
+        self.loading.write().unwrap().remove(campaign_id);
     }
 
     pub fn unblock(&self, campaign_id: &str) {
@@ -339,6 +372,10 @@ impl PluginHost {
         pending: &mut HashMap<Scope, Arc<Pending>>,
     ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
         let campaign_id = envelope.campaign_id.clone();
+        // Read before the plugins in force: `install` and `block` clear `loading` only after
+        // the plugins or the refusal are in place, so an event never falls between them.
+        let loading = self.loading.read().unwrap().contains(&campaign_id);
+        let blocked = self.blocked.read().unwrap().get(&campaign_id).cloned();
         let (plugin, capacity) = {
             let active = self.active.read().unwrap();
             match active.get(&campaign_id) {
@@ -347,7 +384,12 @@ impl PluginHost {
             }
         };
         let Some(plugin) = plugin else {
-            if let Some(reason) = self.blocked.read().unwrap().get(&campaign_id) {
+            if loading {
+                return Err(HandlerError::NotReady(format!(
+                    "campaign {campaign_id}'s plugins are loading"
+                )));
+            }
+            if let Some(reason) = blocked {
                 return Err(HandlerError::Retryable(format!(
                     "campaign {campaign_id} has no plugins loaded: its file is refused: {reason}"
                 )));

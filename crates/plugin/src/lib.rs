@@ -38,7 +38,7 @@ pub use bindings::Event;
 pub use config::{EmailConfig, PluginConfig, PushConfig, SmtpTls};
 pub use files::PluginFiles;
 pub use firstcome_core::plugin_spec::{Capability, PluginSpec};
-pub use host::{PluginHost, PluginStatus, StatsSnapshot};
+pub use host::{CampaignPlugins, PluginHost, PluginStatus, StatsSnapshot};
 pub use runtime::{CallError, Compiled, LoadError, Plugin, Runtime};
 
 /// The WIT package version this host serves.

@@ -191,6 +191,7 @@ pub async fn run(wasm: &Path, event_json: &str, run: TestRun) -> anyhow::Result<
             let verdict = match e.to_handler_error("plugin") {
                 firstcome_bus::HandlerError::Retryable(_) => "retried, then dead-lettered",
                 firstcome_bus::HandlerError::Permanent(_) => "dead-lettered at once",
+                firstcome_bus::HandlerError::NotReady(_) => "tried again until it runs",
             };
             println!(
                 "result: failed in {elapsed:.2?}: {e}\n  (in the host this event would be {verdict})"

@@ -492,12 +492,20 @@ impl Runtime {
     ) -> Result<Arc<Compiled>, LoadError> {
         let (runtime, path, sha256) = (self.clone(), path.to_owned(), sha256.map(str::to_owned));
         let files = files.cloned();
-        tokio::task::spawn_blocking(move || {
+        let limit = Duration::from_millis(self.limits.compile_timeout_ms);
+        let compiling = tokio::task::spawn_blocking(move || {
             let bytes = Runtime::read_within(&path, sha256.as_deref(), files.as_ref())?;
             runtime.compile(&bytes)
-        })
-        .await
-        .map_err(|e| LoadError::Invalid(format!("loading stopped: {e}")))?
+        });
+        // On time-out the compilation runs on to its end on its thread (it cannot be stopped
+        // part-way); what it makes is cached, so trying again soon costs no second one.
+        match tokio::time::timeout(limit, compiling).await {
+            Ok(done) => done.map_err(|e| LoadError::Invalid(format!("loading stopped: {e}")))?,
+            Err(_) => Err(LoadError::Invalid(format!(
+                "compiling took longer than {} ms (plugins.compile_timeout_ms)",
+                limit.as_millis()
+            ))),
+        }
     }
 
     /// Binds a compiled component and runs its `init`: what a version must pass before it

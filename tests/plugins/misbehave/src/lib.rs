@@ -10,12 +10,15 @@
 //! setting `also` (comma-separated) and the event's shopper, counting `sent`/`refused` in kv), `reads` (reads kv
 //! `reads` times), `forge` (logs and fails with a line break and terminal escapes), `touch`
 //! (holds `mb` MiB, default 20, for the instance's life; counts `touched` in kv), `slow`
-//! (works `ms` milliseconds, default 10,000, then counts `seen` in kv).
+//! (works `ms` milliseconds, default 10,000, then counts `seen` in kv). Whatever the mode, its
+//! `init` works `init_ms` milliseconds first (default 0) on every instance, and fails when
+//! `init_fails` is set.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ path: "../../../wit", world: "consumer" });
+wit_bindgen::generate!({ path: "../../../wit", world: "consumer-with-init" });
 
 use exports::firstcome::plugin::handler::Guest;
+use exports::firstcome::plugin::init::Guest as Init;
 use firstcome::plugin::types::{Event, HandleError};
 use firstcome::plugin::{email, history, kv, log, settings, stats};
 
@@ -103,11 +106,7 @@ impl Guest for Misbehave {
                 let ms: u64 = settings::get("ms")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(10_000);
-                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-                let mut spin: u64 = 0;
-                while std::time::Instant::now() < until {
-                    spin = std::hint::black_box(spin.wrapping_add(1));
-                }
+                work(ms);
                 kv::increment("seen", 1);
                 Ok(())
             }
@@ -172,6 +171,26 @@ impl Guest for Misbehave {
                 Err(HandleError::Permanent(forged.into()))
             }
             other => Err(HandleError::Permanent(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+/// Spins for `ms` milliseconds (a busy plugin, not a sleeping one: the host must cut it off).
+fn work(ms: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut spin: u64 = 0;
+    while std::time::Instant::now() < until {
+        spin = std::hint::black_box(spin.wrapping_add(1));
+    }
+}
+
+impl Init for Misbehave {
+    fn init(settings: Vec<(String, String)>) -> Result<(), String> {
+        let get = |key: &str| settings.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        work(get("init_ms").and_then(|ms| ms.parse().ok()).unwrap_or(0));
+        match get("init_fails") {
+            Some(why) => Err(format!("misbehave: init refuses: {why}")),
+            None => Ok(()),
         }
     }
 }
