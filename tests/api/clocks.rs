@@ -1,14 +1,18 @@
 //! One clock for every host: a `firstcome serve` process whose clock runs ten minutes ahead
 //! (libfaketime, from Debian) beside a host on the right time, both on one Redis and one
 //! PostgreSQL. A campaign opening in five minutes is open on neither; readiness says how far
-//! the host is off and from which clock.
+//! the host is off and from which clock. The host ahead takes the consumer group's lease
+//! first, writing it on the shared clock; killed, its group is taken over by the other host
+//! within the lease (not after the lease plus its ten minutes).
 
 use std::sync::Arc;
 
 use firstcome_core::clock::{host_now_ms, to_rfc3339};
 use serde_json::Value;
 
-use crate::helpers::{Backend, Backends, free_port, spawn_app_on, unique, wait_ready};
+use crate::helpers::{
+    Backend, Backends, free_port, spawn_app_on, spec, unique, wait_for, wait_ready, with_history,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_whose_clock_runs_ahead_judges_windows_by_the_shared_clock() {
@@ -26,7 +30,7 @@ async fn a_host_whose_clock_runs_ahead_judges_windows_by_the_shared_clock() {
     .unwrap();
     std::fs::write(
         campaigns.join(format!("{now}.toml")),
-        "name = \"Now\"\ncapacity = 10\nvalue = 1\n",
+        with_history(spec(10)).to_toml(),
     )
     .unwrap();
 
@@ -54,10 +58,30 @@ async fn a_host_whose_clock_runs_ahead_judges_windows_by_the_shared_clock() {
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn();
-    let _ahead = ahead_host.unwrap();
+    let mut ahead_host = ahead_host.unwrap();
     let ahead = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_ready(&client, &ahead, 60).await;
+    // B alone: its history group takes the lease, and writes it on the shared clock.
+    let lease = || async {
+        sqlx::query_as::<_, (Option<String>, Option<i64>)>(
+            "SELECT owner, lease_until FROM consumer_offsets WHERE group_id = 'history'",
+        )
+        .fetch_optional(backends.store.pool())
+        .await
+        .unwrap()
+    };
+    wait_for(30, || async {
+        lease().await.is_some_and(|(owner, _)| owner.is_some())
+    })
+    .await
+    .expect("the host ahead takes the history group's lease");
+    let (_, until) = lease().await.unwrap();
+    let ahead_by = until.unwrap() - host_now_ms();
+    assert!(
+        ahead_by < 60_000,
+        "the lease runs {ahead_by} ms from now: written on the host's own clock, ten minutes ahead"
+    );
 
     // Host A, on the right time, in this process.
     let right = spawn_app_on(backends.reopen().await, dir.clone(), |c| {
@@ -108,6 +132,32 @@ async fn a_host_whose_clock_runs_ahead_judges_windows_by_the_shared_clock() {
     assert!(
         here["clock"]["skew_ms"].as_i64().unwrap().abs() < 1_000,
         "{here}"
+    );
+
+    // B is killed holding the lease: A takes the group within the lease and handles events.
+    ahead_host.kill().await.unwrap();
+    let killed = std::time::Instant::now();
+    let (status, _) = ask(right.address.clone(), now.clone(), "a2").await;
+    assert_eq!(status, 202);
+    let handled = wait_for(45, || async {
+        let history = right
+            .backends
+            .store
+            .history_of_campaign(&now)
+            .await
+            .unwrap();
+        history.iter().any(|h| h.user_id == "a2")
+    })
+    .await;
+    assert!(
+        handled.is_some(),
+        "the other host took the group over after the killed host's lease (15 s): \
+         a2's event unhandled after {:?}",
+        killed.elapsed()
+    );
+    eprintln!(
+        "group taken over {:?} after the host ahead was killed",
+        killed.elapsed()
     );
     right.stop().await;
 }
