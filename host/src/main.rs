@@ -11,6 +11,9 @@ use firstcome::app::{App, open_backends, open_bus};
 use firstcome_platform::config::Config;
 use firstcome_platform::watcher::load_file;
 
+#[cfg(feature = "kafka")]
+mod kafka_guard;
+
 /// mimalloc instead of glibc's malloc: the host allocates per request, per event and per
 /// plugin call from many threads (see the workspace's `Cargo.toml`).
 #[global_allocator]

@@ -499,3 +499,115 @@ async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
     assert!(dead[0].message.headers["dlt.error"].contains("undecodable"));
     stop.cancel();
 }
+
+/// A topic deleted under live consumer groups (an operator's mistake, a migration gone
+/// wrong): the host (the `firstcome` binary, in a process of its own so that a crash is seen)
+/// keeps running, readiness says the topic is missing, admissions go on with their events
+/// waiting in the outbox, and once the topic is created again every event is handled, once.
+/// (librdkafka 2.12.1 crashed 0.1–0.5 s after such a deletion: `host/src/kafka_guard.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_topic_crashes_no_host_and_its_events_wait_for_it() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let dir = tempfile::tempdir().unwrap();
+    let campaigns = dir.path().join("campaigns");
+    std::fs::create_dir_all(&campaigns).unwrap();
+    let campaign = unique("deleted");
+    let text = crate::helpers::with_history(spec(100)).to_toml();
+    std::fs::write(campaigns.join(format!("{campaign}.toml")), text).unwrap();
+    let topic = unique("deleted-topic");
+    let brokers = shared_brokers();
+    let port = crate::helpers::free_port();
+    let data = dir.path().join("data");
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_firstcome"))
+        .arg("serve")
+        .env("FIRSTCOME_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FIRSTCOME_DATA_DIR", &data)
+        .env("FIRSTCOME_CAMPAIGNS_DIR", &campaigns)
+        .env("FIRSTCOME_PLUGINS__DIR", "/")
+        .env("FIRSTCOME_KAFKA_BROKERS", &brokers)
+        .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
+        .env("FIRSTCOME_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the firstcome binary runs");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::helpers::wait_ready(&client, &base, 60).await;
+    let store = Store::open(&format!("sqlite:{}", data.join("firstcome.db").display()))
+        .await
+        .unwrap();
+    let ask = |user: String| {
+        let (client, url) = (
+            client.clone(),
+            format!("{base}/api/v1/campaigns/{campaign}/requests"),
+        );
+        async move {
+            let r = client
+                .post(url)
+                .json(&serde_json::json!({ "user_id": user }))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    let handled = || async {
+        let history = store.history_of_campaign(&campaign).await.unwrap();
+        let users: HashSet<String> = history.iter().map(|h| h.user_id.clone()).collect();
+        assert_eq!(users.len(), history.len(), "an event handled twice: {history:?}");
+        users.len()
+    };
+    for i in 0..5 {
+        assert_eq!(ask(format!("before{i}")).await, 202);
+    }
+    wait_for(60, || async { handled().await == 5 })
+        .await
+        .expect("the first events handled");
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let options = AdminOptions::new();
+    for result in admin.delete_topics(&[&topic], &options).await.unwrap() {
+        result.expect("the topic is deleted");
+    }
+    let ready = || async {
+        let r = client.get(format!("{base}/health/ready")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    };
+    let reported = wait_for(30, || async {
+        let (status, body) = ready().await;
+        status == 503 && body.contains("does not exist")
+    })
+    .await;
+    assert!(reported.is_some(), "readiness reports the missing topic: {:?}", ready().await);
+    for i in 0..5 {
+        assert_eq!(ask(format!("during{i}")).await, 202, "admissions go on");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host died after its topic was deleted"
+    );
+
+    let new = NewTopic::new(&topic, 6, TopicReplication::Fixed(1));
+    for result in admin.create_topics(&[new], &options).await.unwrap() {
+        result.expect("the topic is created again");
+    }
+    let all = wait_for(90, || async { handled().await == 10 }).await;
+    assert!(
+        all.is_some(),
+        "{} of 10 events handled after the topic came back",
+        handled().await
+    );
+    wait_for(30, || async { ready().await.0 == 200 })
+        .await
+        .expect("ready again");
+    assert!(host.try_wait().unwrap().is_none(), "the host is still running");
+    host.kill().await.unwrap();
+}

@@ -37,6 +37,10 @@ use firstcome_core::clock::now_ms;
 use firstcome_store::Store;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often every client refreshes its topics' metadata (librdkafka's default is 5 minutes):
+/// a topic deleted and created again is followed within this time.
+const METADATA_REFRESH_MS: &str = "10000";
 /// Most messages handled between two dedupe round trips to the database.
 const CONSUME_BATCH: usize = 500;
 /// How long a member waits for a message before it looks at its group's progress.
@@ -60,6 +64,11 @@ pub struct KafkaBus {
     settings: KafkaConfig,
     producer: FutureProducer,
     store: Store,
+    /// The topics this host created or found at start ([`Self::ensure_topics`]): readiness
+    /// says when one of them is gone from the brokers.
+    topics: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Whether a topic was missing at the last readiness check (logged on each change).
+    missing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -94,6 +103,7 @@ impl KafkaBus {
                 settings.delivery_timeout_ms.to_string(),
             )
             .set("linger.ms", "5")
+            .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
             .create()
             .map_err(kafka_error)?;
         Ok(Self {
@@ -101,12 +111,16 @@ impl KafkaBus {
             settings,
             producer,
             store,
+            topics: Arc::default(),
+            missing: Arc::default(),
         })
     }
 
     fn base_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
         config
     }
 
@@ -118,6 +132,12 @@ impl KafkaBus {
             .iter()
             .flat_map(|t| [t.to_string(), dlt_topic(t)])
             .collect();
+        {
+            let mut known = self.topics.lock().unwrap();
+            known.extend(names.iter().cloned());
+            known.sort();
+            known.dedup();
+        }
         let new: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| {
@@ -481,16 +501,53 @@ impl EventBus for KafkaBus {
         .map_err(|e| BusError::Consume(e.to_string()))?
     }
 
+    /// The brokers answer, and every topic of [`Self::ensure_topics`] is there. A topic
+    /// deleted under the host is reported here (and logged, and counted in
+    /// `firstcome_kafka_topics_missing`): events wait in the outbox, and the consumer groups
+    /// go on once it is created again.
     async fn ping(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
+        let metadata = tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, Duration::from_secs(3))
-                .map(|_| ())
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                        .map(|t| t.name().to_owned())
+                        .collect::<std::collections::BTreeSet<String>>()
+                })
                 .map_err(|e| BusError::Publish(e.to_string()))
         })
         .await
-        .map_err(|e| BusError::Publish(e.to_string()))?
+        .map_err(|e| BusError::Publish(e.to_string()))??;
+        let missing: Vec<String> = self
+            .topics
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| !metadata.contains(*t))
+            .cloned()
+            .collect();
+        metrics::gauge!("firstcome_kafka_topics_missing").set(missing.len() as f64);
+        let was_missing = self
+            .missing
+            .swap(!missing.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        if missing.is_empty() {
+            if was_missing {
+                tracing::info!("the Kafka topics are back");
+            }
+            return Ok(());
+        }
+        let reason = format!(
+            "topic {} does not exist on the brokers (deleted?): events wait in the outbox \
+             and the consumer groups go on once it is created again",
+            missing.join(", ")
+        );
+        if !was_missing {
+            tracing::error!(%reason, "a Kafka topic is missing");
+        }
+        Err(BusError::Publish(reason))
     }
 }

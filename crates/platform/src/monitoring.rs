@@ -112,6 +112,14 @@ fn describe() {
         "Events sent to the dead-letter topic, by group"
     );
     describe_counter!(
+        "firstcome_events_waiting_total",
+        "Tries of an event whose handler was not ready for it (its campaign's plugins loading), by group; spend no retries"
+    );
+    describe_gauge!(
+        "firstcome_kafka_topics_missing",
+        "Topics this host uses that the Kafka brokers do not have (deleted?), at the last readiness check"
+    );
+    describe_counter!(
         "firstcome_plugin_calls_total",
         "Plugin calls by campaign, role and version"
     );
