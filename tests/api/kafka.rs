@@ -557,7 +557,11 @@ async fn a_deleted_topic_crashes_no_host_and_its_events_wait_for_it() {
     let handled = || async {
         let history = store.history_of_campaign(&campaign).await.unwrap();
         let users: HashSet<String> = history.iter().map(|h| h.user_id.clone()).collect();
-        assert_eq!(users.len(), history.len(), "an event handled twice: {history:?}");
+        assert_eq!(
+            users.len(),
+            history.len(),
+            "an event handled twice: {history:?}"
+        );
         users.len()
     };
     for i in 0..5 {
@@ -576,7 +580,11 @@ async fn a_deleted_topic_crashes_no_host_and_its_events_wait_for_it() {
         result.expect("the topic is deleted");
     }
     let ready = || async {
-        let r = client.get(format!("{base}/health/ready")).send().await.unwrap();
+        let r = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.text().await.unwrap_or_default())
     };
@@ -585,7 +593,11 @@ async fn a_deleted_topic_crashes_no_host_and_its_events_wait_for_it() {
         status == 503 && body.contains("does not exist")
     })
     .await;
-    assert!(reported.is_some(), "readiness reports the missing topic: {:?}", ready().await);
+    assert!(
+        reported.is_some(),
+        "readiness reports the missing topic: {:?}",
+        ready().await
+    );
     for i in 0..5 {
         assert_eq!(ask(format!("during{i}")).await, 202, "admissions go on");
     }
@@ -608,6 +620,9 @@ async fn a_deleted_topic_crashes_no_host_and_its_events_wait_for_it() {
     wait_for(30, || async { ready().await.0 == 200 })
         .await
         .expect("ready again");
-    assert!(host.try_wait().unwrap().is_none(), "the host is still running");
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host is still running"
+    );
     host.kill().await.unwrap();
 }

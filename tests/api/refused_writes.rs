@@ -63,17 +63,10 @@ impl Drop for SmallDisk {
     }
 }
 
+/// `stalls::admit`, timed.
 async fn admit(app: &TestApp, id: &str, user: &str) -> (u16, Duration) {
     let started = Instant::now();
-    let status = app
-        .client
-        .post(app.url(&format!("/api/v1/campaigns/{id}/requests")))
-        .json(&serde_json::json!({ "user_id": user }))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+    let status = crate::stalls::admit(app, id, user).await;
     (status, started.elapsed())
 }
 

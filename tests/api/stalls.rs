@@ -43,7 +43,7 @@ async fn status_of(app: &TestApp, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-async fn admit(app: &TestApp, id: &str, user: &str) -> u16 {
+pub(crate) async fn admit(app: &TestApp, id: &str, user: &str) -> u16 {
     app.client
         .post(app.url(&format!("/api/v1/campaigns/{id}/requests")))
         .json(&serde_json::json!({ "user_id": user }))

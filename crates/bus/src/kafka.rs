@@ -26,6 +26,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -256,6 +257,28 @@ impl KafkaBus {
             }
         }
         Ok(())
+    }
+}
+
+/// What is wrong with one of the host's topics, as the cluster's metadata lists it (`None`
+/// when it is not listed; `Some(None)` when listed without error), if anything.
+fn topic_problem(topic: &str, listed: Option<Option<RDKafkaRespErr>>) -> Option<String> {
+    let what = if topic.ends_with(".DLT") {
+        "failed events cannot be dead-lettered (their lanes wait)"
+    } else {
+        "events wait in the outbox"
+    };
+    match listed {
+        Some(None) => None,
+        None | Some(Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) => {
+            Some(format!(
+                "topic {topic} does not exist on the brokers (deleted?): {what} until it is created again"
+            ))
+        }
+        Some(Some(error)) => Some(format!(
+            "topic {topic}: {}: {what}",
+            RDKafkaErrorCode::from(error)
+        )),
     }
 }
 
@@ -507,44 +530,37 @@ impl EventBus for KafkaBus {
     /// go on once it is created again.
     async fn ping(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
+        let known = self.topics.lock().unwrap().clone();
+        let problems = tokio::task::spawn_blocking(move || {
+            let metadata = producer
                 .client()
                 .fetch_metadata(None, Duration::from_secs(3))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                        .map(|t| t.name().to_owned())
-                        .collect::<std::collections::BTreeSet<String>>()
-                })
-                .map_err(|e| BusError::Publish(e.to_string()))
+                .map_err(|e| BusError::Publish(e.to_string()))?;
+            let found: BTreeMap<&str, Option<RDKafkaRespErr>> = metadata
+                .topics()
+                .iter()
+                .map(|t| (t.name(), t.error()))
+                .collect();
+            Ok::<_, BusError>(
+                known
+                    .iter()
+                    .filter_map(|topic| topic_problem(topic, found.get(topic.as_str()).copied()))
+                    .collect::<Vec<String>>(),
+            )
         })
         .await
         .map_err(|e| BusError::Publish(e.to_string()))??;
-        let missing: Vec<String> = self
-            .topics
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|t| !metadata.contains(*t))
-            .cloned()
-            .collect();
-        metrics::gauge!("firstcome_kafka_topics_missing").set(missing.len() as f64);
+        metrics::gauge!("firstcome_kafka_topics_missing").set(problems.len() as f64);
         let was_missing = self
             .missing
-            .swap(!missing.is_empty(), std::sync::atomic::Ordering::Relaxed);
-        if missing.is_empty() {
+            .swap(!problems.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        if problems.is_empty() {
             if was_missing {
                 tracing::info!("the Kafka topics are back");
             }
             return Ok(());
         }
-        let reason = format!(
-            "topic {} does not exist on the brokers (deleted?): events wait in the outbox \
-             and the consumer groups go on once it is created again",
-            missing.join(", ")
-        );
+        let reason = problems.join("; ");
         if !was_missing {
             tracing::error!(%reason, "a Kafka topic is missing");
         }

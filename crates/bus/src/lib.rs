@@ -83,7 +83,8 @@ pub enum HandlerError {
     Permanent(String),
     /// The handler cannot run this event yet, for a reason that ends by itself (its campaign's
     /// plugins are still loading): tried again after each back-off for as long as it lasts,
-    /// never dead-lettered for it. Only the event's own lane waits.
+    /// never dead-lettered for it. Only the event's own lane waits, until the member's window
+    /// of unfinished events ([`lanes`]) is full.
     #[error("not ready: {0}")]
     NotReady(String),
 }

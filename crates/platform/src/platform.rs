@@ -123,6 +123,33 @@ impl Drop for Admitting<'_> {
     }
 }
 
+/// A background load of a campaign's plugins; ended (or dropped) it stops the campaign's
+/// loading, blocking it first when the load did not end normally.
+struct Loading<'a> {
+    plugins: &'a PluginHost,
+    id: &'a str,
+    ended: bool,
+}
+
+impl Loading<'_> {
+    fn end(&mut self) {
+        self.ended = true;
+        self.plugins.stop_loading(self.id);
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.plugins.block(
+                self.id,
+                "loading the plugins of the version in force stopped",
+            );
+            self.plugins.stop_loading(self.id);
+        }
+    }
+}
+
 /// The consumer groups of one host: one per plugin role any campaign names.
 #[derive(Debug)]
 struct Consumers {
@@ -397,10 +424,17 @@ impl Platform {
     /// unless another version was applied meanwhile (which brought its own).
     async fn load_in_force(&self, campaign: Campaign) {
         let id = campaign.id();
+        // However this ends (a panic, shutdown), the campaign does not stay loading: its
+        // events would wait for ever.
+        let mut loading = Loading {
+            plugins: &self.plugins,
+            id,
+            ended: false,
+        };
         let _writing = self.campaign_writes(id).await;
         let in_force = self.campaign(id).or_else(|| self.draining(id));
         if in_force.is_none_or(|c| c.spec() != campaign.spec()) {
-            self.plugins.stop_loading(id);
+            loading.end();
             return;
         }
         let started = std::time::Instant::now();
@@ -412,13 +446,20 @@ impl Platform {
             }
             Err(e) => {
                 tracing::error!(campaign = %id, error = %e,
-                    "the version in force cannot load its plugins; its events wait for a fix");
+                    "the version in force cannot load its plugins; its events are retried, \
+                     then dead-lettered, until a version loads");
                 self.reject(
                     id,
                     format!("the version in force cannot load its plugins: {e}"),
                 );
             }
         }
+        loading.end();
+    }
+
+    /// Whether a campaign's plugins are being loaded in the background.
+    pub fn plugins_loading(&self, id: &str) -> bool {
+        self.plugins.is_loading(id)
     }
 
     /// Whether a campaign's plugins (possibly none) are in service: not loading, not refused.

@@ -209,6 +209,8 @@ enum Applied {
     Again,
     /// The file changed (or the admin API wrote it) before it was applied: read again.
     Changed,
+    /// The file was gone: its campaign was removed.
+    Removed,
 }
 
 /// Watches one folder and applies what changes in it.
@@ -253,6 +255,9 @@ impl Watcher {
                 continue;
             };
             self.platform.note_applying(&id, false);
+            if matches!(outcome, Some((_, Applied::Removed))) {
+                continue;
+            }
             let tracked = self.files.entry(id.clone()).or_default();
             match outcome {
                 Some((text, Applied::Decided(decision))) => {
@@ -264,7 +269,7 @@ impl Watcher {
                     let now = Instant::now();
                     tracked.pending = Some((text, now.checked_sub(self.settle).unwrap_or(now)));
                 }
-                Some((_, Applied::Changed)) => tracked.pending = None,
+                Some((_, Applied::Changed | Applied::Removed)) => tracked.pending = None,
                 None => {
                     tracing::error!(campaign = %id, "applying the campaign file failed; trying again");
                     tracked.pending = None;
@@ -368,6 +373,7 @@ impl Watcher {
         }
         let now = Instant::now();
         for id in gone {
+            let gone_id = id.clone();
             let Some(tracked) = self.files.get_mut(&id) else {
                 continue;
             };
@@ -376,28 +382,14 @@ impl Watcher {
                 continue;
             }
             self.files.remove(&id);
-            self.platform.clear_rejection(&id);
-            let _writing = self.platform.campaign_writes(&id).await;
-            let before = self.platform.campaign(&id).map(|c| c.spec().to_toml());
-            match self.platform.remove_campaign(&id).await {
-                Ok(true) => {
-                    tracing::info!(campaign = %id, "campaign file removed; campaign stopped");
-                    crate::audit::record(
-                        self.platform.store(),
-                        crate::audit::Change {
-                            actor: crate::audit::FILE_ACTOR,
-                            action: "campaign.file_removed",
-                            target: &id,
-                            before: before.as_deref(),
-                            after: None,
-                            detail: None,
-                        },
-                    )
-                    .await;
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),
-            }
+            // On a task of its own too: the campaign's lock may be held by a slow load.
+            let platform = self.platform.clone();
+            let removal = async move {
+                remove_file_campaign(&platform, &id).await;
+                (id, String::new(), Applied::Removed)
+            };
+            let task = self.applying.spawn(removal);
+            self.applying_ids.insert(task.id(), gone_id);
         }
     }
 
@@ -407,8 +399,12 @@ impl Watcher {
         decided.0 == text
             && match &decided.1 {
                 Decision::Refused => true,
+                // A version whose plugins could not load (restored at start-up, loaded in the
+                // background) is applied again once, as a change: it loads or is refused.
                 Decision::Applied(spec) => {
                     self.platform.campaign(id).is_some_and(|c| c.spec() == spec)
+                        && (self.platform.plugins_in_service(id)
+                            || self.platform.plugins_loading(id))
                 }
             }
     }
@@ -485,6 +481,9 @@ impl Watcher {
         self.applying_ids.insert(task.id(), id.to_owned());
     }
 
+    /// Scans every `every` until shutdown. Applies still under way then are dropped
+    /// part-way; what a dropped apply wrote to the database is the version the next start
+    /// restores.
     pub async fn run(mut self, every: Duration, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             tokio::select! {
@@ -595,4 +594,30 @@ fn refuse(platform: &Platform, id: &str, path: &Path, reason: String) {
     tracing::error!(file = %path.display(), %reason,
         "campaign file refused; the version in force (if any) stays");
     platform.reject(id, format!("{}: {reason}", path.display()));
+}
+
+/// Stops the campaign of a file that is gone (under the campaign's lock), and records it.
+async fn remove_file_campaign(platform: &Arc<Platform>, id: &str) {
+    let _writing = platform.campaign_writes(id).await;
+    platform.clear_rejection(id);
+    let before = platform.campaign(id).map(|c| c.spec().to_toml());
+    match platform.remove_campaign(id).await {
+        Ok(true) => {
+            tracing::info!(campaign = %id, "campaign file removed; campaign stopped");
+            crate::audit::record(
+                platform.store(),
+                crate::audit::Change {
+                    actor: crate::audit::FILE_ACTOR,
+                    action: "campaign.file_removed",
+                    target: id,
+                    before: before.as_deref(),
+                    after: None,
+                    detail: None,
+                },
+            )
+            .await;
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),
+    }
 }

@@ -230,8 +230,8 @@ impl PluginHost {
     }
 
     /// Records that a campaign's plugins are being loaded in the background: until
-    /// [`Self::install`] or [`Self::block`], its events wait (they are neither skipped nor
-    /// dead-lettered).
+    /// [`Self::install`] or [`Self::stop_loading`], its events wait (they are neither skipped
+    /// nor dead-lettered).
     pub fn loading(&self, campaign_id: &str) {
         if !self.active.read().unwrap().contains_key(campaign_id) {
             self.loading.write().unwrap().insert(campaign_id.to_owned());
@@ -256,7 +256,9 @@ impl PluginHost {
         ids
     }
 
-    /// Records that a campaign's file is refused (its events wait rather than being skipped).
+    /// Records that a campaign's file is refused: when no plugins of it are in service, its
+    /// events are retried (and dead-lettered) rather than skipped. A load under way
+    /// ([`Self::loading`]) goes on: its events keep waiting for it.
     pub fn block(&self, campaign_id: &str, reason: &str) {
         if !self.active.read().unwrap().contains_key(campaign_id) {
             self.blocked
@@ -264,7 +266,11 @@ impl PluginHost {
                 .unwrap()
                 .insert(campaign_id.to_owned(), reason.to_owned());
         }
-        self.loading.write().unwrap().remove(campaign_id);
+    }
+
+    /// Whether a campaign's plugins are being loaded in the background.
+    pub fn is_loading(&self, campaign_id: &str) -> bool {
+        self.loading.read().unwrap().contains(campaign_id)
     }
 
     pub fn unblock(&self, campaign_id: &str) {
@@ -372,8 +378,9 @@ impl PluginHost {
         pending: &mut HashMap<Scope, Arc<Pending>>,
     ) -> Result<Option<(Arc<Plugin>, Effects)>, HandlerError> {
         let campaign_id = envelope.campaign_id.clone();
-        // Read before the plugins in force: `install` and `block` clear `loading` only after
-        // the plugins or the refusal are in place, so an event never falls between them.
+        // Read before the plugins in force: `install` clears `loading` only after the plugins
+        // are in place, and a failed load blocks the campaign before it stops loading, so an
+        // event never falls between them.
         let loading = self.loading.read().unwrap().contains(&campaign_id);
         let blocked = self.blocked.read().unwrap().get(&campaign_id).cloned();
         let (plugin, capacity) = {

@@ -329,6 +329,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallCtx>,
     cache: Mutex<HashMap<String, Arc<Compiled>>>,
+    /// Compilations under way at most (one per core): many campaigns applied at once share the
+    /// cores in turn rather than each taking longer than its time limit.
+    compiling: tokio::sync::Semaphore,
     /// What every instance's memory is charged to.
     budget: Arc<MemoryBudget>,
     pub limits: PluginConfig,
@@ -359,6 +362,9 @@ impl Runtime {
             engine,
             linker,
             cache: Mutex::new(HashMap::new()),
+            compiling: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             budget: MemoryBudget::new((limits.memory_budget_mb as usize) << 20),
             limits,
         })
@@ -493,6 +499,12 @@ impl Runtime {
         let (runtime, path, sha256) = (self.clone(), path.to_owned(), sha256.map(str::to_owned));
         let files = files.cloned();
         let limit = Duration::from_millis(self.limits.compile_timeout_ms);
+        // The time limit counts from the turn of this compilation, not from the wait for it.
+        let _turn = self
+            .compiling
+            .acquire()
+            .await
+            .map_err(|e| LoadError::Invalid(format!("loading stopped: {e}")))?;
         let compiling = tokio::task::spawn_blocking(move || {
             let bytes = Runtime::read_within(&path, sha256.as_deref(), files.as_ref())?;
             runtime.compile(&bytes)
