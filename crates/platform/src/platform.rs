@@ -312,7 +312,9 @@ impl Platform {
         self.admin_writes.lock().unwrap().get(id).cloned()
     }
 
-    /// Serialises admin changes of campaigns (apply, then write the file) on this host.
+    /// The write lock of one campaign on this host: its changes (apply, then write the file;
+    /// a file's apply; the background load of its plugins; the end of its drain) happen one
+    /// at a time, while other campaigns' go on.
     pub async fn campaign_writes(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.campaign_writes.lock().unwrap();
@@ -467,7 +469,8 @@ impl Platform {
         self.plugins.installed(id)
     }
 
-    /// Refuses a new campaign past `limits.max_campaigns`.
+    /// Refuses a new campaign past `limits.max_campaigns`. Applies of different campaigns run
+    /// side by side, so new campaigns applied at the same moment may pass the limit by as many.
     fn check_room(&self, campaign: &Campaign) -> Result<(), PlatformError> {
         let campaigns = self.campaigns.read().unwrap();
         let running = campaigns.len();
