@@ -9,9 +9,9 @@
 //! SIGSEGV in librdkafka's main thread, 0.1–0.5 s after the deletion, on every host at once.
 //! No newer librdkafka is published through the `rdkafka` crate, so the binary is linked with
 //! `--wrap=rd_kafka_metadata_update_op` (see `build.rs`): every call goes through
-//! [`__wrap_rd_kafka_metadata_update_op`], which gives such a topic an empty name. librdkafka
-//! finds no topic of that name in its cache, logs "Topic  not found in cache" and goes on, as
-//! it does for any update about a topic it does not know.
+//! [`__wrap_rd_kafka_metadata_update_op`], which gives such a topic a name no topic can have.
+//! librdkafka finds no topic of that name in its cache, logs "Topic (no name or id) not found
+//! in cache" and goes on, as it does for any update about a topic it does not know.
 //!
 //! Only the `firstcome` binary is linked this way; hosts started inside a test process are
 //! not guarded (the tests that delete a topic run the binary).
@@ -26,8 +26,10 @@ unsafe extern "C" {
     fn __real_rd_kafka_metadata_update_op(rk: *mut c_void, mdi: *mut rd_kafka_metadata_t) -> c_int;
 }
 
-/// The name given to a topic that has none: found in no cache.
-static NO_NAME: &[u8] = b"\0";
+/// The name given to a topic that has none: no topic may have it (Kafka allows only letters,
+/// digits, `.`, `_` and `-`), so it is found in no cache, and librdkafka's warning reads
+/// "Topic (no name or id) not found in cache".
+static NO_NAME: &[u8] = b"(no name or id)\0";
 
 /// Called by librdkafka's main thread in place of `rd_kafka_metadata_update_op`.
 ///
