@@ -135,16 +135,30 @@ impl Drop for Broker {
     }
 }
 
+/// Quick timeouts, and consumer groups of this test's own: tests share a broker as
+/// deployments share a cluster, and the same role's members of two tests in one group would
+/// rebalance each other (`kafka.group_prefix`).
 pub fn settings() -> KafkaConfig {
     KafkaConfig {
         delivery_timeout_ms: 5_000,
         session_timeout_ms: 6_000,
+        group_prefix: format!("{}.", unique("test")),
         ..KafkaConfig::default()
     }
 }
 
+/// A bus on `brokers` with [`settings`] (consumer groups of its own), its topics created.
 async fn bus_on(brokers: &str, store: &Store, topic: &str) -> Arc<KafkaBus> {
-    let bus = KafkaBus::new(brokers, settings(), store.clone()).unwrap();
+    bus_with(brokers, store, topic, settings()).await
+}
+
+async fn bus_with(
+    brokers: &str,
+    store: &Store,
+    topic: &str,
+    settings: KafkaConfig,
+) -> Arc<KafkaBus> {
+    let bus = KafkaBus::new(brokers, settings, store.clone()).unwrap();
     bus.ensure_topics(&[topic])
         .await
         .expect("topics are created");
@@ -217,7 +231,8 @@ async fn three_groups_each_handle_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let backends = Backends::open(Backend::Embedded, dir.path()).await;
     let topic = unique("k");
-    let bus = bus_on(&shared_brokers(), &backends.store, &topic).await;
+    let config = settings();
+    let bus = bus_with(&shared_brokers(), &backends.store, &topic, config.clone()).await;
     let stop = CancellationToken::new();
     let groups: Vec<Arc<Recorder>> = ["notification", "history", "stats"]
         .iter()
@@ -246,7 +261,42 @@ async fn three_groups_each_handle_every_event_once() {
             "each event once, duplicates dropped"
         );
     }
+    // On the broker, as its tools list them, the groups carry the configured prefix: the
+    // stats group committed past all 70 records, and the bare role names no group.
+    assert_eq!(
+        committed(&format!("{}stats", config.group_prefix), &topic),
+        70
+    );
+    assert_eq!(committed("stats", &topic), 0);
     stop.cancel();
+}
+
+/// The sum of the offsets a Kafka consumer group (by its `group.id`) committed on `topic` of
+/// the shared broker, read with a plain librdkafka client.
+fn committed(group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", shared_brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        partitions.add_partition(topic, p.id());
+    }
+    consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -431,7 +481,9 @@ async fn consumers_resume_from_committed_offsets_after_a_broker_restart() {
     let topic = unique("k");
     let dir = tempfile::tempdir().unwrap();
     let first_store = Backends::open(Backend::Embedded, dir.path()).await.store;
-    let bus = bus_on(&broker.address, &first_store, &topic).await;
+    // The two buses are one deployment before and after: the same consumer groups.
+    let groups = settings();
+    let bus = bus_with(&broker.address, &first_store, &topic, groups.clone()).await;
     let stop = CancellationToken::new();
     let first = Arc::new(Recorder::default());
     let task = run(&bus, consumer("stats", &topic), first.clone(), &stop);
@@ -448,10 +500,10 @@ async fn consumers_resume_from_committed_offsets_after_a_broker_restart() {
     // A new member with an empty dedupe table: anything it is given twice would show.
     let other = tempfile::tempdir().unwrap();
     let fresh_store = Backends::open(Backend::Embedded, other.path()).await.store;
-    let bus = bus_on(&broker.address, &fresh_store, &topic).await;
+    let bus = bus_with(&broker.address, &fresh_store, &topic, groups).await;
     let stop = CancellationToken::new();
     let second = Arc::new(Recorder::default());
-    run(&bus, consumer("stats", &topic), second.clone(), &stop);
+    let task = run(&bus, consumer("stats", &topic), second.clone(), &stop);
     wait_for(60, || async { second.seen().len() >= 30 })
         .await
         .expect("second half handled");
@@ -461,7 +513,9 @@ async fn consumers_resume_from_committed_offsets_after_a_broker_restart() {
         ids(30..60),
         "resumed at the committed offsets"
     );
+    // The member leaves while its broker runs: librdkafka's close waits for the coordinator.
     stop.cancel();
+    task.await.unwrap();
 }
 
 /// An event the handler cannot decode is permanent: dead-lettered at the first try.
@@ -503,8 +557,8 @@ async fn undecodable_events_go_straight_to_the_dead_letter_topic() {
 /// A topic deleted under live consumer groups (an operator's mistake, a migration gone
 /// wrong): the host (the `firstcome` binary, in a process of its own so that a crash is seen)
 /// keeps running, readiness says the topic is missing, admissions go on with their events
-/// waiting in the outbox, and once the topic is created again readiness is back and the
-/// outbox is published. (librdkafka 2.12.1 crashed 0.1–0.5 s after such a deletion:
+/// waiting in the outbox, and once the topic is created again readiness is back, the outbox
+/// is published and the consumer group handles every event once. (librdkafka 2.12.1 crashed 0.1–0.5 s after such a deletion:
 /// `host/src/kafka_guard.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_topic_crashes_no_host() {
@@ -530,6 +584,9 @@ async fn a_deleted_topic_crashes_no_host() {
         .env("FIRSTCOME_KAFKA_BROKERS", &brokers)
         .env("FIRSTCOME_OUTBOX__TOPIC", &topic)
         .env("FIRSTCOME_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("FIRSTCOME_KAFKA__GROUP_PREFIX", settings().group_prefix)
+        // What waited in the outbox is sent again by the relay within a second.
+        .env("FIRSTCOME_OUTBOX__REPUBLISH_AFTER_MS", "1000")
         .env(
             "RUST_LOG",
             std::env::var("FC_TEST_HOST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -610,6 +667,11 @@ async fn a_deleted_topic_crashes_no_host() {
         host.try_wait().unwrap().is_none(),
         "the host died after its topic was deleted"
     );
+    let (waiting, _) = store.outbox_backlog().await.unwrap();
+    assert!(
+        waiting >= 5,
+        "nothing is sent to the deleted topic: {waiting} events wait in the outbox"
+    );
 
     let new = NewTopic::new(&topic, 6, TopicReplication::Fixed(1));
     for result in admin.create_topics(&[new], &options).await.unwrap() {
@@ -618,10 +680,9 @@ async fn a_deleted_topic_crashes_no_host() {
     wait_for(60, || async { ready().await.0 == 200 })
         .await
         .expect("ready again once the topic is back");
-    // What was admitted while the topic was gone is published once it is back (the outbox
-    // kept it). That the consumer groups then handle every event once is not shown here: on
-    // tansu 0.6 they do not (see the notes), so the test stops at what the host
-    // itself guarantees.
+    // What was admitted while the topic was gone waited in the outbox and is published once
+    // it is back, and the history group, rewound to the new topic's beginning, handles it and
+    // what comes after, every event once (`handled` fails on a duplicate).
     wait_for(60, || async {
         store
             .outbox_backlog()
@@ -630,6 +691,17 @@ async fn a_deleted_topic_crashes_no_host() {
     })
     .await
     .expect("the outbox's backlog is published once the topic is back");
+    for i in 0..5 {
+        assert_eq!(ask(format!("after{i}")).await, 202);
+    }
+    let resumed = wait_for(60, || async { handled().await == 15 }).await;
+    assert!(
+        resumed.is_some(),
+        "the group handles what waited and what came after: {} of 15",
+        handled().await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handled().await, 15, "nothing handled twice");
     assert!(
         host.try_wait().unwrap().is_none(),
         "the host is still running"

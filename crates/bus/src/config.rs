@@ -17,6 +17,44 @@ pub struct KafkaConfig {
     pub delivery_timeout_ms: u64,
     /// Consumer group session timeout: how soon a dead member's partitions move.
     pub session_timeout_ms: u64,
+    /// Put before each role to name its Kafka consumer group (`group.id`): with `"shop-a."`
+    /// the history role's group is `shop-a.history`. Empty (the default) names the groups by
+    /// role alone. Two deployments on one Kafka cluster need different prefixes, or their
+    /// members join each other's groups: every start or stop of one rebalances the other, and
+    /// a member of one can be left with the other's partitions. Letters, digits, `.`, `_` and
+    /// `-`, at most [`GROUP_PREFIX_MAX`] bytes.
+    pub group_prefix: String,
+}
+
+/// The longest [`KafkaConfig::group_prefix`], in bytes.
+pub const GROUP_PREFIX_MAX: usize = 100;
+
+impl KafkaConfig {
+    /// The Kafka consumer group (`group.id`) of a role.
+    pub fn group_id(&self, role: &str) -> String {
+        format!("{}{role}", self.group_prefix)
+    }
+
+    /// Refuses a [`KafkaConfig::group_prefix`] that is too long or holds a character outside
+    /// Kafka's name set, saying what to change.
+    pub fn check_group_prefix(&self) -> Result<(), String> {
+        let prefix = &self.group_prefix;
+        if prefix.len() > GROUP_PREFIX_MAX {
+            return Err(format!(
+                "setting kafka.group_prefix is {} bytes long: use at most {GROUP_PREFIX_MAX}",
+                prefix.len()
+            ));
+        }
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "setting kafka.group_prefix holds {c:?}: use letters, digits, '.', '_' and '-'"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for KafkaConfig {
@@ -26,6 +64,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             delivery_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
+            group_prefix: String::new(),
         }
     }
 }

@@ -409,6 +409,7 @@ impl Config {
             .map_err(Box::new)?;
         config
             .check_numbers()
+            .and_then(|()| config.kafka.check_group_prefix())
             .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
@@ -845,6 +846,30 @@ mod tests {
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.issuer.poll_ms, 9);
             assert_eq!(c.redis_url.as_deref(), Some("redis://r/"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
+    fn kafka_group_prefix_names_the_groups_or_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FIRSTCOME_KAFKA__GROUP_PREFIX", "shop-a.");
+            let c = Config::load(None).map_err(|e| *e)?;
+            assert_eq!(c.kafka.group_id("history"), "shop-a.history");
+            assert_eq!(Config::default().kafka.group_id("history"), "history");
+            for (bad, says) in [
+                ("shop a.", "' '"),
+                ("shöp.", "'ö'"),
+                (&"x".repeat(101), "101"),
+            ] {
+                jail.set_env("FIRSTCOME_KAFKA__GROUP_PREFIX", bad);
+                let error = Config::load(None).unwrap_err().to_string();
+                assert!(
+                    error.contains("kafka.group_prefix") && error.contains(says),
+                    "{error}"
+                );
+            }
             Ok(())
         });
     }

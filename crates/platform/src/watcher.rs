@@ -563,16 +563,14 @@ impl Apply {
                 let after = spec.to_toml();
                 platform.clear_rejection(id);
                 tracing::info!(campaign = %id, "campaign applied");
-                crate::audit::record(
-                    platform.store(),
-                    crate::audit::Change {
-                        actor: crate::audit::FILE_ACTOR,
-                        action: "campaign.file",
-                        target: id,
-                        before: before.as_deref(),
-                        after: Some(&after),
-                        detail: Some(crate::audit::plugins_in_force(platform, id)),
-                    },
+                let plugins = crate::audit::plugins_in_force(platform, id);
+                record_file_change(
+                    platform,
+                    "campaign.file",
+                    id,
+                    before,
+                    Some(&after),
+                    Some(plugins),
                 )
                 .await;
                 Applied::Decided(Decision::Applied(spec))
@@ -590,6 +588,26 @@ impl Apply {
     }
 }
 
+/// Records in the audit log a change a campaign file made (the actor is the file watcher).
+async fn record_file_change(
+    platform: &Platform,
+    action: &str,
+    id: &str,
+    before: Option<String>,
+    after: Option<&str>,
+    detail: Option<String>,
+) {
+    let change = crate::audit::Change {
+        actor: crate::audit::FILE_ACTOR,
+        action,
+        target: id,
+        before: before.as_deref(),
+        after,
+        detail,
+    };
+    crate::audit::record(platform.store(), change).await;
+}
+
 fn refuse(platform: &Platform, id: &str, path: &Path, reason: String) {
     tracing::error!(file = %path.display(), %reason,
         "campaign file refused; the version in force (if any) stays");
@@ -604,18 +622,7 @@ async fn remove_file_campaign(platform: &Arc<Platform>, id: &str) {
     match platform.remove_campaign(id).await {
         Ok(true) => {
             tracing::info!(campaign = %id, "campaign file removed; campaign stopped");
-            crate::audit::record(
-                platform.store(),
-                crate::audit::Change {
-                    actor: crate::audit::FILE_ACTOR,
-                    action: "campaign.file_removed",
-                    target: id,
-                    before: before.as_deref(),
-                    after: None,
-                    detail: None,
-                },
-            )
-            .await;
+            record_file_change(platform, "campaign.file_removed", id, before, None, None).await;
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(campaign = %id, error = %e, "cannot stop campaign"),

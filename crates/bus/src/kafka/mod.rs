@@ -13,6 +13,8 @@
 //! ids a group handled are recorded in the database (`processed_events`), so redeliveries and
 //! re-sends are dropped. Failures follow [`super::delivery`]; the dead letter is written to
 //! `{topic}.DLT` and acknowledged before the source offset is stored.
+//!
+//! A topic deleted and created again under the host: [`topics`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +28,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,9 @@ use super::{BusError, ConsumerSpec, Delivered, EventBus, Handler, Message, dlt_t
 use crate::config::KafkaConfig;
 use firstcome_core::clock::now_ms;
 use firstcome_store::Store;
+use topics::{Listed, TopicWatch};
+
+mod topics;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,11 +69,11 @@ pub struct KafkaBus {
     settings: KafkaConfig,
     producer: FutureProducer,
     store: Store,
-    /// The topics this host created or found at start ([`Self::ensure_topics`]): readiness
-    /// says when one of them is gone from the brokers.
-    topics: Arc<std::sync::Mutex<Vec<String>>>,
-    /// Whether a topic was missing at the last readiness check (logged on each change).
-    missing: Arc<std::sync::atomic::AtomicBool>,
+    /// The topics this host created or found ([`Self::ensure_topics`]), and whether the
+    /// brokers still list them.
+    topics: Arc<TopicWatch>,
+    /// Whether the task that reads the topics every [`topics::CHECK_EVERY`] runs.
+    watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -113,7 +117,7 @@ impl KafkaBus {
             producer,
             store,
             topics: Arc::default(),
-            missing: Arc::default(),
+            watching: Arc::default(),
         })
     }
 
@@ -133,12 +137,7 @@ impl KafkaBus {
             .iter()
             .flat_map(|t| [t.to_string(), dlt_topic(t)])
             .collect();
-        {
-            let mut known = self.topics.lock().unwrap();
-            known.extend(names.iter().cloned());
-            known.sort();
-            known.dedup();
-        }
+        self.topics.know(names.iter().cloned());
         let new: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| {
@@ -162,13 +161,34 @@ impl KafkaBus {
                 }
             }
         }
+        self.watch_topics();
         Ok(())
     }
 
-    /// A consumer of `group` configured for at-least-once delivery.
+    /// Starts (once) the task that reads the known topics every [`topics::CHECK_EVERY`]; it
+    /// ends with the last clone of this bus.
+    fn watch_topics(&self) {
+        use std::sync::atomic::Ordering;
+        if self.watching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (producer, watch) = (self.producer.clone(), Arc::downgrade(&self.topics));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(topics::CHECK_EVERY).await;
+                let Some(watch) = watch.upgrade() else { return };
+                if let Err(e) = read_topics(&producer, &watch).await {
+                    tracing::debug!(error = %e, "cannot read the Kafka topics");
+                }
+            }
+        });
+    }
+
+    /// A consumer of `group` (a role; its Kafka group id carries the configured prefix)
+    /// configured for at-least-once delivery.
     fn consumer<C: rdkafka::config::FromClientConfig>(&self, group: &str) -> Result<C, BusError> {
         self.base_config()
-            .set("group.id", group)
+            .set("group.id", self.settings.group_id(group))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
@@ -260,26 +280,70 @@ impl KafkaBus {
     }
 }
 
-/// What is wrong with one of the host's topics, as the cluster's metadata lists it (`None`
-/// when it is not listed; `Some(None)` when listed without error), if anything.
-fn topic_problem(topic: &str, listed: Option<Option<RDKafkaRespErr>>) -> Option<String> {
-    let what = if topic.ends_with(".DLT") {
-        "failed events cannot be dead-lettered (their lanes wait)"
-    } else {
-        "events wait in the outbox"
-    };
-    match listed {
-        Some(None) => None,
-        None | Some(Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) => {
-            Some(format!(
-                "topic {topic} does not exist on the brokers (deleted?): {what} until it is created again"
-            ))
+impl KafkaBus {
+    /// Commits the beginning of every partition of a topic created again, for the member's
+    /// group, instead of the positions it held in the deleted one (which the group would
+    /// otherwise resume from, skipping the new topic's first events on a broker that does not
+    /// call them out of range). Redelivered events the group handled are dropped as such.
+    fn rewind(&self, spec: &ConsumerSpec, consumer: &StreamConsumer) {
+        let mut start = TopicPartitionList::new();
+        for partition in self.topics.partitions_of(&spec.topic) {
+            if let Err(e) = start.add_partition_offset(&spec.topic, partition, Offset::Offset(0)) {
+                tracing::warn!(group = %spec.group, error = %e, "cannot rewind a partition");
+            }
         }
-        Some(Some(error)) => Some(format!(
-            "topic {topic}: {}: {what}",
-            RDKafkaErrorCode::from(error)
-        )),
+        // Stored too, for the partitions this member holds: librdkafka commits what is stored
+        // when the consumer closes, which would put the old positions back.
+        if let Err(e) = consumer.store_offsets(&start) {
+            tracing::debug!(group = %spec.group, error = %e, "beginnings not stored");
+        }
+        match consumer.commit(&start, CommitMode::Sync) {
+            Ok(()) => tracing::info!(
+                group = %spec.group,
+                topic = %spec.topic,
+                partitions = start.count(),
+                "the group reads the topic created again from its beginning"
+            ),
+            Err(e) => tracing::error!(
+                group = %spec.group,
+                topic = %spec.topic,
+                error = %e,
+                "cannot rewind the group over the topic created again; reset its offsets to \
+                 the earliest (see the README)"
+            ),
+        }
     }
+}
+
+/// Reads the brokers' topic list and records it in `watch` ([`TopicWatch::record`]): what is
+/// wrong with the known topics, a sentence each.
+async fn read_topics(
+    producer: &FutureProducer,
+    watch: &TopicWatch,
+) -> Result<Vec<String>, BusError> {
+    let producer = producer.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(3))
+            .map_err(|e| BusError::Publish(e.to_string()))?;
+        Ok::<_, BusError>(
+            metadata
+                .topics()
+                .iter()
+                .map(|t| {
+                    let listed: Listed = match t.error() {
+                        Some(error) => Err(error),
+                        None => Ok(t.partitions().iter().map(|p| p.id()).collect()),
+                    };
+                    (t.name().to_owned(), listed)
+                })
+                .collect::<BTreeMap<String, Listed>>(),
+        )
+    })
+    .await
+    .map_err(|e| BusError::Publish(e.to_string()))??;
+    Ok(watch.record(&listed))
 }
 
 /// The partition ids of a topic, from the cluster's metadata (blocking).
@@ -350,6 +414,12 @@ impl EventBus for KafkaBus {
     }
 
     async fn publish(&self, topic: &str, messages: &[Message]) -> Result<(), BusError> {
+        if self.topics.is_deleted(topic) {
+            return Err(BusError::Publish(format!(
+                "topic {topic} does not exist on the brokers: nothing is sent to it until it is \
+                 created again"
+            )));
+        }
         let timeout = Timeout::After(Duration::from_millis(self.settings.delivery_timeout_ms));
         let sends = messages.iter().map(|m| {
             let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 1);
@@ -397,6 +467,9 @@ impl EventBus for KafkaBus {
         let records = !handler.records_processed();
         let mut lanes = Lanes::new(handler, &spec, dead_letters, &shutdown);
         let mut watch = StallWatch::default();
+        let (mut returned, returns) =
+            (self.topics.subscribe(), self.topics.returns_of(&spec.topic));
+        let mut recreated = false;
         let ended = loop {
             tokio::select! {
                 received = consumer.recv(), if lanes.room() > 0 => match received {
@@ -426,6 +499,17 @@ impl EventBus for KafkaBus {
                         )));
                     }
                 }
+                // The topic was deleted and created again: the positions this member holds
+                // belong to the deleted one.
+                Ok(()) = returned.changed() => {
+                    if self.topics.returns_of(&spec.topic) != returns {
+                        recreated = true;
+                        break Err(BusError::Consume(format!(
+                            "topic {} was created again: group {} reads it from its beginning",
+                            spec.topic, spec.group
+                        )));
+                    }
+                }
                 () = shutdown.cancelled() => break Ok(()),
             }
             lanes.collect();
@@ -438,8 +522,10 @@ impl EventBus for KafkaBus {
         };
         let finished = lanes.stop().await;
         self.settle(&spec, &consumer, finished, records).await?;
-        // Hand the stored positions over before leaving the group.
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if recreated {
+            self.rewind(&spec, &consumer);
+        } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // Hand the stored positions over before leaving the group.
             tracing::debug!(group = %spec.group, error = %e, "nothing to commit on shutdown");
         }
         ended
@@ -527,43 +613,13 @@ impl EventBus for KafkaBus {
     /// The brokers answer, and every topic of [`Self::ensure_topics`] is there. A topic
     /// deleted under the host is reported here (and logged, and counted in
     /// `firstcome_kafka_topics_missing`): events wait in the outbox, and the consumer groups
-    /// go on once it is created again.
+    /// read it from its beginning once it is created again ([`topics`]).
     async fn ping(&self) -> Result<(), BusError> {
-        let producer = self.producer.clone();
-        let known = self.topics.lock().unwrap().clone();
-        let problems = tokio::task::spawn_blocking(move || {
-            let metadata = producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(3))
-                .map_err(|e| BusError::Publish(e.to_string()))?;
-            let found: BTreeMap<&str, Option<RDKafkaRespErr>> = metadata
-                .topics()
-                .iter()
-                .map(|t| (t.name(), t.error()))
-                .collect();
-            Ok::<_, BusError>(
-                known
-                    .iter()
-                    .filter_map(|topic| topic_problem(topic, found.get(topic.as_str()).copied()))
-                    .collect::<Vec<String>>(),
-            )
-        })
-        .await
-        .map_err(|e| BusError::Publish(e.to_string()))??;
-        metrics::gauge!("firstcome_kafka_topics_missing").set(problems.len() as f64);
-        let was_missing = self
-            .missing
-            .swap(!problems.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        let problems = read_topics(&self.producer, &self.topics).await?;
         if problems.is_empty() {
-            if was_missing {
-                tracing::info!("the Kafka topics are back");
-            }
-            return Ok(());
+            Ok(())
+        } else {
+            Err(BusError::Publish(problems.join("; ")))
         }
-        let reason = problems.join("; ");
-        if !was_missing {
-            tracing::error!(%reason, "a Kafka topic is missing");
-        }
-        Err(BusError::Publish(reason))
     }
 }

@@ -1,0 +1,256 @@
+//! Which of the host's topics the brokers list, as the last metadata read found them.
+//!
+//! A topic deleted under a live host (an operator's `topic delete`, a migration gone wrong) is
+//! reported by readiness, logged and counted; while it is deleted nothing is published to it
+//! (brokers that create topics on a produce would give it the wrong partitions, and a broker
+//! that acknowledges a produce to a deleted topic loses it): events wait in the outbox, failed
+//! events wait in their lanes. When it is listed again its consumer group members start over:
+//! they commit the beginning of every partition and rejoin, so the recreated topic is read
+//! whole (what a group handled before is dropped by its de-duplication) instead of from
+//! positions that belonged to the deleted one.
+//!
+//! The topics are read every [`CHECK_EVERY`] and on each readiness check; a topic deleted and
+//! created again between two reads goes unnoticed here.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::watch;
+
+/// How often the brokers' topic list is read, besides each readiness check.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// What one metadata read lists of a topic: its partitions, or the error it is listed with.
+pub(super) type Listed = Result<Vec<i32>, RDKafkaRespErr>;
+
+/// One known topic.
+#[derive(Debug, Default)]
+struct Presence {
+    /// Whether the last read did not list it (or listed it as unknown, or without
+    /// partitions): it was deleted. A topic listed with another error (no leader, say) is
+    /// reported but not deleted: librdkafka holds its messages until the error clears.
+    deleted: bool,
+    /// What the last read found wrong with it (logged when this changes).
+    problem: Option<String>,
+    /// How many times it was listed again after it had been deleted.
+    returns: u64,
+    /// Its partitions at the last read that listed it.
+    partitions: Vec<i32>,
+}
+
+/// The host's topics and what the brokers last said of them.
+#[derive(Debug)]
+pub(super) struct TopicWatch {
+    known: Mutex<BTreeMap<String, Presence>>,
+    /// Bumped whenever a deleted topic is listed again; members wait on it.
+    returned: watch::Sender<u64>,
+}
+
+impl Default for TopicWatch {
+    fn default() -> Self {
+        Self {
+            known: Mutex::default(),
+            returned: watch::Sender::new(0),
+        }
+    }
+}
+
+impl TopicWatch {
+    /// Adds topics the host created or found.
+    pub(super) fn know(&self, topics: impl IntoIterator<Item = String>) {
+        let mut known = self.known.lock().unwrap();
+        for topic in topics {
+            known.entry(topic).or_default();
+        }
+    }
+
+    /// Whether the last read found `topic` deleted.
+    pub(super) fn is_deleted(&self, topic: &str) -> bool {
+        self.known
+            .lock()
+            .unwrap()
+            .get(topic)
+            .is_some_and(|p| p.deleted)
+    }
+
+    /// How many times `topic` came back after it was deleted (0 for an unknown topic).
+    pub(super) fn returns_of(&self, topic: &str) -> u64 {
+        self.known
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map_or(0, |p| p.returns)
+    }
+
+    /// `topic`'s partitions as last listed.
+    pub(super) fn partitions_of(&self, topic: &str) -> Vec<i32> {
+        self.known
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map(|p| p.partitions.clone())
+            .unwrap_or_default()
+    }
+
+    /// A receiver that wakes whenever a deleted topic is listed again.
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.returned.subscribe()
+    }
+
+    /// Records one read of the brokers' metadata (`listed` by topic name): logs each topic
+    /// that went missing or came back, sets `firstcome_kafka_topics_missing`, wakes the members
+    /// of deleted topics that came back, and returns what is wrong, a sentence per topic.
+    pub(super) fn record(&self, listed: &BTreeMap<String, Listed>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut came_back = false;
+        {
+            let mut known = self.known.lock().unwrap();
+            for (topic, presence) in known.iter_mut() {
+                let (problem, deleted) = problem(topic, listed.get(topic));
+                match (&problem, &presence.problem) {
+                    (Some(reason), None) => {
+                        tracing::error!(%topic, %reason, "a Kafka topic is missing");
+                    }
+                    (None, Some(_)) => tracing::info!(%topic, "the Kafka topic is back"),
+                    _ => {}
+                }
+                if presence.deleted && !deleted {
+                    tracing::warn!(
+                        %topic,
+                        "the Kafka topic was created again: its consumer groups read it from its \
+                         beginning"
+                    );
+                    presence.returns += 1;
+                    came_back = true;
+                }
+                presence.deleted = deleted;
+                presence.problem.clone_from(&problem);
+                if let Some(Ok(partitions)) = listed.get(topic) {
+                    presence.partitions.clone_from(partitions);
+                }
+                problems.extend(problem);
+            }
+        }
+        metrics::gauge!("firstcome_kafka_topics_missing").set(problems.len() as f64);
+        if came_back {
+            self.returned.send_modify(|n| *n += 1);
+        }
+        problems
+    }
+}
+
+/// What is wrong with one of the host's topics, as the cluster's metadata lists it (`None`
+/// when it is not listed), if anything, and whether it is deleted.
+fn problem(topic: &str, listed: Option<&Listed>) -> (Option<String>, bool) {
+    let what = if topic.ends_with(".DLT") {
+        "failed events cannot be dead-lettered (their lanes wait)"
+    } else {
+        "events wait in the outbox"
+    };
+    match listed {
+        Some(Ok(partitions)) if !partitions.is_empty() => (None, false),
+        None | Some(Ok(_)) | Some(Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) => {
+            (
+                Some(format!(
+                    "topic {topic} does not exist on the brokers (deleted?): {what} until it is \
+                 created again"
+                )),
+                true,
+            )
+        }
+        Some(Err(error)) => (
+            Some(format!(
+                "topic {topic}: {}: {what}",
+                RDKafkaErrorCode::from(*error)
+            )),
+            false,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(listed: &[(&str, Listed)]) -> BTreeMap<String, Listed> {
+        listed
+            .iter()
+            .map(|(t, l)| ((*t).to_owned(), l.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_topic_that_comes_back_wakes_its_members_once() {
+        let watch = TopicWatch::default();
+        watch.know(["t".to_owned(), "t.DLT".to_owned()]);
+        let mut woken = watch.subscribe();
+        assert!(
+            watch
+                .record(&read(&[("t", Ok(vec![0, 1])), ("t.DLT", Ok(vec![0, 1]))]))
+                .is_empty()
+        );
+        assert_eq!(
+            (watch.returns_of("t"), watch.partitions_of("t")),
+            (0, vec![0, 1])
+        );
+
+        let problems = watch.record(&read(&[("t.DLT", Ok(vec![0, 1]))]));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("topic t does not exist"),
+            "{problems:?}"
+        );
+        assert!(watch.is_deleted("t") && !watch.is_deleted("t.DLT"));
+        let unknown = Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+        assert_eq!(
+            watch
+                .record(&read(&[("t", unknown), ("t.DLT", Ok(vec![0]))]))
+                .len(),
+            1
+        );
+        assert!(!woken.has_changed().unwrap());
+
+        assert!(
+            watch
+                .record(&read(&[("t", Ok(vec![0, 1, 2])), ("t.DLT", Ok(vec![0]))]))
+                .is_empty()
+        );
+        assert!(!watch.is_deleted("t"));
+        assert_eq!(
+            (watch.returns_of("t"), watch.partitions_of("t")),
+            (1, vec![0, 1, 2])
+        );
+        assert!(woken.has_changed().unwrap());
+        woken.mark_unchanged();
+        watch.record(&read(&[("t", Ok(vec![0, 1, 2])), ("t.DLT", Ok(vec![0]))]));
+        assert!(
+            !woken.has_changed().unwrap(),
+            "present twice is not a return"
+        );
+    }
+
+    #[test]
+    fn an_error_is_named_and_is_no_deletion() {
+        let watch = TopicWatch::default();
+        watch.know(["t.DLT".to_owned()]);
+        let problems = watch.record(&read(&[(
+            "t.DLT",
+            Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE),
+        )]));
+        assert!(
+            problems[0].contains("cannot be dead-lettered"),
+            "{problems:?}"
+        );
+        assert!(
+            !watch.is_deleted("t.DLT"),
+            "not deleted: librdkafka waits for a leader"
+        );
+        watch.record(&read(&[("t.DLT", Ok(vec![0]))]));
+        assert_eq!(watch.returns_of("t.DLT"), 0, "a leader found is no return");
+        assert!(!watch.is_deleted("other"));
+        assert_eq!(watch.returns_of("other"), 0);
+    }
+}
