@@ -108,6 +108,9 @@ impl KafkaBus {
                 settings.delivery_timeout_ms.to_string(),
             )
             .set("linger.ms", "5")
+            // Only `ensure_topics` creates topics: a deleted topic must not come back through a
+            // metadata refresh with the brokers' default partitions.
+            .set("allow.auto.create.topics", "false")
             .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
             .create()
             .map_err(kafka_error)?;
@@ -285,7 +288,9 @@ impl KafkaBus {
     /// group, instead of the positions it held in the deleted one (which the group would
     /// otherwise resume from, skipping the new topic's first events on a broker that does not
     /// call them out of range). Redelivered events the group handled are dropped as such.
-    fn rewind(&self, spec: &ConsumerSpec, consumer: &StreamConsumer) {
+    /// Once committed, the group owes no rewind for `returns`; otherwise its next member on
+    /// this host tries again.
+    fn rewind(&self, spec: &ConsumerSpec, consumer: &StreamConsumer, returns: u64) {
         let mut start = TopicPartitionList::new();
         for partition in self.topics.partitions_of(&spec.topic) {
             if let Err(e) = start.add_partition_offset(&spec.topic, partition, Offset::Offset(0)) {
@@ -298,18 +303,21 @@ impl KafkaBus {
             tracing::debug!(group = %spec.group, error = %e, "beginnings not stored");
         }
         match consumer.commit(&start, CommitMode::Sync) {
-            Ok(()) => tracing::info!(
-                group = %spec.group,
-                topic = %spec.topic,
-                partitions = start.count(),
-                "the group reads the topic created again from its beginning"
-            ),
-            Err(e) => tracing::error!(
+            Ok(()) => {
+                self.topics.rewound(&spec.group, &spec.topic, returns);
+                tracing::info!(
+                    group = %spec.group,
+                    topic = %spec.topic,
+                    partitions = start.count(),
+                    "the group reads the topic created again from its beginning"
+                );
+            }
+            Err(e) => tracing::warn!(
                 group = %spec.group,
                 topic = %spec.topic,
                 error = %e,
-                "cannot rewind the group over the topic created again; reset its offsets to \
-                 the earliest (see the README)"
+                "cannot rewind the group over the topic created again yet; its next member tries \
+                 again"
             ),
         }
     }
@@ -321,6 +329,7 @@ async fn read_topics(
     producer: &FutureProducer,
     watch: &TopicWatch,
 ) -> Result<Vec<String>, BusError> {
+    let _one_at_a_time = watch.reading.lock().await;
     let producer = producer.clone();
     let listed = tokio::task::spawn_blocking(move || {
         let metadata = producer
@@ -467,9 +476,8 @@ impl EventBus for KafkaBus {
         let records = !handler.records_processed();
         let mut lanes = Lanes::new(handler, &spec, dead_letters, &shutdown);
         let mut watch = StallWatch::default();
-        let (mut returned, returns) =
-            (self.topics.subscribe(), self.topics.returns_of(&spec.topic));
-        let mut recreated = false;
+        let mut returned = self.topics.subscribe();
+        let mut recreated = None;
         let ended = loop {
             tokio::select! {
                 received = consumer.recv(), if lanes.room() > 0 => match received {
@@ -499,17 +507,8 @@ impl EventBus for KafkaBus {
                         )));
                     }
                 }
-                // The topic was deleted and created again: the positions this member holds
-                // belong to the deleted one.
-                Ok(()) = returned.changed() => {
-                    if self.topics.returns_of(&spec.topic) != returns {
-                        recreated = true;
-                        break Err(BusError::Consume(format!(
-                            "topic {} was created again: group {} reads it from its beginning",
-                            spec.topic, spec.group
-                        )));
-                    }
-                }
+                // A topic came back: if it is this one, the check below rewinds.
+                Ok(()) = returned.changed() => {}
                 () = shutdown.cancelled() => break Ok(()),
             }
             lanes.collect();
@@ -519,11 +518,23 @@ impl EventBus for KafkaBus {
             {
                 break Err(e);
             }
+            // The topic was deleted and created again: the positions this member holds belong
+            // to the deleted one. Rewound once the member is in the group (its commit needs a
+            // generation).
+            if let Some(returns) = self.topics.rewind_due(&spec.group, &spec.topic)
+                && consumer.assignment().is_ok_and(|a| a.count() > 0)
+            {
+                recreated = Some(returns);
+                break Err(BusError::Consume(format!(
+                    "topic {} was created again: group {} reads it from its beginning",
+                    spec.topic, spec.group
+                )));
+            }
         };
         let finished = lanes.stop().await;
         self.settle(&spec, &consumer, finished, records).await?;
-        if recreated {
-            self.rewind(&spec, &consumer);
+        if let Some(returns) = recreated {
+            self.rewind(&spec, &consumer, returns);
         } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             // Hand the stored positions over before leaving the group.
             tracing::debug!(group = %spec.group, error = %e, "nothing to commit on shutdown");

@@ -7,12 +7,16 @@
 //! events wait in their lanes. When it is listed again its consumer group members start over:
 //! they commit the beginning of every partition and rejoin, so the recreated topic is read
 //! whole (what a group handled before is dropped by its de-duplication) instead of from
-//! positions that belonged to the deleted one.
+//! positions that belonged to the deleted one. A group's rewind is owed until a member of it
+//! on this host has committed it: a member that fails or restarts meanwhile rewinds next time.
 //!
-//! The topics are read every [`CHECK_EVERY`] and on each readiness check; a topic deleted and
-//! created again between two reads goes unnoticed here.
+//! The topics are read every [`CHECK_EVERY`] and on each readiness check, one read at a time.
+//! Publishing stops at the first read that misses a topic, but its listing again counts as a
+//! return only after [`MISSES`] reads in a row missed it, and a read that lists no topic at
+//! all (a broker just restarted) is ignored: a glitch does not make every group read its topic
+//! again. A topic deleted and created again within that time goes unnoticed here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,16 +27,20 @@ use tokio::sync::watch;
 /// How often the brokers' topic list is read, besides each readiness check.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(3);
 
+/// Reads in a row that must miss a topic before its listing again is a return.
+const MISSES: u32 = 2;
+
 /// What one metadata read lists of a topic: its partitions, or the error it is listed with.
 pub(super) type Listed = Result<Vec<i32>, RDKafkaRespErr>;
 
 /// One known topic.
 #[derive(Debug, Default)]
 struct Presence {
-    /// Whether the last read did not list it (or listed it as unknown, or without
-    /// partitions): it was deleted. A topic listed with another error (no leader, say) is
-    /// reported but not deleted: librdkafka holds its messages until the error clears.
-    deleted: bool,
+    /// Reads in a row that did not list it (or listed it as unknown, or without partitions):
+    /// from one on it is taken as deleted and nothing is sent to it; after [`MISSES`] its
+    /// listing again is a return. A topic listed with another error (no leader, say) is
+    /// reported but not missed: librdkafka holds its messages until the error clears.
+    misses: u32,
     /// What the last read found wrong with it (logged when this changes).
     problem: Option<String>,
     /// How many times it was listed again after it had been deleted.
@@ -47,6 +55,11 @@ pub(super) struct TopicWatch {
     known: Mutex<BTreeMap<String, Presence>>,
     /// Bumped whenever a deleted topic is listed again; members wait on it.
     returned: watch::Sender<u64>,
+    /// The returns of a topic that a group's member on this host rewound for, by (group,
+    /// topic); a group is owed a rewind while its topic's returns are past this.
+    rewound: Mutex<HashMap<(String, String), u64>>,
+    /// Held across a read and its record, so that reads are recorded in the order they ran.
+    pub(super) reading: tokio::sync::Mutex<()>,
 }
 
 impl Default for TopicWatch {
@@ -54,6 +67,8 @@ impl Default for TopicWatch {
         Self {
             known: Mutex::default(),
             returned: watch::Sender::new(0),
+            rewound: Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
         }
     }
 }
@@ -67,22 +82,45 @@ impl TopicWatch {
         }
     }
 
-    /// Whether the last read found `topic` deleted.
+    /// Whether the last read missed `topic`.
     pub(super) fn is_deleted(&self, topic: &str) -> bool {
         self.known
             .lock()
             .unwrap()
             .get(topic)
-            .is_some_and(|p| p.deleted)
+            .is_some_and(|p| p.misses > 0)
     }
 
     /// How many times `topic` came back after it was deleted (0 for an unknown topic).
-    pub(super) fn returns_of(&self, topic: &str) -> u64 {
+    fn returns_of(&self, topic: &str) -> u64 {
         self.known
             .lock()
             .unwrap()
             .get(topic)
             .map_or(0, |p| p.returns)
+    }
+
+    /// The returns of `topic` that `group` still owes a rewind for, if any.
+    pub(super) fn rewind_due(&self, group: &str, topic: &str) -> Option<u64> {
+        let returns = self.returns_of(topic);
+        if returns == 0 {
+            return None;
+        }
+        let rewound = self.rewound.lock().unwrap();
+        let done = rewound
+            .get(&(group.to_owned(), topic.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        (returns > done).then_some(returns)
+    }
+
+    /// Notes that `group` rewound over `topic`'s returns up to `returns`.
+    pub(super) fn rewound(&self, group: &str, topic: &str, returns: u64) {
+        let mut rewound = self.rewound.lock().unwrap();
+        let done = rewound
+            .entry((group.to_owned(), topic.to_owned()))
+            .or_default();
+        *done = (*done).max(returns);
     }
 
     /// `topic`'s partitions as last listed.
@@ -103,13 +141,17 @@ impl TopicWatch {
     /// Records one read of the brokers' metadata (`listed` by topic name): logs each topic
     /// that went missing or came back, sets `firstcome_kafka_topics_missing`, wakes the members
     /// of deleted topics that came back, and returns what is wrong, a sentence per topic.
+    /// A read that lists no topic at all changes nothing.
     pub(super) fn record(&self, listed: &BTreeMap<String, Listed>) -> Vec<String> {
         let mut problems = Vec::new();
         let mut came_back = false;
         {
             let mut known = self.known.lock().unwrap();
+            if listed.is_empty() {
+                return known.values().filter_map(|p| p.problem.clone()).collect();
+            }
             for (topic, presence) in known.iter_mut() {
-                let (problem, deleted) = problem(topic, listed.get(topic));
+                let (problem, missed) = problem(topic, listed.get(topic));
                 match (&problem, &presence.problem) {
                     (Some(reason), None) => {
                         tracing::error!(%topic, %reason, "a Kafka topic is missing");
@@ -117,7 +159,7 @@ impl TopicWatch {
                     (None, Some(_)) => tracing::info!(%topic, "the Kafka topic is back"),
                     _ => {}
                 }
-                if presence.deleted && !deleted {
+                if presence.misses >= MISSES && !missed {
                     tracing::warn!(
                         %topic,
                         "the Kafka topic was created again: its consumer groups read it from its \
@@ -126,7 +168,7 @@ impl TopicWatch {
                     presence.returns += 1;
                     came_back = true;
                 }
-                presence.deleted = deleted;
+                presence.misses = if missed { presence.misses + 1 } else { 0 };
                 presence.problem.clone_from(&problem);
                 if let Some(Ok(partitions)) = listed.get(topic) {
                     presence.partitions.clone_from(partitions);
@@ -143,7 +185,7 @@ impl TopicWatch {
 }
 
 /// What is wrong with one of the host's topics, as the cluster's metadata lists it (`None`
-/// when it is not listed), if anything, and whether it is deleted.
+/// when it is not listed), if anything, and whether it is missed (not there: deleted).
 fn problem(topic: &str, listed: Option<&Listed>) -> (Option<String>, bool) {
     let what = if topic.ends_with(".DLT") {
         "failed events cannot be dead-lettered (their lanes wait)"
@@ -183,27 +225,37 @@ mod tests {
     }
 
     #[test]
-    fn a_topic_that_comes_back_wakes_its_members_once() {
+    fn a_topic_that_comes_back_is_owed_a_rewind_by_each_group_once() {
         let watch = TopicWatch::default();
         watch.know(["t".to_owned(), "t.DLT".to_owned()]);
         let mut woken = watch.subscribe();
-        assert!(
-            watch
-                .record(&read(&[("t", Ok(vec![0, 1])), ("t.DLT", Ok(vec![0, 1]))]))
-                .is_empty()
-        );
-        assert_eq!(
-            (watch.returns_of("t"), watch.partitions_of("t")),
-            (0, vec![0, 1])
-        );
+        let both = read(&[("t", Ok(vec![0, 1])), ("t.DLT", Ok(vec![0, 1]))]);
+        assert!(watch.record(&both).is_empty());
+        assert_eq!(watch.partitions_of("t"), vec![0, 1]);
 
-        let problems = watch.record(&read(&[("t.DLT", Ok(vec![0, 1]))]));
+        // Missed once: reported and nothing sent to it, but its return would be no rewind.
+        let only_dlt = read(&[("t.DLT", Ok(vec![0, 1]))]);
+        let problems = watch.record(&only_dlt);
         assert_eq!(problems.len(), 1);
         assert!(
             problems[0].contains("topic t does not exist"),
             "{problems:?}"
         );
         assert!(watch.is_deleted("t") && !watch.is_deleted("t.DLT"));
+        assert!(watch.record(&both).is_empty());
+        assert!(!watch.is_deleted("t"));
+        assert_eq!(
+            watch.rewind_due("history", "t"),
+            None,
+            "a glitch is no return"
+        );
+
+        // A read listing nothing at all (a broker just restarted) changes nothing.
+        assert!(watch.record(&BTreeMap::new()).is_empty());
+        assert!(!watch.is_deleted("t"));
+
+        // Missed twice (once listed as unknown), then listed again: a return.
+        watch.record(&only_dlt);
         let unknown = Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
         assert_eq!(
             watch
@@ -212,45 +264,42 @@ mod tests {
             1
         );
         assert!(!woken.has_changed().unwrap());
-
-        assert!(
-            watch
-                .record(&read(&[("t", Ok(vec![0, 1, 2])), ("t.DLT", Ok(vec![0]))]))
-                .is_empty()
-        );
-        assert!(!watch.is_deleted("t"));
-        assert_eq!(
-            (watch.returns_of("t"), watch.partitions_of("t")),
-            (1, vec![0, 1, 2])
-        );
+        let grown = read(&[("t", Ok(vec![0, 1, 2])), ("t.DLT", Ok(vec![0]))]);
+        assert!(watch.record(&grown).is_empty());
+        assert_eq!(watch.partitions_of("t"), vec![0, 1, 2]);
         assert!(woken.has_changed().unwrap());
         woken.mark_unchanged();
-        watch.record(&read(&[("t", Ok(vec![0, 1, 2])), ("t.DLT", Ok(vec![0]))]));
-        assert!(
-            !woken.has_changed().unwrap(),
-            "present twice is not a return"
-        );
+        watch.record(&grown);
+        assert!(!woken.has_changed().unwrap(), "listed twice is one return");
+
+        // Each group owes the rewind until it is done; the .DLT owes none.
+        assert_eq!(watch.rewind_due("history", "t"), Some(1));
+        assert_eq!(watch.rewind_due("stats", "t"), Some(1));
+        assert_eq!(watch.rewind_due("history", "t.DLT"), None);
+        watch.rewound("history", "t", 1);
+        assert_eq!(watch.rewind_due("history", "t"), None);
+        assert_eq!(watch.rewind_due("stats", "t"), Some(1));
     }
 
     #[test]
     fn an_error_is_named_and_is_no_deletion() {
         let watch = TopicWatch::default();
         watch.know(["t.DLT".to_owned()]);
-        let problems = watch.record(&read(&[(
-            "t.DLT",
-            Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE),
-        )]));
-        assert!(
-            problems[0].contains("cannot be dead-lettered"),
-            "{problems:?}"
-        );
-        assert!(
-            !watch.is_deleted("t.DLT"),
-            "not deleted: librdkafka waits for a leader"
-        );
+        let no_leader = Err(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
+        for _ in 0..MISSES {
+            let problems = watch.record(&read(&[("t.DLT", no_leader.clone())]));
+            assert!(
+                problems[0].contains("cannot be dead-lettered"),
+                "{problems:?}"
+            );
+        }
+        assert!(!watch.is_deleted("t.DLT"), "librdkafka waits for a leader");
         watch.record(&read(&[("t.DLT", Ok(vec![0]))]));
-        assert_eq!(watch.returns_of("t.DLT"), 0, "a leader found is no return");
+        assert_eq!(
+            watch.rewind_due("history", "t.DLT"),
+            None,
+            "a leader found is no return"
+        );
         assert!(!watch.is_deleted("other"));
-        assert_eq!(watch.returns_of("other"), 0);
     }
 }
