@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
@@ -29,6 +29,11 @@ pub(super) const CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// Reads in a row that must miss a topic before its listing again is a return.
 const MISSES: u32 = 2;
+
+/// How long after a return a group's member on this host still rewinds (when it gets
+/// partitions): a member given partitions only much later would otherwise rewind a group that
+/// other hosts' members rewound long before, and have it read the whole topic again.
+const REWIND_WITHIN: Duration = Duration::from_secs(600);
 
 /// What one metadata read lists of a topic: its partitions, or the error it is listed with.
 pub(super) type Listed = Result<Vec<i32>, RDKafkaRespErr>;
@@ -45,6 +50,8 @@ struct Presence {
     problem: Option<String>,
     /// How many times it was listed again after it had been deleted.
     returns: u64,
+    /// When it was last listed again after it had been deleted.
+    returned_at: Option<Instant>,
     /// Its partitions at the last read that listed it.
     partitions: Vec<i32>,
 }
@@ -91,18 +98,22 @@ impl TopicWatch {
             .is_some_and(|p| p.misses > 0)
     }
 
-    /// How many times `topic` came back after it was deleted (0 for an unknown topic).
-    fn returns_of(&self, topic: &str) -> u64 {
-        self.known
-            .lock()
-            .unwrap()
-            .get(topic)
-            .map_or(0, |p| p.returns)
+    /// How many times `topic` came back after it was deleted (0 for an unknown topic), if
+    /// the last time was within [`REWIND_WITHIN`].
+    fn recent_returns(&self, topic: &str) -> u64 {
+        self.known.lock().unwrap().get(topic).map_or(0, |p| {
+            if p.returned_at.is_some_and(|at| at.elapsed() < REWIND_WITHIN) {
+                p.returns
+            } else {
+                0
+            }
+        })
     }
 
-    /// The returns of `topic` that `group` still owes a rewind for, if any.
+    /// The returns of `topic` that `group` still owes a rewind for, if any: a group owes one
+    /// until a member of it on this host has committed it, for [`REWIND_WITHIN`].
     pub(super) fn rewind_due(&self, group: &str, topic: &str) -> Option<u64> {
-        let returns = self.returns_of(topic);
+        let returns = self.recent_returns(topic);
         if returns == 0 {
             return None;
         }
@@ -166,6 +177,7 @@ impl TopicWatch {
                          beginning"
                     );
                     presence.returns += 1;
+                    presence.returned_at = Some(Instant::now());
                     came_back = true;
                 }
                 presence.misses = if missed { presence.misses + 1 } else { 0 };
@@ -279,6 +291,18 @@ mod tests {
         watch.rewound("history", "t", 1);
         assert_eq!(watch.rewind_due("history", "t"), None);
         assert_eq!(watch.rewind_due("stats", "t"), Some(1));
+
+        // Long after the return, a member that only now gets partitions rewinds nothing.
+        if let Some(long_ago) = Instant::now().checked_sub(REWIND_WITHIN) {
+            watch
+                .known
+                .lock()
+                .unwrap()
+                .get_mut("t")
+                .unwrap()
+                .returned_at = Some(long_ago);
+            assert_eq!(watch.rewind_due("stats", "t"), None);
+        }
     }
 
     #[test]
