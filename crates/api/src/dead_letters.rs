@@ -17,6 +17,7 @@ use utoipa::{PartialSchema, ToSchema};
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::operators::{Operator, Viewer};
 use firstcome_platform::Platform;
+use firstcome_platform::config::AdminRole;
 use firstcome_platform::dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Show, Which};
 use firstcome_store::Settlement;
 
@@ -106,6 +107,34 @@ pub struct DeadLetterAction {
     count: usize,
 }
 
+/// `text` with each word that holds an `@` (an email address, as a mail server's refusal
+/// quotes it: `<ann@example.com>`, `ann@example.com:`) replaced by `[address]`.
+fn masked_addresses(text: &str) -> String {
+    let delimiter = |c: char| c.is_whitespace() || "<>()[]{}\"',;".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let bare = word.trim_end_matches([':', '.']);
+        if bare.contains('@') {
+            out.push_str("[address]");
+            out.push_str(&word[bare.len()..]);
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if delimiter(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn letters(platform: &Platform) -> DeadLetters<'_> {
     DeadLetters::new(
         platform.store(),
@@ -115,7 +144,8 @@ fn letters(platform: &Platform) -> DeadLetters<'_> {
 }
 
 /// The dead letters of the host's consumer groups: where each came from, which group failed
-/// it, after how many tries and why (control characters escaped), and how it was settled.
+/// it, after how many tries and why (control characters escaped; for a `viewer`, email
+/// addresses masked, as a mail server's refusal quotes the shopper's), and how it was settled.
 /// Never a payload: it holds the shopper's personal data.
 #[utoipa::path(
     get,
@@ -131,7 +161,7 @@ fn letters(platform: &Platform) -> DeadLetters<'_> {
     )
 )]
 pub async fn list(
-    _: Viewer,
+    Viewer(caller): Viewer,
     State(platform): State<Arc<Platform>>,
     ApiQuery(query): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
@@ -143,10 +173,15 @@ pub async fn list(
         ));
     }
     let letters = letters(&platform);
-    let (listed, total) = letters
+    let (mut listed, total) = letters
         .list(query.show.unwrap_or_default(), limit)
         .await
         .map_err(failed)?;
+    if caller.role < AdminRole::Operator {
+        for letter in &mut listed {
+            letter.error = masked_addresses(&letter.error);
+        }
+    }
     Ok(Json(DeadLetterList {
         topic: letters.topic().to_owned(),
         total,
@@ -269,5 +304,31 @@ fn failed(e: DeadLetterError) -> ApiError {
             )
             .with_header("retry-after", "5")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_addresses;
+
+    #[test]
+    fn addresses_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            masked_addresses("550 5.1.1 <ann@example.com>: Recipient address rejected"),
+            "550 5.1.1 <[address]>: Recipient address rejected"
+        );
+        assert_eq!(
+            masked_addresses("to bob.smith+x@mail.example.org. try later"),
+            "to [address]. try later"
+        );
+        assert_eq!(
+            masked_addresses("mailbox 'a@b':full"),
+            "mailbox '[address]':full"
+        );
+        assert_eq!(
+            masked_addresses("timed out after 5 s"),
+            "timed out after 5 s"
+        );
+        assert_eq!(masked_addresses(""), "");
     }
 }

@@ -60,8 +60,9 @@ impl Guest for Misbehave {
                     std::hint::black_box(&hoard);
                 }
             }
+            // Worded as a mail server's refusal, quoting an address.
             "permanent" => Err(HandleError::Permanent(format!(
-                "misbehave: refuses {}",
+                "misbehave: refuses {} (550 <shopper@example.com>: no such user)",
                 c.event_id
             ))),
             "retryable" => Err(HandleError::Retryable("misbehave: try later".into())),
